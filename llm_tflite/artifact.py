@@ -1,0 +1,137 @@
+"""What travels inside a ``.tflite`` file: a JSON record in the flatbuffer's metadata.
+
+The record lives in ``Model.metadata`` under the name ``llm_tflite`` (TFLite's own
+mechanism, which stock tools preserve). It needs neither TensorFlow nor Keras to read:
+the flatbuffer schema comes with ``ai_edge_litert`` (or TensorFlow as a fallback).
+
+Fields: ``format`` (version), ``family``, ``export_mode``, ``quantization``,
+``context_length``, ``prefill_lengths``, ``tokenizer`` (its own type and data),
+``bos_id``, ``eos_id``, ``add_bos``, ``default_sampler``, ``model`` (sizes), ``kv_cache``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from llm_tflite.errors import ModelFileError
+
+METADATA_NAME = "llm_tflite"
+FORMAT_VERSION = 1
+TFLITE_IDENTIFIER = b"TFL3"
+
+
+def _schema():
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:  # pragma: no cover - TensorFlow-only installs
+        from tensorflow.lite.python import schema_py_generated as schema
+    return schema
+
+
+def _check_flatbuffer(buf: bytes, where: str) -> None:
+    if len(buf) < 8 or buf[4:8] != TFLITE_IDENTIFIER:
+        raise ModelFileError(
+            f"{where} is not a TensorFlow Lite model (no TFL3 flatbuffer header); "
+            "convert a model with `llm-tflite convert`"
+        )
+
+
+def add_metadata(tflite_model: bytes, record: dict) -> bytes:
+    """Return ``tflite_model`` with ``record`` stored as its ``llm_tflite`` metadata."""
+    import flatbuffers
+
+    _check_flatbuffer(tflite_model, "the converter output")
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(bytearray(tflite_model), 0)
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(record, ensure_ascii=False).encode("utf-8"), np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_NAME.encode()] + [entry]
+    builder = flatbuffers.Builder(len(tflite_model) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=TFLITE_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def read_metadata_from_bytes(buf: bytes, where: str = "this file") -> dict:
+    """The ``llm_tflite`` record of a ``.tflite`` flatbuffer held in memory."""
+    _check_flatbuffer(buf, where)
+    schema = _schema()
+    try:
+        model = schema.Model.GetRootAs(buf, 0)
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            if entry.Name() == METADATA_NAME.encode():
+                data = model.Buffers(entry.Buffer()).DataAsNumpy()
+                return json.loads(bytes(data).decode("utf-8"))
+    except Exception as e:
+        raise ModelFileError(f"{where} is a corrupt TensorFlow Lite file ({type(e).__name__}: {e}); re-convert it") from e
+    raise ModelFileError(
+        f"{where} is a TensorFlow Lite model but was not made by llm-tflite (no {METADATA_NAME!r} "
+        "metadata); convert it with `llm-tflite convert`"
+    )
+
+
+def read_model_file(path: str) -> bytes:
+    """The bytes of a ``.tflite`` file, with a clear error when it is missing or unreadable."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelFileError(f"no such model file: {path!r}")
+    if os.path.isdir(path):
+        raise ModelFileError(f"{path!r} is a directory, not a .tflite file")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ModelFileError(f"cannot read {path!r}: {e}") from e
+
+
+def read_metadata(path: str) -> dict:
+    """The ``llm_tflite`` record of the ``.tflite`` file at ``path``.
+
+    Example:
+        >>> read_metadata("model.tflite")["export_mode"]  # doctest: +SKIP
+        'prefill_decode'
+    """
+    return read_metadata_from_bytes(read_model_file(path), repr(os.fspath(path)))
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, so a failure leaves no partial file."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def operator_names(tflite_model: bytes) -> set[str]:
+    """Names of the operators a flatbuffer uses: builtin names, ``CUSTOM:<name>`` for custom/Flex ops."""
+    schema = _schema()
+    builtin_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAs(tflite_model, 0)
+    names = set()
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        op = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if op == schema.BuiltinOperator.CUSTOM:
+            names.add("CUSTOM:" + code.CustomCode().decode())
+        else:
+            names.add(builtin_names.get(op, str(op)))
+    return names
+
+
+def non_builtin_ops(tflite_model: bytes) -> set[str]:
+    """Custom and Flex (``Flex*``) operators: what stock LiteRT cannot run without extra kernels."""
+    return {n for n in operator_names(tflite_model) if n.startswith("CUSTOM:")}

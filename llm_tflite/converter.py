@@ -1,0 +1,159 @@
+"""Keras causal LM -> ``.tflite`` with llm-tflite metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+
+from llm_tflite import artifact
+from llm_tflite.errors import ConversionError
+from llm_tflite.progress import progress
+from llm_tflite.quantizer import Quantizer
+from llm_tflite.registry import load_model
+
+EXPORT_MODES = ("prefill_decode", "generate")
+DEFAULT_PREFILL_LENGTHS = (8, 32, 128)
+
+
+@dataclasses.dataclass
+class ConversionResult:
+    """Where a conversion wrote its file, how big it is, and the metadata inside."""
+
+    path: str
+    size_bytes: int
+    metadata: dict
+
+
+class Converter:
+    """Converts a Keras causal LM to a self-contained ``.tflite`` file.
+
+    Args:
+        mode: ``"prefill_decode"`` (builtin ops, external KV cache) or ``"generate"``
+            (whole loop in one graph, needs Flex + TF Text ops).
+        quantize: a registered strategy name or a ``Quantizer``.
+        context_length: KV-cache length (default: the model's, at most 1024).
+        prefill_lengths: prompt lengths with a ``prefill_{L}`` signature.
+        max_length: ``generate`` mode: total tokens (prompt + continuation).
+        sampler: ``generate`` mode: ``greedy``, ``top_k`` or ``top_p``.
+        seed: ``generate`` mode: seed of a random sampler.
+        calibration: for strategies that need it, a callable returning an iterator of
+            signature-input dicts.
+
+    Example:
+        >>> Converter(quantize="dynamic_int8").convert("gpt2_tiny_shakespeare", "model.tflite")  # doctest: +SKIP
+    """
+
+    def __init__(self, mode="prefill_decode", quantize="none", *, context_length=None,
+                 prefill_lengths=DEFAULT_PREFILL_LENGTHS, max_length=100, sampler="greedy", seed=None,
+                 calibration=None):
+        if mode not in EXPORT_MODES:
+            raise ValueError(f"unknown export mode {mode!r}; choose one of {', '.join(EXPORT_MODES)}")
+        self.mode = mode
+        self.quantizer = quantize if isinstance(quantize, Quantizer) else Quantizer(quantize)
+        if self.quantizer.strategy.needs_calibration and calibration is None:
+            from llm_tflite.errors import DataError
+
+            raise DataError(
+                f"quantization strategy {self.quantizer.name!r} needs calibration text; "
+                "pass calibration=... (--calibration PATH)"
+            )
+        self.context_length = context_length
+        self.prefill_lengths = tuple(sorted(set(int(n) for n in prefill_lengths)))
+        self.max_length = max_length
+        self.sampler = sampler
+        self.seed = seed
+        self.calibration = calibration
+
+    def convert(self, model, output, *, family=None, random_weights=False) -> ConversionResult:
+        """Load ``model``, convert it, quantize it and write ``output`` atomically.
+
+        Args:
+            model: preset name, handle, local preset directory or Keras model object.
+            output: path of the ``.tflite`` file to write.
+            family: family name when it cannot be told from ``model``.
+            random_weights: use the architecture with random weights (benchmarks, offline).
+
+        Returns:
+            A ``ConversionResult``.
+        """
+        steps = progress(total=4, desc="convert", unit="step")
+        try:
+            steps.set_postfix_str("loading model")
+            fam, lm = load_model(model, family=family, random_weights=random_weights)
+            steps.update()
+            steps.set_postfix_str("tracing")
+            metadata = self._metadata(fam, lm)
+            tflite_model = self._convert(fam, lm, metadata, steps)
+            steps.set_postfix_str("writing")
+            tflite_model = artifact.add_metadata(tflite_model, metadata)
+            artifact.write_atomic(output, tflite_model)
+            steps.update()
+        finally:
+            steps.close()
+        return ConversionResult(os.fspath(output), len(tflite_model), metadata)
+
+    def _metadata(self, fam, lm) -> dict:
+        context_length = min(self.context_length or min(fam.max_context_length(lm), 1024), fam.max_context_length(lm))
+        record = {
+            "format": artifact.FORMAT_VERSION,
+            "family": fam.name,
+            "export_mode": self.mode,
+            "quantization": self.quantizer.name,
+            "tokenizer": fam.tokenizer_spec(lm),
+            **fam.special_tokens(lm),
+            "model": fam.model_config(lm),
+        }
+        if self.mode == "prefill_decode":
+            spec = fam.kv_cache_spec(lm)
+            record.update(
+                context_length=context_length,
+                prefill_lengths=[n for n in self.prefill_lengths if n <= context_length],
+                kv_cache=dataclasses.asdict(spec),
+                default_sampler="greedy",
+            )
+        else:
+            record.update(context_length=self.max_length, max_length=self.max_length,
+                          default_sampler=self.sampler, seed=self.seed)
+        return record
+
+    def _convert(self, fam, lm, metadata, steps) -> bytes:
+        import tensorflow as tf
+
+        if self.mode == "prefill_decode":
+            from llm_tflite.prefill_decode import build_signatures
+
+            signatures = build_signatures(fam, lm, metadata["context_length"], metadata["prefill_lengths"])
+        else:
+            fn = fam.generate_function(lm, max_length=self.max_length, sampler=self.sampler, seed=self.seed)
+            signatures = {"serving_default": fn}
+        steps.update()
+        steps.set_postfix_str("converting")
+        with tempfile.TemporaryDirectory(prefix="llm_tflite_") as saved_model_dir:
+            module = tf.Module()
+            # Only what the graphs read: the whole task would drag its tokenizer's
+            # lookup tables (Flex ops) into every signature.
+            module.model = lm.backbone if self.mode == "prefill_decode" else lm
+            tf.saved_model.save(module, saved_model_dir, signatures=signatures)
+            converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=list(signatures))
+            converter.experimental_enable_resource_variables = False
+            if self.mode == "generate":
+                from llm_tflite.generate_export import configure_generate_converter
+
+                configure_generate_converter(converter)
+            self.quantizer.configure(converter, self.calibration)
+            try:
+                tflite_model = converter.convert()
+            except Exception as e:
+                raise ConversionError(f"TensorFlow Lite conversion failed: {type(e).__name__}: {str(e)[:2000]}") from e
+        steps.update()
+        steps.set_postfix_str("quantizing")
+        tflite_model = self.quantizer.postprocess(tflite_model)
+        if self.mode == "prefill_decode":
+            bad = artifact.non_builtin_ops(tflite_model)
+            if bad:
+                raise ConversionError(
+                    f"the prefill_decode graph needs non-builtin ops {sorted(bad)}; family "
+                    f"{fam.name!r} must express its forward pass with builtin TFLite ops"
+                )
+        return tflite_model

@@ -1,0 +1,121 @@
+"""The GPT-2 family: ``keras_hub.models.GPT2CausalLM``."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from llm_tflite.family import KVCacheSpec, ModelFamily
+from llm_tflite.hookspecs import hookimpl
+from llm_tflite.keras_loading import is_preset_dir, load_keras_preset, preset_class_name
+
+
+class GPT2Family(ModelFamily):
+    name = "gpt2"
+    description = "OpenAI GPT-2 decoders (keras_hub.models.GPT2CausalLM)"
+
+    def owns(self, source) -> bool:
+        if isinstance(source, str):
+            if is_preset_dir(source):
+                return preset_class_name(source) == "GPT2Backbone"
+            return "gpt2" in source.lower()
+        cls_names = {c.__name__ for c in type(source).__mro__}
+        return bool(cls_names & {"GPT2CausalLM"})
+
+    def load(self, source, *, random_weights=False, config=None):
+        import keras_hub
+
+        if not isinstance(source, str):
+            if getattr(source, "preprocessor", None) is None:
+                from llm_tflite.errors import ModelSourceError
+
+                raise ModelSourceError(
+                    "this GPT2CausalLM has no preprocessor, so its tokenizer is unknown; build it with "
+                    "keras_hub.models.GPT2CausalLM(backbone=..., preprocessor=GPT2CausalLMPreprocessor(...))"
+                )
+            return source
+        if random_weights:
+            if config is None and is_preset_dir(source):
+                with open(os.path.join(source, "config.json"), encoding="utf-8") as f:
+                    config = json.load(f)["config"]
+            if config is None:
+                from llm_tflite.errors import ModelSourceError
+
+                raise ModelSourceError(
+                    f"no architecture is known for {source!r} without downloading it; use one of the "
+                    "registered presets (llm-tflite presets) or a local preset directory"
+                )
+            backbone = keras_hub.models.GPT2Backbone(**{k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")})
+            from llm_tflite.default_plugins.presets import DEFAULT_PRESET_DIR
+
+            tokenizer = keras_hub.models.GPT2Tokenizer.from_preset(DEFAULT_PRESET_DIR)
+            preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(
+                tokenizer, sequence_length=min(config.get("max_sequence_length", 1024), 1024)
+            )
+            return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=preprocessor)
+        return load_keras_preset(keras_hub.models.GPT2CausalLM, source)
+
+    def tokenizer_spec(self, model) -> dict:
+        tokenizer = model.preprocessor.tokenizer
+        return {"type": "gpt2_bpe", "vocab": dict(tokenizer.vocabulary), "merges": list(tokenizer.merges)}
+
+    def special_tokens(self, model) -> dict:
+        tokenizer = model.preprocessor.tokenizer
+        return {
+            "bos_id": int(tokenizer.start_token_id),
+            "eos_id": int(tokenizer.end_token_id),
+            "add_bos": bool(model.preprocessor.add_start_token),
+        }
+
+    def max_context_length(self, model) -> int:
+        return int(model.backbone.max_sequence_length)
+
+    def kv_cache_spec(self, model) -> KVCacheSpec:
+        backbone = model.backbone
+        return KVCacheSpec(
+            num_layers=backbone.num_layers,
+            num_kv_heads=backbone.num_heads,
+            head_dim=backbone.hidden_dim // backbone.num_heads,
+        )
+
+    def model_config(self, model) -> dict:
+        backbone = model.backbone
+        return {
+            "num_layers": backbone.num_layers,
+            "num_heads": backbone.num_heads,
+            "hidden_dim": backbone.hidden_dim,
+            "vocabulary_size": backbone.vocabulary_size,
+            "parameters": int(backbone.count_params()),
+        }
+
+    def forward_with_cache(self, model, tokens, input_pos, caches):
+        import tensorflow as tf
+
+        from llm_tflite.ops import causal_attention, update_cache
+
+        backbone = model.backbone
+        positions = tf.gather(backbone.position_embedding.position_embeddings, input_pos)
+        x = backbone.token_embedding(tokens) + positions[None]
+        new_caches = []
+        for layer, (key_cache, value_cache) in zip(backbone.transformer_layers, caches):
+            attention = layer._self_attention_layer
+            h = layer._self_attention_layer_norm(x)
+            key_cache = update_cache(key_cache, attention._key_dense(h), input_pos)
+            value_cache = update_cache(value_cache, attention._value_dense(h), input_pos)
+            context = causal_attention(attention._query_dense(h), key_cache, value_cache, input_pos)
+            x = x + attention._output_dense(context)
+            h = layer._feedforward_layer_norm(x)
+            x = x + layer._feedforward_output_dense(layer._feedforward_intermediate_dense(h))
+            new_caches.append((key_cache, value_cache))
+        x = backbone.layer_norm(x)
+        return backbone.token_embedding(x, reverse=True), new_caches
+
+    def generate_function(self, model, *, max_length, sampler, seed):
+        from llm_tflite.generate_export import keras_generate_function
+
+        return keras_generate_function(model, max_length=max_length, sampler=sampler, seed=seed)
+
+
+@hookimpl
+def register_families(register):
+    register(GPT2Family())

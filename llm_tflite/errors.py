@@ -1,0 +1,47 @@
+"""Errors users can catch. Every message says what to do next."""
+
+
+class LLMTFLiteError(Exception):
+    """Base class of every error llm-tflite raises on purpose."""
+
+
+class UnknownFamilyError(LLMTFLiteError, KeyError):
+    """No registered model family has this name."""
+
+    def __str__(self):  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownStrategyError(LLMTFLiteError, KeyError):
+    """No registered quantization strategy has this name."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelSourceError(LLMTFLiteError):
+    """A model could not be loaded from the given preset, handle, directory or object."""
+
+
+class ModelFileError(LLMTFLiteError):
+    """A ``.tflite`` file is missing, unreadable, corrupt or not one of ours."""
+
+
+class ContextLengthError(LLMTFLiteError, ValueError):
+    """A prompt does not fit in the model's context window."""
+
+
+class UnsupportedRuntimeError(LLMTFLiteError):
+    """The installed runtime cannot run this file (e.g. it needs the Flex delegate)."""
+
+
+class ConversionError(LLMTFLiteError):
+    """TensorFlow Lite conversion or quantization failed."""
+
+
+class DataError(LLMTFLiteError, ValueError):
+    """Training, calibration or evaluation data is missing, empty or malformed."""
+
+
+class PluginError(LLMTFLiteError):
+    """A plugin failed to load or raised inside a hook."""

@@ -1,0 +1,44 @@
+"""Loading KerasHub presets with errors that say what went wrong and what to do."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from llm_tflite.errors import ModelSourceError
+
+
+def is_preset_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))
+
+
+def preset_class_name(path: str) -> str | None:
+    """The backbone class a KerasHub preset directory holds (``GPT2Backbone``), or None."""
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            return json.load(f).get("class_name")
+    except (OSError, ValueError):
+        return None
+
+
+def load_keras_preset(task_cls, source: str):
+    """``task_cls.from_preset(source)``, turning download and file errors into ``ModelSourceError``."""
+    if os.path.sep in source or source.startswith("."):
+        if not os.path.exists(source):
+            raise ModelSourceError(f"no such preset directory: {source!r}")
+        if not is_preset_dir(source):
+            raise ModelSourceError(
+                f"{source!r} is not a KerasHub preset directory (no config.json); save one with "
+                "causal_lm.save_to_preset(dir)"
+            )
+    try:
+        return task_cls.from_preset(source)
+    except Exception as e:  # kagglehub/HF raise many types; none helps a user on its own
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = (
+            "If you are offline, download the preset elsewhere and pass its local directory, "
+            "or use --random-weights for a benchmark-only model with the same architecture."
+            if not os.path.isdir(source)
+            else "Check that the directory was written by save_to_preset with a matching KerasHub version."
+        )
+        raise ModelSourceError(f"could not load preset {source!r}: {type(e).__name__}: {first_line[:300]}. {hint}") from e

@@ -1,0 +1,21 @@
+"""Tokenizers the runtime rebuilds from an artifact's metadata, without TensorFlow."""
+
+from __future__ import annotations
+
+from llm_tflite.errors import ModelFileError
+
+
+def tokenizer_from_spec(spec: dict):
+    """A tokenizer with ``encode(str) -> list[int]`` and ``decode_bytes(ids) -> bytes``."""
+    kind = spec.get("type")
+    if kind == "gpt2_bpe":
+        from llm_tflite.tokenizers.bpe import BPETokenizer
+
+        return BPETokenizer(spec["vocab"], spec["merges"])
+    if kind == "sentencepiece":
+        from llm_tflite.tokenizers.sentencepiece import SentencePieceTokenizer
+
+        return SentencePieceTokenizer.from_spec(spec)
+    raise ModelFileError(
+        f"this file's tokenizer type {kind!r} is unknown to this llm-tflite version; upgrade llm-tflite"
+    )
