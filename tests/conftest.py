@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny random GPT-2 (real tokenizer, random weights) and its .tflite file."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("LLM_TFLITE_NO_PROGRESS", "1")
+
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = pathlib.Path(os.environ.get("LLM_TFLITE_DATA", ROOT.parent / "shared" / "data"))
+SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
+TANG_DIR = SHARED_DATA / "chinese-poetry" / "quan_tang_shi"
+
+
+def shakespeare_text() -> str:
+    return SHAKESPEARE.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory):
+    """A KerasHub preset directory: BPE trained on 20k characters, 2-layer GPT-2, random weights."""
+    import keras
+    import keras_hub
+
+    from llm_tflite.tokenizers.bpe import train_bpe
+
+    keras.utils.set_random_seed(0)
+    vocab, merges = train_bpe(shakespeare_text()[:20000], 300)
+    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocab, merges=merges)
+    preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=64)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=len(vocab), num_layers=2, num_heads=2, hidden_dim=32,
+        intermediate_dim=64, max_sequence_length=128,
+    )
+    lm = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=preprocessor)
+    path = tmp_path_factory.mktemp("presets") / "tiny_gpt2"
+    lm.save_to_preset(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tiny_gpt2_dir):
+    import keras_hub
+
+    return keras_hub.models.GPT2CausalLM.from_preset(str(tiny_gpt2_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_tflite(tiny_gpt2_dir, tmp_path_factory):
+    """The tiny GPT-2 as a float32 prefill_decode file with prefill lengths 4 and 16."""
+    from llm_tflite import Converter
+
+    path = tmp_path_factory.mktemp("tflite") / "tiny.tflite"
+    Converter(prefill_lengths=(4, 16)).convert(str(tiny_gpt2_dir), str(path))
+    return path

@@ -1,0 +1,65 @@
+"""Helpers every family's tests use, so a new family's tests are a page long."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llm_tflite import InterpreterRunner, artifact
+
+PARITY_PROMPTS = (
+    "First Citizen:",
+    "ROMEO:\nBut soft, what light through yonder window breaks?",
+    "a",
+    "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
+    "the slings and arrows of outrageous fortune",
+)
+
+
+def keras_logits(lm, token_ids) -> np.ndarray:
+    x = np.asarray([token_ids], np.int32)
+    return np.asarray(lm({"token_ids": x, "padding_mask": np.ones_like(x, bool)}, training=False))[0]
+
+
+def run_parity_test(lm, tflite_path, prompts=PARITY_PROMPTS, tolerance=1e-4) -> float:
+    """TFLite logits at every position match Keras within ``tolerance`` (max abs / std). Returns the worst."""
+    runner = InterpreterRunner(tflite_path)
+    worst = 0.0
+    for prompt in prompts:
+        ids = runner.encode(prompt)
+        expected = keras_logits(lm, ids)
+        got = runner.logits(ids)
+        assert got.shape == expected.shape
+        error = float(np.abs(got - expected).max() / expected.std())
+        assert error < tolerance, f"{prompt!r}: normalised max abs error {error:.2e}"
+        worst = max(worst, error)
+    return worst
+
+
+def run_greedy_test(lm, tflite_path, prompt, max_new_tokens=64) -> str:
+    """InterpreterRunner's greedy continuation equals ``lm.generate`` with the greedy sampler."""
+    runner = InterpreterRunner(tflite_path)
+    prompt_tokens = len(runner.encode(prompt))
+    lm.compile(sampler="greedy")
+    expected = lm.generate(prompt, max_length=prompt_tokens + max_new_tokens)
+    got = prompt + runner.generate(prompt, max_new_tokens=max_new_tokens, sampler="greedy")
+    assert got == expected
+    return got
+
+
+def run_prefill_decode_file_test(tflite_path, num_layers) -> dict:
+    """Signatures, cache tensors, tensor ranks and operator set of a prefill_decode file."""
+    data = open(tflite_path, "rb").read()
+    assert artifact.non_builtin_ops(data) == set()
+    meta = artifact.read_metadata_from_bytes(data)
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=data)
+    signatures = interpreter.get_signature_list()
+    assert "decode" in signatures
+    assert {f"prefill_{n}" for n in meta["prefill_lengths"]} <= set(signatures)
+    caches = {f"kv_cache_{kind}_{i}" for i in range(num_layers) for kind in "kv"}
+    for name, sig in signatures.items():
+        assert set(sig["inputs"]) == caches | {"tokens", "input_pos"}, name
+        assert set(sig["outputs"]) == caches | {"logits"}, name
+    assert all(len(t["shape"]) <= 5 for t in interpreter.get_tensor_details())
+    return meta

@@ -1,0 +1,63 @@
+"""The prefill_decode export of GPT-2: file contract, parity with Keras, runtime without TensorFlow."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from family_test_base import run_greedy_test, run_parity_test, run_prefill_decode_file_test
+from llm_tflite import InterpreterRunner, read_metadata
+
+
+def test_file_contract(tiny_tflite):
+    meta = run_prefill_decode_file_test(tiny_tflite, num_layers=2)
+    assert meta["family"] == "gpt2"
+    assert meta["export_mode"] == "prefill_decode"
+    assert meta["quantization"] == "none"
+    assert meta["context_length"] == 128
+    assert meta["prefill_lengths"] == [4, 16]
+    assert meta["tokenizer"]["type"] == "gpt2_bpe"
+
+
+def test_logits_match_keras(tiny_gpt2, tiny_tflite):
+    run_parity_test(tiny_gpt2, tiny_tflite)
+
+
+def test_chunked_prefill_matches_single_pass(tiny_tflite):
+    """A 40-token prompt runs as prefill_16 chunks + padding; logits equal token-by-token decoding."""
+    runner = InterpreterRunner(tiny_tflite)
+    ids = runner.encode("Let me be that I am and seek not to alter me. Then be it so.")
+    assert len(ids) > 16
+    chunked = runner.logits(ids)
+    stepwise = np.concatenate([runner._engine.forward([t], i) for i, t in enumerate(ids)])
+    np.testing.assert_allclose(chunked, stepwise, atol=1e-4)
+
+
+def test_greedy_64_tokens_matches_keras_generate(tiny_gpt2, tiny_tflite):
+    run_greedy_test(tiny_gpt2, tiny_tflite, "First Citizen:\nBefore we proceed", max_new_tokens=64)
+
+
+def test_runs_where_tensorflow_is_never_imported(tiny_tflite):
+    script = textwrap.dedent(f"""
+        import sys
+        from llm_tflite import InterpreterRunner
+        runner = InterpreterRunner({str(tiny_tflite)!r})
+        text = runner.generate("ROMEO:", max_new_tokens=8)
+        assert isinstance(text, str)
+        assert "ai_edge_litert" in sys.modules
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "keras_hub"))
+        print("LEAKED", leaked)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "LEAKED []" in out.stdout
+
+
+def test_metadata_is_self_contained(tiny_tflite, tmp_path):
+    """A copy of the file alone, elsewhere, generates the same text."""
+    copy = tmp_path / "elsewhere.tflite"
+    copy.write_bytes(tiny_tflite.read_bytes())
+    assert read_metadata(copy) == read_metadata(tiny_tflite)
+    assert InterpreterRunner(copy).generate("KING:", 10) == InterpreterRunner(tiny_tflite).generate("KING:", 10)

@@ -1,0 +1,46 @@
+"""The pure-Python BPE matches KerasHub's GPT2Tokenizer token for token."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TANG_DIR, shakespeare_text
+from llm_tflite.tokenizers.bpe import BPETokenizer, train_bpe
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tiny_gpt2):
+    keras_tokenizer = tiny_gpt2.preprocessor.tokenizer
+    ours = BPETokenizer(dict(keras_tokenizer.vocabulary), list(keras_tokenizer.merges))
+    return ours, keras_tokenizer
+
+
+def samples():
+    text = shakespeare_text()
+    poem = json.loads((TANG_DIR / "poet.tang.0.json").read_text(encoding="utf-8"))[0]
+    return [text[-3000:], text[500000:501500], "".join(poem["paragraphs"]),
+            "  leading spaces\n\n\ttabs  and trailing   ", "don't I'll we've 1234 £5 — ‘quotes’ 😀"]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_encode_matches_keras_hub(tokenizers, index):
+    ours, keras_tokenizer = tokenizers
+    text = samples()[index]
+    assert ours.encode(text) == np.asarray(keras_tokenizer(text)).tolist()
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_round_trip(tokenizers, index):
+    ours, _ = tokenizers
+    text = samples()[index]
+    assert ours.decode(ours.encode(text)) == text
+
+
+def test_trainer_is_deterministic_and_learns_merges():
+    text = shakespeare_text()[:5000]
+    first = train_bpe(text, 280)
+    assert first == train_bpe(text, 280)
+    vocab, merges = first
+    assert len(vocab) == 280 and vocab["<|endoftext|>"] == 279
+    assert len(BPETokenizer(vocab, merges).encode(text)) < len(text.encode("utf-8")) * 0.7
