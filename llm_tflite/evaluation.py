@@ -69,7 +69,7 @@ def keras_heldout_loss(causal_lm, text: str, sequence_length: int | None = None,
         1.62
     """
     tokenizer = causal_lm.preprocessor.tokenizer
-    ids = np.asarray(tokenizer(text)).astype(np.int32)
+    ids = keras_tokenize(tokenizer, text)
     n_chars = len(text)
     if max_tokens is not None and len(ids) > max_tokens:
         ids = ids[:max_tokens]
@@ -95,6 +95,21 @@ def keras_heldout_loss(causal_lm, text: str, sequence_length: int | None = None,
         total_nll -= float(picked[valid].sum())
         n_tokens += int(valid.sum())
     return summarize_nll(total_nll, n_tokens, n_chars)
+
+
+def keras_tokenize(tokenizer, text: str) -> np.ndarray:
+    """Token ids of ``text`` from a KerasHub tokenizer, through its TensorFlow graph path.
+
+    KerasHub 0.30's eager path for byte-pair tokenizers hands its split pattern to
+    ``tokenizers.pre_tokenizers.Split`` as a plain string, which that library matches
+    literally (huggingface/tokenizers#1565), so eagerly the whole text becomes one
+    BPE word. Inside ``tf.function`` KerasHub splits with GPT-2's pattern, as training
+    with ``tf.data`` and the ``generate`` export do; so do we.
+    """
+    import tensorflow as tf
+
+    ids = tf.function(tokenizer, autograph=False)(tf.constant(text))
+    return np.asarray(ids).astype(np.int32)
 
 
 def _detokenize(tokenizer, ids) -> str:
