@@ -23,7 +23,7 @@ def preset_class_name(path: str) -> str | None:
 
 def load_keras_preset(task_cls, source: str):
     """``task_cls.from_preset(source)``, turning download and file errors into ``ModelSourceError``."""
-    if os.path.sep in source or source.startswith("."):
+    if "://" not in source and (os.path.sep in source or source.startswith(".")):
         if not os.path.exists(source):
             raise ModelSourceError(f"no such preset directory: {source!r}")
         if not is_preset_dir(source):
@@ -37,7 +37,8 @@ def load_keras_preset(task_cls, source: str):
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = (
             "If you are offline, download the preset elsewhere and pass its local directory, "
-            "or use --random-weights for a benchmark-only model with the same architecture."
+            "or for benchmarks convert a registered preset name (llm-tflite plugins) with "
+            "--random-weights, which downloads nothing."
             if not os.path.isdir(source)
             else "Check that the directory was written by save_to_preset with a matching KerasHub version."
         )

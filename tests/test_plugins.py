@@ -1,0 +1,103 @@
+"""The plugin registry: built-ins, third-party registration, errors, the allow-list."""
+
+import subprocess
+import sys
+
+import pytest
+
+from llm_tflite import hookimpl, registry
+from llm_tflite.errors import PluginError, UnknownFamilyError, UnknownStrategyError
+from llm_tflite.plugins import load_plugins, pm
+from llm_tflite.quantizer import QuantizationStrategy
+
+
+def test_builtins_register_through_hooks():
+    load_plugins()
+    assert "gpt2" in registry.families()
+    assert {"none", "dynamic_int8", "float16"} <= set(registry.strategies())
+    assert registry.families()["gpt2"].plugin == "llm_tflite.default_plugins.gpt2"
+    assert "gpt2_tiny_shakespeare" in registry.presets()
+
+
+def test_unknown_names_list_what_exists():
+    with pytest.raises(UnknownFamilyError, match="unknown model family 'llama9'.*gpt2"):
+        registry.get_family("llama9")
+    with pytest.raises(UnknownStrategyError, match="unknown quantization strategy 'int1'.*dynamic_int8"):
+        registry.get_strategy("int1")
+
+
+class HalfStrategy(QuantizationStrategy):
+    name = "test_half"
+    description = "a strategy registered by a test plugin"
+
+
+class FakePlugin:
+    @hookimpl
+    def register_quantizers(self, register):
+        register(HalfStrategy())
+
+
+class RaisingPlugin:
+    @hookimpl
+    def register_families(self, register):
+        raise RuntimeError("boom")
+
+
+@pytest.fixture
+def registered():
+    plugins = []
+
+    def register(plugin, name):
+        load_plugins()
+        pm.register(plugin, name=name)
+        plugins.append(plugin)
+
+    yield register
+    for plugin in plugins:
+        pm.unregister(plugin)
+
+
+def test_third_party_strategy_appears(registered):
+    registered(FakePlugin(), "fake")
+    assert registry.get_strategy("test_half").description.startswith("a strategy")
+    assert registry.strategies()["test_half"].plugin == "fake"
+
+
+def test_plugin_that_raises_is_named(registered):
+    registered(RaisingPlugin(), "raiser")
+    with pytest.raises(PluginError, match="'raiser'.*register_families.*boom"):
+        registry.families()
+
+
+def test_misspelled_hook_fails_loudly():
+    class Misspelled:
+        @hookimpl
+        def register_familes(self, register):
+            pass
+
+    load_plugins()
+    pm.register(Misspelled(), name="misspelled")
+    try:
+        with pytest.raises(Exception, match="register_familes"):
+            pm.check_pending()
+    finally:
+        pm.unregister(name="misspelled")
+
+
+def test_allow_list_env_var_skips_entry_points(tmp_path):
+    """LLM_TFLITE_PLUGINS='' loads no third-party plugin, even a broken one."""
+    dist = tmp_path / "broken_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[llm_tflite]\nbroken = no_such_module_xyz\n")
+    code = "from llm_tflite import registry; print(sorted(registry.families()))"
+    env_base = {"PYTHONPATH": str(tmp_path), "PATH": ""}
+    import os
+
+    env = {**os.environ, **env_base}
+    broken = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert broken.returncode != 0 and "broken-plugin" in broken.stderr and "LLM_TFLITE_PLUGINS" in broken.stderr
+    allowed = subprocess.run([sys.executable, "-c", code], env={**env, "LLM_TFLITE_PLUGINS": ""},
+                             capture_output=True, text=True)
+    assert allowed.returncode == 0, allowed.stderr
+    assert "gpt2" in allowed.stdout
