@@ -1,1 +1,109 @@
-COMMANDS = []
+"""``llm-tflite`` commands for training, fine-tuning and evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+
+def _print_loss(label: str, loss: dict | None) -> None:
+    if loss:
+        print(f"{label}: {loss['nats_per_char']:.4f} nats/char, {loss['nats_per_token']:.4f} nats/token "
+              f"(perplexity {loss['perplexity']:.2f}) over {loss['tokens']:,} tokens")
+
+
+def cmd_train(args) -> int:
+    from llm_tflite.train import TrainConfig, train_gpt2
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if getattr(args, f.name, None) is not None}
+    record = train_gpt2(args.data, args.output, TrainConfig(**overrides))
+    _print_loss("held-out", record["heldout"])
+    print(f"wrote preset {args.output}")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from llm_tflite.finetune import finetune
+
+    result = finetune(
+        args.model, args.data, args.output, family=args.family, text_field=args.text_field,
+        heldout=args.heldout, epochs=args.epochs, max_steps=args.max_steps, max_minutes=args.max_minutes,
+        batch_size=args.batch_size, sequence_length=args.sequence_length,
+        learning_rate=args.learning_rate, seed=args.seed,
+    )
+    _print_loss("held-out before", result.before)
+    _print_loss("held-out after ", result.after)
+    if result.before and result.after:
+        drop = 1 - result.after["nats_per_char"] / result.before["nats_per_char"]
+        print(f"held-out loss lowered by {drop:.1%} in {result.steps} steps ({result.seconds / 60:.1f} min)")
+    print(f"wrote preset {args.output}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from llm_tflite.data import load_texts
+
+    text = "\n".join(load_texts(args.data, args.text_field))
+    if str(args.model).endswith(".tflite"):
+        from llm_tflite.evaluation import tflite_heldout_loss
+        from llm_tflite.runner import InterpreterRunner
+
+        loss = tflite_heldout_loss(InterpreterRunner(args.model), text, window=args.window,
+                                   max_tokens=args.max_tokens)
+    else:
+        from llm_tflite.evaluation import keras_heldout_loss
+        from llm_tflite.registry import load_model
+
+        _, lm = load_model(args.model, family=args.family)
+        loss = keras_heldout_loss(lm, text, sequence_length=args.window, max_tokens=args.max_tokens)
+    if args.json:
+        print(json.dumps(loss, indent=2))
+    else:
+        _print_loss("held-out", loss)
+    return 0
+
+
+def add_train(sub):
+    from llm_tflite.train import TrainConfig
+
+    p = sub.add_parser("train", help="train a small GPT-2 (tokenizer + model) from scratch on a text file")
+    p.add_argument("--data", required=True, help="UTF-8 text file; its first 90%% trains, the rest is held out")
+    p.add_argument("-o", "--output", required=True, help="preset directory to write")
+    for field in dataclasses.fields(TrainConfig):
+        p.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=type(field.default),
+                       help=f"default {field.default}")
+    p.set_defaults(func=cmd_train)
+
+
+def add_finetune(sub):
+    p = sub.add_parser("finetune", help="fine-tune a model on text files, folders or JSON records")
+    p.add_argument("model", help="preset name, local preset directory or handle")
+    p.add_argument("--data", required=True, action="append", help="file or folder (repeatable)")
+    p.add_argument("--heldout", action="append", help="held-out file or folder (default: last 10%% of --data)")
+    p.add_argument("--text-field", help="JSON field with the text, e.g. paragraphs")
+    p.add_argument("-o", "--output", required=True, help="preset directory to write")
+    p.add_argument("--family")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--max-minutes", type=float)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--sequence-length", type=int, default=128)
+    p.add_argument("--learning-rate", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_finetune)
+
+
+def add_eval(sub):
+    p = sub.add_parser("eval", help="held-out loss (nats/char, perplexity) of a model or .tflite file")
+    p.add_argument("model", help=".tflite file, preset name or preset directory")
+    p.add_argument("--data", required=True, action="append")
+    p.add_argument("--text-field")
+    p.add_argument("--family")
+    p.add_argument("--window", type=int, help="tokens per window (default: model's sequence length)")
+    p.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+
+COMMANDS = [add_train, add_finetune, add_eval]

@@ -97,8 +97,10 @@ def keras_heldout_loss(causal_lm, text: str, sequence_length: int | None = None,
     return summarize_nll(total_nll, n_tokens, n_chars)
 
 
-def keras_tokenize(tokenizer, text: str) -> np.ndarray:
-    """Token ids of ``text`` from a KerasHub tokenizer, through its TensorFlow graph path.
+def keras_tokenize(tokenizer, texts):
+    """Token ids from a KerasHub tokenizer, through its TensorFlow graph path.
+
+    ``texts`` is a string (returns one int32 array) or a list of strings (returns a list).
 
     KerasHub 0.30's eager path for byte-pair tokenizers hands its split pattern to
     ``tokenizers.pre_tokenizers.Split`` as a plain string, which that library matches
@@ -108,11 +110,36 @@ def keras_tokenize(tokenizer, text: str) -> np.ndarray:
     """
     import tensorflow as tf
 
-    ids = tf.function(tokenizer, autograph=False)(tf.constant(text))
-    return np.asarray(ids).astype(np.int32)
+    single = isinstance(texts, str)
+    batch = [texts] if single else list(texts)
+    fn = tf.function(tokenizer, autograph=False, input_signature=[tf.TensorSpec([None], tf.string)])
+    ids = [np.asarray(row, np.int32) for row in fn(tf.constant(batch)).to_list()]
+    return ids[0] if single else ids
 
 
 def _detokenize(tokenizer, ids) -> str:
     text = tokenizer.detokenize(np.asarray(ids, np.int32))
     text = text.numpy() if hasattr(text, "numpy") else text
     return text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
+
+
+def tflite_heldout_loss(runner, text: str, window: int | None = None, max_tokens: int | None = None,
+                        desc: str = "eval") -> dict:
+    """Held-out loss of a ``prefill_decode`` file (an ``InterpreterRunner``) on ``text``.
+
+    Windows as in ``keras_heldout_loss`` (start token + ``window - 1`` tokens), so figures
+    from the Keras model and from its ``.tflite`` file compare directly.
+    """
+    ids = np.asarray(runner.tokenizer.encode(text), np.int32)
+    n_chars = len(text)
+    if max_tokens is not None and len(ids) > max_tokens:
+        ids = ids[:max_tokens]
+        n_chars = len(runner.tokenizer.decode(ids))
+    window = min(window or runner.context_length, runner.context_length)
+    bos = runner.bos_id if runner.add_bos else None
+    total_nll, n_tokens = 0.0, 0
+    for w in progress(token_windows(ids, window, bos), desc=desc, unit="window"):
+        logp = log_softmax(runner.logits(w)[:-1])
+        total_nll -= float(np.take_along_axis(logp, w[1:, None], axis=-1).sum())
+        n_tokens += len(w) - 1
+    return summarize_nll(total_nll, n_tokens, n_chars)

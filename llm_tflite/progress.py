@@ -9,8 +9,8 @@ from tqdm.auto import tqdm
 
 
 def progress(iterable=None, **kwargs):
-    """``tqdm`` with project defaults; disabled by ``LLM_TFLITE_NO_PROGRESS=1``."""
-    kwargs.setdefault("disable", os.environ.get("LLM_TFLITE_NO_PROGRESS") == "1")
+    """``tqdm`` with project defaults: off when stderr is not a terminal or ``LLM_TFLITE_NO_PROGRESS=1``."""
+    kwargs.setdefault("disable", True if os.environ.get("LLM_TFLITE_NO_PROGRESS") == "1" else None)
     kwargs.setdefault("file", sys.stderr)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)

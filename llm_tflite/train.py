@@ -43,25 +43,35 @@ def split_text(text: str, train_fraction: float) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
-class _StepLogger:
-    """A Keras callback that prints the loss every ``every`` steps (works in logs, not only TTYs)."""
+def StepLogger(every: int, total: int, max_seconds: float | None = None):
+    """A Keras callback: a progress bar (or a log line every ``every`` steps), and an optional time limit."""
+    import keras
 
-    def __new__(cls, every: int, total: int):
-        import keras
+    from llm_tflite.progress import progress
 
-        class Logger(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.start = time.time()
+    class Logger(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.start = time.time()
+            self.steps_done = 0
+            self.bar = progress(total=total, desc="train", unit="step")
 
-            def on_train_batch_end(self, batch, logs=None):
-                if (batch + 1) % every == 0 or batch + 1 == total:
-                    elapsed = time.time() - self.start
-                    print(f"step {batch + 1}/{total} loss {logs['loss']:.4f} "
-                          f"elapsed {elapsed:.0f}s eta {elapsed / (batch + 1) * (total - batch - 1):.0f}s",
-                          flush=True)
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps_done = batch + 1
+            self.bar.update()
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
+            elapsed = time.time() - self.start
+            if self.bar.disable and ((batch + 1) % every == 0 or batch + 1 == total):
+                print(f"step {batch + 1}/{total} loss {logs['loss']:.4f} elapsed {elapsed:.0f}s "
+                      f"eta {elapsed / (batch + 1) * (total - batch - 1):.0f}s", flush=True)
+            if max_seconds is not None and elapsed > max_seconds:
+                print(f"time limit reached after {batch + 1} steps", flush=True)
+                self.model.stop_training = True
 
-        return Logger()
+        def on_train_end(self, logs=None):
+            self.bar.close()
+
+    return Logger()
 
 
 def train_gpt2(data_path: str, output_dir: str, config: TrainConfig | None = None) -> dict:
@@ -149,7 +159,7 @@ def train_gpt2(data_path: str, output_dir: str, config: TrainConfig | None = Non
         epochs=1,
         shuffle=False,
         verbose=0,
-        callbacks=[_StepLogger(every=50, total=config.steps)],
+        callbacks=[StepLogger(every=50, total=config.steps)],
     )
     train_seconds = time.time() - started
 
