@@ -131,9 +131,9 @@ class Converter:
         steps.set_postfix_str("converting")
         with tempfile.TemporaryDirectory(prefix="llm_tflite_") as saved_model_dir:
             module = tf.Module()
-            # Only what the graphs read: the whole task would drag its tokenizer's
-            # lookup tables (Flex ops) into every signature.
-            module.model = lm.backbone if self.mode == "prefill_decode" else lm
+            # Only what the graphs read: prefill_decode graphs hold frozen weights; generate
+            # graphs also read the tokenizer's lookup tables (Flex ops).
+            module.model = lm.backbone if self.mode == "prefill_decode" else lm.preprocessor.tokenizer
             tf.saved_model.save(module, saved_model_dir, signatures=signatures)
             converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=list(signatures))
             converter.experimental_enable_resource_variables = False

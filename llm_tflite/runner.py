@@ -129,7 +129,7 @@ class InterpreterRunner:
             sampler: ``greedy``, ``temperature``, ``top_k`` or ``top_p``.
             temperature, top_k, top_p, seed: sampler settings (see ``Sampler``).
         """
-        if self.export_mode == "generate":
+        if self.export_mode == "generate":  # loop and sampler were fixed at export
             yield self._engine.generate(_prompt_text(prompt))
             return
         sampler_args = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)

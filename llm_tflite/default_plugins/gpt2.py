@@ -113,7 +113,7 @@ class GPT2Family(ModelFamily):
     def generate_function(self, model, *, max_length, sampler, seed):
         from llm_tflite.generate_export import keras_generate_function
 
-        return keras_generate_function(model, max_length=max_length, sampler=sampler, seed=seed)
+        return keras_generate_function(self, model, max_length=max_length, sampler=sampler, seed=seed)
 
 
 @hookimpl
