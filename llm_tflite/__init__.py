@@ -23,7 +23,7 @@ _LAZY = {
     "Quantizer": "llm_tflite.quantizer",
     "QuantizationStrategy": "llm_tflite.quantizer",
     "load_model": "llm_tflite.registry",
-    "finetune": "llm_tflite.finetune",
+    "finetune": "llm_tflite.finetuning",
     "read_metadata": "llm_tflite.artifact",
 }
 

@@ -24,7 +24,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from llm_tflite.finetune import finetune
+    from llm_tflite.finetuning import finetune
 
     result = finetune(
         args.model, args.data, args.output, family=args.family, text_field=args.text_field,
