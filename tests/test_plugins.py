@@ -101,3 +101,17 @@ def test_allow_list_env_var_skips_entry_points(tmp_path):
                              capture_output=True, text=True)
     assert allowed.returncode == 0, allowed.stderr
     assert "gpt2" in allowed.stdout
+
+
+class PresetPlugin:
+    @hookimpl
+    def register_presets(self, register):
+        from llm_tflite import Preset
+
+        register(Preset(name="test_alias", family="gpt2", source="gpt2_tiny_shakespeare", description="alias"))
+
+
+def test_third_party_preset_resolves_to_its_family(registered):
+    registered(PresetPlugin(), "presets")
+    assert registry.presets()["test_alias"].plugin == "presets"
+    assert registry.resolve_family("test_alias").name == "gpt2"

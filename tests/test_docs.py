@@ -1,0 +1,54 @@
+"""Docs are code: every hook is documented and tested; README commands and snippets run."""
+
+import inspect
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from llm_tflite import hookspecs
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("register_")]
+
+
+def readme_blocks(language):
+    return re.findall(rf"```{language}\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_hook_is_documented(hook):
+    doc = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    assert f"### `{hook}(register)`" in doc, f"docs/plugins.md has no section for {hook}"
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_hook_has_a_test(hook):
+    tests = "".join(p.read_text(encoding="utf-8") for p in (ROOT / "tests").glob("test_plugin*.py"))
+    assert f"def {hook}(" in tests, f"no test plugin implements {hook}"
+
+
+@pytest.mark.slow
+def test_readme_python_snippet_runs(tmp_path):
+    code = readme_blocks("python")[0]
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "LLM_TFLITE_NO_PROGRESS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.strip().splitlines()) >= 3
+
+
+@pytest.mark.slow
+def test_readme_plain_steps_run(tmp_path):
+    """The two commands README shows as the main job's plain steps, with this interpreter's bin dir."""
+    bin_dir = os.path.dirname(sys.executable)
+    block = next(b for b in readme_blocks("bash") if "llm-tflite convert" in b)
+    for line in block.strip().splitlines():
+        command = line.replace(".venv/bin/", bin_dir + "/")
+        out = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                             env={**os.environ, "LLM_TFLITE_NO_PROGRESS": "1"})
+        assert out.returncode == 0, out.stderr
+    assert (tmp_path / "build" / "gpt2_tiny_shakespeare.tflite").stat().st_size > 1e6
+    assert out.stdout.startswith("ROMEO:") and len(out.stdout) > 60
