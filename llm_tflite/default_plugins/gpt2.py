@@ -94,8 +94,9 @@ class GPT2Family(ModelFamily):
         from llm_tflite.ops import causal_attention, update_cache
 
         backbone = model.backbone
+        # 1-D lookups, so weight quantizers can treat them as EMBEDDING_LOOKUP tables.
         positions = tf.gather(backbone.position_embedding.position_embeddings, input_pos)
-        x = backbone.token_embedding(tokens) + positions[None]
+        x = (tf.gather(backbone.token_embedding.embeddings, tf.reshape(tokens, [-1])) + positions)[None]
         new_caches = []
         for layer, (key_cache, value_cache) in zip(backbone.transformer_layers, caches):
             attention = layer._self_attention_layer

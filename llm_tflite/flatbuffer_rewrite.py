@@ -1,0 +1,90 @@
+"""Small, checked rewrites of ``.tflite`` flatbuffers (no TensorFlow needed)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import flatbuffers
+
+from llm_tflite.artifact import TFLITE_IDENTIFIER, _schema
+
+
+def _load(tflite_model: bytes):
+    schema = _schema()
+    return schema, schema.ModelT.InitFromPackedBuf(bytearray(tflite_model), 0)
+
+
+def _pack(model) -> bytes:
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=TFLITE_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def _builtin(code) -> int:
+    return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+
+def dedupe_buffers(tflite_model: bytes) -> bytes:
+    """Point tensors with byte-identical constant data at one buffer and empty the copies.
+
+    Tools that rewrite one signature at a time (e.g. ai-edge-quantizer) give each
+    signature its own copy of a shared weight; this undoes that.
+    """
+    schema, model = _load(tflite_model)
+    first_by_digest: dict[str, int] = {}
+    canonical: dict[int, int] = {}
+    for index, buffer in enumerate(model.buffers):
+        data = buffer.data
+        if data is None or len(data) == 0:
+            continue
+        digest = hashlib.sha256(bytes(data)).hexdigest()
+        canonical[index] = first_by_digest.setdefault(digest, index)
+    changed = False
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            target = canonical.get(tensor.buffer, tensor.buffer)
+            if target != tensor.buffer:
+                tensor.buffer, changed = target, True
+    if not changed:
+        return tflite_model
+    used = {t.buffer for sg in model.subgraphs for t in sg.tensors} | {m.buffer for m in (model.metadata or [])}
+    for index, buffer in enumerate(model.buffers):
+        if index not in used and buffer.data is not None and len(buffer.data):
+            model.buffers[index] = schema.BufferT()
+    return _pack(model)
+
+
+def gathers_to_embedding_lookups(tflite_model: bytes) -> bytes:
+    """Turn ``GATHER(table, ids)`` on a constant 2-D table with 1-D ids into ``EMBEDDING_LOOKUP``.
+
+    The result is identical; the point is that weight quantizers (ai-edge-quantizer)
+    quantize EMBEDDING_LOOKUP tables but leave GATHER tables in float.
+    """
+    schema, model = _load(tflite_model)
+    ops = schema.BuiltinOperator
+    lookup_index = None
+    changed = False
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            if _builtin(model.operatorCodes[op.opcodeIndex]) != ops.GATHER or len(op.inputs) != 2:
+                continue
+            table, ids = (subgraph.tensors[i] for i in op.inputs)
+            options = op.builtinOptions
+            constant = model.buffers[table.buffer].data is not None and len(model.buffers[table.buffer].data) > 0
+            if not (constant and len(table.shape) == 2 and len(ids.shape) == 1
+                    and ids.type == schema.TensorType.INT32 and table.type == schema.TensorType.FLOAT32
+                    and (options is None or (options.axis == 0 and options.batchDims == 0))):
+                continue
+            if lookup_index is None:
+                code = schema.OperatorCodeT()
+                code.builtinCode = ops.EMBEDDING_LOOKUP
+                code.deprecatedBuiltinCode = min(ops.EMBEDDING_LOOKUP, 127)
+                code.version = 1
+                model.operatorCodes.append(code)
+                lookup_index = len(model.operatorCodes) - 1
+            op.opcodeIndex = lookup_index
+            op.inputs = [op.inputs[1], op.inputs[0]]
+            op.builtinOptionsType = 0
+            op.builtinOptions = None
+            changed = True
+    return _pack(model) if changed else tflite_model
