@@ -106,4 +106,10 @@ def add_eval(sub):
     p.set_defaults(func=cmd_eval)
 
 
-COMMANDS = [add_train, add_finetune, add_eval]
+def add_bench(sub):
+    from llm_tflite.bench import add_bench as add
+
+    add(sub)
+
+
+COMMANDS = [add_train, add_finetune, add_eval, add_bench]

@@ -93,6 +93,13 @@ class Converter:
             steps.close()
         return ConversionResult(os.fspath(output), len(tflite_model), metadata)
 
+    @staticmethod
+    def _run_converter(converter) -> bytes:
+        try:
+            return converter.convert()
+        except Exception as e:
+            raise ConversionError(f"TensorFlow Lite conversion failed: {type(e).__name__}: {str(e)[:2000]}") from e
+
     def _metadata(self, fam, lm) -> dict:
         context_length = min(self.context_length or min(fam.max_context_length(lm), 1024), fam.max_context_length(lm))
         record = {
@@ -129,23 +136,30 @@ class Converter:
             signatures = {"serving_default": fn}
         steps.update()
         steps.set_postfix_str("converting")
-        with tempfile.TemporaryDirectory(prefix="llm_tflite_") as saved_model_dir:
-            module = tf.Module()
-            # Only what the graphs read: prefill_decode graphs hold frozen weights; generate
-            # graphs also read the tokenizer's lookup tables (Flex ops).
-            module.model = lm.backbone if self.mode == "prefill_decode" else lm.preprocessor.tokenizer
-            tf.saved_model.save(module, saved_model_dir, signatures=signatures)
-            converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=list(signatures))
-            converter.experimental_enable_resource_variables = False
-            if self.mode == "generate":
+        if self.mode == "prefill_decode":
+            # One conversion per signature, merged afterwards: a SavedModel holding every
+            # signature's frozen weights would pass protobuf's 2 GB limit for GPT-2 base.
+            from llm_tflite.flatbuffer_rewrite import merge_signatures
+            from llm_tflite.prefill_decode import input_names, output_names
+
+            spec = fam.kv_cache_spec(lm)
+            parts = {}
+            for key, fn in signatures.items():
+                converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
+                self.quantizer.configure(converter, self.calibration)
+                parts[key] = (self._run_converter(converter), input_names(spec), output_names(spec))
+            tflite_model = merge_signatures(parts)
+        else:
+            with tempfile.TemporaryDirectory(prefix="llm_tflite_") as saved_model_dir:
+                module = tf.Module()
+                module.tokenizer = lm.preprocessor.tokenizer  # the lookup tables the graph reads
+                tf.saved_model.save(module, saved_model_dir, signatures=signatures)
+                converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=list(signatures))
                 from llm_tflite.generate_export import configure_generate_converter
 
                 configure_generate_converter(converter)
-            self.quantizer.configure(converter, self.calibration)
-            try:
-                tflite_model = converter.convert()
-            except Exception as e:
-                raise ConversionError(f"TensorFlow Lite conversion failed: {type(e).__name__}: {str(e)[:2000]}") from e
+                self.quantizer.configure(converter, self.calibration)
+                tflite_model = self._run_converter(converter)
         steps.update()
         steps.set_postfix_str("quantizing")
         tflite_model = self.quantizer.postprocess(tflite_model)

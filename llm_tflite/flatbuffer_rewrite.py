@@ -88,3 +88,73 @@ def gathers_to_embedding_lookups(tflite_model: bytes) -> bytes:
             op.builtinOptions = None
             changed = True
     return _pack(model) if changed else tflite_model
+
+
+def _signature(schema, key: str, subgraph, input_names, output_names):
+    if len(input_names) != len(subgraph.inputs) or len(output_names) != len(subgraph.outputs):
+        raise ValueError(f"signature {key!r}: {len(subgraph.inputs)} inputs / {len(subgraph.outputs)} outputs "
+                         f"for {len(input_names)} / {len(output_names)} names")
+    signature = schema.SignatureDefT()
+    signature.signatureKey = key
+
+    def tensor_maps(names, indices):
+        maps = []
+        for name, index in zip(names, indices):
+            entry = schema.TensorMapT()
+            entry.name, entry.tensorIndex = name, int(index)
+            maps.append(entry)
+        return maps
+
+    signature.inputs = tensor_maps(input_names, subgraph.inputs)
+    signature.outputs = tensor_maps(output_names, subgraph.outputs)
+    return signature
+
+
+def merge_signatures(models: dict[str, tuple[bytes, list[str], list[str]]]) -> bytes:
+    """One ``.tflite`` with one signature per converted single-function model.
+
+    ``models`` maps a signature key to ``(flatbuffer, input_names, output_names)``, names in
+    the order of the subgraph's inputs and outputs (the function's flattened order).
+
+    Operator codes are shared and identical constant buffers are stored once
+    (``dedupe_buffers``), so per-signature conversions sharing weights cost no extra size.
+    The models must not use control flow (subgraph-indexed ops).
+    """
+    schema = _schema()
+    merged = None
+    for key, (data, input_names, output_names) in models.items():
+        _, model = _load(data)
+        if len(model.subgraphs) != 1:
+            raise ValueError(f"signature {key!r}: expected one subgraph, got {len(model.subgraphs)}")
+        model.subgraphs[0].name = key
+        for tensor in model.subgraphs[0].tensors:  # unique across signatures (ai-edge-quantizer needs it)
+            tensor.name = f"{key}/".encode() + (tensor.name or b"")
+        signature = _signature(schema, key, model.subgraphs[0], input_names, output_names)
+        if merged is None:
+            merged = model
+            merged.signatureDefs = [signature]
+            continue
+        code_map = {}
+        for index, code in enumerate(model.operatorCodes):
+            ident = (code.builtinCode, code.deprecatedBuiltinCode, code.customCode, code.version)
+            for j, existing in enumerate(merged.operatorCodes):
+                if (existing.builtinCode, existing.deprecatedBuiltinCode, existing.customCode, existing.version) == ident:
+                    code_map[index] = j
+                    break
+            else:
+                merged.operatorCodes.append(code)
+                code_map[index] = len(merged.operatorCodes) - 1
+        buffer_map = {0: 0}
+        for index, buffer in enumerate(model.buffers):
+            if index:
+                merged.buffers.append(buffer)
+                buffer_map[index] = len(merged.buffers) - 1
+        subgraph = model.subgraphs[0]
+        for tensor in subgraph.tensors:
+            tensor.buffer = buffer_map[tensor.buffer]
+        for op in subgraph.operators:
+            op.opcodeIndex = code_map[op.opcodeIndex]
+        merged.subgraphs.append(subgraph)
+        signature.subgraphIndex = len(merged.subgraphs) - 1
+        merged.signatureDefs.append(signature)
+    return dedupe_buffers(_pack(merged))

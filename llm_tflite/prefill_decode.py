@@ -21,6 +21,16 @@ def cache_names(spec: KVCacheSpec) -> list[str]:
     return names
 
 
+def input_names(spec: KVCacheSpec) -> list[str]:
+    """Signature inputs, in the functions' argument order."""
+    return ["tokens", "input_pos"] + cache_names(spec)
+
+
+def output_names(spec: KVCacheSpec) -> list[str]:
+    """Signature outputs, in the functions' flattened (sorted-key) order."""
+    return sorted(["logits"] + cache_names(spec))
+
+
 def signature_function(family, model, spec: KVCacheSpec, context_length: int, length: int):
     """A ``tf.function`` for one signature that processes ``length`` tokens."""
     cache_shape = [1, context_length, spec.num_kv_heads, spec.head_dim]
@@ -42,19 +52,12 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
 
     # Freeze the weights into constants: TFLite would otherwise keep them as resource
     # variables (VAR_HANDLE/READ_VARIABLE), which quantizers skip. Freezing flattens the
-    # outputs (a dict flattens in sorted key order), so name them again.
-    frozen = convert_variables_to_constants_v2(run.get_concrete_function())
-    output_names = sorted(["logits"] + names)
-
-    @tf.function(input_signature=input_signature, autograph=False)
-    def named(tokens, input_pos, *flat_caches):
-        return dict(zip(output_names, frozen(tokens, input_pos, *flat_caches)))
-
-    return named.get_concrete_function()
+    # outputs (a dict flattens in sorted key order); ``output_names`` names them again.
+    return convert_variables_to_constants_v2(run.get_concrete_function())
 
 
 def build_signatures(family, model, context_length: int, prefill_lengths) -> dict:
-    """``{"prefill_8": concrete_fn, ..., "decode": concrete_fn}`` for ``TFLiteConverter``."""
+    """``{"prefill_8": frozen_fn, ..., "decode": frozen_fn}``, each converted on its own."""
     spec = family.kv_cache_spec(model)
     signatures = {
         f"prefill_{length}": signature_function(family, model, spec, context_length, length)
