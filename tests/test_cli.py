@@ -56,3 +56,17 @@ def test_offline_handle_fails_clearly(tmp_path):
     assert "could not load preset" in out.stderr and "--random-weights" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "x.tflite").exists()
+
+
+def test_random_weights_from_a_local_preset(tiny_gpt2_dir, tmp_path):
+    """--random-weights keeps the architecture and tokenizer of a local preset, not its weights."""
+    from llm_tflite import InterpreterRunner
+
+    trained, random = tmp_path / "trained.tflite", tmp_path / "random.tflite"
+    assert cli("convert", tiny_gpt2_dir, "--prefill-lengths", "4", "-o", trained).returncode == 0
+    out = cli("convert", tiny_gpt2_dir, "--random-weights", "--prefill-lengths", "4", "-o", random)
+    assert out.returncode == 0, out.stderr
+    a, b = InterpreterRunner(trained), InterpreterRunner(random)
+    assert a.metadata["model"] == b.metadata["model"] and a.metadata["tokenizer"] == b.metadata["tokenizer"]
+    ids = a.encode("ROMEO:")
+    assert abs(a.logits(ids) - b.logits(ids)).max() > 1e-3

@@ -23,6 +23,7 @@ class GPT2Family(ModelFamily):
         return bool(cls_names & {"GPT2CausalLM"})
 
     def load(self, source, *, random_weights=False, config=None):
+        import keras
         import keras_hub
 
         if not isinstance(source, str):
@@ -35,20 +36,24 @@ class GPT2Family(ModelFamily):
                 )
             return source
         if random_weights:
+            from llm_tflite.default_plugins.presets import DEFAULT_PRESET_DIR
+            from llm_tflite.errors import ModelSourceError
+
+            tokenizer_dir = DEFAULT_PRESET_DIR  # standard sizes borrow the shipped tokenizer
             if config is None and is_preset_dir(source):
                 with open(os.path.join(source, "config.json"), encoding="utf-8") as f:
                     config = json.load(f)["config"]
+                tokenizer_dir = source
             if config is None:
-                from llm_tflite.errors import ModelSourceError
-
                 raise ModelSourceError(
                     f"no architecture is known for {source!r} without downloading it; use one of the "
-                    "registered presets (llm-tflite presets) or a local preset directory"
+                    "registered presets (llm-tflite plugins) or a local preset directory"
                 )
-            backbone = keras_hub.models.GPT2Backbone(**{k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")})
-            from llm_tflite.default_plugins.presets import DEFAULT_PRESET_DIR
-
-            tokenizer = keras_hub.models.GPT2Tokenizer.from_preset(DEFAULT_PRESET_DIR)
+            keras.utils.set_random_seed(0)
+            backbone = keras_hub.models.GPT2Backbone(
+                **{k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")}
+            )
+            tokenizer = load_keras_preset(keras_hub.models.GPT2Tokenizer, tokenizer_dir)
             preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(
                 tokenizer, sequence_length=min(config.get("max_sequence_length", 1024), 1024)
             )
