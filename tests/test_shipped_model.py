@@ -44,7 +44,8 @@ def test_heldout_loss_at_most_1_85_nats_per_char(shipped):
 
 
 def test_generates_shakespeare_like_text(float_file):
-    text = InterpreterRunner(float_file).generate("ROMEO:\n", max_new_tokens=120)
+    text = InterpreterRunner(float_file).generate("ROMEO:\n", max_new_tokens=120, sampler="top_k", top_k=40,
+                                                  temperature=0.8, seed=1)
     assert "\n" in text
     assert re.search(r"\n[A-Z][A-Za-z ]+:\n", "\n" + text), text  # a speaker name on its own line
     words = re.findall(r"[a-z]+", text.lower())
@@ -78,7 +79,7 @@ def test_dynamic_int8_generate_file_is_3x_smaller_and_fluent(tmp_path):
     float_size = Converter(mode="generate").convert(PRESET, str(float_path)).size_bytes
     int8_size = Converter(mode="generate", quantize="dynamic_int8").convert(PRESET, str(int8_path)).size_bytes
     assert float_size / int8_size >= 3, (float_size, int8_size)
-    text = InterpreterRunner(int8_path).generate("ROMEO:\n")
+    text = InterpreterRunner(int8_path).generate("ROMEO:\n")  # greedy, fixed at export
     words = re.findall(r"[a-z]+", text.lower())
     assert len(words) >= 10 and sum(w in {"the", "and", "i", "to", "of", "my", "you", "a", "is"} for w in words) >= 3, text
 
