@@ -38,7 +38,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--quick", action="store_true", help="about two minutes of fine-tuning")
-    parser.add_argument("--max-minutes", type=float, default=15.0)
+    parser.add_argument("--max-minutes", type=float, default=14.0, help="fine-tuning time limit (default 14)")
     parser.add_argument("--out", default=None, help="where to write the preset and .tflite (default: a temp dir)")
     args = parser.parse_args(argv)
     data = pathlib.Path(args.data_dir)
@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
         lm, train_files, str(out / "tang_preset"), text_field="paragraphs",
         heldout=data / "poet.tang.4000.json",
         max_minutes=2.0 if args.quick else args.max_minutes,
-        epochs=1, batch_size=16, sequence_length=128, learning_rate=1e-3,
+        epochs=1 if args.quick else 3, batch_size=16, sequence_length=128, learning_rate=2e-3,
         eval_max_tokens=20_000 if args.quick else 100_000,
     )
     drop = 1 - result.after["nats_per_char"] / result.before["nats_per_char"]
@@ -66,8 +66,11 @@ def main(argv=None) -> dict:
 
     tflite = out / "tang.tflite"
     llm_tflite.Converter(quantize="dynamic_int8").convert(str(out / "tang_preset"), str(tflite))
-    tflite_text = PROMPT + llm_tflite.InterpreterRunner(tflite).generate(PROMPT, max_new_tokens=48)
-    print("after fine-tuning (.tflite, int8):", tflite_text)
+    runner = llm_tflite.InterpreterRunner(tflite)
+    tflite_text = PROMPT + runner.generate(PROMPT, max_new_tokens=48)
+    print("after fine-tuning (.tflite, int8, greedy):", tflite_text)
+    sampled = PROMPT + runner.generate(PROMPT, max_new_tokens=72, sampler="top_k", top_k=40, temperature=0.8, seed=1)
+    print("after fine-tuning (.tflite, int8, top-k sample):", sampled)
     figures = {
         "before_nats_per_char": result.before["nats_per_char"],
         "after_nats_per_char": result.after["nats_per_char"],
@@ -76,6 +79,7 @@ def main(argv=None) -> dict:
         "minutes": result.seconds / 60,
         "cjk_fraction_keras": cjk_fraction(keras_text[len(PROMPT):]),
         "cjk_fraction_tflite": cjk_fraction(tflite_text[len(PROMPT):]),
+        "cjk_fraction_tflite_sampled": cjk_fraction(sampled[len(PROMPT):]),
         "tflite": str(tflite),
     }
     print(json.dumps(figures, ensure_ascii=False, indent=2))
