@@ -35,26 +35,23 @@ def presets() -> dict[str, Registered]:
     return _by_name("register_presets")
 
 
-def get_family(name: str):
-    """The family registered as ``name``; ``UnknownFamilyError`` lists the ones that exist."""
-    known = families()
+def _get(name: str, known: dict[str, Registered], what: str, error):
     if name not in known:
-        raise UnknownFamilyError(
-            f"unknown model family {name!r}; registered families: {', '.join(sorted(known)) or '(none)'}. "
+        raise error(
+            f"unknown {what} {name!r}; registered: {', '.join(sorted(known)) or '(none)'}. "
             "Install the plugin that provides it (llm-tflite plugins lists what is loaded)."
         )
     return known[name].item
+
+
+def get_family(name: str):
+    """The family registered as ``name``; ``UnknownFamilyError`` lists the ones that exist."""
+    return _get(name, families(), "model family", UnknownFamilyError)
 
 
 def get_strategy(name: str):
     """The quantization strategy registered as ``name``; ``UnknownStrategyError`` lists the ones that exist."""
-    known = strategies()
-    if name not in known:
-        raise UnknownStrategyError(
-            f"unknown quantization strategy {name!r}; registered strategies: {', '.join(sorted(known))}. "
-            "Install the plugin that provides it (llm-tflite plugins lists what is loaded)."
-        )
-    return known[name].item
+    return _get(name, strategies(), "quantization strategy", UnknownStrategyError)
 
 
 def resolve_family(source, family: str | None = None):
