@@ -46,11 +46,21 @@ def cmd_eval(args) -> int:
 
     text = "\n".join(load_texts(args.data, args.text_field))
     if str(args.model).endswith(".tflite"):
-        from llm_tflite.evaluation import tflite_heldout_loss
+        import os
+
+        from llm_tflite.evaluation import keras_logits_fn, tflite_heldout_loss
         from llm_tflite.runner import InterpreterRunner
 
+        reference = None
+        if args.reference and str(args.reference).endswith(".tflite"):
+            reference = InterpreterRunner(args.reference).logits
+        elif args.reference:
+            from llm_tflite.registry import load_model
+
+            reference = keras_logits_fn(load_model(args.reference, family=args.family)[1])
         loss = tflite_heldout_loss(InterpreterRunner(args.model), text, window=args.window,
-                                   max_tokens=args.max_tokens)
+                                   max_tokens=args.max_tokens, reference=reference)
+        loss["file_bytes"] = os.path.getsize(args.model)
     else:
         from llm_tflite.evaluation import keras_heldout_loss
         from llm_tflite.registry import load_model
@@ -61,6 +71,9 @@ def cmd_eval(args) -> int:
         print(json.dumps(loss, indent=2))
     else:
         _print_loss("held-out", loss)
+        if "kl_divergence" in loss:
+            print(f"vs reference: KL divergence {loss['kl_divergence']:.3e} nats/token, "
+                  f"top-1 agreement {loss['top1_agreement']:.2%}")
     return 0
 
 
@@ -100,6 +113,8 @@ def add_eval(sub):
     p.add_argument("--data", required=True, action="append")
     p.add_argument("--text-field")
     p.add_argument("--family")
+    p.add_argument("--reference", help=".tflite files: float reference (a float32 .tflite, preset or directory) "
+                   "for KL divergence and top-1 agreement")
     p.add_argument("--window", type=int, help="tokens per window (default: model's sequence length)")
     p.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens")
     p.add_argument("--json", action="store_true")

@@ -70,3 +70,18 @@ def test_random_weights_from_a_local_preset(tiny_gpt2_dir, tmp_path):
     assert a.metadata["model"] == b.metadata["model"] and a.metadata["tokenizer"] == b.metadata["tokenizer"]
     ids = a.encode("ROMEO:")
     assert abs(a.logits(ids) - b.logits(ids)).max() > 1e-3
+
+
+def test_eval_against_a_float_reference(tiny_gpt2_dir, tiny_tflite, tmp_path):
+    """eval --reference: a file against itself has zero KL; int8 against float has some, and top-1 mostly agrees."""
+    from conftest import SHAKESPEARE
+
+    same = json.loads(cli("eval", tiny_tflite, "--data", SHAKESPEARE, "--max-tokens", "600",
+                          "--reference", tiny_tflite, "--json").stdout)
+    assert abs(same["kl_divergence"]) < 1e-9 and same["top1_agreement"] == 1.0
+    assert same["file_bytes"] == tiny_tflite.stat().st_size
+    int8 = tmp_path / "int8.tflite"
+    assert cli("convert", tiny_gpt2_dir, "--quantize", "dynamic_int8", "--prefill-lengths", "4,16", "-o", int8).returncode == 0
+    quantized = json.loads(cli("eval", int8, "--data", SHAKESPEARE, "--max-tokens", "600",
+                               "--reference", tiny_gpt2_dir, "--json").stdout)
+    assert quantized["kl_divergence"] > 0 and quantized["top1_agreement"] > 0.5
