@@ -39,13 +39,28 @@ def _check_flatbuffer(buf: bytes, where: str) -> None:
         )
 
 
+def unpack_model(tflite_model: bytes):
+    """The flatbuffer as a mutable ``ModelT``, with buffers stored after it (offset/size) moved inline.
+
+    Some writers (ai-edge-quantizer) keep large buffers outside the flatbuffer; repacking
+    a ``ModelT`` would silently drop them, so they are materialised here.
+    """
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(bytearray(tflite_model), 0)
+    for buffer in model.buffers or []:
+        if getattr(buffer, "offset", 0) > 1 and getattr(buffer, "size", 0):
+            buffer.data = np.frombuffer(tflite_model, np.uint8, count=buffer.size, offset=buffer.offset).copy()
+            buffer.offset, buffer.size = 0, 0
+    return model
+
+
 def add_metadata(tflite_model: bytes, record: dict) -> bytes:
     """Return ``tflite_model`` with ``record`` stored as its ``llm_tflite`` metadata."""
     import flatbuffers
 
     _check_flatbuffer(tflite_model, "the converter output")
     schema = _schema()
-    model = schema.ModelT.InitFromPackedBuf(bytearray(tflite_model), 0)
+    model = unpack_model(tflite_model)
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(json.dumps(record, ensure_ascii=False).encode("utf-8"), np.uint8)
     model.buffers.append(buffer)

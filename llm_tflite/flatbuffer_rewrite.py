@@ -6,12 +6,11 @@ import hashlib
 
 import flatbuffers
 
-from llm_tflite.artifact import TFLITE_IDENTIFIER, _schema
+from llm_tflite.artifact import TFLITE_IDENTIFIER, _schema, unpack_model
 
 
 def _load(tflite_model: bytes):
-    schema = _schema()
-    return schema, schema.ModelT.InitFromPackedBuf(bytearray(tflite_model), 0)
+    return _schema(), unpack_model(tflite_model)
 
 
 def _pack(model) -> bytes:

@@ -92,3 +92,25 @@ def test_tang_example_quick(tmp_path):
     figures = tang_poems.main(["--quick", "--out", str(tmp_path)])
     assert figures["heldout_drop"] >= 0.30, figures
     assert figures["cjk_fraction_tflite"] >= 0.5, figures
+
+
+@pytest.mark.parametrize("strategy, max_ratio, max_kl", [
+    ("dynamic_int8", 0.34, 0.01), ("float16", 0.52, 1e-4),
+    ("weight_only_int8", 0.31, 0.01), ("int4_blockwise", 0.17, 0.05),
+])
+def test_quantized_files_run_close_to_float(float_file, tmp_path, strategy, max_ratio, max_kl):
+    """Each strategy's file loads, is as small as it should be, and stays close to float32.
+
+    ai-edge-quantizer writes large buffers after the flatbuffer (offset/size); this also
+    checks that our metadata and buffer rewrites keep them.
+    """
+    from llm_tflite.evaluation import tflite_heldout_loss
+    from llm_tflite.train import split_text
+
+    path = tmp_path / f"{strategy}.tflite"
+    size = Converter(quantize=strategy).convert(PRESET, str(path)).size_bytes
+    assert size / float_file.stat().st_size <= max_ratio
+    _, heldout = split_text(shakespeare_text(), 0.9)
+    result = tflite_heldout_loss(InterpreterRunner(path), heldout, max_tokens=3000,
+                                 reference=InterpreterRunner(float_file).logits)
+    assert result["kl_divergence"] <= max_kl and result["top1_agreement"] >= 0.9, result
