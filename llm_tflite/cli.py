@@ -80,8 +80,8 @@ def cmd_plugins(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    for kind in ("family", "strategy", "preset"):
-        print({"family": "families:", "strategy": "strategies:", "preset": "presets:"}[kind])
+    for kind, heading in (("family", "families:"), ("strategy", "strategies:"), ("preset", "presets:")):
+        print(heading)
         for row in (r for r in rows if r["kind"] == kind):
             print(f"  {row['name']:<22} {row['distribution']:<22} {row['description']}")
     return 0
@@ -149,6 +149,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `llm-tflite plugins | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
