@@ -128,28 +128,28 @@ class Converter:
         import tensorflow as tf
 
         if self.mode == "prefill_decode":
-            from llm_tflite.prefill_decode import build_signatures
-
-            signatures = build_signatures(fam, lm, metadata["context_length"], metadata["prefill_lengths"])
-        else:
-            fn = fam.generate_function(lm, max_length=self.max_length, sampler=self.sampler, seed=self.seed)
-            signatures = {"serving_default": fn}
-        steps.update()
-        steps.set_postfix_str("converting")
-        if self.mode == "prefill_decode":
-            # One conversion per signature, merged afterwards: a SavedModel holding every
-            # signature's frozen weights would pass protobuf's 2 GB limit for GPT-2 base.
+            # One frozen function and conversion per signature, merged afterwards: a SavedModel
+            # holding every signature's frozen weights would pass protobuf's 2 GB limit for
+            # GPT-2 base, and building them one at a time bounds peak memory.
             from llm_tflite.flatbuffer_rewrite import merge_signatures
-            from llm_tflite.prefill_decode import input_names, output_names
+            from llm_tflite.prefill_decode import input_names, output_names, signature_function, signature_lengths
 
             spec = fam.kv_cache_spec(lm)
+            steps.update()
+            steps.set_postfix_str("converting")
             parts = {}
-            for key, fn in signatures.items():
+            for key, length in signature_lengths(metadata["prefill_lengths"]).items():
+                fn = signature_function(fam, lm, spec, metadata["context_length"], length)
                 converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
                 self.quantizer.configure(converter, self.calibration)
                 parts[key] = (self._run_converter(converter), input_names(spec), output_names(spec))
+                del fn, converter
             tflite_model = merge_signatures(parts)
         else:
+            fn = fam.generate_function(lm, max_length=self.max_length, sampler=self.sampler, seed=self.seed)
+            signatures = {"serving_default": fn}
+            steps.update()
+            steps.set_postfix_str("converting")
             with tempfile.TemporaryDirectory(prefix="llm_tflite_") as saved_model_dir:
                 module = tf.Module()
                 module.tokenizer = lm.preprocessor.tokenizer  # the lookup tables the graph reads

@@ -56,12 +56,8 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
     return convert_variables_to_constants_v2(run.get_concrete_function())
 
 
-def build_signatures(family, model, context_length: int, prefill_lengths) -> dict:
-    """``{"prefill_8": frozen_fn, ..., "decode": frozen_fn}``, each converted on its own."""
-    spec = family.kv_cache_spec(model)
-    signatures = {
-        f"prefill_{length}": signature_function(family, model, spec, context_length, length)
-        for length in prefill_lengths
-    }
-    signatures["decode"] = signature_function(family, model, spec, context_length, 1)
-    return signatures
+def signature_lengths(prefill_lengths) -> dict[str, int]:
+    """``{"prefill_8": 8, ..., "decode": 1}``: each signature and the tokens it takes."""
+    lengths = {f"prefill_{n}": int(n) for n in prefill_lengths}
+    lengths["decode"] = 1
+    return lengths
