@@ -12,10 +12,6 @@ def tokenizer_from_spec(spec: dict):
         from llm_tflite.tokenizers.bpe import BPETokenizer
 
         return BPETokenizer(spec["vocab"], spec["merges"])
-    if kind == "sentencepiece":
-        from llm_tflite.tokenizers.sentencepiece import SentencePieceTokenizer
-
-        return SentencePieceTokenizer.from_spec(spec)
     raise ModelFileError(
         f"this file's tokenizer type {kind!r} is unknown to this llm-tflite version; upgrade llm-tflite"
     )
