@@ -128,6 +128,10 @@ class InterpreterRunner:
             max_new_tokens: most tokens to generate; stops earlier at the end token.
             sampler: ``greedy``, ``temperature``, ``top_k`` or ``top_p``.
             temperature, top_k, top_p, seed: sampler settings (see ``Sampler``).
+
+        For ``generate``-mode files the length and sampler were fixed at export
+        (``metadata["max_length"]``, ``metadata["default_sampler"]``); the continuation
+        comes as one piece and these arguments are not used.
         """
         if self.export_mode == "generate":  # loop and sampler were fixed at export
             yield self._engine.generate(_prompt_text(prompt))
