@@ -32,7 +32,7 @@ def output_names(spec: KVCacheSpec) -> list[str]:
 
 
 def signature_function(family, model, spec: KVCacheSpec, context_length: int, length: int):
-    """A ``tf.function`` for one signature that processes ``length`` tokens."""
+    """The frozen concrete function of one signature, which processes ``length`` tokens."""
     cache_shape = [1, context_length, spec.num_kv_heads, spec.head_dim]
     names = cache_names(spec)
     input_signature = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from llm_tflite import InterpreterRunner, artifact
+from llm_tflite.evaluation import keras_logits_fn
 
 PARITY_PROMPTS = (
     "First Citizen:",
@@ -15,18 +16,13 @@ PARITY_PROMPTS = (
 )
 
 
-def keras_logits(lm, token_ids) -> np.ndarray:
-    x = np.asarray([token_ids], np.int32)
-    return np.asarray(lm({"token_ids": x, "padding_mask": np.ones_like(x, bool)}, training=False))[0]
-
-
 def run_parity_test(lm, tflite_path, prompts=PARITY_PROMPTS, tolerance=1e-4) -> float:
     """TFLite logits at every position match Keras within ``tolerance`` (max abs / std). Returns the worst."""
     runner = InterpreterRunner(tflite_path)
     worst = 0.0
     for prompt in prompts:
         ids = runner.encode(prompt)
-        expected = keras_logits(lm, ids)
+        expected = keras_logits_fn(lm)(ids)
         got = runner.logits(ids)
         assert got.shape == expected.shape
         error = float(np.abs(got - expected).max() / expected.std())
