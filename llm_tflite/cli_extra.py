@@ -13,11 +13,11 @@ def _print_loss(label: str, loss: dict | None) -> None:
 
 
 def cmd_train(args) -> int:
-    from llm_tflite.train import TrainConfig, train_gpt2
+    from llm_tflite.train import TrainConfig, train
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name, None) is not None}
-    record = train_gpt2(args.data, args.output, TrainConfig(**overrides))
+                 if f.name != "architecture" and getattr(args, f.name, None) is not None}
+    record = train(args.data, args.output, TrainConfig.for_architecture(args.architecture or "gpt2", **overrides))
     _print_loss("held-out", record["heldout"])
     print(f"wrote preset {args.output}")
     return 0
@@ -80,10 +80,13 @@ def cmd_eval(args) -> int:
 def add_train(sub):
     from llm_tflite.train import TrainConfig
 
-    p = sub.add_parser("train", help="train a small GPT-2 (tokenizer + model) from scratch on a text file")
+    p = sub.add_parser("train", help="train a small GPT-2 or PaLM-style model (tokenizer + model) from scratch on a text file")
     p.add_argument("--data", required=True, help="UTF-8 text file; its first 90%% trains, the rest is held out")
     p.add_argument("-o", "--output", required=True, help="preset directory to write")
+    p.add_argument("--architecture", choices=("gpt2", "palm"), help="default gpt2; palm changes the other defaults too")
     for field in dataclasses.fields(TrainConfig):
+        if field.name == "architecture":
+            continue
         p.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=type(field.default),
                        help=f"default {field.default}")
     p.set_defaults(func=cmd_train)

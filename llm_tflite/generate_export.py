@@ -47,7 +47,9 @@ def _sample(logits, sampler: str, seed: int, step, top_k: int = 50, top_p: float
     raise ValueError(f"unknown generate-mode sampler {sampler!r}; choose one of {', '.join(GENERATE_SAMPLERS)}")
 
 
-def keras_generate_function(family, lm, *, max_length: int, sampler: str = "greedy", seed: int | None = None):
+def keras_generate_function(
+    family, lm, *, max_length: int, sampler: str = "greedy", seed: int | None = None, encode=None, decode=None
+):
     """A concrete ``tf.function``: scalar (or ``[1]``) string prompt -> string prompt + continuation.
 
     Args:
@@ -56,6 +58,8 @@ def keras_generate_function(family, lm, *, max_length: int, sampler: str = "gree
         max_length: total tokens, start token and prompt included (as ``CausalLM.generate``).
         sampler: ``greedy``, ``top_k`` or ``top_p``.
         seed: seed of a random sampler (default 0).
+        encode: graph function scalar string -> int ids (default: the preprocessor's tokenizer).
+        decode: graph function int ids -> scalar string (default: the tokenizer's ``detokenize``).
     """
     import keras
 
@@ -64,6 +68,8 @@ def keras_generate_function(family, lm, *, max_length: int, sampler: str = "gree
     if max_length > family.max_context_length(lm):
         raise ValueError(f"max_length {max_length} exceeds the model's {family.max_context_length(lm)} positions")
     tokenizer = lm.preprocessor.tokenizer
+    encode = encode or tokenizer
+    decode = decode or tokenizer.detokenize
     special = family.special_tokens(lm)
     bos, eos, add_bos = special["bos_id"], special["eos_id"], special["add_bos"]
     spec = family.kv_cache_spec(lm)
@@ -74,7 +80,7 @@ def keras_generate_function(family, lm, *, max_length: int, sampler: str = "gree
     def generate(prompt):
         with keras.StatelessScope(state_mapping=weights):
             text = tf.reshape(prompt, [])
-            ids = tf.cast(tokenizer(text), tf.int32)
+            ids = tf.cast(encode(text), tf.int32)
             if add_bos:
                 ids = tf.concat([tf.constant([bos], tf.int32), ids], 0)
             ids = ids[: max_length - 1]
@@ -103,6 +109,6 @@ def keras_generate_function(family, lm, *, max_length: int, sampler: str = "gree
             end, stopped, buffer = loop[0], loop[1], loop[2]
             length = tf.where(stopped, end - 1, end)  # drop the end token
             start = 1 if add_bos else 0
-            return tf.reshape(tokenizer.detokenize(buffer[start:length]), [])
+            return tf.reshape(decode(buffer[start:length]), [])
 
     return generate.get_concrete_function()

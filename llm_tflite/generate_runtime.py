@@ -1,4 +1,8 @@
-"""Running ``generate``-mode files: they need the Flex delegate and TF Text's custom ops."""
+"""Running ``generate``-mode files: TF Text's custom ops, and the Flex delegate when the file has Flex ops.
+
+GPT-2 files need Flex (KerasHub's BPE tokenizer is TensorFlow string ops); PaLM-style
+files use TF Text's fast SentencePiece kernels only, so they run without Flex.
+"""
 
 from __future__ import annotations
 
@@ -25,8 +29,11 @@ def _interpreter(data: bytes, num_threads):
             f"this is a generate-mode file: its tokenizer and loop are TensorFlow ops (Flex delegate) "
             f"and TF Text custom ops, which this Python environment cannot run ({e}). {WHAT_TO_DO}"
         ) from e
+    from llm_tflite.artifact import operator_names
+
+    needs_flex = any(op.startswith("CUSTOM:Flex") for op in operator_names(data))
     major_minor = tuple(int(p) for p in tf.__version__.split(".")[:2])
-    if major_minor >= (2, 20):
+    if needs_flex and major_minor >= (2, 20):
         raise UnsupportedRuntimeError(
             f"TensorFlow {tf.__version__} wheels ship no Flex delegate (LiteRT issue #6458), so this "
             f"generate-mode file cannot run here. {WHAT_TO_DO}"

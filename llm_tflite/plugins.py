@@ -20,6 +20,7 @@ from llm_tflite.errors import PluginError
 
 DEFAULT_PLUGINS = (
     "llm_tflite.default_plugins.gpt2",
+    "llm_tflite.default_plugins.palm",
     "llm_tflite.default_plugins.quantizers",
     "llm_tflite.default_plugins.presets",
 )

@@ -59,3 +59,47 @@ def tiny_tflite(tiny_gpt2_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("tflite") / "tiny.tflite"
     Converter(prefill_lengths=(4, 16)).convert(str(tiny_gpt2_dir), str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_palm_dir(tmp_path_factory):
+    """A PaLM-style preset directory: SentencePiece (unigram, 400 pieces) on 30k characters, random weights."""
+    import keras
+
+    from llm_tflite.models.palm import (
+        PaLMBackbone,
+        PaLMCausalLM,
+        PaLMCausalLMPreprocessor,
+        PaLMTokenizer,
+        train_sentencepiece,
+    )
+
+    keras.utils.set_random_seed(1234)
+    text = shakespeare_text()[:30000]
+    proto = train_sentencepiece([p + "\n\n" for p in text.split("\n\n")], 400)
+    preprocessor = PaLMCausalLMPreprocessor(PaLMTokenizer(proto), sequence_length=64)
+    backbone = PaLMBackbone(
+        vocabulary_size=400, num_layers=2, num_query_heads=4, num_key_value_heads=1, hidden_dim=32,
+        intermediate_dim=64, max_sequence_length=128,
+    )
+    lm = PaLMCausalLM(backbone=backbone, preprocessor=preprocessor)
+    path = tmp_path_factory.mktemp("presets") / "tiny_palm"
+    lm.save_to_preset(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_palm(tiny_palm_dir):
+    from llm_tflite.models.palm import PaLMCausalLM
+
+    return PaLMCausalLM.from_preset(str(tiny_palm_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_palm_tflite(tiny_palm_dir, tmp_path_factory):
+    """The tiny PaLM-style model as a float32 prefill_decode file with prefill lengths 4 and 16."""
+    from llm_tflite import Converter
+
+    path = tmp_path_factory.mktemp("tflite") / "tiny_palm.tflite"
+    Converter(prefill_lengths=(4, 16)).convert(str(tiny_palm_dir), str(path))
+    return path

@@ -44,6 +44,7 @@ class AIEdgeQuantizerStrategy(QuantizationStrategy):
     kind = "weight_only"  # or "dynamic"
     num_bits = 8
     granularity = "CHANNELWISE"
+    min_weight_elements = 256
 
     def postprocess(self, tflite_model: bytes) -> bytes:
         from llm_tflite.errors import ConversionError
@@ -59,6 +60,10 @@ class AIEdgeQuantizerStrategy(QuantizationStrategy):
         add = qt.add_weight_only_config if self.kind == "weight_only" else qt.add_dynamic_config
         add(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=self.num_bits,
             granularity=getattr(qtyping.QuantGranularity, self.granularity))
+        recipe = qt.get_quantization_recipe()
+        for entry in recipe:  # tiny constants (e.g. RoPE frequencies, [D/2, 1]) stay float: nothing to gain
+            entry["op_config"]["min_weight_elements"] = self.min_weight_elements
+        qt.load_quantization_recipe(recipe)
         try:
             quantized = qt.quantize().quantized_model
         except ValueError as e:

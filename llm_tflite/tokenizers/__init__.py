@@ -12,6 +12,15 @@ def tokenizer_from_spec(spec: dict):
         from llm_tflite.tokenizers.bpe import BPETokenizer
 
         return BPETokenizer(spec["vocab"], spec["merges"])
+    if kind == "sentencepiece":
+        try:
+            from llm_tflite.tokenizers.spm import SentencePieceTokenizer
+
+            return SentencePieceTokenizer.from_spec(spec)
+        except ImportError as e:
+            raise ModelFileError(
+                "this file's SentencePiece tokenizer needs the 'sentencepiece' package: pip install sentencepiece"
+            ) from e
     raise ModelFileError(
         f"this file's tokenizer type {kind!r} is unknown to this llm-tflite version; upgrade llm-tflite"
     )

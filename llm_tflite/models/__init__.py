@@ -1,0 +1,1 @@
+"""Keras models llm-tflite defines itself (KerasHub has no class for them)."""

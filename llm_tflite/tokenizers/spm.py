@@ -1,0 +1,66 @@
+"""SentencePiece at run time, through the ``sentencepiece`` library (no TensorFlow)."""
+
+from __future__ import annotations
+
+import base64
+
+SPACE_SYMBOL = "\u2581"
+
+
+class SentencePieceTokenizer:
+    """Encode/decode with a serialized SentencePiece model stored in the artifact.
+
+    Args:
+        model_proto: the serialized ``ModelProto`` bytes.
+        newline_symbol: a character the model's normalizer writes for ``\\n``; decoding maps it back.
+
+    Example:
+        >>> tok = SentencePieceTokenizer(open("tokenizer.model", "rb").read())  # doctest: +SKIP
+        >>> tok.decode(tok.encode("ROMEO:\\nI will"))  # doctest: +SKIP
+        'ROMEO:\\nI will'
+    """
+
+    def __init__(self, model_proto: bytes, newline_symbol: str | None = None):
+        import sentencepiece
+
+        self.model_proto = model_proto
+        self.newline_symbol = newline_symbol
+        self._sp = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
+        self._pieces = [self._piece_text(i) for i in range(self._sp.get_piece_size())]
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "SentencePieceTokenizer":
+        return cls(base64.b64decode(spec["model"]), spec.get("newline_symbol"))
+
+    def to_dict(self) -> dict:
+        return {
+            "type": "sentencepiece",
+            "model": base64.b64encode(self.model_proto).decode("ascii"),
+            "newline_symbol": self.newline_symbol,
+        }
+
+    def _piece_text(self, i: int) -> str:
+        if self._sp.is_control(i):
+            return ""
+        if self._sp.is_unknown(i):
+            return " \u2047 "  # what sentencepiece itself prints for <unk>
+        return self._restore(self._sp.id_to_piece(i).replace(SPACE_SYMBOL, " "))
+
+    def _restore(self, text: str) -> str:
+        return text.replace(self.newline_symbol, "\n") if self.newline_symbol else text
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size()
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no ``<s>``; special tokens are not parsed)."""
+        return list(self._sp.encode(text))
+
+    def decode_bytes(self, ids) -> bytes:
+        """UTF-8 of the pieces of ``ids`` joined as they appear mid-text (for streaming)."""
+        return "".join(self._pieces[int(i)] for i in ids if 0 <= int(i) < len(self._pieces)).encode("utf-8")
+
+    def decode(self, ids) -> str:
+        """The text of ``ids`` as a whole (the leading space SentencePiece adds is removed)."""
+        return self._restore(self._sp.decode([int(i) for i in ids if 0 <= int(i) < len(self._pieces)]))
