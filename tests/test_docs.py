@@ -19,10 +19,26 @@ def readme_blocks(language):
     return re.findall(rf"```{language}\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
 
 
+def plugin_doc_sections() -> dict[str, str]:
+    doc = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    return {m.group(1): m.group(2) for m in re.finditer(r"^### `(\w+)\(register\)`\n(.*?)(?=^##)", doc, re.S | re.M)}
+
+
 @pytest.mark.parametrize("hook", HOOKS)
 def test_hook_is_documented(hook):
+    """Heading with the signature, its arguments, what it does, and an example."""
+    section = plugin_doc_sections().get(hook)
+    assert section is not None, f"docs/plugins.md has no section '### `{hook}(register)`'"
+    assert "**Arguments:**" in section, f"docs for {hook} do not describe its arguments"
+    assert f"def {hook}(register)" in section and "```python" in section, f"docs for {hook} have no example"
+
+
+def test_plugin_tutorial_follows_the_example_plugin():
     doc = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
-    assert f"### `{hook}(register)`" in doc, f"docs/plugins.md has no section for {hook}"
+    assert "## Write a family plugin" in doc
+    plugin = ROOT / "plugins" / "llm-tflite-llama"
+    assert (plugin / "pyproject.toml").read_text(encoding="utf-8").count("[project.entry-points.llm_tflite]") == 1
+    assert list((plugin / "tests").glob("test_*.py")), "the example plugin has no tests"
 
 
 @pytest.mark.parametrize("hook", HOOKS)

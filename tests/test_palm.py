@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from family_test_base import run_greedy_test, run_parity_test, run_prefill_decode_file_test
+from llm_tflite.testing import run_greedy_test, run_parity_test, run_prefill_decode_file_test
 
 from llm_tflite import Converter, InterpreterRunner, artifact, read_metadata
 from llm_tflite.evaluation import keras_tokenize

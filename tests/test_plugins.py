@@ -115,3 +115,12 @@ def test_third_party_preset_resolves_to_its_family(registered):
     registered(PresetPlugin(), "presets")
     assert registry.presets()["test_alias"].plugin == "presets"
     assert registry.resolve_family("test_alias").name == "gpt2"
+
+
+def test_core_never_names_the_example_plugin():
+    """Out-of-tree means out of tree: the Llama plugin is found through its entry point only."""
+    import pathlib
+
+    core = pathlib.Path(__file__).resolve().parents[1] / "llm_tflite"
+    naming = [str(p) for p in core.rglob("*.py") if "llama" in p.read_text(encoding="utf-8").lower()]
+    assert naming == []

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import shakespeare_text
-from family_test_base import run_greedy_test, run_parity_test, run_prefill_decode_file_test
+from llm_tflite.testing import run_greedy_test, run_parity_test, run_prefill_decode_file_test
 from llm_tflite import Converter, InterpreterRunner, load_model
 
 pytestmark = pytest.mark.slow

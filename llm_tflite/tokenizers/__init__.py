@@ -15,12 +15,14 @@ def tokenizer_from_spec(spec: dict):
     if kind == "sentencepiece":
         try:
             from llm_tflite.tokenizers.spm import SentencePieceTokenizer
-
-            return SentencePieceTokenizer.from_spec(spec)
         except ImportError as e:
             raise ModelFileError(
                 "this file's SentencePiece tokenizer needs the 'sentencepiece' package: pip install sentencepiece"
             ) from e
+        try:
+            return SentencePieceTokenizer.from_spec(spec)
+        except Exception as e:  # sentencepiece raises RuntimeError/TypeError on a damaged proto
+            raise ModelFileError(f"this file's SentencePiece model is unreadable ({e}); convert the model again") from e
     raise ModelFileError(
         f"this file's tokenizer type {kind!r} is unknown to this llm-tflite version; upgrade llm-tflite"
     )

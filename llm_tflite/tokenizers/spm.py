@@ -26,7 +26,7 @@ class SentencePieceTokenizer:
         self.model_proto = model_proto
         self.newline_symbol = newline_symbol
         self._sp = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
-        self._pieces = [self._piece_text(i) for i in range(self._sp.get_piece_size())]
+        self._pieces = [self._piece_bytes(i) for i in range(self._sp.get_piece_size())]
 
     @classmethod
     def from_spec(cls, spec: dict) -> "SentencePieceTokenizer":
@@ -39,12 +39,15 @@ class SentencePieceTokenizer:
             "newline_symbol": self.newline_symbol,
         }
 
-    def _piece_text(self, i: int) -> str:
+    def _piece_bytes(self, i: int) -> bytes:
         if self._sp.is_control(i):
-            return ""
+            return b""
         if self._sp.is_unknown(i):
-            return " \u2047 "  # what sentencepiece itself prints for <unk>
-        return self._restore(self._sp.id_to_piece(i).replace(SPACE_SYMBOL, " "))
+            return " \u2047 ".encode()  # what sentencepiece itself prints for <unk>
+        piece = self._sp.id_to_piece(i)
+        if self._sp.is_byte(i):  # byte fallback: <0x0A>
+            return bytes([int(piece[3:-1], 16)])
+        return self._restore(piece.replace(SPACE_SYMBOL, " ")).encode("utf-8")
 
     def _restore(self, text: str) -> str:
         return text.replace(self.newline_symbol, "\n") if self.newline_symbol else text
@@ -59,7 +62,7 @@ class SentencePieceTokenizer:
 
     def decode_bytes(self, ids) -> bytes:
         """UTF-8 of the pieces of ``ids`` joined as they appear mid-text (for streaming)."""
-        return "".join(self._pieces[int(i)] for i in ids if 0 <= int(i) < len(self._pieces)).encode("utf-8")
+        return b"".join(self._pieces[int(i)] for i in ids if 0 <= int(i) < len(self._pieces))
 
     def decode(self, ids) -> str:
         """The text of ``ids`` as a whole (the leading space SentencePiece adds is removed)."""

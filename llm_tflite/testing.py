@@ -1,4 +1,11 @@
-"""Helpers every family's tests use, so a new family's tests are a page long."""
+"""Test helpers for model families (built-in and plugins), so a family's tests are a page long.
+
+Example (a plugin's test file):
+    >>> from llm_tflite.testing import run_parity_test, run_greedy_test  # doctest: +SKIP
+    >>> run_parity_test(keras_model, "model.tflite")  # doctest: +SKIP
+
+They need TensorFlow and KerasHub (the Keras side of each comparison) and pytest-style asserts.
+"""
 
 from __future__ import annotations
 
