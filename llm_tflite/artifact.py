@@ -54,10 +54,52 @@ def unpack_model(tflite_model: bytes):
     return model
 
 
-def add_metadata(tflite_model: bytes, record: dict) -> bytes:
-    """Return ``tflite_model`` with ``record`` stored as its ``llm_tflite`` metadata."""
+def pack_model(model) -> bytes:
+    """Serialize; identical quantization parameters and strings are written once and shared.
+
+    Each signature's subgraph has its own tensor for a shared weight, and per-channel
+    scales and zero points (12 bytes per output channel) would otherwise be repeated per
+    signature: ~0.4 MB of a 4 MB int8 GPT-2 with four signatures. Flatbuffers allow
+    several tables to point at one child table, and TFLite only reads them.
+    """
     import flatbuffers
 
+    quantization_cls = _schema().QuantizationParametersT
+    pack_one = quantization_cls.Pack
+    packed: dict[tuple, int] = {}
+
+    def pack_shared(self, builder):
+        if self.details is not None:
+            return pack_one(self, builder)
+        key = tuple(
+            None if v is None else (np.asarray(v).dtype.str, np.asarray(v).tobytes())
+            for v in (self.min, self.max, self.scale, self.zeroPoint)
+        ) + (self.quantizedDimension,)
+        if key not in packed:
+            packed[key] = pack_one(self, builder)
+        return packed[key]
+
+    class SharingBuilder(flatbuffers.Builder):
+        """Tensor names repeat across signatures too: write each string once."""
+
+        def CreateString(self, s, encoding="utf-8", errors="strict"):
+            key = bytes(s) if not isinstance(s, str) else s
+            if key not in shared_strings:
+                shared_strings[key] = flatbuffers.Builder.CreateString(self, s, encoding, errors)
+            return shared_strings[key]
+
+    shared_strings: dict = {}
+    builder = SharingBuilder(1 << 20)
+    quantization_cls.Pack = pack_shared
+    try:
+        builder.Finish(model.Pack(builder), file_identifier=TFLITE_IDENTIFIER)
+    finally:
+        quantization_cls.Pack = pack_one
+    return bytes(builder.Output())
+
+
+def add_metadata(tflite_model: bytes, record: dict) -> bytes:
+    """Return ``tflite_model`` with ``record`` stored as its ``llm_tflite`` metadata."""
     _check_flatbuffer(tflite_model, "the converter output")
     schema = _schema()
     model = unpack_model(tflite_model)
@@ -68,9 +110,7 @@ def add_metadata(tflite_model: bytes, record: dict) -> bytes:
     entry.name = METADATA_NAME
     entry.buffer = len(model.buffers) - 1
     model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_NAME.encode()] + [entry]
-    builder = flatbuffers.Builder(len(tflite_model) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=TFLITE_IDENTIFIER)
-    return bytes(builder.Output())
+    return pack_model(model)
 
 
 def read_metadata_from_bytes(buf: bytes, where: str = "this file") -> dict:

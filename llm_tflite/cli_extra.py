@@ -41,10 +41,23 @@ def cmd_finetune(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
+def _eval_text(args) -> tuple[str, str]:
+    """(text to evaluate, text before it): the last ``--heldout-fraction`` of the data, or all of it."""
     from llm_tflite.data import load_texts
+    from llm_tflite.errors import DataError
 
     text = "\n".join(load_texts(args.data, args.text_field))
+    fraction = getattr(args, "heldout_fraction", None)
+    if fraction is None:
+        return text, ""
+    if not 0 < fraction < 1:
+        raise DataError(f"--heldout-fraction must be between 0 and 1, got {fraction}")
+    cut = int(len(text) * (1 - fraction))
+    return text[cut:], text[:cut]
+
+
+def cmd_eval(args) -> int:
+    text, _ = _eval_text(args)
     if str(args.model).endswith(".tflite"):
         import os
 
@@ -118,10 +131,58 @@ def add_eval(sub):
     p.add_argument("--family")
     p.add_argument("--reference", help=".tflite files: float reference (a float32 .tflite, preset or directory) "
                    "for KL divergence and top-1 agreement")
+    p.add_argument("--heldout-fraction", type=float,
+                   help="evaluate only the last fraction of the text (0.1: tiny Shakespeare's held-out split)")
     p.add_argument("--window", type=int, help="tokens per window (default: model's sequence length)")
     p.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+
+def cmd_compare(args) -> int:
+    from llm_tflite.compare import compare, resolve_strategies, write_reports
+    from llm_tflite.registry import get_strategy
+
+    names = resolve_strategies(args.strategies)  # unknown names fail here, before any conversion
+    text, before = _eval_text(args)
+    calibration = None
+    if any(get_strategy(n).needs_calibration for n in names):
+        from llm_tflite.calibration import calibration_from_text, text_calibration
+        from llm_tflite.errors import DataError
+
+        if args.calibration:
+            calibration = text_calibration(args.calibration, num_samples=args.calibration_samples)
+        elif before:
+            calibration = calibration_from_text(before, args.calibration_samples, "the text before the held-out part")
+        else:
+            raise DataError("full_int8 needs calibration text: pass --calibration PATH, or --heldout-fraction so "
+                            "the text before the held-out part calibrates")
+    results = compare(args.model, names, text, args.output, calibration=calibration, family=args.family,
+                      random_weights=args.random_weights, max_tokens=args.max_tokens)
+    title = f"{args.model}: {len(results)} strategies"
+    paths = write_reports(results, args.output, title)
+    print(open(paths["md"], encoding="utf-8").read())
+    print("wrote " + ", ".join(paths.values()))
+    return 0 if all(not r.error for r in results) else 1
+
+
+def add_compare(sub):
+    p = sub.add_parser("compare", help="convert with several quantization strategies and report size, "
+                       "perplexity, KL divergence, top-1 agreement and speed (Markdown, CSV, PNG)")
+    p.add_argument("model", help="preset name, local preset directory or handle")
+    p.add_argument("--strategies", default="all", help="'all' or a comma-separated list (float32 is always included)")
+    p.add_argument("--data", required=True, action="append", help="evaluation text file or folder")
+    p.add_argument("--heldout-fraction", type=float,
+                   help="evaluate only the last fraction of the text (0.1 for tiny Shakespeare); the text "
+                   "before it calibrates full_int8 unless --calibration is given")
+    p.add_argument("--text-field")
+    p.add_argument("--calibration", help="calibration text file or folder (full_int8)")
+    p.add_argument("--calibration-samples", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, help="evaluate only the first N held-out tokens")
+    p.add_argument("--family")
+    p.add_argument("--random-weights", action="store_true")
+    p.add_argument("-o", "--output", required=True, help="directory for the .tflite files and results.{md,csv,png}")
+    p.set_defaults(func=cmd_compare)
 
 
 def add_bench(sub):
@@ -130,4 +191,4 @@ def add_bench(sub):
     add(sub)
 
 
-COMMANDS = [add_train, add_finetune, add_eval, add_bench]
+COMMANDS = [add_train, add_finetune, add_eval, add_compare, add_bench]

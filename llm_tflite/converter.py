@@ -37,8 +37,8 @@ class Converter:
         max_length: ``generate`` mode: total tokens (prompt + continuation).
         sampler: ``generate`` mode: ``greedy``, ``top_k`` or ``top_p``.
         seed: ``generate`` mode: seed of a random sampler.
-        calibration: for strategies that need it, a callable returning an iterator of
-            signature-input dicts.
+        calibration: for strategies that need it (``full_int8``): a text file or folder, or a
+            ``llm_tflite.calibration.TextCalibration``.
 
     Example:
         >>> Converter(quantize="dynamic_int8").convert("gpt2_tiny_shakespeare", "model.tflite")  # doctest: +SKIP
@@ -51,13 +51,21 @@ class Converter:
             raise ValueError(f"unknown export mode {mode!r}; choose one of {', '.join(EXPORT_MODES)}")
         self.mode = mode
         self.quantizer = quantize if isinstance(quantize, Quantizer) else Quantizer(quantize)
-        if self.quantizer.strategy.needs_calibration and calibration is None:
+        if self.quantizer.strategy.needs_calibration:
             from llm_tflite.errors import DataError
 
-            raise DataError(
-                f"quantization strategy {self.quantizer.name!r} needs calibration text; "
-                "pass calibration=... (--calibration PATH)"
-            )
+            if calibration is None:
+                raise DataError(
+                    f"quantization strategy {self.quantizer.name!r} needs calibration text; "
+                    "pass calibration=PATH (--calibration PATH): a text file or folder"
+                )
+            if mode != "prefill_decode":
+                raise ValueError(f"strategy {self.quantizer.name!r} calibrates prefill_decode files only; "
+                                 "use --mode prefill_decode or a strategy without calibration")
+            if isinstance(calibration, (str, os.PathLike, list)):
+                from llm_tflite.calibration import text_calibration
+
+                calibration = text_calibration(calibration)
         self.context_length = context_length
         self.prefill_lengths = tuple(sorted(set(int(n) for n in prefill_lengths)))
         self.max_length = max_length
@@ -162,7 +170,11 @@ class Converter:
                 tflite_model = self._run_converter(converter)
         steps.update()
         steps.set_postfix_str("quantizing")
-        tflite_model = self.quantizer.postprocess(tflite_model)
+        if self.quantizer.strategy.needs_calibration:
+            recorded = self.calibration.signature_inputs(artifact.add_metadata(tflite_model, metadata))
+            tflite_model = self.quantizer.postprocess(tflite_model, recorded)
+        else:
+            tflite_model = self.quantizer.postprocess(tflite_model)
         if self.mode == "prefill_decode":
             bad = artifact.non_builtin_ops(tflite_model)
             if bad:

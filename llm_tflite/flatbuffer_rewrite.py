@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-import flatbuffers
-
-from llm_tflite.artifact import TFLITE_IDENTIFIER, _schema, unpack_model
+from llm_tflite.artifact import _schema, pack_model, unpack_model
 
 
 def _load(tflite_model: bytes):
@@ -14,20 +12,35 @@ def _load(tflite_model: bytes):
 
 
 def _pack(model) -> bytes:
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=TFLITE_IDENTIFIER)
-    return bytes(builder.Output())
+    return pack_model(model)
 
 
 def _builtin(code) -> int:
     return max(code.builtinCode, code.deprecatedBuiltinCode)
 
 
+def compact(tflite_model: bytes) -> bytes:
+    """The final form of a multi-signature file: shared buffers, quantization parameters and names.
+
+    Buffers are deduplicated (``dedupe_buffers``), and the ``<signature>/`` prefix that
+    ``merge_signatures`` gave tensor names (tools like ai-edge-quantizer need globally
+    unique names) is dropped, so each name is stored once for all signatures.
+    """
+    model = unpack_model(dedupe_buffers(tflite_model))
+    for subgraph in model.subgraphs:
+        prefix = (subgraph.name or b"") + b"/"
+        for tensor in subgraph.tensors:
+            if tensor.name and tensor.name.startswith(prefix):
+                tensor.name = tensor.name[len(prefix):]
+    return _pack(model)
+
+
 def dedupe_buffers(tflite_model: bytes) -> bytes:
     """Point tensors with byte-identical constant data at one buffer and empty the copies.
 
     Tools that rewrite one signature at a time (e.g. ai-edge-quantizer) give each
-    signature its own copy of a shared weight; this undoes that.
+    signature its own copy of a shared weight; this undoes that. Returns the input
+    object itself when nothing was shared.
     """
     schema, model = _load(tflite_model)
     first_by_digest: dict[str, int] = {}
@@ -157,3 +170,100 @@ def merge_signatures(models: dict[str, tuple[bytes, list[str], list[str]]]) -> b
         signature.subgraphIndex = len(merged.subgraphs) - 1
         merged.signatureDefs.append(signature)
     return dedupe_buffers(_pack(merged))
+
+
+def _dequantized(schema, model, tensor):
+    """Float values of a constant int8 tensor (per-tensor or per-channel along dimension 0), or None."""
+    import numpy as np
+
+    data = model.buffers[tensor.buffer].data
+    q = tensor.quantization
+    if tensor.type != schema.TensorType.INT8 or data is None or len(data) == 0 or q is None or q.scale is None:
+        return None
+    values = np.frombuffer(bytes(data), np.int8).astype(np.float32).reshape([int(d) for d in tensor.shape])
+    scale = np.asarray(q.scale, np.float32)
+    zero = np.asarray(q.zeroPoint if q.zeroPoint is not None else [0], np.float32)
+    if scale.size > 1:
+        if q.quantizedDimension != 0:
+            return None
+        scale, zero = scale[:, None], zero[:, None]
+    return (values - zero) * scale, np.asarray(q.scale, np.float32)
+
+
+def share_tied_embeddings(tflite_model: bytes) -> bytes:
+    """Let a quantized embedding lookup read the LM head's int8 weights when they hold the same table.
+
+    GPT-2 and PaLM tie input and output embeddings. TFLite's dynamic-range quantizer stores
+    that table twice: per-tensor int8 for ``GATHER`` (+ ``DEQUANTIZE``) and per-channel int8
+    for the ``FULLY_CONNECTED`` head. When the two agree within a quantization step, the
+    pair ``GATHER -> DEQUANTIZE`` becomes one hybrid ``EMBEDDING_LOOKUP`` on the head's
+    weights (per-row scales, so the lookup is no less exact) and the copy is dropped.
+    """
+    import numpy as np
+
+    schema, model = _load(tflite_model)
+    ops = schema.BuiltinOperator
+    lookup_index = None
+    changed = False
+    for subgraph in model.subgraphs:
+        codes = [_builtin(model.operatorCodes[op.opcodeIndex]) for op in subgraph.operators]
+        heads = {}
+        for op, code in zip(subgraph.operators, codes):
+            if code == ops.FULLY_CONNECTED and len(op.inputs) > 1:
+                weight = subgraph.tensors[op.inputs[1]]
+                if weight.type == schema.TensorType.INT8 and len(weight.shape) == 2:
+                    heads.setdefault(tuple(int(d) for d in weight.shape), op.inputs[1])
+        consumers = {}
+        for op in subgraph.operators:
+            for i in op.inputs:
+                consumers.setdefault(i, []).append(op)
+        remove = []
+        for op, code in zip(subgraph.operators, codes):
+            if code != ops.GATHER or len(op.inputs) != 2:
+                continue
+            table = subgraph.tensors[op.inputs[0]]
+            head_index = heads.get(tuple(int(d) for d in table.shape))
+            users = consumers.get(op.outputs[0], [])
+            if head_index is None or len(users) != 1 or _builtin(model.operatorCodes[users[0].opcodeIndex]) != ops.DEQUANTIZE:
+                continue
+            options = op.builtinOptions
+            if options is not None and (options.axis != 0 or options.batchDims != 0):
+                continue
+            table_values = _dequantized(schema, model, table)
+            head_values = _dequantized(schema, model, subgraph.tensors[head_index])
+            if table_values is None or head_values is None:
+                continue
+            tolerance = float(table_values[1].max()) + float(head_values[1].max())
+            if not np.allclose(table_values[0], head_values[0], rtol=0, atol=tolerance):
+                continue
+            if lookup_index is None:
+                code_t = schema.OperatorCodeT()
+                code_t.builtinCode = ops.EMBEDDING_LOOKUP
+                code_t.deprecatedBuiltinCode = min(ops.EMBEDDING_LOOKUP, 127)
+                code_t.version = 1
+                model.operatorCodes.append(code_t)
+                lookup_index = len(model.operatorCodes) - 1
+            dequantize = users[0]
+            op.opcodeIndex = lookup_index
+            op.inputs = [op.inputs[1], head_index]
+            op.outputs = list(dequantize.outputs)
+            op.builtinOptionsType, op.builtinOptions = 0, None
+            remove.append(dequantize)
+            changed = True
+        subgraph.operators = [op for op in subgraph.operators if not any(op is r for r in remove)]
+    if not changed:
+        return tflite_model
+    return _drop_unused_buffers(schema, model)
+
+
+def _drop_unused_buffers(schema, model) -> bytes:
+    """Empty the buffers no operator, subgraph input/output or metadata refers to any more."""
+    used = {m.buffer for m in (model.metadata or [])}
+    for sg in model.subgraphs:
+        referenced = {i for op in sg.operators for i in list(op.inputs) + list(op.outputs)}
+        referenced |= set(sg.inputs) | set(sg.outputs)
+        used |= {sg.tensors[i].buffer for i in referenced if i >= 0}
+    for index, buffer in enumerate(model.buffers):
+        if index not in used and buffer.data is not None and len(buffer.data):
+            model.buffers[index] = schema.BufferT()
+    return _pack(model)

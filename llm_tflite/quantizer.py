@@ -21,12 +21,18 @@ class QuantizationStrategy:
     def configure(self, converter, calibration=None) -> None:
         """Set options on a ``tf.lite.TFLiteConverter`` before ``convert()``.
 
-        ``calibration`` is a callable returning an iterator of signature-input dicts,
-        given only when ``needs_calibration`` is true.
+        ``calibration`` is the ``llm_tflite.calibration.TextCalibration`` the user gave,
+        passed only when ``needs_calibration`` is true.
         """
 
-    def postprocess(self, tflite_model: bytes) -> bytes:
-        """Rewrite the converted flatbuffer (for quantizers that work on ``.tflite`` files)."""
+    def postprocess(self, tflite_model: bytes, calibration=None) -> bytes:
+        """Rewrite the converted flatbuffer (for quantizers that work on ``.tflite`` files).
+
+        When ``needs_calibration`` is true, ``calibration`` is
+        ``{signature: [ {input name: array}, ... ]}``: the inputs of every signature call
+        the float file made while running over the calibration text. Strategies that do
+        not calibrate may define ``postprocess(self, tflite_model)``.
+        """
         return tflite_model
 
 
@@ -51,5 +57,7 @@ class Quantizer:
     def configure(self, converter, calibration=None) -> None:
         self.strategy.configure(converter, calibration if self.strategy.needs_calibration else None)
 
-    def postprocess(self, tflite_model: bytes) -> bytes:
+    def postprocess(self, tflite_model: bytes, calibration=None) -> bytes:
+        if self.strategy.needs_calibration:
+            return self.strategy.postprocess(tflite_model, calibration)
         return self.strategy.postprocess(tflite_model)

@@ -7,7 +7,7 @@ PYTHON="${PYTHON:-python3}"
 "$PYTHON" -c 'import sys; assert (3, 10) <= sys.version_info[:2] <= (3, 12), "llm-tflite needs Python 3.10-3.12 (TensorFlow 2.19)"'
 "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test,quantizer]"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test,quantizer,report]"
 for plugin in plugins/*/; do
   if [ -f "$plugin/pyproject.toml" ]; then
     .venv/bin/python -m pip install --quiet -c constraints.txt -e "$plugin"
