@@ -51,6 +51,12 @@ class Converter:
             raise ValueError(f"unknown export mode {mode!r}; choose one of {', '.join(EXPORT_MODES)}")
         self.mode = mode
         self.quantizer = quantize if isinstance(quantize, Quantizer) else Quantizer(quantize)
+        if mode not in self.quantizer.strategy.export_modes:
+            raise ValueError(
+                f"quantization strategy {self.quantizer.name!r} supports export modes "
+                f"{', '.join(self.quantizer.strategy.export_modes)}, not {mode!r}; pick another strategy "
+                "(llm-tflite plugins lists them) or another --mode"
+            )
         if self.quantizer.strategy.needs_calibration:
             from llm_tflite.errors import DataError
 
@@ -59,9 +65,6 @@ class Converter:
                     f"quantization strategy {self.quantizer.name!r} needs calibration text; "
                     "pass calibration=PATH (--calibration PATH): a text file or folder"
                 )
-            if mode != "prefill_decode":
-                raise ValueError(f"strategy {self.quantizer.name!r} calibrates prefill_decode files only; "
-                                 "use --mode prefill_decode or a strategy without calibration")
             if isinstance(calibration, (str, os.PathLike, list)):
                 from llm_tflite.calibration import text_calibration
 

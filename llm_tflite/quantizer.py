@@ -17,6 +17,8 @@ class QuantizationStrategy:
     description: str = ""
     #: True if ``configure`` needs ``calibration`` (a representative dataset).
     needs_calibration: bool = False
+    #: Export modes the strategy is known to produce correct files for.
+    export_modes: tuple = ("prefill_decode", "generate")
 
     def configure(self, converter, calibration=None) -> None:
         """Set options on a ``tf.lite.TFLiteConverter`` before ``convert()``.

@@ -160,3 +160,16 @@ def test_plugin_strategy_works_through_the_cli(fake_strategy_plugin, tiny_gpt2_d
                    "-o", tmp_path / "cmp", env_extra=fake_strategy_plugin)
     assert compared.returncode == 0, compared.stderr
     assert "| fake_half |" in (tmp_path / "cmp" / "results.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("strategy", ["int4_blockwise", "full_int8"])
+def test_strategies_refuse_export_modes_they_would_get_wrong(strategy, tmp_path):
+    with pytest.raises(ValueError, match="supports export modes prefill_decode, not 'generate'"):
+        Converter(mode="generate", quantize=strategy, calibration=SHAKESPEARE)
+
+
+def test_weight_only_int8_generate_file_runs(tiny_palm_dir, tmp_path):
+    path = tmp_path / "generate_int8.tflite"
+    Converter(mode="generate", max_length=24, quantize="weight_only_int8").convert(str(tiny_palm_dir), str(path))
+    assert read_metadata(path)["quantization"] == "weight_only_int8"
+    assert isinstance(InterpreterRunner(path).generate("ROMEO:"), str)

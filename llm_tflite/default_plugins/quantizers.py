@@ -128,6 +128,7 @@ class FullInt8(AIEdgeQuantizerStrategy):
     description = "int8 weights and activations, calibrated on text (--calibration PATH); prefill_decode only"
     kind = "static"
     needs_calibration = True
+    export_modes = ("prefill_decode",)  # calibration runs the prefill/decode signatures
 
 
 class WeightOnlyInt8(AIEdgeQuantizerStrategy):
@@ -141,6 +142,9 @@ class Int4Blockwise32(AIEdgeQuantizerStrategy):
     kind = "dynamic"
     num_bits = 4
     granularity = "BLOCKWISE_32"
+    # In a generate graph (WHILE loop) ai-edge-quantizer 0.10's int4 output decodes to <unk>
+    # only; refuse rather than write a silently wrong file.
+    export_modes = ("prefill_decode",)
 
 
 class Int4Blockwise128(Int4Blockwise32):
