@@ -16,33 +16,56 @@ def _median(values):
     return float(np.median(values))
 
 
+def _prompt(runner, prompt_tokens: int, new_tokens: int) -> list[int]:
+    prompt_tokens = min(prompt_tokens, runner.context_length - new_tokens - 1)
+    rng = np.random.default_rng(0)
+    vocab = len(runner.tokenizer.vocab) if hasattr(runner.tokenizer, "vocab") else 256
+    return [int(t) for t in rng.integers(0, min(vocab, 255), size=prompt_tokens)]
+
+
+def _timed_run(runner, prompt, new_tokens) -> tuple[float, float]:
+    """Seconds for the prefill of ``prompt`` and for ``new_tokens`` greedy decode steps after it."""
+    start = time.perf_counter()
+    logits = runner._engine.forward(prompt, 0)[-1]
+    prefill = time.perf_counter() - start
+    position, token = len(prompt), int(np.argmax(logits))
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        token = int(np.argmax(runner._engine.forward([token], position)[-1]))
+        position += 1
+    return prefill, time.perf_counter() - start
+
+
 def bench_file(path, prompt_tokens=64, new_tokens=64, runs=3, num_threads=None) -> dict:
     from llm_tflite.runner import InterpreterRunner
 
     runner = InterpreterRunner(path, num_threads=num_threads)
-    prompt_tokens = min(prompt_tokens, runner.context_length - new_tokens - 1)
-    rng = np.random.default_rng(0)
-    vocab = len(runner.tokenizer.vocab) if hasattr(runner.tokenizer, "vocab") else 256
-    prompt = [int(t) for t in rng.integers(0, min(vocab, 255), size=prompt_tokens)]
+    prompt = _prompt(runner, prompt_tokens, new_tokens)
     runner._engine.forward(prompt, 0)  # warm-up
-    prefill, decode = [], []
-    for _ in range(runs):
-        start = time.perf_counter()
-        logits = runner._engine.forward(prompt, 0)[-1]
-        prefill.append(time.perf_counter() - start)
-        position, token = len(prompt), int(np.argmax(logits))
-        start = time.perf_counter()
-        for _ in range(new_tokens):
-            token = int(np.argmax(runner._engine.forward([token], position)[-1]))
-            position += 1
-        decode.append(time.perf_counter() - start)
+    times = [_timed_run(runner, prompt, new_tokens) for _ in range(runs)]
     return {
         "file": str(path),
-        "prompt_tokens": prompt_tokens,
+        "prompt_tokens": len(prompt),
         "new_tokens": new_tokens,
-        "prefill_tokens_per_s": prompt_tokens / _median(prefill),
-        "decode_tokens_per_s": new_tokens / _median(decode),
+        "prefill_tokens_per_s": len(prompt) / _median([t[0] for t in times]),
+        "decode_tokens_per_s": new_tokens / _median([t[1] for t in times]),
     }
+
+
+def decode_speeds(paths, prompt_tokens=32, new_tokens=64, rounds=5) -> dict:
+    """Decode tokens/s of several files, measured in interleaved rounds so that load changes on
+    the machine hit all of them alike (ratios between files are what is meaningful)."""
+    from llm_tflite.runner import InterpreterRunner
+
+    runners = {path: InterpreterRunner(path) for path in paths}
+    prompts = {path: _prompt(r, prompt_tokens, new_tokens) for path, r in runners.items()}
+    for path, runner in runners.items():
+        _timed_run(runner, prompts[path], 4)  # warm-up
+    seconds = {path: [] for path in paths}
+    for _ in range(rounds):
+        for path, runner in runners.items():
+            seconds[path].append(_timed_run(runner, prompts[path], new_tokens)[1])
+    return {path: new_tokens / _median(s) for path, s in seconds.items()}
 
 
 def bench_keras(model, prompt_tokens, new_tokens, runs=3) -> dict:

@@ -2,7 +2,8 @@
 
 For every strategy: file size (and its ratio to float32), held-out perplexity and nats
 per character, KL divergence and top-1 agreement of next-token distributions against the
-float32 file, and decode speed relative to float32 measured in the same process. The
+float32 file, and decode speed relative to float32, measured in the same process in
+interleaved rounds (``bench.decode_speeds``). The
 results go to ``results.md`` (a table ready for a README), ``results.csv`` and
 ``results.png`` (size against quality loss, one point per strategy).
 """
@@ -68,7 +69,7 @@ def compare(model, strategy_names, heldout_text: str, output_dir: str, *, calibr
     Example:
         >>> compare("gpt2_tiny_shakespeare", ["none", "dynamic_int8"], text, "build/compare")  # doctest: +SKIP
     """
-    from llm_tflite.bench import bench_file
+    from llm_tflite.bench import decode_speeds
     from llm_tflite.converter import DEFAULT_PREFILL_LENGTHS, Converter
     from llm_tflite.evaluation import tflite_heldout_loss
     from llm_tflite.registry import get_strategy, load_model
@@ -95,7 +96,6 @@ def compare(model, strategy_names, heldout_text: str, output_dir: str, *, calibr
             result.perplexity, result.nats_per_char = loss["perplexity"], loss["nats_per_char"]
             result.kl_divergence = loss.get("kl_divergence", 0.0)
             result.top1_agreement = loss.get("top1_agreement", 1.0)
-            result.decode_tokens_per_s = bench_file(path, prompt_tokens=32, new_tokens=64, runs=3)["decode_tokens_per_s"]
         except (LLMTFLiteError, ValueError, RuntimeError) as e:
             if name == "none":
                 raise
@@ -106,8 +106,14 @@ def compare(model, strategy_names, heldout_text: str, output_dir: str, *, calibr
         if not result.error:
             result.size_vs_float32 = result.file_bytes / float_result.file_bytes
             result.perplexity_increase_pct = 100 * (result.perplexity / float_result.perplexity - 1)
-            result.decode_speed_vs_float32 = result.decode_tokens_per_s / float_result.decode_tokens_per_s
         results.append(result)
+    log("measuring decode speed (interleaved rounds)")
+    ok = [r for r in results if not r.error]
+    speeds = decode_speeds([os.path.join(output_dir, f"{r.strategy}.tflite") for r in ok])
+    for r in ok:
+        r.decode_tokens_per_s = speeds[os.path.join(output_dir, f"{r.strategy}.tflite")]
+    for r in ok:
+        r.decode_speed_vs_float32 = r.decode_tokens_per_s / float_result.decode_tokens_per_s
     return results
 
 
