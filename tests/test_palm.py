@@ -81,11 +81,17 @@ def test_generate_file_matches_keras_and_prefill_decode(tiny_palm, tiny_palm_gen
     assert read_metadata(tiny_palm_generate_file)["family"] == "palm"
 
 
-@pytest.mark.parametrize("strategy", ["dynamic_int8", "float16", "int4_blockwise"])
-def test_quantized_files_run(tiny_palm_dir, tmp_path, strategy):
+@pytest.mark.parametrize("strategy", ["float16", "dynamic_int8", "weight_only_int8", "full_int8", "int4_blockwise"])
+def test_every_strategy_gives_a_file_close_to_float(tiny_palm_dir, tiny_palm_tflite, tmp_path, strategy):
+    from conftest import SHAKESPEARE
+
     path = tmp_path / f"{strategy}.tflite"
-    Converter(quantize=strategy, prefill_lengths=(16,)).convert(str(tiny_palm_dir), str(path))
-    assert isinstance(InterpreterRunner(path).generate("ROMEO:", max_new_tokens=8), str)
+    calibration = SHAKESPEARE if strategy == "full_int8" else None
+    Converter(quantize=strategy, prefill_lengths=(4, 16), calibration=calibration).convert(str(tiny_palm_dir), str(path))
+    runner, reference = InterpreterRunner(path), InterpreterRunner(tiny_palm_tflite)
+    ids = reference.encode(NEWLINE_PROMPTS[1])
+    assert (runner.logits(ids).argmax(-1) == reference.logits(ids).argmax(-1)).mean() >= 0.6
+    assert isinstance(runner.generate("ROMEO:", max_new_tokens=8), str)
 
 
 def test_finetune_and_eval_work_unchanged(tiny_palm_dir, tmp_path):
@@ -101,3 +107,11 @@ def test_finetune_and_eval_work_unchanged(tiny_palm_dir, tmp_path):
     Converter(prefill_lengths=(16,)).convert(str(tmp_path / "tuned"), str(tflite))
     loss = tflite_heldout_loss(InterpreterRunner(tflite), "ROMEO:\nI will go.\n" * 20)
     assert loss["nats_per_char"] > 0 and loss["tokens"] > 20
+
+
+def test_int4_blocks_wider_than_the_model_fail_clearly(tiny_palm_dir, tmp_path):
+    from llm_tflite.errors import ConversionError
+
+    with pytest.raises(ConversionError, match="not divisible by block size 128.*use int4_blockwise"):
+        Converter(quantize="int4_blockwise_128", prefill_lengths=(4,)).convert(str(tiny_palm_dir), str(tmp_path / "x.tflite"))
+    assert not (tmp_path / "x.tflite").exists()

@@ -51,7 +51,7 @@ class AIEdgeQuantizerStrategy(QuantizationStrategy):
     kind = "weight_only"  # or "dynamic"
     num_bits = 8
     granularity = "CHANNELWISE"
-    min_weight_elements = 256
+    min_weight_elements = 0
 
     def postprocess(self, tflite_model: bytes, calibration=None) -> bytes:
         from llm_tflite.errors import ConversionError
@@ -78,7 +78,7 @@ class AIEdgeQuantizerStrategy(QuantizationStrategy):
             add(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=self.num_bits,
                 granularity=granularity)
         recipe = qt.get_quantization_recipe()
-        for entry in recipe:  # tiny constants (e.g. RoPE frequencies, [D/2, 1]) stay float: nothing to gain
+        for entry in recipe:
             entry["op_config"]["min_weight_elements"] = self.min_weight_elements
         qt.load_quantization_recipe(recipe)
         try:
@@ -87,7 +87,11 @@ class AIEdgeQuantizerStrategy(QuantizationStrategy):
                 ranges = _shared_ranges(qt.calibrate(calibration, num_threads=os.cpu_count() or 1))
             quantized = qt.quantize(ranges).quantized_model
         except ValueError as e:
-            raise ConversionError(f"{self.name}: ai-edge-quantizer failed: {e}") from e
+            hint = ""
+            if "divisible by block size" in str(e):
+                hint = (" The model has weights whose width is not a multiple of the block size; "
+                        "use int4_blockwise (blocks of 32) or an int8 strategy.")
+            raise ConversionError(f"{self.name}: ai-edge-quantizer failed: {e}.{hint}") from e
         return compact(bytes(quantized))
 
 
@@ -142,6 +146,7 @@ class Int4Blockwise32(AIEdgeQuantizerStrategy):
     kind = "dynamic"
     num_bits = 4
     granularity = "BLOCKWISE_32"
+    min_weight_elements = 256  # tiny constants (e.g. a [D/2, 1] outer-product factor) cannot form blocks
     # In a generate graph (WHILE loop) ai-edge-quantizer 0.10's int4 output decodes to <unk>
     # only; refuse rather than write a silently wrong file.
     export_modes = ("prefill_decode",)

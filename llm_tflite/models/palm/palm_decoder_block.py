@@ -7,6 +7,24 @@ from keras import ops
 from keras_hub.layers import RotaryEmbedding
 
 
+class _RotaryEmbedding(RotaryEmbedding):
+    """KerasHub's RoPE with the positions x frequencies outer product as a broadcast multiply.
+
+    KerasHub writes it as ``einsum("bi,j->bij")``, which TFLite lowers to a FULLY_CONNECTED
+    on a ``[head_dim / 2, 1]`` constant that quantizers then treat as a weight (int4 blocks
+    cannot split it, static int8 would clip positions beyond the calibrated ones). The
+    products are the same float32 values, so trained weights are unaffected.
+    """
+
+    def _compute_cos_sin_embedding(self, inputs, start_index=0, positions=None):
+        if positions is None:
+            positions = self._compute_positions(inputs, start_index)
+        positions = ops.reshape(ops.cast(positions, "float32"), (1, -1, 1))
+        freq = positions * ops.reshape(self._get_inverse_freq(ops.shape(inputs)[-1]), (1, 1, -1))
+        embedding = ops.expand_dims(ops.concatenate([freq, freq], axis=-1), 2)  # [1, T, 1 (heads), D]
+        return ops.cast(ops.cos(embedding), self.compute_dtype), ops.cast(ops.sin(embedding), self.compute_dtype)
+
+
 @keras.saving.register_keras_serializable(package="llm_tflite")
 class PaLMDecoderBlock(keras.layers.Layer):
     """``x + attention(norm(x)) + mlp(norm(x))``, as in PaLM (Chowdhery et al., 2022).
@@ -63,7 +81,9 @@ class PaLMDecoderBlock(keras.layers.Layer):
         self.gate_dense = dense(intermediate_dim, "mlp_gate")
         self.up_dense = dense(intermediate_dim, "mlp_up")
         self.down_dense = dense(hidden_dim, "mlp_down")
-        self.rotary_embedding = RotaryEmbedding(max_wavelength=rope_max_wavelength, dtype=self.dtype_policy)
+        self.rotary_embedding = _RotaryEmbedding(
+            max_wavelength=rope_max_wavelength, dtype=self.dtype_policy, name="rotary_embedding"
+        )
         self.dropout_layer = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
