@@ -50,7 +50,7 @@ class TrainConfig:
         """Defaults of the shipped model of that architecture, with ``overrides``."""
         if architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
-        defaults = {"palm": {"intermediate_dim": 768, "dropout": 0.15}}.get(architecture, {})
+        defaults = {"palm": {"intermediate_dim": 768, "dropout": 0.15, "steps": 1400}}.get(architecture, {})
         return cls(**{"architecture": architecture, **defaults, **overrides})
 
 
