@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv with every dependency (tested versions pinned in constraints.txt),
-# llm-tflite itself (editable) and the example plugins under plugins/.
+# llm-tflite itself (editable) and the example plugins under plugins/, installed the way a
+# user installs a third-party plugin (pip install ./plugins/NAME).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -10,7 +11,7 @@ PYTHON="${PYTHON:-python3}"
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test,quantizer,report]"
 for plugin in plugins/*/; do
   if [ -f "$plugin/pyproject.toml" ]; then
-    .venv/bin/python -m pip install --quiet -c constraints.txt -e "$plugin"
+    .venv/bin/python -m pip install --quiet -c constraints.txt "$plugin"
   fi
 done
 .venv/bin/llm-tflite plugins
