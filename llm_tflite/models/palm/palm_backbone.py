@@ -29,7 +29,7 @@ class PaLMBackbone(Backbone):
         >>> backbone = PaLMBackbone(vocabulary_size=64, num_layers=2, num_query_heads=4,
         ...     num_key_value_heads=1, hidden_dim=32, intermediate_dim=64, max_sequence_length=32)
         >>> backbone.count_params()
-        10304
+        19552
     """
 
     def __init__(

@@ -25,8 +25,9 @@ class LlamaFamily(ModelFamily):
     description = "Llama decoders (keras_hub.models.LlamaCausalLM): RMSNorm, RoPE, grouped-query attention"
 
     def owns(self, source) -> bool:
-        if isinstance(source, str):
-            return "llama" in source.lower() and "://" in source or source.lower().startswith("llama")
+        if isinstance(source, str):  # KerasHub preset names and handles: "llama2_7b_en", "kaggle://keras/llama2/..."
+            name = source.lower().rsplit("/", 1)[-1] if "://" in source else source.lower()
+            return name.startswith("llama")
         return any(c.__name__ == "LlamaCausalLM" for c in type(source).__mro__)
 
     def load(self, source, *, random_weights=False, config=None):
