@@ -7,7 +7,7 @@ import os
 import tempfile
 
 from llm_tflite import artifact
-from llm_tflite.errors import ConversionError
+from llm_tflite.errors import ConversionError, LLMTFLiteError
 from llm_tflite.progress import progress
 from llm_tflite.quantizer import Quantizer
 from llm_tflite.registry import load_model
@@ -94,8 +94,17 @@ class Converter:
             fam, lm = load_model(model, family=family, random_weights=random_weights)
             steps.update()
             steps.set_postfix_str("tracing")
-            metadata = self._metadata(fam, lm)
-            tflite_model = self._convert(fam, lm, metadata, steps)
+            try:
+                metadata = self._metadata(fam, lm)
+                tflite_model = self._convert(fam, lm, metadata, steps)
+            except (LLMTFLiteError, ValueError, KeyboardInterrupt):
+                raise
+            except Exception as e:  # family code (possibly a plugin's) failed while tracing
+                raise ConversionError(
+                    f"family {fam.name!r} failed while building the {self.mode} graph: {type(e).__name__}: "
+                    f"{str(e)[:500]}. If the family comes from a plugin (llm-tflite plugins shows which), "
+                    "report it there; --mode prefill_decode works for every family."
+                ) from e
             steps.set_postfix_str("writing")
             tflite_model = artifact.add_metadata(tflite_model, metadata)
             artifact.write_atomic(output, tflite_model)

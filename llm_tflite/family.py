@@ -90,7 +90,11 @@ class ModelFamily:
 
     def generate_function(self, model, *, max_length: int, sampler: str, seed: int | None):
         """A ``tf.function`` of a scalar ``tf.string`` prompt -> ``tf.string`` text, for ``--mode generate``."""
-        raise NotImplementedError(f"family {self.name!r} does not support the 'generate' export mode")
+        from llm_tflite.errors import ConversionError
+
+        raise ConversionError(
+            f"family {self.name!r} does not support the 'generate' export mode; use --mode prefill_decode"
+        )
 
     def model_config(self, model) -> dict:
         """Small facts about the model recorded in the artifact (sizes, parameter count)."""

@@ -124,3 +124,26 @@ def test_core_never_names_the_example_plugin():
     core = pathlib.Path(__file__).resolve().parents[1] / "llm_tflite"
     naming = [str(p) for p in core.rglob("*.py") if "llama" in p.read_text(encoding="utf-8").lower()]
     assert naming == []
+
+
+def test_family_that_raises_while_tracing_gives_a_clear_error(registered, tiny_gpt2_dir, tmp_path):
+    """A plugin family whose forward pass raises: ConversionError naming the family, no file written."""
+    from llm_tflite import Converter
+    from llm_tflite.default_plugins.gpt2 import GPT2Family
+    from llm_tflite.errors import ConversionError
+
+    class BrokenFamily(GPT2Family):
+        name = "broken_gpt2"
+
+        def forward_with_cache(self, model, tokens, input_pos, caches):
+            raise KeyError("layer_norm_7")
+
+    class BrokenPlugin:
+        @hookimpl
+        def register_families(self, register):
+            register(BrokenFamily())
+
+    registered(BrokenPlugin(), "broken")
+    with pytest.raises(ConversionError, match="family 'broken_gpt2' failed while building.*KeyError"):
+        Converter(prefill_lengths=(4,)).convert(str(tiny_gpt2_dir), str(tmp_path / "x.tflite"), family="broken_gpt2")
+    assert not (tmp_path / "x.tflite").exists()

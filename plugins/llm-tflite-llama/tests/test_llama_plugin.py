@@ -65,3 +65,10 @@ def test_core_cli_lists_converts_and_generates(tmp_path):
     generate = _cli("generate", str(out), "ROMEO:", "--max-new-tokens", "8")
     assert generate.returncode == 0, generate.stderr
     assert generate.stdout.startswith("ROMEO:")
+
+
+def test_generate_mode_is_refused_clearly(tmp_path):
+    out = _cli("convert", "llama_tiny_random", "--mode", "generate", "-o", str(tmp_path / "x.tflite"))
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "does not support the 'generate' export mode; use --mode prefill_decode" in out.stderr
+    assert not (tmp_path / "x.tflite").exists()
