@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 
 from llm_tflite.hookspecs import hookimpl
@@ -48,7 +50,7 @@ def register_quantizers(register):
 class AIEdgeQuantizerStrategy(QuantizationStrategy):
     """A strategy applied to the float ``.tflite`` by ai-edge-quantizer (``pip install ai-edge-quantizer``)."""
 
-    kind = "weight_only"  # or "dynamic"
+    kind = "weight_only"  # "dynamic" (int8 activations on the fly) or "static" (calibrated)
     num_bits = 8
     granularity = "CHANNELWISE"
     min_weight_elements = 0
@@ -81,11 +83,13 @@ class AIEdgeQuantizerStrategy(QuantizationStrategy):
         for entry in recipe:
             entry["op_config"]["min_weight_elements"] = self.min_weight_elements
         qt.load_quantization_recipe(recipe)
+        log = io.StringIO()  # ai-edge-quantizer prints per-op progress bars and size summaries
         try:
-            ranges = None
-            if self.kind == "static":
-                ranges = _shared_ranges(qt.calibrate(calibration, num_threads=os.cpu_count() or 1))
-            quantized = qt.quantize(ranges).quantized_model
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                ranges = None
+                if self.kind == "static":
+                    ranges = _shared_ranges(qt.calibrate(calibration, num_threads=os.cpu_count() or 1))
+                quantized = qt.quantize(ranges).quantized_model
         except ValueError as e:
             hint = ""
             if "divisible by block size" in str(e):
