@@ -32,8 +32,13 @@ class TextCalibration:
     texts: list[str]
     source: str = "text"
 
-    def signature_inputs(self, float_model: bytes) -> dict[str, list[dict[str, np.ndarray]]]:
-        """Inputs of every signature call while the float file runs over the samples."""
+    def signature_inputs(self, float_model: bytes):
+        """Per sample, ``{signature: [input dict, ...]}``: the calls the float file makes on it.
+
+        A generator: one sample's calls (a prompt of every prefill length, each followed by
+        a few greedy decode steps, with the real KV caches) are held at a time, so memory
+        stays bounded for big models (GPT-2 base: 75 MB of caches per call).
+        """
         from llm_tflite.progress import progress
         from llm_tflite.runner import InterpreterRunner
 
@@ -43,18 +48,17 @@ class TextCalibration:
                 f.write(float_model)
             runner = InterpreterRunner(path)
         engine = runner._engine
-        recorded: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in engine.runners}
+        calls: dict[str, list[dict[str, np.ndarray]]] = {}
 
         def recording(name, run):
             def call(**inputs):
-                recorded[name].append({k: np.array(v) for k, v in inputs.items()})
+                calls.setdefault(name, []).append({k: np.array(v) for k, v in inputs.items()})
                 return run(**inputs)
 
             return call
 
         engine.runners = {name: recording(name, run) for name, run in engine.runners.items()}
-        # Every prefill length sees every sample (a prompt of exactly L tokens selects prefill_L),
-        # and each prompt continues for a few greedy decode steps.
+        # A prompt of exactly L tokens selects prefill_L, so every prefill signature is calibrated.
         lengths = [n for n in engine.prefill_lengths if n + DECODE_STEPS <= engine.context_length] or [1]
         bar = progress(total=len(self.texts), desc="calibrate", unit="sample")
         try:
@@ -62,10 +66,11 @@ class TextCalibration:
                 ids = runner.encode(text)
                 for length in lengths:
                     list(runner.generate_ids(ids[:length], DECODE_STEPS, "greedy"))
+                yield dict(calls)
+                calls.clear()
                 bar.update()
         finally:
             bar.close()
-        return {name: calls for name, calls in recorded.items() if calls}
 
 
 def text_calibration(paths, num_samples: int = 64, text_field: str | None = None) -> TextCalibration:

@@ -105,6 +105,9 @@ class Converter:
                     f"{str(e)[:500]}. If the family comes from a plugin (llm-tflite plugins shows which), "
                     "report it there; --mode prefill_decode works for every family."
                 ) from e
+            steps.update()
+            steps.set_postfix_str("quantizing")
+            tflite_model = self._quantize(tflite_model, metadata)
             steps.set_postfix_str("writing")
             tflite_model = artifact.add_metadata(tflite_model, metadata)
             artifact.write_atomic(output, tflite_model)
@@ -144,6 +147,21 @@ class Converter:
                           default_sampler=self.sampler, seed=self.seed)
         return record
 
+    def _quantize(self, tflite_model: bytes, metadata: dict) -> bytes:
+        strategy = self.quantizer.strategy
+        try:
+            if strategy.needs_calibration:
+                samples = self.calibration.signature_inputs(artifact.add_metadata(tflite_model, metadata))
+                return self.quantizer.postprocess(tflite_model, samples)
+            return self.quantizer.postprocess(tflite_model)
+        except (LLMTFLiteError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a strategy (possibly a plugin's) failed
+            raise ConversionError(
+                f"quantization strategy {strategy.name!r} failed: {type(e).__name__}: {str(e)[:500]}. "
+                "Try another strategy (llm-tflite plugins lists them); if it comes from a plugin, report it there."
+            ) from e
+
     def _convert(self, fam, lm, metadata, steps) -> bytes:
         import tensorflow as tf
 
@@ -180,13 +198,6 @@ class Converter:
                 configure_generate_converter(converter)
                 self.quantizer.configure(converter, self.calibration)
                 tflite_model = self._run_converter(converter)
-        steps.update()
-        steps.set_postfix_str("quantizing")
-        if self.quantizer.strategy.needs_calibration:
-            recorded = self.calibration.signature_inputs(artifact.add_metadata(tflite_model, metadata))
-            tflite_model = self.quantizer.postprocess(tflite_model, recorded)
-        else:
-            tflite_model = self.quantizer.postprocess(tflite_model)
         if self.mode == "prefill_decode":
             bad = artifact.non_builtin_ops(tflite_model)
             if bad:

@@ -30,10 +30,10 @@ class QuantizationStrategy:
     def postprocess(self, tflite_model: bytes, calibration=None) -> bytes:
         """Rewrite the converted flatbuffer (for quantizers that work on ``.tflite`` files).
 
-        When ``needs_calibration`` is true, ``calibration`` is
-        ``{signature: [ {input name: array}, ... ]}``: the inputs of every signature call
-        the float file made while running over the calibration text. Strategies that do
-        not calibrate may define ``postprocess(self, tflite_model)``.
+        When ``needs_calibration`` is true, ``calibration`` yields, per calibration sample,
+        ``{signature: [ {input name: array}, ... ]}``: the inputs of every signature call the
+        float file made on that sample (KV caches included). Strategies that do not
+        calibrate may define ``postprocess(self, tflite_model)``.
         """
         return tflite_model
 

@@ -56,9 +56,13 @@ def test_dynamic_int8_stores_the_tied_embedding_once(tiny_gpt2, tiny_tflite, tmp
 
 def test_full_int8_calibrates_every_signature(tiny_gpt2_dir, tiny_tflite, tmp_path):
     calibration = calibration_from_text(SHAKESPEARE.read_text()[:50000], num_samples=6)
-    recorded = calibration.signature_inputs(tiny_tflite.read_bytes())
-    assert set(recorded) == {"prefill_4", "prefill_16", "decode"}
-    assert all(set(call) >= {"tokens", "input_pos", "kv_cache_k_0"} for calls in recorded.values() for call in calls)
+    samples = list(calibration.signature_inputs(tiny_tflite.read_bytes()))
+    assert len(samples) == 6
+    for recorded in samples:
+        assert set(recorded) == {"prefill_4", "prefill_16", "decode"}
+        assert all(set(call) >= {"tokens", "input_pos", "kv_cache_k_0"} for calls in recorded.values() for call in calls)
+        assert len(recorded["prefill_16"]) == 1 and len(recorded["decode"]) == 2 * 8  # 2 prompts x 8 steps
+        assert any(np.abs(call["kv_cache_k_0"]).max() > 0 for call in recorded["decode"])  # real caches
     path = tmp_path / "full.tflite"
     Converter(quantize="full_int8", prefill_lengths=(4, 16), calibration=calibration).convert(str(tiny_gpt2_dir), str(path))
     assert read_metadata(path)["quantization"] == "full_int8"

@@ -88,7 +88,10 @@ class AIEdgeQuantizerStrategy(QuantizationStrategy):
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 ranges = None
                 if self.kind == "static":
-                    ranges = _shared_ranges(qt.calibrate(calibration, num_threads=os.cpu_count() or 1))
+                    for sample in calibration:  # one sample at a time: bounded memory; ranges accumulate
+                        ranges = qt.calibrate(sample, previous_calibration_result=ranges,
+                                              num_threads=os.cpu_count() or 1)
+                    ranges = _shared_ranges(ranges)
                 quantized = qt.quantize(ranges).quantized_model
         except ValueError as e:
             hint = ""
