@@ -63,8 +63,17 @@ class ModelFamily:
         raise NotImplementedError
 
     def special_tokens(self, model) -> dict:
-        """``{"bos_id": int | None, "eos_id": int | None, "add_bos": bool}``."""
-        raise NotImplementedError
+        """``{"bos_id": int | None, "eos_id": int | None, "add_bos": bool}``.
+
+        The default reads a KerasHub ``CausalLM``'s preprocessor (``start_token_id``,
+        ``end_token_id``, ``add_start_token``); override it for other models.
+        """
+        tokenizer = model.preprocessor.tokenizer
+        return {
+            "bos_id": int(tokenizer.start_token_id),
+            "eos_id": int(tokenizer.end_token_id),
+            "add_bos": bool(model.preprocessor.add_start_token),
+        }
 
     def max_context_length(self, model) -> int:
         """Longest sequence the model's position encoding supports."""

@@ -19,6 +19,20 @@ def _builtin(code) -> int:
     return max(code.builtinCode, code.deprecatedBuiltinCode)
 
 
+def _embedding_lookup_code(schema, model) -> int:
+    """Index of the EMBEDDING_LOOKUP operator code, added to ``model`` if missing."""
+    ops = schema.BuiltinOperator
+    for index, code in enumerate(model.operatorCodes):
+        if _builtin(code) == ops.EMBEDDING_LOOKUP:
+            return index
+    code = schema.OperatorCodeT()
+    code.builtinCode = ops.EMBEDDING_LOOKUP
+    code.deprecatedBuiltinCode = min(ops.EMBEDDING_LOOKUP, 127)
+    code.version = 1
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
+
+
 def compact(tflite_model: bytes) -> bytes:
     """The final form of a multi-signature file: shared buffers, quantization parameters and names.
 
@@ -74,7 +88,6 @@ def gathers_to_embedding_lookups(tflite_model: bytes) -> bytes:
     """
     schema, model = _load(tflite_model)
     ops = schema.BuiltinOperator
-    lookup_index = None
     changed = False
     for subgraph in model.subgraphs:
         for op in subgraph.operators:
@@ -87,14 +100,7 @@ def gathers_to_embedding_lookups(tflite_model: bytes) -> bytes:
                     and ids.type == schema.TensorType.INT32 and table.type == schema.TensorType.FLOAT32
                     and (options is None or (options.axis == 0 and options.batchDims == 0))):
                 continue
-            if lookup_index is None:
-                code = schema.OperatorCodeT()
-                code.builtinCode = ops.EMBEDDING_LOOKUP
-                code.deprecatedBuiltinCode = min(ops.EMBEDDING_LOOKUP, 127)
-                code.version = 1
-                model.operatorCodes.append(code)
-                lookup_index = len(model.operatorCodes) - 1
-            op.opcodeIndex = lookup_index
+            op.opcodeIndex = _embedding_lookup_code(schema, model)
             op.inputs = [op.inputs[1], op.inputs[0]]
             op.builtinOptionsType = 0
             op.builtinOptions = None
@@ -203,7 +209,6 @@ def share_tied_embeddings(tflite_model: bytes) -> bytes:
 
     schema, model = _load(tflite_model)
     ops = schema.BuiltinOperator
-    lookup_index = None
     changed = False
     for subgraph in model.subgraphs:
         codes = [_builtin(model.operatorCodes[op.opcodeIndex]) for op in subgraph.operators]
@@ -236,15 +241,8 @@ def share_tied_embeddings(tflite_model: bytes) -> bytes:
             tolerance = float(table_values[1].max()) + float(head_values[1].max())
             if not np.allclose(table_values[0], head_values[0], rtol=0, atol=tolerance):
                 continue
-            if lookup_index is None:
-                code_t = schema.OperatorCodeT()
-                code_t.builtinCode = ops.EMBEDDING_LOOKUP
-                code_t.deprecatedBuiltinCode = min(ops.EMBEDDING_LOOKUP, 127)
-                code_t.version = 1
-                model.operatorCodes.append(code_t)
-                lookup_index = len(model.operatorCodes) - 1
             dequantize = users[0]
-            op.opcodeIndex = lookup_index
+            op.opcodeIndex = _embedding_lookup_code(schema, model)
             op.inputs = [op.inputs[1], head_index]
             op.outputs = list(dequantize.outputs)
             op.builtinOptionsType, op.builtinOptions = 0, None

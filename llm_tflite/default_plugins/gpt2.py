@@ -64,14 +64,6 @@ class GPT2Family(ModelFamily):
         tokenizer = model.preprocessor.tokenizer
         return {"type": "gpt2_bpe", "vocab": dict(tokenizer.vocabulary), "merges": list(tokenizer.merges)}
 
-    def special_tokens(self, model) -> dict:
-        tokenizer = model.preprocessor.tokenizer
-        return {
-            "bos_id": int(tokenizer.start_token_id),
-            "eos_id": int(tokenizer.end_token_id),
-            "add_bos": bool(model.preprocessor.add_start_token),
-        }
-
     def max_context_length(self, model) -> int:
         return int(model.backbone.max_sequence_length)
 

@@ -54,14 +54,6 @@ class PaLMFamily(ModelFamily):
         proto = model.preprocessor.tokenizer.proto
         return {"type": "sentencepiece", "model": base64.b64encode(proto).decode("ascii"), "newline_symbol": NEWLINE_SYMBOL}
 
-    def special_tokens(self, model) -> dict:
-        tokenizer = model.preprocessor.tokenizer
-        return {
-            "bos_id": int(tokenizer.start_token_id),
-            "eos_id": int(tokenizer.end_token_id),
-            "add_bos": bool(model.preprocessor.add_start_token),
-        }
-
     def max_context_length(self, model) -> int:
         return int(model.backbone.max_sequence_length)
 

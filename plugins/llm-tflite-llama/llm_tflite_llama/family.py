@@ -54,14 +54,6 @@ class LlamaFamily(ModelFamily):
         proto = model.preprocessor.tokenizer.proto
         return {"type": "sentencepiece", "model": base64.b64encode(proto).decode("ascii")}
 
-    def special_tokens(self, model) -> dict:
-        tokenizer = model.preprocessor.tokenizer
-        return {
-            "bos_id": int(tokenizer.start_token_id),
-            "eos_id": int(tokenizer.end_token_id),
-            "add_bos": bool(model.preprocessor.add_start_token),
-        }
-
     def max_context_length(self, model) -> int:
         # Llama has no position table; its usable context is what it was trained with.
         return int(model.preprocessor.sequence_length)
