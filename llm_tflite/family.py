@@ -105,6 +105,18 @@ class ModelFamily:
             f"family {self.name!r} does not support the 'generate' export mode; use --mode prefill_decode"
         )
 
+    #: Backbone attributes ``model_config`` records when the backbone has them (KerasHub names).
+    MODEL_CONFIG_ATTRIBUTES = (
+        "num_layers", "num_heads", "num_query_heads", "num_key_value_heads", "hidden_dim", "vocabulary_size",
+    )
+
     def model_config(self, model) -> dict:
-        """Small facts about the model recorded in the artifact (sizes, parameter count)."""
-        return {}
+        """Small facts about the model recorded in the artifact (sizes, parameter count).
+
+        The default reads a KerasHub backbone's usual attributes and counts its parameters.
+        """
+        backbone = getattr(model, "backbone", None)
+        if backbone is None:
+            return {}
+        config = {a: getattr(backbone, a) for a in self.MODEL_CONFIG_ATTRIBUTES if hasattr(backbone, a)}
+        return {**config, "parameters": int(backbone.count_params())}

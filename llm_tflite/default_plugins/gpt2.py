@@ -75,16 +75,6 @@ class GPT2Family(ModelFamily):
             head_dim=backbone.hidden_dim // backbone.num_heads,
         )
 
-    def model_config(self, model) -> dict:
-        backbone = model.backbone
-        return {
-            "num_layers": backbone.num_layers,
-            "num_heads": backbone.num_heads,
-            "hidden_dim": backbone.hidden_dim,
-            "vocabulary_size": backbone.vocabulary_size,
-            "parameters": int(backbone.count_params()),
-        }
-
     def forward_with_cache(self, model, tokens, input_pos, caches):
         import tensorflow as tf
 
