@@ -10,21 +10,21 @@ Example:
 """
 
 from llm_tflite import errors
-from llm_tflite.family import KVCacheSpec, ModelFamily, Preset
-from llm_tflite.hookspecs import hookimpl
-from llm_tflite.runner import InterpreterRunner
-from llm_tflite.sampling import Sampler
+from llm_tflite.families.base import KVCacheSpec, ModelFamily, Preset
+from llm_tflite.plugins.hookspecs import hookimpl
+from llm_tflite.runtime.runner import InterpreterRunner
+from llm_tflite.runtime.sampling import Sampler
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Converter": "llm_tflite.converter",
-    "ConversionResult": "llm_tflite.converter",
-    "Quantizer": "llm_tflite.quantizer",
-    "QuantizationStrategy": "llm_tflite.quantizer",
-    "load_model": "llm_tflite.registry",
-    "finetune": "llm_tflite.finetuning",
-    "read_metadata": "llm_tflite.artifact",
+    "Converter": "llm_tflite.export.converter",
+    "ConversionResult": "llm_tflite.export.converter",
+    "Quantizer": "llm_tflite.quantize.base",
+    "QuantizationStrategy": "llm_tflite.quantize.base",
+    "load_model": "llm_tflite.plugins.registry",
+    "finetune": "llm_tflite.training.finetune",
+    "read_metadata": "llm_tflite.litert.metadata",
 }
 
 __all__ = [

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from llm_tflite import InterpreterRunner, artifact
-from llm_tflite.evaluation import keras_logits_fn
+from llm_tflite import InterpreterRunner
+from llm_tflite.litert import flatbuffer, metadata
+from llm_tflite.evaluation.metrics import keras_logits_fn
 
 PARITY_PROMPTS = (
     "First Citizen:",
@@ -77,8 +78,8 @@ def run_greedy_test(lm, tflite_path, prompt, max_new_tokens=64, compare_text=Tru
 def run_prefill_decode_file_test(tflite_path, num_layers) -> dict:
     """Signatures, cache tensors, tensor ranks and operator set of a prefill_decode file."""
     data = open(tflite_path, "rb").read()
-    assert artifact.non_builtin_ops(data) == set()
-    meta = artifact.read_metadata_from_bytes(data)
+    assert flatbuffer.non_builtin_ops(data) == set()
+    meta = metadata.read_metadata_from_bytes(data)
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_content=data)

@@ -28,7 +28,7 @@ def tiny_gpt2_dir(tmp_path_factory):
     import keras
     import keras_hub
 
-    from llm_tflite.tokenizers.bpe import train_bpe
+    from llm_tflite.runtime.tokenizers.bpe import train_bpe
 
     keras.utils.set_random_seed(1234)  # not 0: --random-weights initialises with seed 0
     vocab, merges = train_bpe(shakespeare_text()[:20000], 300)
@@ -66,7 +66,7 @@ def tiny_palm_dir(tmp_path_factory):
     """A PaLM-style preset directory: SentencePiece (unigram, 400 pieces) on 30k characters, random weights."""
     import keras
 
-    from llm_tflite.models.palm import (
+    from llm_tflite.families.palm import (
         PaLMBackbone,
         PaLMCausalLM,
         PaLMCausalLMPreprocessor,
@@ -90,7 +90,7 @@ def tiny_palm_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_palm(tiny_palm_dir):
-    from llm_tflite.models.palm import PaLMCausalLM
+    from llm_tflite.families.palm import PaLMCausalLM
 
     return PaLMCausalLM.from_preset(str(tiny_palm_dir))
 

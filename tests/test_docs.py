@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from llm_tflite import hookspecs
+from llm_tflite.plugins import hookspecs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("register_")]

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import TANG_DIR
 from llm_tflite import Converter, InterpreterRunner, finetune
-from llm_tflite.data import load_texts
+from llm_tflite.training.data import load_texts
 from llm_tflite.errors import DataError
 
 

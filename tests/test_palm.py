@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 from llm_tflite.testing import run_greedy_test, run_parity_test, run_prefill_decode_file_test
 
-from llm_tflite import Converter, InterpreterRunner, artifact, read_metadata
-from llm_tflite.evaluation import keras_tokenize
+from llm_tflite import Converter, InterpreterRunner, read_metadata
+from llm_tflite.litert import flatbuffer
+from llm_tflite.evaluation.metrics import keras_tokenize
 
 NEWLINE_PROMPTS = ("ROMEO:\nI will", "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak")
 
 
 def test_registered_and_detected(tiny_palm_dir, tiny_palm):
-    from llm_tflite.registry import families, resolve_family
+    from llm_tflite.plugins.registry import families, resolve_family
 
     assert "palm" in families()
     assert resolve_family(str(tiny_palm_dir)).name == "palm"
@@ -67,7 +68,7 @@ def tiny_palm_generate_file(tiny_palm_dir, tmp_path_factory):
 
 def test_generate_file_needs_no_flex(tiny_palm_generate_file):
     """TF Text's fast SentencePiece kernels are the only custom ops: no Flex delegate needed."""
-    ops = artifact.non_builtin_ops(tiny_palm_generate_file.read_bytes())
+    ops = flatbuffer.non_builtin_ops(tiny_palm_generate_file.read_bytes())
     assert ops == {"CUSTOM:TFText>FastSentencepieceTokenize", "CUSTOM:TFText>FastSentencepieceDetokenize"}
 
 
@@ -96,7 +97,7 @@ def test_every_strategy_gives_a_file_close_to_float(tiny_palm_dir, tiny_palm_tfl
 
 def test_finetune_and_eval_work_unchanged(tiny_palm_dir, tmp_path):
     from llm_tflite import finetune
-    from llm_tflite.evaluation import tflite_heldout_loss
+    from llm_tflite.evaluation.metrics import tflite_heldout_loss
 
     from conftest import SHAKESPEARE
 

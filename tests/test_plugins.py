@@ -5,17 +5,18 @@ import sys
 
 import pytest
 
-from llm_tflite import hookimpl, registry
+from llm_tflite import hookimpl
+from llm_tflite.plugins import registry
 from llm_tflite.errors import PluginError, UnknownFamilyError, UnknownStrategyError
-from llm_tflite.plugins import load_plugins, pm
-from llm_tflite.quantizer import QuantizationStrategy
+from llm_tflite.plugins.manager import load_plugins, pm
+from llm_tflite.quantize.base import QuantizationStrategy
 
 
 def test_builtins_register_through_hooks():
     load_plugins()
     assert "gpt2" in registry.families()
     assert {"none", "dynamic_int8", "float16"} <= set(registry.strategies())
-    assert registry.families()["gpt2"].plugin == "llm_tflite.default_plugins.gpt2"
+    assert registry.families()["gpt2"].plugin == "llm_tflite.families.gpt2"
     assert "gpt2_tiny_shakespeare" in registry.presets()
 
 
@@ -90,7 +91,7 @@ def test_allow_list_env_var_skips_entry_points(tmp_path):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[llm_tflite]\nbroken = no_such_module_xyz\n")
-    code = "from llm_tflite import registry; print(sorted(registry.families()))"
+    code = "from llm_tflite.plugins import registry; print(sorted(registry.families()))"
     env_base = {"PYTHONPATH": str(tmp_path), "PATH": ""}
     import os
 
@@ -129,7 +130,7 @@ def test_core_never_names_the_example_plugin():
 def test_family_that_raises_while_tracing_gives_a_clear_error(registered, tiny_gpt2_dir, tmp_path):
     """A plugin family whose forward pass raises: ConversionError naming the family, no file written."""
     from llm_tflite import Converter
-    from llm_tflite.default_plugins.gpt2 import GPT2Family
+    from llm_tflite.families.gpt2 import GPT2Family
     from llm_tflite.errors import ConversionError
 
     class BrokenFamily(GPT2Family):

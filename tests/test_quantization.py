@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from conftest import SHAKESPEARE
 
-from llm_tflite import Converter, InterpreterRunner, artifact, read_metadata
-from llm_tflite.calibration import calibration_from_text, text_calibration
+from llm_tflite import Converter, InterpreterRunner, read_metadata
+from llm_tflite.litert import flatbuffer
+from llm_tflite.quantize.calibration import calibration_from_text, text_calibration
 from llm_tflite.errors import DataError
 
 
@@ -26,7 +27,7 @@ def cli(*args, env_extra=None, timeout=900):
 
 def int8_tables(path, shape):
     """Constant int8 buffers of ``shape`` that some operator reads."""
-    from llm_tflite.flatbuffer_rewrite import _load
+    from llm_tflite.litert.rewrite import _load
 
     schema, model = _load(path.read_bytes())
     buffers = set()
@@ -46,7 +47,7 @@ def test_dynamic_int8_stores_the_tied_embedding_once(tiny_gpt2, tiny_tflite, tmp
     Converter(quantize="dynamic_int8", prefill_lengths=(4, 16)).convert(tiny_gpt2, str(path))
     vocab, hidden = tiny_gpt2.backbone.vocabulary_size, tiny_gpt2.backbone.hidden_dim
     assert len(int8_tables(path, (vocab, hidden))) == 1  # lookup and LM head share it
-    assert "EMBEDDING_LOOKUP" in artifact.operator_names(path.read_bytes())
+    assert "EMBEDDING_LOOKUP" in flatbuffer.operator_names(path.read_bytes())
     runner, reference = InterpreterRunner(path), InterpreterRunner(tiny_tflite)
     ids = runner.encode(SHAKESPEARE.read_text()[:300])[:100]
     got, expected = runner.logits(ids), reference.logits(ids)

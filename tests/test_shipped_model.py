@@ -35,8 +35,8 @@ def test_loads_offline_in_a_fresh_process():
 
 
 def test_heldout_loss_at_most_1_85_nats_per_char(shipped):
-    from llm_tflite.evaluation import keras_heldout_loss
-    from llm_tflite.train import split_text
+    from llm_tflite.evaluation.metrics import keras_heldout_loss
+    from llm_tflite.training.train import split_text
 
     _, heldout = split_text(shakespeare_text(), 0.9)
     loss = keras_heldout_loss(shipped, heldout)

@@ -6,7 +6,8 @@ import re
 import pytest
 
 from conftest import shakespeare_text
-from llm_tflite import Converter, InterpreterRunner, artifact, load_model
+from llm_tflite import Converter, InterpreterRunner, load_model
+from llm_tflite.litert import flatbuffer
 from llm_tflite.testing import run_greedy_test, run_parity_test, run_prefill_decode_file_test
 
 pytestmark = pytest.mark.slow
@@ -28,7 +29,7 @@ def float_file(tmp_path_factory):
 
 
 def test_preset_is_small_and_palm_shaped(shipped):
-    from llm_tflite.default_plugins.palm import PALM_PRESET_DIR
+    from llm_tflite.families.palm.family import PALM_PRESET_DIR
 
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(PALM_PRESET_DIR) for f in files)
     assert size <= 20e6, size
@@ -38,8 +39,8 @@ def test_preset_is_small_and_palm_shaped(shipped):
 
 
 def test_heldout_loss_at_most_1_85_nats_per_char(shipped, float_file):
-    from llm_tflite.evaluation import keras_heldout_loss, tflite_heldout_loss
-    from llm_tflite.train import split_text
+    from llm_tflite.evaluation.metrics import keras_heldout_loss, tflite_heldout_loss
+    from llm_tflite.training.train import split_text
 
     _, heldout = split_text(shakespeare_text(), 0.9)
     keras_loss = keras_heldout_loss(shipped, heldout)
@@ -71,7 +72,7 @@ def test_generate_file_without_flex_matches_keras(shipped, float_file, tmp_path)
     prompt = "KING RICHARD III:\n"
     path = tmp_path / "autocomplete.tflite"
     Converter(mode="generate", max_length=100, quantize="none").convert(PRESET, str(path))
-    assert not any(op.startswith("CUSTOM:Flex") for op in artifact.operator_names(path.read_bytes()))
+    assert not any(op.startswith("CUSTOM:Flex") for op in flatbuffer.operator_names(path.read_bytes()))
     got = InterpreterRunner(path).generate(prompt)
     shipped.compile(sampler="greedy")
     assert prompt + got == shipped.generate(prompt, max_length=100)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import TANG_DIR, shakespeare_text
-from llm_tflite.evaluation import keras_tokenize
-from llm_tflite.tokenizers.bpe import BPETokenizer, train_bpe
+from llm_tflite.evaluation.metrics import keras_tokenize
+from llm_tflite.runtime.tokenizers.bpe import BPETokenizer, train_bpe
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""Held-out metrics, ``compare`` (strategies side by side) and ``bench`` (speed)."""

@@ -1,0 +1,209 @@
+"""Keras causal LM -> ``.tflite`` with llm-tflite metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+
+from llm_tflite.litert.flatbuffer import non_builtin_ops, write_atomic
+from llm_tflite.litert.metadata import FORMAT_VERSION, add_metadata
+from llm_tflite.errors import ConversionError, LLMTFLiteError
+from llm_tflite.progress import progress
+from llm_tflite.quantize.base import Quantizer
+from llm_tflite.plugins.registry import load_model
+
+EXPORT_MODES = ("prefill_decode", "generate")
+DEFAULT_PREFILL_LENGTHS = (8, 32, 128)
+
+
+@dataclasses.dataclass
+class ConversionResult:
+    """Where a conversion wrote its file, how big it is, and the metadata inside."""
+
+    path: str
+    size_bytes: int
+    metadata: dict
+
+
+class Converter:
+    """Converts a Keras causal LM to a self-contained ``.tflite`` file.
+
+    Args:
+        mode: ``"prefill_decode"`` (builtin ops, external KV cache) or ``"generate"``
+            (whole loop in one graph, needs Flex + TF Text ops).
+        quantize: a registered strategy name or a ``Quantizer``.
+        context_length: KV-cache length (default: the model's, at most 1024).
+        prefill_lengths: prompt lengths with a ``prefill_{L}`` signature.
+        max_length: ``generate`` mode: total tokens (prompt + continuation).
+        sampler: ``generate`` mode: ``greedy``, ``top_k`` or ``top_p``.
+        seed: ``generate`` mode: seed of a random sampler.
+        calibration: for strategies that need it (``full_int8``): a text file or folder, or a
+            ``llm_tflite.quantize.calibration.TextCalibration``.
+
+    Example:
+        >>> Converter(quantize="dynamic_int8").convert("gpt2_tiny_shakespeare", "model.tflite")  # doctest: +SKIP
+    """
+
+    def __init__(self, mode="prefill_decode", quantize="none", *, context_length=None,
+                 prefill_lengths=DEFAULT_PREFILL_LENGTHS, max_length=100, sampler="greedy", seed=None,
+                 calibration=None):
+        if mode not in EXPORT_MODES:
+            raise ValueError(f"unknown export mode {mode!r}; choose one of {', '.join(EXPORT_MODES)}")
+        self.mode = mode
+        self.quantizer = quantize if isinstance(quantize, Quantizer) else Quantizer(quantize)
+        if mode not in self.quantizer.strategy.export_modes:
+            raise ValueError(
+                f"quantization strategy {self.quantizer.name!r} supports export modes "
+                f"{', '.join(self.quantizer.strategy.export_modes)}, not {mode!r}; pick another strategy "
+                "(llm-tflite plugins lists them) or another --mode"
+            )
+        if self.quantizer.strategy.needs_calibration:
+            from llm_tflite.errors import DataError
+
+            if calibration is None:
+                raise DataError(
+                    f"quantization strategy {self.quantizer.name!r} needs calibration text; "
+                    "pass calibration=PATH (--calibration PATH): a text file or folder"
+                )
+            if isinstance(calibration, (str, os.PathLike, list)):
+                from llm_tflite.quantize.calibration import text_calibration
+
+                calibration = text_calibration(calibration)
+        self.context_length = context_length
+        self.prefill_lengths = tuple(sorted(set(int(n) for n in prefill_lengths)))
+        self.max_length = max_length
+        self.sampler = sampler
+        self.seed = seed
+        self.calibration = calibration
+
+    def convert(self, model, output, *, family=None, random_weights=False) -> ConversionResult:
+        """Load ``model``, convert it, quantize it and write ``output`` atomically.
+
+        Args:
+            model: preset name, handle, local preset directory or Keras model object.
+            output: path of the ``.tflite`` file to write.
+            family: family name when it cannot be told from ``model``.
+            random_weights: use the architecture with random weights (benchmarks, offline).
+
+        Returns:
+            A ``ConversionResult``.
+        """
+        steps = progress(total=4, desc="convert", unit="step")
+        try:
+            steps.set_postfix_str("loading model")
+            fam, lm = load_model(model, family=family, random_weights=random_weights)
+            steps.update()
+            steps.set_postfix_str("tracing")
+            try:
+                metadata = self._metadata(fam, lm)
+                tflite_model = self._convert(fam, lm, metadata, steps)
+            except (LLMTFLiteError, ValueError, KeyboardInterrupt):
+                raise
+            except Exception as e:  # family code (possibly a plugin's) failed while tracing
+                raise ConversionError(
+                    f"family {fam.name!r} failed while building the {self.mode} graph: {type(e).__name__}: "
+                    f"{str(e)[:500]}. If the family comes from a plugin (llm-tflite plugins shows which), "
+                    "report it there; --mode prefill_decode works for every family."
+                ) from e
+            steps.update()
+            steps.set_postfix_str("quantizing")
+            tflite_model = self._quantize(tflite_model, metadata)
+            steps.set_postfix_str("writing")
+            tflite_model = add_metadata(tflite_model, metadata)
+            write_atomic(output, tflite_model)
+            steps.update()
+        finally:
+            steps.close()
+        return ConversionResult(os.fspath(output), len(tflite_model), metadata)
+
+    @staticmethod
+    def _run_converter(converter) -> bytes:
+        try:
+            return converter.convert()
+        except Exception as e:
+            raise ConversionError(f"TensorFlow Lite conversion failed: {type(e).__name__}: {str(e)[:2000]}") from e
+
+    def _metadata(self, fam, lm) -> dict:
+        context_length = min(self.context_length or min(fam.max_context_length(lm), 1024), fam.max_context_length(lm))
+        record = {
+            "format": FORMAT_VERSION,
+            "family": fam.name,
+            "export_mode": self.mode,
+            "quantization": self.quantizer.name,
+            "tokenizer": fam.tokenizer_spec(lm),
+            **fam.special_tokens(lm),
+            "model": fam.model_config(lm),
+        }
+        if self.mode == "prefill_decode":
+            spec = fam.kv_cache_spec(lm)
+            record.update(
+                context_length=context_length,
+                prefill_lengths=[n for n in self.prefill_lengths if n <= context_length],
+                kv_cache=dataclasses.asdict(spec),
+                default_sampler="greedy",
+            )
+        else:
+            record.update(context_length=self.max_length, max_length=self.max_length,
+                          default_sampler=self.sampler, seed=self.seed)
+        return record
+
+    def _quantize(self, tflite_model: bytes, metadata: dict) -> bytes:
+        strategy = self.quantizer.strategy
+        try:
+            if strategy.needs_calibration:
+                samples = self.calibration.signature_inputs(add_metadata(tflite_model, metadata))
+                return self.quantizer.postprocess(tflite_model, samples)
+            return self.quantizer.postprocess(tflite_model)
+        except (LLMTFLiteError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a strategy (possibly a plugin's) failed
+            raise ConversionError(
+                f"quantization strategy {strategy.name!r} failed: {type(e).__name__}: {str(e)[:500]}. "
+                "Try another strategy (llm-tflite plugins lists them); if it comes from a plugin, report it there."
+            ) from e
+
+    def _convert(self, fam, lm, metadata, steps) -> bytes:
+        import tensorflow as tf
+
+        if self.mode == "prefill_decode":
+            # One frozen function and conversion per signature, merged afterwards: a SavedModel
+            # holding every signature's frozen weights would pass protobuf's 2 GB limit for
+            # GPT-2 base, and building them one at a time bounds peak memory.
+            from llm_tflite.litert.rewrite import merge_signatures
+            from llm_tflite.export.prefill_decode import input_names, output_names, signature_function, signature_lengths
+
+            spec = fam.kv_cache_spec(lm)
+            steps.update()
+            steps.set_postfix_str("converting")
+            parts = {}
+            for key, length in signature_lengths(metadata["prefill_lengths"]).items():
+                fn = signature_function(fam, lm, spec, metadata["context_length"], length)
+                converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
+                self.quantizer.configure(converter, self.calibration)
+                parts[key] = (self._run_converter(converter), input_names(spec), output_names(spec))
+                del fn, converter
+            tflite_model = merge_signatures(parts)
+        else:
+            fn = fam.generate_function(lm, max_length=self.max_length, sampler=self.sampler, seed=self.seed)
+            signatures = {"serving_default": fn}
+            steps.update()
+            steps.set_postfix_str("converting")
+            with tempfile.TemporaryDirectory(prefix="llm_tflite_") as saved_model_dir:
+                module = tf.Module()
+                module.tokenizer = lm.preprocessor.tokenizer  # the lookup tables the graph reads
+                tf.saved_model.save(module, saved_model_dir, signatures=signatures)
+                converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=list(signatures))
+                from llm_tflite.export.generate import configure_generate_converter
+
+                configure_generate_converter(converter)
+                self.quantizer.configure(converter, self.calibration)
+                tflite_model = self._run_converter(converter)
+        if self.mode == "prefill_decode":
+            bad = non_builtin_ops(tflite_model)
+            if bad:
+                raise ConversionError(
+                    f"the prefill_decode graph needs non-builtin ops {sorted(bad)}; family "
+                    f"{fam.name!r} must express its forward pass with builtin TFLite ops"
+                )
+        return tflite_model

@@ -1,0 +1,63 @@
+"""The ``prefill_decode`` export mode: the LiteRT-LM signature convention.
+
+``prefill_{L}``: inputs ``tokens`` int32 ``[1, L]``, ``input_pos`` int32 ``[L]`` and the
+caches; outputs ``logits`` float32 ``[1, L, vocab]`` and the updated caches.
+``decode``: the same with ``L = 1``. Caches ``kv_cache_k_{i}`` / ``kv_cache_v_{i}`` are
+float32 ``[1, context_length, kv_heads, head_dim]`` (4-D, under TFLite's 5-D limit).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+from llm_tflite.families.base import KVCacheSpec
+
+
+def cache_names(spec: KVCacheSpec) -> list[str]:
+    names = []
+    for i in range(spec.num_layers):
+        names += [f"kv_cache_k_{i}", f"kv_cache_v_{i}"]
+    return names
+
+
+def input_names(spec: KVCacheSpec) -> list[str]:
+    """Signature inputs, in the functions' argument order."""
+    return ["tokens", "input_pos"] + cache_names(spec)
+
+
+def output_names(spec: KVCacheSpec) -> list[str]:
+    """Signature outputs, in the functions' flattened (sorted-key) order."""
+    return sorted(["logits"] + cache_names(spec))
+
+
+def signature_function(family, model, spec: KVCacheSpec, context_length: int, length: int):
+    """The frozen concrete function of one signature, which processes ``length`` tokens."""
+    cache_shape = [1, context_length, spec.num_kv_heads, spec.head_dim]
+    names = cache_names(spec)
+    input_signature = [
+        tf.TensorSpec([1, length], tf.int32, name="tokens"),
+        tf.TensorSpec([length], tf.int32, name="input_pos"),
+    ] + [tf.TensorSpec(cache_shape, tf.float32, name=name) for name in names]
+
+    @tf.function(input_signature=input_signature, autograph=False)
+    def run(tokens, input_pos, *flat_caches):
+        caches = list(zip(flat_caches[0::2], flat_caches[1::2]))
+        logits, new_caches = family.forward_with_cache(model, tokens, input_pos, caches)
+        outputs = {"logits": tf.cast(logits, tf.float32)}
+        for i, (k, v) in enumerate(new_caches):
+            outputs[f"kv_cache_k_{i}"] = k
+            outputs[f"kv_cache_v_{i}"] = v
+        return outputs
+
+    # Freeze the weights into constants: TFLite would otherwise keep them as resource
+    # variables (VAR_HANDLE/READ_VARIABLE), which quantizers skip. Freezing flattens the
+    # outputs (a dict flattens in sorted key order); ``output_names`` names them again.
+    return convert_variables_to_constants_v2(run.get_concrete_function())
+
+
+def signature_lengths(prefill_lengths) -> dict[str, int]:
+    """``{"prefill_8": 8, ..., "decode": 1}``: each signature and the tokens it takes."""
+    lengths = {f"prefill_{n}": int(n) for n in prefill_lengths}
+    lengths["decode"] = 1
+    return lengths

@@ -1,0 +1,1 @@
+"""Model families: the ``ModelFamily`` interface (``base``), GPT-2, PaLM-style, named presets, TF building blocks."""

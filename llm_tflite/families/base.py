@@ -1,0 +1,122 @@
+"""The interface a model family implements. Built-in and third-party families alike."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class KVCacheSpec:
+    """Shape of the per-layer caches ``kv_cache_k_{i}`` / ``kv_cache_v_{i}``: ``[1, context, heads, head_dim]``."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named model: which family loads it, from where, and (for random weights) its architecture.
+
+    Args:
+        name: the name users type (``gpt2_base_en``).
+        family: the family's name (``gpt2``).
+        source: what the family's ``load`` receives: a KerasHub preset name, a handle or a directory.
+        description: one line for ``llm-tflite presets``.
+        config: backbone arguments, so ``--random-weights`` needs no download.
+    """
+
+    name: str
+    family: str
+    source: str
+    description: str = ""
+    config: dict | None = None
+
+
+class ModelFamily:
+    """A kind of model llm-tflite can convert (GPT-2, PaLM-style, ...).
+
+    Subclass it, fill in the methods, and register an instance from a plugin's
+    ``register_families`` hook. The core owns signatures, conversion, quantization and
+    the runtime loop; the family owns loading, the tokenizer and the forward pass.
+    """
+
+    #: Name users type with ``--family``.
+    name: str = ""
+    #: One line shown by ``llm-tflite plugins``.
+    description: str = ""
+
+    def owns(self, source: Any) -> bool:
+        """True if ``source`` (a Keras model, a preset directory or handle) is this family's."""
+        return False
+
+    def load(self, source: Any, *, random_weights: bool = False, config: dict | None = None):
+        """Return a Keras causal LM from a preset name/handle, a local preset directory or a model object.
+
+        With ``random_weights`` build the architecture (``config``) without downloading weights.
+        """
+        raise NotImplementedError
+
+    def tokenizer_spec(self, model) -> dict:
+        """JSON-serialisable tokenizer description (``{"type": "gpt2_bpe", ...}``) stored in the artifact."""
+        raise NotImplementedError
+
+    def special_tokens(self, model) -> dict:
+        """``{"bos_id": int | None, "eos_id": int | None, "add_bos": bool}``.
+
+        The default reads a KerasHub ``CausalLM``'s preprocessor (``start_token_id``,
+        ``end_token_id``, ``add_start_token``); override it for other models.
+        """
+        tokenizer = model.preprocessor.tokenizer
+        return {
+            "bos_id": int(tokenizer.start_token_id),
+            "eos_id": int(tokenizer.end_token_id),
+            "add_bos": bool(model.preprocessor.add_start_token),
+        }
+
+    def max_context_length(self, model) -> int:
+        """Longest sequence the model's position encoding supports."""
+        raise NotImplementedError
+
+    def kv_cache_spec(self, model) -> KVCacheSpec:
+        raise NotImplementedError
+
+    def forward_with_cache(self, model, tokens, input_pos, caches):
+        """TensorFlow forward pass with an external KV cache.
+
+        Args:
+            model: what ``load`` returned.
+            tokens: int32 ``[1, L]``.
+            input_pos: int32 ``[L]``, consecutive positions of ``tokens``.
+            caches: list of ``(k, v)`` float32 ``[1, context, heads, head_dim]``, one pair per layer.
+
+        Returns:
+            ``(logits [1, L, vocab], new_caches)``; use ``llm_tflite.families.ops.update_cache`` to write
+            the new keys/values so the file keeps builtin ops only.
+        """
+        raise NotImplementedError
+
+    def generate_function(self, model, *, max_length: int, sampler: str, seed: int | None):
+        """A ``tf.function`` of a scalar ``tf.string`` prompt -> ``tf.string`` text, for ``--mode generate``."""
+        from llm_tflite.errors import ConversionError
+
+        raise ConversionError(
+            f"family {self.name!r} does not support the 'generate' export mode; use --mode prefill_decode"
+        )
+
+    #: Backbone attributes ``model_config`` records when the backbone has them (KerasHub names).
+    MODEL_CONFIG_ATTRIBUTES = (
+        "num_layers", "num_heads", "num_query_heads", "num_key_value_heads", "hidden_dim", "vocabulary_size",
+    )
+
+    def model_config(self, model) -> dict:
+        """Small facts about the model recorded in the artifact (sizes, parameter count).
+
+        The default reads a KerasHub backbone's usual attributes and counts its parameters.
+        """
+        backbone = getattr(model, "backbone", None)
+        if backbone is None:
+            return {}
+        config = {a: getattr(backbone, a) for a in self.MODEL_CONFIG_ATTRIBUTES if hasattr(backbone, a)}
+        return {**config, "parameters": int(backbone.count_params())}

@@ -1,0 +1,113 @@
+"""The PaLM-style family: ``llm_tflite.families.palm.PaLMCausalLM`` (a built-in plugin, same hooks as third parties)."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+from llm_tflite.families.base import KVCacheSpec, ModelFamily, Preset
+from llm_tflite.plugins.hookspecs import hookimpl
+from llm_tflite.export.loading import is_preset_dir, load_keras_preset, preset_class_name
+
+PALM_PRESET = "palm_tiny_shakespeare"
+PALM_PRESET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "presets", PALM_PRESET)
+
+
+class PaLMFamily(ModelFamily):
+    name = "palm"
+    description = "PaLM-style decoders: parallel blocks, SwiGLU, RoPE, multi-query attention, SentencePiece"
+
+    def owns(self, source) -> bool:
+        if isinstance(source, str):
+            if is_preset_dir(source):
+                return preset_class_name(source) == "PaLMBackbone"
+            return False
+        return any(c.__name__ == "PaLMCausalLM" for c in type(source).__mro__)
+
+    def load(self, source, *, random_weights=False, config=None):
+        import keras
+
+        from llm_tflite.families.palm import PaLMBackbone, PaLMCausalLM, PaLMCausalLMPreprocessor, PaLMTokenizer
+
+        if not isinstance(source, str):
+            return source
+        if random_weights:
+            # The architecture of a local preset (or ``config``) with fresh weights; its tokenizer is kept.
+            import json
+
+            if not is_preset_dir(source):
+                from llm_tflite.errors import ModelSourceError
+
+                raise ModelSourceError(f"--random-weights for the palm family needs a local preset directory, got {source!r}")
+            with open(os.path.join(source, "config.json"), encoding="utf-8") as f:
+                config = config or json.load(f)["config"]
+            keras.utils.set_random_seed(0)
+            backbone = PaLMBackbone(**{k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")})
+            tokenizer = load_keras_preset(PaLMTokenizer, source)
+            preprocessor = PaLMCausalLMPreprocessor(tokenizer, sequence_length=backbone.max_sequence_length)
+            return PaLMCausalLM(backbone=backbone, preprocessor=preprocessor)
+        return load_keras_preset(PaLMCausalLM, source)
+
+    def tokenizer_spec(self, model) -> dict:
+        from llm_tflite.families.palm.palm_tokenizer import NEWLINE_SYMBOL
+
+        proto = model.preprocessor.tokenizer.proto
+        return {"type": "sentencepiece", "model": base64.b64encode(proto).decode("ascii"), "newline_symbol": NEWLINE_SYMBOL}
+
+    def max_context_length(self, model) -> int:
+        return int(model.backbone.max_sequence_length)
+
+    def kv_cache_spec(self, model) -> KVCacheSpec:
+        backbone = model.backbone
+        return KVCacheSpec(
+            num_layers=backbone.num_layers, num_kv_heads=backbone.num_key_value_heads, head_dim=backbone.head_dim
+        )
+
+    def forward_with_cache(self, model, tokens, input_pos, caches):
+        import tensorflow as tf
+
+        from llm_tflite.families.ops import causal_attention, update_cache
+
+        backbone = model.backbone
+        x = tf.gather(backbone.token_embedding.embeddings, tf.reshape(tokens, [-1]))[None]
+        positions = tf.cast(input_pos, tf.float32)
+        new_caches = []
+        for block, (key_cache, value_cache) in zip(backbone.transformer_layers, caches):
+            h = block.layer_norm(x)
+            query, key, value = block.project_qkv(h, positions)
+            key_cache = update_cache(key_cache, key, input_pos)
+            value_cache = update_cache(value_cache, value, input_pos)
+            x = block.combine(x, h, causal_attention(query, key_cache, value_cache, input_pos))
+            new_caches.append((key_cache, value_cache))
+        x = backbone.layer_norm(x)
+        return backbone.token_embedding(x, reverse=True), new_caches
+
+    def generate_function(self, model, *, max_length, sampler, seed):
+        """Tokenizer in the graph through TF Text's fast SentencePiece ops (TFLite custom kernels, no Flex)."""
+        import tensorflow_text as tf_text
+
+        from llm_tflite.export.generate import keras_generate_function
+        from llm_tflite.families.palm.palm_tokenizer import newline_decoder_proto
+
+        proto = model.preprocessor.tokenizer.proto
+        encoder = tf_text.FastSentencepieceTokenizer(proto)
+        decoder = tf_text.FastSentencepieceTokenizer(newline_decoder_proto(proto))
+        return keras_generate_function(
+            self, model, max_length=max_length, sampler=sampler, seed=seed,
+            encode=encoder.tokenize, decode=decoder.detokenize,
+        )
+
+
+@hookimpl
+def register_families(register):
+    register(PaLMFamily())
+
+
+@hookimpl
+def register_presets(register):
+    register(Preset(
+        name=PALM_PRESET,
+        family="palm",
+        source=PALM_PRESET_DIR,
+        description="shipped with llm-tflite: PaLM-style decoder trained on tiny Shakespeare (docs/models.md)",
+    ))

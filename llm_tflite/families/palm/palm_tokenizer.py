@@ -1,0 +1,101 @@
+"""SentencePiece tokenizer of the PaLM-style family, and how to train one.
+
+Newlines: TF Text's fast SentencePiece kernels (the ones with TFLite custom-op
+implementations) treat ``\\n`` as whitespace, so the trained model's normalizer maps
+``\\n`` to ``NEWLINE_SYMBOL`` (U+2424) and ``detokenize`` maps it back. Both the
+``sentencepiece`` library and the fast kernels then produce the same ids.
+"""
+
+from __future__ import annotations
+
+import io
+
+import keras
+from keras_hub.tokenizers import SentencePieceTokenizer
+
+NEWLINE_SYMBOL = "\u2424"
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
+
+
+def restore_newlines(text):
+    """Map ``NEWLINE_SYMBOL`` back to ``\\n`` in a str, list of str, bytes or tf string tensor."""
+    if isinstance(text, str):
+        return text.replace(NEWLINE_SYMBOL, "\n")
+    if isinstance(text, bytes):
+        return text.replace(NEWLINE_SYMBOL.encode(), b"\n")
+    if isinstance(text, (list, tuple)):
+        return [restore_newlines(t) for t in text]
+    import tensorflow as tf
+
+    return tf.strings.regex_replace(text, NEWLINE_SYMBOL, "\n")
+
+
+def newline_decoder_proto(proto: bytes) -> bytes:
+    """``proto`` with ``NEWLINE_SYMBOL`` replaced by ``\\n`` in every piece: a decoder that needs no string ops."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    model = sentencepiece_model_pb2.ModelProto()
+    model.ParseFromString(proto)
+    for piece in model.pieces:
+        piece.piece = piece.piece.replace(NEWLINE_SYMBOL, "\n")
+    return model.SerializeToString()
+
+
+def train_sentencepiece(texts, vocab_size: int) -> bytes:
+    """Train a unigram SentencePiece model on ``texts`` (an iterable of str); return its serialized proto.
+
+    Unigram because TF Text's fast (TFLite-ready) kernels only implement unigram models;
+    whitespace and newlines are kept exactly, so ``detokenize(tokenize(text)) == text``
+    for text whose characters were seen in training.
+    """
+    import os
+    import tempfile
+
+    import sentencepiece as spm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rule = os.path.join(tmp, "newline.tsv")
+        with open(rule, "w", encoding="utf-8") as f:
+            f.write(f"A\t{ord(NEWLINE_SYMBOL):X}\n")  # \n -> NEWLINE_SYMBOL, nothing else
+        model = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type="unigram",
+            character_coverage=1.0,
+            normalization_rule_tsv=rule,
+            remove_extra_whitespaces=False,
+            max_sentence_length=1 << 16,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=3,
+            unk_piece=UNK,
+            bos_piece=BOS,
+            eos_piece=EOS,
+            pad_piece=PAD,
+            num_threads=2,
+            minloglevel=2,
+        )
+    return model.getvalue()
+
+
+@keras.saving.register_keras_serializable(package="llm_tflite")
+class PaLMTokenizer(SentencePieceTokenizer):
+    """KerasHub SentencePiece tokenizer with ``<s>``, ``</s>``, ``<pad>`` and newline restoration.
+
+    Args:
+        proto: a serialized SentencePiece model (see ``train_sentencepiece``) or a path to one.
+    """
+
+    backbone_cls = None  # set in palm_backbone.py (avoids an import cycle)
+
+    def __init__(self, proto=None, **kwargs):
+        self._add_special_token(BOS, "start_token")
+        self._add_special_token(EOS, "end_token")
+        self._add_special_token(PAD, "pad_token")
+        super().__init__(proto=proto, **kwargs)
+
+    def detokenize(self, inputs):
+        return restore_newlines(super().detokenize(inputs))

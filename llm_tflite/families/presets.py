@@ -1,0 +1,50 @@
+"""Named models: the shipped default and the architectures of the standard GPT-2 sizes."""
+
+from __future__ import annotations
+
+import os
+
+from llm_tflite.families.base import Preset
+from llm_tflite.plugins.hookspecs import hookimpl
+
+PRESETS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "presets")
+DEFAULT_PRESET = "gpt2_tiny_shakespeare"
+DEFAULT_PRESET_DIR = os.path.join(PRESETS_DIR, DEFAULT_PRESET)
+
+
+def _gpt2(layers, heads, hidden):
+    return {
+        "vocabulary_size": 50257,
+        "num_layers": layers,
+        "num_heads": heads,
+        "hidden_dim": hidden,
+        "intermediate_dim": 4 * hidden,
+        "max_sequence_length": 1024,
+        "dropout": 0.1,
+    }
+
+
+GPT2_SIZES = {
+    "gpt2_base_en": ("GPT-2 124M (12 layers, 768 wide)", _gpt2(12, 12, 768)),
+    "gpt2_medium_en": ("GPT-2 355M (24 layers, 1024 wide)", _gpt2(24, 16, 1024)),
+    "gpt2_large_en": ("GPT-2 774M (36 layers, 1280 wide)", _gpt2(36, 20, 1280)),
+    "gpt2_extra_large_en": ("GPT-2 1558M (48 layers, 1600 wide)", _gpt2(48, 25, 1600)),
+}
+
+
+@hookimpl
+def register_presets(register):
+    register(Preset(
+        name=DEFAULT_PRESET,
+        family="gpt2",
+        source=DEFAULT_PRESET_DIR,
+        description="shipped with llm-tflite: 3.7M-parameter GPT-2 trained on tiny Shakespeare (docs/models.md)",
+    ))
+    for name, (description, config) in GPT2_SIZES.items():
+        register(Preset(
+            name=name,
+            family="gpt2",
+            source=name,
+            description=f"{description}; KerasHub preset (downloads when online, --random-weights offline)",
+            config=config,
+        ))

@@ -1,0 +1,1 @@
+"""``.tflite`` files without TensorFlow: flatbuffer I/O, checked rewrites, the metadata record."""

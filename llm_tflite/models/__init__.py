@@ -1,1 +1,0 @@
-"""Keras models llm-tflite defines itself (KerasHub has no class for them)."""

@@ -1,0 +1,1 @@
+"""Quantization: the strategy interface (``base``), built-in strategies, calibration data."""

@@ -1,0 +1,103 @@
+"""Calibration data for strategies that quantize activations (``full_int8``).
+
+Calibration text goes through the model's own tokenizer and the float ``.tflite`` file:
+every ``prefill_{L}`` and ``decode`` call the runner makes is recorded with its inputs
+(tokens, positions and the real KV caches at that point), so each signature is
+calibrated on the activations it will see.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+
+import numpy as np
+
+from llm_tflite.errors import DataError
+
+#: Greedy decode steps after each calibration prompt.
+DECODE_STEPS = 8
+
+
+@dataclasses.dataclass
+class TextCalibration:
+    """Calibration samples cut from text.
+
+    Args:
+        texts: the samples (each is cut to a prompt of every prefill length).
+        source: where they came from (for messages).
+    """
+
+    texts: list[str]
+    source: str = "text"
+
+    def signature_inputs(self, float_model: bytes):
+        """Per sample, ``{signature: [input dict, ...]}``: the calls the float file makes on it.
+
+        A generator: one sample's calls (a prompt of every prefill length, each followed by
+        a few greedy decode steps, with the real KV caches) are held at a time, so memory
+        stays bounded for big models (GPT-2 base: 75 MB of caches per call).
+        """
+        from llm_tflite.progress import progress
+        from llm_tflite.runtime.runner import InterpreterRunner
+
+        with tempfile.TemporaryDirectory(prefix="llm_tflite_calibration_") as tmp:
+            path = os.path.join(tmp, "float.tflite")
+            with open(path, "wb") as f:
+                f.write(float_model)
+            runner = InterpreterRunner(path)
+        engine = runner._engine
+        calls: dict[str, list[dict[str, np.ndarray]]] = {}
+
+        def recording(name, run):
+            def call(**inputs):
+                calls.setdefault(name, []).append({k: np.array(v) for k, v in inputs.items()})
+                return run(**inputs)
+
+            return call
+
+        engine.runners = {name: recording(name, run) for name, run in engine.runners.items()}
+        # A prompt of exactly L tokens selects prefill_L, so every prefill signature is calibrated.
+        lengths = [n for n in engine.prefill_lengths if n + DECODE_STEPS <= engine.context_length] or [1]
+        bar = progress(total=len(self.texts), desc="calibrate", unit="sample")
+        try:
+            for text in self.texts:
+                ids = runner.encode(text)
+                for length in lengths:
+                    list(runner.generate_ids(ids[:length], DECODE_STEPS, "greedy"))
+                yield dict(calls)
+                calls.clear()
+                bar.update()
+        finally:
+            bar.close()
+
+
+def text_calibration(paths, num_samples: int = 64, text_field: str | None = None) -> TextCalibration:
+    """Calibration samples from text files or folders (see ``calibration_from_text``).
+
+    Raises ``DataError`` for a missing path, unreadable text, or a set with no usable sample,
+    so a bad ``--calibration`` fails before any conversion starts.
+
+    Example:
+        >>> cal = text_calibration("../shared/data/tinyshakespeare/input.txt", num_samples=32)  # doctest: +SKIP
+    """
+    from llm_tflite.training.data import load_texts
+
+    source = ", ".join(map(os.fspath, paths)) if isinstance(paths, (list, tuple)) else os.fspath(paths)
+    return calibration_from_text("\n\n".join(load_texts(paths, text_field=text_field)), num_samples, source)
+
+
+def calibration_from_text(text: str, num_samples: int = 64, source: str = "text") -> TextCalibration:
+    """``num_samples`` evenly spaced pieces of ``text``, about 600 characters each."""
+    if num_samples < 1:
+        raise DataError(f"the calibration sample count must be at least 1, got {num_samples}")
+    piece = 600  # enough for a 128-token prompt at ~3 characters per token
+    if len(text.strip()) < 20:
+        raise DataError(
+            f"calibration set {source!r} is empty or too short ({len(text.strip())} characters); "
+            "give a text file or folder with a few thousand characters of the kind of text the model will see"
+        )
+    starts = np.linspace(0, max(len(text) - piece, 0), num=num_samples).astype(int)
+    samples = [text[s : s + piece] for s in dict.fromkeys(starts.tolist())]
+    return TextCalibration([s for s in samples if s.strip()], source=source)

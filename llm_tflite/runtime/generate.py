@@ -1,0 +1,65 @@
+"""Running ``generate``-mode files: TF Text's custom ops, and the Flex delegate when the file has Flex ops.
+
+GPT-2 files need Flex (KerasHub's BPE tokenizer is TensorFlow string ops); PaLM-style
+files use TF Text's fast SentencePiece kernels only, so they run without Flex.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llm_tflite.errors import UnsupportedRuntimeError
+
+WHAT_TO_DO = (
+    "Run it where TensorFlow 2.19 and tensorflow-text 2.19 are installed (their Python wheels "
+    "carry the Flex delegate; TensorFlow >= 2.20 wheels ship none), or convert the model with "
+    "--mode prefill_decode, which needs builtin ops only."
+)
+
+
+def _interpreter(data: bytes, num_threads):
+    """An interpreter with Flex and TF Text ops, or ``UnsupportedRuntimeError`` saying why not."""
+    try:
+        import tensorflow as tf
+        import tensorflow_text as tf_text
+        from tensorflow.lite.python import interpreter as interpreter_lib
+    except ImportError as e:
+        # What remains is a runtime without Flex (e.g. ai_edge_litert alone): say so plainly.
+        raise UnsupportedRuntimeError(
+            f"this is a generate-mode file: its tokenizer and loop are TensorFlow ops (Flex delegate) "
+            f"and TF Text custom ops, which this Python environment cannot run ({e}). {WHAT_TO_DO}"
+        ) from e
+    from llm_tflite.litert.flatbuffer import operator_names
+
+    needs_flex = any(op.startswith("CUSTOM:Flex") for op in operator_names(data))
+    major_minor = tuple(int(p) for p in tf.__version__.split(".")[:2])
+    if needs_flex and major_minor >= (2, 20):
+        raise UnsupportedRuntimeError(
+            f"TensorFlow {tf.__version__} wheels ship no Flex delegate (LiteRT issue #6458), so this "
+            f"generate-mode file cannot run here. {WHAT_TO_DO}"
+        )
+    return interpreter_lib.InterpreterWithCustomOps(
+        model_content=data,
+        custom_op_registerers=tf_text.tflite_registrar.SELECT_TFTEXT_OPS,
+        num_threads=num_threads,
+    )
+
+
+class GenerateEngine:
+    """Calls ``serving_default(prompt) -> output_0`` and returns the continuation."""
+
+    def __init__(self, data: bytes, metadata: dict, num_threads, path):
+        interpreter = _interpreter(data, num_threads)
+        try:
+            self.signature = interpreter.get_signature_runner("serving_default")
+        except (RuntimeError, ValueError) as e:
+            raise UnsupportedRuntimeError(f"the runtime cannot prepare {path!r}: {e}. {WHAT_TO_DO}") from e
+
+    def generate(self, prompt: str) -> str:
+        # A 0-d *bytes* array: the TFLite Python wrapper mis-encodes 0-d str/object arrays.
+        try:
+            out = self.signature(prompt=np.array(prompt.encode("utf-8")))["output_0"]
+        except RuntimeError as e:
+            raise UnsupportedRuntimeError(f"the interpreter failed: {e}. {WHAT_TO_DO}") from e
+        text = bytes(np.asarray(out).reshape(-1)[0] if np.ndim(out) else out.item()).decode("utf-8", errors="replace")
+        return text[len(prompt):] if text.startswith(prompt) else text

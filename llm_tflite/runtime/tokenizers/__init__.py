@@ -1,0 +1,28 @@
+"""Tokenizers the runtime rebuilds from an artifact's metadata, without TensorFlow."""
+
+from __future__ import annotations
+
+from llm_tflite.errors import ModelFileError
+
+
+def tokenizer_from_spec(spec: dict):
+    """A tokenizer with ``encode(str) -> list[int]`` and ``decode_bytes(ids) -> bytes``."""
+    kind = spec.get("type")
+    if kind == "gpt2_bpe":
+        from llm_tflite.runtime.tokenizers.bpe import BPETokenizer
+
+        return BPETokenizer(spec["vocab"], spec["merges"])
+    if kind == "sentencepiece":
+        try:
+            from llm_tflite.runtime.tokenizers.spm import SentencePieceTokenizer
+        except ImportError as e:
+            raise ModelFileError(
+                "this file's SentencePiece tokenizer needs the 'sentencepiece' package: pip install sentencepiece"
+            ) from e
+        try:
+            return SentencePieceTokenizer.from_spec(spec)
+        except Exception as e:  # sentencepiece raises RuntimeError/TypeError on a damaged proto
+            raise ModelFileError(f"this file's SentencePiece model is unreadable ({e}); convert the model again") from e
+    raise ModelFileError(
+        f"this file's tokenizer type {kind!r} is unknown to this llm-tflite version; upgrade llm-tflite"
+    )

@@ -1,0 +1,1 @@
+"""Training from scratch, fine-tuning, and reading text corpora."""

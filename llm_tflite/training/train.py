@@ -1,0 +1,248 @@
+"""Train a small causal LM (tokenizer and model) from scratch on a text file.
+
+This is how the shipped ``gpt2_tiny_shakespeare`` and ``palm_tiny_shakespeare`` presets were made; the exact command
+and its figures are in ``docs/models.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+
+from llm_tflite.errors import DataError
+
+
+ARCHITECTURES = ("gpt2", "palm")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Hyper-parameters of ``train``; every field is recorded in ``training.json``.
+
+    Use ``TrainConfig.for_architecture("palm")`` for the PaLM-style defaults.
+    """
+
+    architecture: str = "gpt2"
+    vocab_size: int = 2048
+    num_layers: int = 4
+    num_heads: int = 4
+    num_key_value_heads: int = 1  # PaLM-style only (multi-query attention)
+    hidden_dim: int = 256
+    intermediate_dim: int = 1024
+    sequence_length: int = 256
+    dropout: float = 0.1
+    batch_size: int = 16
+    steps: int = 1600
+    learning_rate: float = 2e-3
+    min_learning_rate: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    train_fraction: float = 0.9
+    seed: int = 1234
+    max_minutes: float = 0.0  # stop early after this long (0: no limit); recorded steps say how far it got
+
+    @classmethod
+    def for_architecture(cls, architecture: str, **overrides) -> "TrainConfig":
+        """Defaults of the shipped model of that architecture, with ``overrides``."""
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+        defaults = {"palm": {"intermediate_dim": 768, "dropout": 0.15, "steps": 1400}}.get(architecture, {})
+        return cls(**{"architecture": architecture, **defaults, **overrides})
+
+
+def split_text(text: str, train_fraction: float) -> tuple[str, str]:
+    """First ``train_fraction`` of the characters for training, the rest held out."""
+    cut = int(len(text) * train_fraction)
+    return text[:cut], text[cut:]
+
+
+def StepLogger(every: int, total: int, max_seconds: float | None = None):
+    """A Keras callback: a progress bar (or a log line every ``every`` steps), and an optional time limit."""
+    import keras
+
+    from llm_tflite.progress import progress
+
+    class Logger(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.start = time.time()
+            self.steps_done = 0
+            self.bar = progress(total=total, desc="train", unit="step")
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps_done = batch + 1
+            self.bar.update()
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
+            elapsed = time.time() - self.start
+            if self.bar.disable and ((batch + 1) % every == 0 or batch + 1 == total):
+                print(f"step {batch + 1}/{total} loss {logs['loss']:.4f} elapsed {elapsed:.0f}s "
+                      f"eta {elapsed / (batch + 1) * (total - batch - 1):.0f}s", flush=True)
+            if max_seconds is not None and elapsed > max_seconds:
+                print(f"time limit reached after {batch + 1} steps", flush=True)
+                self.model.stop_training = True
+
+        def on_train_end(self, logs=None):
+            self.bar.close()
+
+    return Logger()
+
+
+def _gpt2_model(train_text: str, config: TrainConfig):
+    """Tokenizer trained on ``train_text``, an untrained GPT2CausalLM, and the training token ids."""
+    import keras_hub
+
+    from llm_tflite.runtime.tokenizers.bpe import BPETokenizer, train_bpe
+
+    vocab, merges = train_bpe(train_text, config.vocab_size)
+    ids = BPETokenizer(vocab, merges).encode(train_text)
+    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocab, merges=merges)
+    preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=config.sequence_length)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=len(vocab),
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        hidden_dim=config.hidden_dim,
+        intermediate_dim=config.intermediate_dim,
+        dropout=config.dropout,
+        max_sequence_length=config.sequence_length,
+    )
+    return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=preprocessor), ids
+
+
+def _palm_model(train_text: str, config: TrainConfig):
+    """SentencePiece model trained on ``train_text``, an untrained PaLMCausalLM, and the training token ids."""
+    import sentencepiece
+
+    from llm_tflite.families.palm import (
+        PaLMBackbone,
+        PaLMCausalLM,
+        PaLMCausalLMPreprocessor,
+        PaLMTokenizer,
+        train_sentencepiece,
+    )
+
+    # SentencePiece trains on "sentences"; paragraphs keep their newlines.
+    proto = train_sentencepiece((p + "\n\n" for p in train_text.split("\n\n")), config.vocab_size)
+    ids = sentencepiece.SentencePieceProcessor(model_proto=proto).encode(train_text)
+    preprocessor = PaLMCausalLMPreprocessor(PaLMTokenizer(proto), sequence_length=config.sequence_length)
+    backbone = PaLMBackbone(
+        vocabulary_size=config.vocab_size,
+        num_layers=config.num_layers,
+        num_query_heads=config.num_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        hidden_dim=config.hidden_dim,
+        intermediate_dim=config.intermediate_dim,
+        max_sequence_length=config.sequence_length,
+        dropout=config.dropout,
+    )
+    return PaLMCausalLM(backbone=backbone, preprocessor=preprocessor), ids
+
+
+def train(data_path: str, output_dir: str, config: TrainConfig | None = None) -> dict:
+    """Train a tokenizer and a small causal LM on ``data_path``; write a KerasHub preset.
+
+    Args:
+        data_path: a UTF-8 text file; its first ``train_fraction`` is used for training.
+        output_dir: the KerasHub preset directory to write.
+        config: hyper-parameters (default: the shipped GPT-2's); ``config.architecture`` picks
+            ``gpt2`` (byte-level BPE + GPT2CausalLM) or ``palm`` (SentencePiece + PaLMCausalLM).
+
+    Returns:
+        The training record (also written to ``output_dir/training.json``).
+
+    Example:
+        >>> train("../shared/data/tinyshakespeare/input.txt", "my_preset",
+        ...       TrainConfig.for_architecture("palm"))  # doctest: +SKIP
+    """
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+
+    from llm_tflite.evaluation.metrics import keras_heldout_loss
+
+    config = config or TrainConfig()
+    if config.architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {config.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+    try:
+        with open(data_path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read training text {data_path!r}: {e}") from e
+    train_text, heldout_text = split_text(text, config.train_fraction)
+    if len(train_text) < 1000:
+        raise DataError(f"{data_path!r} holds too little text to train on ({len(train_text)} characters)")
+
+    keras.utils.set_random_seed(config.seed)
+    started = time.time()
+    print(f"training the {config.architecture} tokenizer (vocab {config.vocab_size}) on "
+          f"{len(train_text):,} characters", flush=True)
+    build = {"gpt2": _gpt2_model, "palm": _palm_model}[config.architecture]
+    final, ids = build(train_text, config)
+    ids = np.asarray(ids, np.int32)
+    preprocessor, final.preprocessor = final.preprocessor, None  # fit() gets token ids
+    bos = preprocessor.tokenizer.start_token_id
+    print(f"{len(ids):,} training tokens ({len(train_text) / len(ids):.2f} characters per token)", flush=True)
+
+    # Each sample: BOS + T-1 tokens from a random offset; targets are the next tokens.
+    rng = np.random.default_rng(config.seed)
+    T, B = config.sequence_length, config.batch_size
+    starts = rng.integers(0, len(ids) - T, size=config.steps * B)
+    offsets = starts[:, None] + np.arange(T)[None, :]
+    targets = ids[offsets]
+    inputs = np.concatenate([np.full((len(starts), 1), bos, np.int32), targets[:, :-1]], axis=1)
+
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0,
+        warmup_target=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        decay_steps=config.steps - config.warmup_steps,
+        alpha=config.min_learning_rate / config.learning_rate,
+    )
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=schedule, weight_decay=config.weight_decay, beta_2=0.99, global_clipnorm=1.0
+    )
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    final.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=True,
+    )
+    backbone = final.backbone
+    print(f"training {backbone.count_params():,} parameters for {config.steps} steps", flush=True)
+    logger = StepLogger(every=50, total=config.steps, max_seconds=config.max_minutes * 60 or None)
+    final.fit(
+        {"token_ids": inputs, "padding_mask": np.ones_like(inputs, bool)},
+        targets,
+        batch_size=B,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[logger],
+    )
+    train_seconds = time.time() - started
+
+    final.preprocessor = preprocessor
+    heldout = keras_heldout_loss(final, heldout_text, desc="held-out loss")
+    record = {
+        "data": os.path.basename(os.path.dirname(os.path.abspath(data_path))) + "/" + os.path.basename(data_path),
+        "split": f"first {config.train_fraction:.0%} of characters train, rest held out",
+        "config": dataclasses.asdict(config),
+        "steps_done": logger.steps_done,
+        "parameters": int(backbone.count_params()),
+        "train_tokens": int(len(ids)),
+        "train_seconds": round(train_seconds, 1),
+        "heldout": heldout,
+    }
+    final.save_to_preset(output_dir)
+    with open(os.path.join(output_dir, "training.json"), "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2)
+    print(json.dumps(record["heldout"], indent=2), flush=True)
+    return record
+
+
+def train_gpt2(data_path: str, output_dir: str, config: TrainConfig | None = None) -> dict:
+    """``train`` with the GPT-2 architecture (how the shipped ``gpt2_tiny_shakespeare`` was made)."""
+    return train(data_path, output_dir, dataclasses.replace(config or TrainConfig(), architecture="gpt2"))
