@@ -28,7 +28,7 @@ def tiny_gpt2_dir(tmp_path_factory):
     import keras
     import keras_hub
 
-    from llm_tflite.runtime.tokenizers.bpe import train_bpe
+    from llm_tflite.training.tokenizer import train_bpe
 
     keras.utils.set_random_seed(1234)  # not 0: --random-weights initialises with seed 0
     vocab, merges = train_bpe(shakespeare_text()[:20000], 300)

@@ -1,4 +1,6 @@
-"""GPT-2 byte-level BPE in pure Python (no TensorFlow), plus a small trainer.
+"""GPT-2 byte-level BPE in pure Python: the runtime encoder, no TensorFlow or Rust needed.
+
+Training lives in ``llm_tflite.training.tokenizer`` (HF ``tokenizers``).
 
 The encoder follows OpenAI's reference ``encoder.py`` and matches
 ``keras_hub.models.GPT2Tokenizer`` token for token (``tests/test_tokenizers.py``).
@@ -6,9 +8,7 @@ The encoder follows OpenAI's reference ``encoder.py`` and matches
 
 from __future__ import annotations
 
-import collections
 import functools
-import json
 
 import regex
 
@@ -46,7 +46,7 @@ class BPETokenizer:
         special_tokens: tokens matched verbatim before BPE (e.g. ``<|endoftext|>``).
 
     Example:
-        >>> tok = BPETokenizer.from_files("vocab.json", "merges.txt")  # doctest: +SKIP
+        >>> tok = BPETokenizer(json.load(open("vocab.json")), open("merges.txt").read().split("\n")[1:])  # doctest: +SKIP
         >>> tok.decode(tok.encode("To be")) == "To be"  # doctest: +SKIP
         True
     """
@@ -60,14 +60,6 @@ class BPETokenizer:
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
         self.special_tokens = {t: self.vocab[t] for t in special_tokens if t in self.vocab}
         self._cache: dict[str, list[int]] = {}
-
-    @classmethod
-    def from_files(cls, vocab_path, merges_path) -> "BPETokenizer":
-        with open(vocab_path, encoding="utf-8") as f:
-            vocab = json.load(f)
-        with open(merges_path, encoding="utf-8") as f:
-            merges = [line.rstrip("\n") for line in f if line.strip() and not line.startswith("#version")]
-        return cls(vocab, merges)
 
     @property
     def vocab_size(self) -> int:
@@ -121,45 +113,3 @@ class BPETokenizer:
 
     def to_dict(self) -> dict:
         return {"type": "gpt2_bpe", "vocab": self.vocab, "merges": self.merges}
-
-
-def train_bpe(text: str, vocab_size: int, special_tokens=(END_OF_TEXT,)) -> tuple[dict[str, int], list[str]]:
-    """Learn a GPT-2-format byte-level BPE (vocab, merges) from ``text``.
-
-    Deterministic: ties between equally frequent pairs break on the pair itself.
-    """
-    byte_encoder = bytes_to_unicode()
-    words = collections.Counter(
-        tuple(byte_encoder[b] for b in piece.encode("utf-8")) for piece in GPT2_PATTERN.findall(text)
-    )
-    vocab = {byte_encoder[b]: i for i, b in enumerate(sorted(byte_encoder))}
-    merges: list[str] = []
-    words = {w: c for w, c in words.items()}
-    n_merges = vocab_size - len(vocab) - len(special_tokens)
-    for _ in range(max(0, n_merges)):
-        pairs: collections.Counter = collections.Counter()
-        for word, count in words.items():
-            for pair in zip(word, word[1:]):
-                pairs[pair] += count
-        if not pairs:
-            break
-        best = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))[0]
-        merges.append(f"{best[0]} {best[1]}")
-        vocab[best[0] + best[1]] = len(vocab)
-        new_words = {}
-        for word, count in words.items():
-            if len(word) > 1 and best[0] in word:
-                merged, j = [], 0
-                while j < len(word):
-                    if j < len(word) - 1 and word[j] == best[0] and word[j + 1] == best[1]:
-                        merged.append(best[0] + best[1])
-                        j += 2
-                    else:
-                        merged.append(word[j])
-                        j += 1
-                word = tuple(merged)
-            new_words[word] = new_words.get(word, 0) + count
-        words = new_words
-    for token in special_tokens:
-        vocab[token] = len(vocab)
-    return vocab, merges
