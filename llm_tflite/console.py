@@ -1,11 +1,35 @@
-"""Progress bars that stay quiet when output is not a terminal."""
+"""What llm-tflite shows on the console: our log lines and progress bars, nothing else.
+
+Library code logs through the ``llm_tflite`` logger (never ``print``); the CLI shows
+INFO lines, ``-q`` only warnings, ``-v`` everything including what TensorFlow, absl and
+LiteRT write from native code. Without ``-v`` that native chatter (CUDA registration,
+"computation placer", converter statistics, "Created TensorFlow Lite XNNPACK delegate")
+is silenced where it is produced: TensorFlow's import, TFLite conversion and interpreter
+creation.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
+import tempfile
+import threading
+import warnings
 
 from tqdm.auto import tqdm
+
+logger = logging.getLogger("llm_tflite")
+
+#: Set to ``1`` to see TensorFlow's and LiteRT's own messages (``llm-tflite -v`` sets it).
+VERBOSE_ENV = "LLM_TFLITE_VERBOSE"
+
+_quiet_lock = threading.RLock()
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV) == "1"
 
 
 def progress(iterable=None, **kwargs):
@@ -14,3 +38,79 @@ def progress(iterable=None, **kwargs):
     kwargs.setdefault("file", sys.stderr)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)
+
+
+@contextlib.contextmanager
+def quiet_native():
+    """Discard what native code writes to file descriptor 2 during the block (unless verbose).
+
+    Python-level errors still propagate as exceptions; only the C++ logging of TensorFlow,
+    absl and LiteRT is dropped. Re-entrant and serialised, because file descriptors are
+    process-wide.
+    """
+    if verbose():
+        yield
+        return
+    with _quiet_lock:
+        try:
+            sys.stderr.flush()
+        except (AttributeError, ValueError):
+            pass
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 (some embedded interpreters): nothing to silence
+            yield
+            return
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    yield
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+
+
+def import_tensorflow():
+    """TensorFlow, imported with its start-up chatter silenced and its Python loggers at ERROR."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with quiet_native():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # device discovery logs its CUDA failures once, here
+    if not verbose():
+        tf.get_logger().setLevel(logging.ERROR)
+        try:
+            import absl.logging
+
+            absl.logging.set_verbosity(absl.logging.ERROR)
+        except ImportError:  # pragma: no cover - absl comes with TensorFlow
+            pass
+    return tf
+
+
+def import_keras():
+    """Keras on the TensorFlow backend, or ``UnsupportedRuntimeError`` saying how to get it.
+
+    The KerasHub tutorials set ``KERAS_BACKEND=jax``; llm-tflite converts through TensorFlow.
+    """
+    from llm_tflite.errors import UnsupportedRuntimeError
+
+    backend = os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    loaded = sys.modules.get("keras")
+    if loaded is not None and hasattr(loaded, "backend"):
+        backend = loaded.backend.backend()
+    if backend != "tensorflow":
+        raise UnsupportedRuntimeError(
+            f"Keras uses the {backend!r} backend (KERAS_BACKEND), but llm-tflite converts, trains and "
+            "evaluates through TensorFlow: set KERAS_BACKEND=tensorflow before Python starts "
+            "(or before the first `import keras`), then retry."
+        )
+    import_tensorflow()
+    with quiet_native():
+        import keras
+    if not verbose():
+        # Keras warns that task models "have no build()": harmless, and not the user's to fix.
+        warnings.filterwarnings("ignore", message=r"`build\(\)` was called on layer", category=UserWarning)
+    return keras

@@ -14,6 +14,7 @@ import numpy as np
 from llm_tflite import InterpreterRunner
 from llm_tflite.litert import flatbuffer, metadata
 from llm_tflite.evaluation.metrics import keras_logits_fn
+from llm_tflite.families.base import without_preprocessor
 
 PARITY_PROMPTS = (
     "First Citizen:",
@@ -48,12 +49,9 @@ def keras_greedy_ids(lm, prompt_ids, max_new_tokens, eos_id) -> list[int]:
     token_ids[0, : len(prompt_ids)] = prompt_ids
     padding_mask = np.zeros((1, total), bool)
     padding_mask[0, : len(prompt_ids)] = True
-    preprocessor, lm.preprocessor = lm.preprocessor, None
-    try:
+    with without_preprocessor(lm):
         lm.compile(sampler=keras_hub.samplers.GreedySampler())
         out = lm.generate({"token_ids": token_ids, "padding_mask": padding_mask}, stop_token_ids=None)
-    finally:
-        lm.preprocessor = preprocessor
     new = [int(t) for t in np.asarray(out["token_ids"])[0, len(prompt_ids):]]
     return new[: new.index(eos_id)] if eos_id in new else new
 

@@ -21,16 +21,20 @@ def readme_blocks(language):
 
 def plugin_doc_sections() -> dict[str, str]:
     doc = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
-    return {m.group(1): m.group(2) for m in re.finditer(r"^### `(\w+)\(register\)`\n(.*?)(?=^##)", doc, re.S | re.M)}
+    return {m.group(1): (m.group(2), m.group(3))
+            for m in re.finditer(r"^### `(\w+)\((\w+)\)`\n(.*?)(?=^##)", doc, re.S | re.M)}
 
 
 @pytest.mark.parametrize("hook", HOOKS)
 def test_hook_is_documented(hook):
     """Heading with the signature, its arguments, what it does, and an example."""
-    section = plugin_doc_sections().get(hook)
-    assert section is not None, f"docs/plugins.md has no section '### `{hook}(register)`'"
+    argument = inspect.getfullargspec(getattr(hookspecs, hook)).args[0]
+    found = plugin_doc_sections().get(hook)
+    assert found is not None, f"docs/plugins.md has no section '### `{hook}({argument})`'"
+    documented_argument, section = found
+    assert documented_argument == argument, f"docs for {hook} name the argument {documented_argument!r}"
     assert "**Arguments:**" in section, f"docs for {hook} do not describe its arguments"
-    assert f"def {hook}(register)" in section and "```python" in section, f"docs for {hook} have no example"
+    assert f"def {hook}({argument})" in section and "```python" in section, f"docs for {hook} have no example"
 
 
 def test_plugin_tutorial_follows_the_example_plugin():
@@ -47,13 +51,23 @@ def test_hook_has_a_test(hook):
     assert f"def {hook}(" in tests, f"no test plugin implements {hook}"
 
 
+#: stderr lines our own code may print: log lines of the CLI (progress bars are off without a terminal).
+OWN_LINE = re.compile(r"^llm-tflite: ")
+
+
+def assert_only_own_stderr(stderr: str) -> None:
+    foreign = [line for line in stderr.splitlines() if line.strip() and not OWN_LINE.match(line)]
+    assert foreign == [], "stderr has lines that are not ours:\n" + "\n".join(foreign[:20])
+
+
 @pytest.mark.slow
-def test_readme_python_snippet_runs(tmp_path):
+def test_readme_python_snippet_runs_quietly(tmp_path):
     code = readme_blocks("python")[0]
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900,
                          env={**os.environ, "LLM_TFLITE_NO_PROGRESS": "1"})
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.strip().splitlines()) >= 3
+    assert_only_own_stderr(out.stderr)
 
 
 @pytest.mark.slow
@@ -66,5 +80,19 @@ def test_readme_plain_steps_run(tmp_path):
         out = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=900,
                              env={**os.environ, "LLM_TFLITE_NO_PROGRESS": "1"})
         assert out.returncode == 0, out.stderr
+        assert_only_own_stderr(out.stderr)
     assert (tmp_path / "build" / "gpt2_tiny_shakespeare.tflite").stat().st_size > 1e6
     assert out.stdout.startswith("ROMEO:") and len(out.stdout) > 60
+
+
+@pytest.mark.slow
+def test_demo_script_prints_only_our_lines_on_stderr():
+    """scripts/demo.sh as a user runs it (it uses the repository's .venv, as setup.sh made it)."""
+    if not (ROOT / ".venv" / "bin" / "llm-tflite").exists():
+        pytest.fail("scripts/demo.sh needs .venv: run scripts/setup.sh first (CI does)")
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "LLM_TFLITE_NO_PROGRESS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("wrote ") and "\nROMEO:" in out.stdout
+    assert_only_own_stderr(out.stderr)
+    assert "llm-tflite: convert: loading model" in out.stderr

@@ -148,3 +148,53 @@ def test_family_that_raises_while_tracing_gives_a_clear_error(registered, tiny_g
     with pytest.raises(ConversionError, match="family 'broken_gpt2' failed while building.*KeyError"):
         Converter(prefill_lengths=(4,)).convert(str(tiny_gpt2_dir), str(tmp_path / "x.tflite"), family="broken_gpt2")
     assert not (tmp_path / "x.tflite").exists()
+
+
+class CommandPlugin:
+    @hookimpl
+    def register_commands(self, cli):
+        p = cli.add_parser("hello", help="say hello (a test plugin's command)")
+        p.add_argument("--name", default="world", help="who to greet")
+        p.set_defaults(func=lambda args: print(f"hello, {args.name}") or 3)
+
+
+def test_a_plugin_adds_a_subcommand(registered, capsys):
+    from llm_tflite.cli import main
+
+    registered(CommandPlugin(), "commands")
+    assert main(["hello", "--name", "plugin"]) == 3
+    assert capsys.readouterr().out == "hello, plugin\n"
+    with pytest.raises(SystemExit):
+        main(["hello", "--help"])
+    page = capsys.readouterr().out
+    assert "who to greet (default: world)" in page and "--quiet" in page
+
+
+class NoArgumentPlugin:
+    """pluggy passes an implementation only the hook arguments it names: none is fine."""
+
+    called = 0
+
+    @hookimpl
+    def register_presets(self):
+        NoArgumentPlugin.called += 1
+
+
+def test_hooks_are_called_through_pluggy(registered):
+    registered(NoArgumentPlugin(), "no_arguments")
+    assert "gpt2_tiny_shakespeare" in registry.presets()
+    assert NoArgumentPlugin.called == 1
+
+
+class CommandRaisingPlugin:
+    @hookimpl
+    def register_commands(self, cli):
+        raise RuntimeError("no commands today")
+
+
+def test_a_raising_command_plugin_is_named(registered, capsys):
+    from llm_tflite.cli import main
+
+    registered(CommandRaisingPlugin(), "bad_commands")
+    assert main(["plugins"]) == 1
+    assert "'bad_commands'" in capsys.readouterr().err

@@ -31,7 +31,8 @@ def test_chunked_prefill_matches_single_pass(tiny_tflite):
     ids = runner.encode("Let me be that I am and seek not to alter me. Then be it so.")
     assert len(ids) > 16
     chunked = runner.logits(ids)
-    stepwise = np.concatenate([runner._engine.forward([t], i) for i, t in enumerate(ids)])
+    sequence = runner.sequence()
+    stepwise = np.concatenate([sequence.feed([t]) for t in ids])
     np.testing.assert_allclose(chunked, stepwise, atol=1e-4)
 
 
@@ -41,7 +42,11 @@ def test_greedy_64_tokens_matches_keras_generate(tiny_gpt2, tiny_tflite):
 
 def test_runs_where_tensorflow_is_never_imported(tiny_tflite):
     script = textwrap.dedent(f"""
-        import sys
+        import importlib, pkgutil, sys
+        import llm_tflite.litert, llm_tflite.runtime
+        for package in (llm_tflite.litert, llm_tflite.runtime):  # every module of the runtime side
+            for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+                importlib.import_module(module.name)
         from llm_tflite import InterpreterRunner
         runner = InterpreterRunner({str(tiny_tflite)!r})
         text = runner.generate("ROMEO:", max_new_tokens=8)

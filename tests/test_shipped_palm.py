@@ -29,7 +29,7 @@ def float_file(tmp_path_factory):
 
 
 def test_preset_is_small_and_palm_shaped(shipped):
-    from llm_tflite.families.palm.family import PALM_PRESET_DIR
+    from llm_tflite.families.presets import PALM_PRESET_DIR
 
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(PALM_PRESET_DIR) for f in files)
     assert size <= 20e6, size
@@ -40,9 +40,9 @@ def test_preset_is_small_and_palm_shaped(shipped):
 
 def test_heldout_loss_at_most_1_85_nats_per_char(shipped, float_file):
     from llm_tflite.evaluation.metrics import keras_heldout_loss, tflite_heldout_loss
-    from llm_tflite.training.train import split_text
+    from llm_tflite.training.data import split_heldout
 
-    _, heldout = split_text(shakespeare_text(), 0.9)
+    _, heldout = split_heldout(shakespeare_text(), 0.1)
     keras_loss = keras_heldout_loss(shipped, heldout)
     assert keras_loss["nats_per_char"] <= 1.85, keras_loss
     tflite_loss = tflite_heldout_loss(InterpreterRunner(float_file), heldout)

@@ -1,143 +1,88 @@
-"""The ``llm-tflite`` command line."""
+"""The ``llm-tflite`` command: the parser, global options, logging and exit codes.
+
+Each command group lives in its own module (``convert``, ``run``, ``training``,
+``evaluation``, ``plugins``) with an ``add_commands(cli)`` function; plugins add
+theirs through the ``register_commands`` hook.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
+import logging
 import os
 import sys
 
 from llm_tflite.errors import LLMTFLiteError
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+GROUPS = ("convert", "run", "training", "evaluation", "plugins")
 
 
-def _size(n_bytes: int) -> str:
-    return f"{n_bytes / 1e6:.1f} MB" if n_bytes >= 1e5 else f"{n_bytes / 1e3:.1f} kB"
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default after its help, when it has one worth showing."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS) and action.option_strings
+        if shown and "%(default)" not in text and "default:" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+class Parser(argparse.ArgumentParser):
+    """``ArgumentParser`` with our help formatter (subcommand parsers, plugins' included)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
-def cmd_convert(args) -> int:
-    from llm_tflite.export.converter import DEFAULT_PREFILL_LENGTHS, Converter
-
-    calibration = None
-    if args.calibration:
-        from llm_tflite.quantize.calibration import text_calibration
-
-        calibration = text_calibration(args.calibration, num_samples=args.calibration_samples)
-    converter = Converter(
-        mode=args.mode,
-        quantize=args.quantize,
-        context_length=args.context_length,
-        prefill_lengths=args.prefill_lengths or DEFAULT_PREFILL_LENGTHS,
-        max_length=args.max_length,
-        sampler=args.sampler,
-        seed=args.seed,
-        calibration=calibration,
-    )
-    result = converter.convert(args.model, args.output, family=args.family, random_weights=args.random_weights)
-    meta = result.metadata
-    print(f"wrote {result.path} ({_size(result.size_bytes)}): family {meta['family']}, mode {meta['export_mode']}, "
-          f"quantization {meta['quantization']}, context {meta['context_length']} tokens")
-    return 0
-
-
-def cmd_generate(args) -> int:
-    from llm_tflite.runtime.runner import InterpreterRunner
-
-    runner = InterpreterRunner(args.file, num_threads=args.threads)
-    sampler_args = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    if args.stream:
-        sys.stdout.write(args.prompt)
-        sys.stdout.flush()
-        for piece in runner.stream(args.prompt, args.max_new_tokens, args.sampler, **sampler_args):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-    else:
-        print(args.prompt + runner.generate(args.prompt, args.max_new_tokens, args.sampler, **sampler_args))
-    return 0
-
-
-def cmd_plugins(args) -> int:
-    from llm_tflite.plugins import registry
-    from llm_tflite.plugins.manager import distribution_of
-
-    rows = []
-    for kind, found in (("family", registry.families()), ("strategy", registry.strategies()),
-                        ("preset", registry.presets())):
-        for name, reg in sorted(found.items()):
-            rows.append({"kind": kind, "name": name, "plugin": reg.plugin,
-                         "distribution": distribution_of(reg.plugin),
-                         "description": getattr(reg.item, "description", "")})
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    for kind, heading in (("family", "families:"), ("strategy", "strategies:"), ("preset", "presets:")):
-        print(heading)
-        for row in (r for r in rows if r["kind"] == kind):
-            print(f"  {row['name']:<22} {row['distribution']:<22} {row['description']}")
-    return 0
+def _add_verbosity(parser: argparse.ArgumentParser, default) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=default,
+                       help="print only results, warnings and errors")
+    group.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1, default=default,
+                       help="also show debug lines and TensorFlow's / LiteRT's own messages")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llm-tflite", description="Convert Keras LLMs to TFLite and run them.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from llm_tflite import __version__
+    from llm_tflite.plugins.manager import call_hook
 
-    p = sub.add_parser("convert", help="convert a model to .tflite")
-    p.add_argument("model", help="preset name (llm-tflite plugins), KerasHub handle, or local preset directory")
-    p.add_argument("-o", "--output", required=True, help="the .tflite file to write")
-    p.add_argument("--family", help="model family, when it cannot be told from MODEL")
-    p.add_argument("--mode", default="prefill_decode", choices=["prefill_decode", "generate"])
-    p.add_argument("--quantize", default="none", help="quantization strategy (default: none)")
-    p.add_argument("--random-weights", action="store_true", help="the architecture with random weights (no download)")
-    p.add_argument("--context-length", type=int, help="prefill_decode: KV-cache length (default: model's, max 1024)")
-    p.add_argument("--prefill-lengths", type=_int_list, help="prefill_decode: e.g. 8,32,128")
-    p.add_argument("--max-length", type=int, default=100, help="generate: prompt + continuation tokens")
-    p.add_argument("--sampler", default="greedy", help="generate: greedy, top_k or top_p")
-    p.add_argument("--seed", type=int, help="generate: seed of a random sampler")
-    p.add_argument("--calibration", help="text file or folder for strategies that calibrate (full_int8)")
-    p.add_argument("--calibration-samples", type=int, default=64)
-    p.set_defaults(func=cmd_convert)
-
-    p = sub.add_parser("generate", help="continue a prompt with a .tflite file")
-    p.add_argument("file")
-    p.add_argument("prompt")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--sampler", default="greedy", choices=["greedy", "temperature", "top_k", "top_p"])
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=0.9)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--stream", action="store_true", help="print text as it is generated")
-    p.set_defaults(func=cmd_generate)
-
-    p = sub.add_parser("plugins", help="list model families, quantization strategies and presets")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_plugins)
-
-    for extra in _extra_commands():
-        extra(sub)
+    parser = Parser(prog="llm-tflite", description="Convert Keras language models to TensorFlow Lite and run them.")
+    parser.add_argument("--version", action="version", version=f"llm-tflite {__version__}",
+                        help="print the version and exit")
+    _add_verbosity(parser, 0)
+    cli = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        importlib.import_module(f"llm_tflite.cli.{group}").add_commands(cli)
+    call_hook("register_commands", cli=cli)
+    for sub in cli.choices.values():  # -q / -v also after the command name
+        _add_verbosity(sub, argparse.SUPPRESS)
     return parser
 
 
-def _extra_commands():
-    from llm_tflite.cli import extra as cli_extra
-
-    return cli_extra.COMMANDS
+def configure_logging(verbosity: int) -> None:
+    """Our log lines on stderr; ``-v`` also lets TensorFlow and LiteRT speak."""
+    if verbosity > 0:
+        os.environ["LLM_TFLITE_VERBOSE"] = "1"
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("llm-tflite: %(message)s"))
+    logger = logging.getLogger("llm_tflite")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel({-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[verbosity])
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except LLMTFLiteError as e:  # a broken plugin
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     args = parser.parse_args(argv)
+    configure_logging(args.verbosity)
     try:
         return args.func(args)
     except LLMTFLiteError as e:

@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import os
 
+from llm_tflite.console import logger
 from llm_tflite.errors import LLMTFLiteError
 
 COLUMNS = (
@@ -51,7 +52,7 @@ def resolve_strategies(spec: str) -> list[str]:
 
 
 def compare(model, strategy_names, heldout_text: str, output_dir: str, *, calibration=None, family=None,
-            random_weights=False, max_tokens=None, prefill_lengths=None, log=print) -> list[StrategyResult]:
+            random_weights=False, max_tokens=None, prefill_lengths=None) -> list[StrategyResult]:
     """Convert ``model`` with each strategy into ``output_dir`` and evaluate it on ``heldout_text``.
 
     Args:
@@ -84,13 +85,13 @@ def compare(model, strategy_names, heldout_text: str, output_dir: str, *, calibr
         result = StrategyResult(name)
         path = os.path.join(output_dir, f"{name}.tflite")
         try:
-            log(f"[{name}] converting")
+            logger.info("[%s] converting", name)
             needs = get_strategy(name).needs_calibration
             Converter(quantize=name, prefill_lengths=prefill_lengths or DEFAULT_PREFILL_LENGTHS,
                       calibration=calibration if needs else None).convert(lm, path, family=fam.name)
             result.file_bytes = os.path.getsize(path)
             runner = InterpreterRunner(path)
-            log(f"[{name}] evaluating")
+            logger.info("[%s] evaluating", name)
             loss = tflite_heldout_loss(runner, heldout_text, max_tokens=max_tokens, desc=f"eval {name}",
                                        reference=None if reference is None else reference.logits)
             result.perplexity, result.nats_per_char = loss["perplexity"], loss["nats_per_char"]
@@ -100,14 +101,14 @@ def compare(model, strategy_names, heldout_text: str, output_dir: str, *, calibr
             if name == "none":
                 raise
             result.error = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-            log(f"[{name}] failed: {result.error}")
+            logger.warning("[%s] failed: %s", name, result.error)
         if name == "none":
             reference, float_result = InterpreterRunner(float_path), result
         if not result.error:
             result.size_vs_float32 = result.file_bytes / float_result.file_bytes
             result.perplexity_increase_pct = 100 * (result.perplexity / float_result.perplexity - 1)
         results.append(result)
-    log("measuring decode speed (interleaved rounds)")
+    logger.info("measuring decode speed (interleaved rounds)")
     ok = [r for r in results if not r.error]
     speeds = decode_speeds([os.path.join(output_dir, f"{r.strategy}.tflite") for r in ok])
     for r in ok:

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from llm_tflite.progress import progress
+from llm_tflite.console import progress
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -9,11 +9,19 @@ import tempfile
 from llm_tflite.litert.flatbuffer import non_builtin_ops, write_atomic
 from llm_tflite.litert.metadata import FORMAT_VERSION, add_metadata
 from llm_tflite.errors import ConversionError, LLMTFLiteError
-from llm_tflite.progress import progress
+from llm_tflite.console import import_tensorflow, logger, progress, quiet_native
 from llm_tflite.quantize.base import Quantizer
+from llm_tflite.runtime.sampling import GENERATE_SAMPLERS
 from llm_tflite.plugins.registry import load_model
 
 EXPORT_MODES = ("prefill_decode", "generate")
+
+
+def _stage(steps, text: str) -> None:
+    """Show a conversion stage: on the progress bar, or as a log line where there is no bar."""
+    steps.set_postfix_str(text)
+    if steps.disable:
+        logger.info("convert: %s", text)
 DEFAULT_PREFILL_LENGTHS = (8, 32, 128)
 
 
@@ -51,6 +59,8 @@ class Converter:
         if mode not in EXPORT_MODES:
             raise ValueError(f"unknown export mode {mode!r}; choose one of {', '.join(EXPORT_MODES)}")
         self.mode = mode
+        if mode == "generate" and sampler not in GENERATE_SAMPLERS:
+            raise ValueError(f"unknown generate-mode sampler {sampler!r}; choose one of {', '.join(GENERATE_SAMPLERS)}")
         self.quantizer = quantize if isinstance(quantize, Quantizer) else Quantizer(quantize)
         if mode not in self.quantizer.strategy.export_modes:
             raise ValueError(
@@ -91,10 +101,10 @@ class Converter:
         """
         steps = progress(total=4, desc="convert", unit="step")
         try:
-            steps.set_postfix_str("loading model")
+            _stage(steps, "loading model")
             fam, lm = load_model(model, family=family, random_weights=random_weights)
             steps.update()
-            steps.set_postfix_str("tracing")
+            _stage(steps, "tracing")
             try:
                 metadata = self._metadata(fam, lm)
                 tflite_model = self._convert(fam, lm, metadata, steps)
@@ -107,9 +117,9 @@ class Converter:
                     "report it there; --mode prefill_decode works for every family."
                 ) from e
             steps.update()
-            steps.set_postfix_str("quantizing")
+            _stage(steps, "quantizing")
             tflite_model = self._quantize(tflite_model, metadata)
-            steps.set_postfix_str("writing")
+            _stage(steps, "writing")
             tflite_model = add_metadata(tflite_model, metadata)
             write_atomic(output, tflite_model)
             steps.update()
@@ -120,7 +130,8 @@ class Converter:
     @staticmethod
     def _run_converter(converter) -> bytes:
         try:
-            return converter.convert()
+            with quiet_native():  # the converter's C++ logs statistics and sessions to stderr
+                return converter.convert()
         except Exception as e:
             raise ConversionError(f"TensorFlow Lite conversion failed: {type(e).__name__}: {str(e)[:2000]}") from e
 
@@ -164,7 +175,7 @@ class Converter:
             ) from e
 
     def _convert(self, fam, lm, metadata, steps) -> bytes:
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         if self.mode == "prefill_decode":
             # One frozen function and conversion per signature, merged afterwards: a SavedModel
@@ -175,10 +186,12 @@ class Converter:
 
             spec = fam.kv_cache_spec(lm)
             steps.update()
-            steps.set_postfix_str("converting")
+            _stage(steps, "converting")
             parts = {}
             for key, length in signature_lengths(metadata["prefill_lengths"]).items():
-                fn = signature_function(fam, lm, spec, metadata["context_length"], length)
+                logger.debug("convert: signature %s", key)
+                with quiet_native():  # freezing runs Grappler, which logs its sessions
+                    fn = signature_function(fam, lm, spec, metadata["context_length"], length)
                 converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
                 self.quantizer.configure(converter, self.calibration)
                 parts[key] = (self._run_converter(converter), input_names(spec), output_names(spec))
@@ -188,12 +201,14 @@ class Converter:
             fn = fam.generate_function(lm, max_length=self.max_length, sampler=self.sampler, seed=self.seed)
             signatures = {"serving_default": fn}
             steps.update()
-            steps.set_postfix_str("converting")
+            _stage(steps, "converting")
             with tempfile.TemporaryDirectory(prefix="llm_tflite_") as saved_model_dir:
                 module = tf.Module()
                 module.tokenizer = lm.preprocessor.tokenizer  # the lookup tables the graph reads
-                tf.saved_model.save(module, saved_model_dir, signatures=signatures)
-                converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=list(signatures))
+                with quiet_native():
+                    tf.saved_model.save(module, saved_model_dir, signatures=signatures)
+                    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir,
+                                                                         signature_keys=list(signatures))
                 from llm_tflite.export.generate import configure_generate_converter
 
                 configure_generate_converter(converter)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-GENERATE_SAMPLERS = ("greedy", "top_k", "top_p")
+from llm_tflite.runtime import sampling
+from llm_tflite.runtime.sampling import GENERATE_SAMPLERS
+
 
 
 def configure_generate_converter(converter) -> None:
@@ -28,7 +30,7 @@ def configure_generate_converter(converter) -> None:
     converter._experimental_guarantee_all_funcs_one_use = True
 
 
-def _sample(logits, sampler: str, seed: int, step, top_k: int = 50, top_p: float = 0.9):
+def _sample(logits, sampler: str, seed: int, step, top_k: int = sampling.TOP_K, top_p: float = sampling.TOP_P):
     """Next token id (int32 scalar) from ``logits`` ``[vocab]``; random samplers are stateless."""
     if sampler == "greedy":
         return tf.cast(tf.argmax(logits), tf.int32)

@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
+
+
+@contextlib.contextmanager
+def without_preprocessor(causal_lm):
+    """The KerasHub task fed token ids directly: its preprocessor is detached for the block.
+
+    ``fit`` and ``generate`` on ``{"token_ids", "padding_mask"}`` need it; it is put back
+    even when the block raises.
+    """
+    preprocessor, causal_lm.preprocessor = causal_lm.preprocessor, None
+    try:
+        yield causal_lm
+    finally:
+        causal_lm.preprocessor = preprocessor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +38,7 @@ class Preset:
         name: the name users type (``gpt2_base_en``).
         family: the family's name (``gpt2``).
         source: what the family's ``load`` receives: a KerasHub preset name, a handle or a directory.
-        description: one line for ``llm-tflite presets``.
+        description: one line for ``llm-tflite plugins``.
         config: backbone arguments, so ``--random-weights`` needs no download.
     """
 

@@ -1,4 +1,4 @@
-"""Named models: the shipped default and the architectures of the standard GPT-2 sizes."""
+"""Named models: the two shipped ones and the architectures of the standard GPT-2 sizes (pure data)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,13 @@ from llm_tflite.plugins.hookspecs import hookimpl
 PRESETS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "presets")
 DEFAULT_PRESET = "gpt2_tiny_shakespeare"
 DEFAULT_PRESET_DIR = os.path.join(PRESETS_DIR, DEFAULT_PRESET)
+PALM_PRESET = "palm_tiny_shakespeare"
+PALM_PRESET_DIR = os.path.join(PRESETS_DIR, PALM_PRESET)
+
+SHIPPED = {
+    DEFAULT_PRESET: ("gpt2", DEFAULT_PRESET_DIR, "3.7M-parameter GPT-2 trained on tiny Shakespeare"),
+    PALM_PRESET: ("palm", PALM_PRESET_DIR, "PaLM-style decoder trained on tiny Shakespeare"),
+}
 
 
 def _gpt2(layers, heads, hidden):
@@ -34,12 +41,9 @@ GPT2_SIZES = {
 
 @hookimpl
 def register_presets(register):
-    register(Preset(
-        name=DEFAULT_PRESET,
-        family="gpt2",
-        source=DEFAULT_PRESET_DIR,
-        description="shipped with llm-tflite: 3.7M-parameter GPT-2 trained on tiny Shakespeare (docs/models.md)",
-    ))
+    for name, (family, source, what) in SHIPPED.items():
+        register(Preset(name=name, family=family, source=source,
+                        description=f"shipped with llm-tflite: {what} (docs/models.md)"))
     for name, (description, config) in GPT2_SIZES.items():
         register(Preset(
             name=name,

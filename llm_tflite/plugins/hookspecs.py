@@ -1,4 +1,9 @@
-"""The hooks a plugin can implement. Each takes a ``register`` callback."""
+"""The hooks a plugin can implement.
+
+The ``register_*`` hooks take a ``register`` callback (call it once per item), so adding
+hook arguments later never breaks a plugin; pluggy passes each implementation only the
+arguments it names.
+"""
 
 import pluggy
 
@@ -19,3 +24,9 @@ def register_quantizers(register):
 @hookspec
 def register_presets(register):
     """Register named models: call ``register(preset)`` with a ``Preset`` for each."""
+
+
+@hookspec
+def register_commands(cli):
+    """Add ``llm-tflite`` subcommands: ``cli.add_parser(name, help=...)`` returns an argparse parser;
+    give it ``set_defaults(func=handler)`` where ``handler(args)`` returns the exit code."""

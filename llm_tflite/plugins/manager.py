@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+import sys
 
 import pluggy
 
@@ -70,20 +71,58 @@ def distribution_of(plugin_name: str) -> str:
     return _distributions.get(plugin_name, "(registered at runtime)")
 
 
-def collect(hook_name: str) -> list[tuple[object, str]]:
-    """Call one ``register_*`` hook on every plugin; return ``(item, plugin_name)`` pairs.
+def _plugin_in_frames(frames, impls: dict) -> str | None:
+    """The plugin whose hook implementation is the innermost of ``frames`` (innermost first)."""
+    for frame in frames:
+        name = impls.get(frame.f_code)
+        if name is not None:
+            return name
+    return None
 
-    A plugin that raises becomes a ``PluginError`` naming that plugin.
+
+def _outer_frames(frame):
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
+
+
+def _traceback_frames(tb):
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    return reversed(frames)
+
+
+def call_hook(hook_name: str, **kwargs) -> None:
+    """Call a hook through pluggy on every plugin; a plugin that raises becomes a ``PluginError`` naming it."""
+    load_plugins()
+    hook = getattr(pm.hook, hook_name)
+    impls = {impl.function.__code__: impl.plugin_name for impl in hook.get_hookimpls()}
+    try:
+        hook(**kwargs)
+    except Exception as e:
+        plugin = _plugin_in_frames(_traceback_frames(e.__traceback__), impls) or "(unknown)"
+        raise PluginError(
+            f"plugin {plugin!r} ({distribution_of(plugin)}) raised in {hook_name}: {e!r}. "
+            "Fix or uninstall that plugin."
+        ) from e
+
+
+def collect(hook_name: str) -> list[tuple[object, str]]:
+    """Call one ``register_*`` hook (through pluggy) and return ``(item, plugin_name)`` pairs.
+
+    Items come in plugin registration order (built-ins first), so a later plugin's item
+    with the same name overrides a built-in one.
     """
     load_plugins()
+    impls = {impl.function.__code__: impl.plugin_name for impl in getattr(pm.hook, hook_name).get_hookimpls()}
     items: list[tuple[object, str]] = []
-    hook = getattr(pm.hook, hook_name)
-    for impl in reversed(hook.get_hookimpls()):  # registration order
-        try:
-            impl.function(register=lambda item, _name=impl.plugin_name: items.append((item, _name)))
-        except Exception as e:
-            raise PluginError(
-                f"plugin {impl.plugin_name!r} ({distribution_of(impl.plugin_name)}) raised in "
-                f"{hook_name}: {e!r}. Fix or uninstall that plugin."
-            ) from e
-    return items
+
+    def register(item):
+        plugin = _plugin_in_frames(_outer_frames(sys._getframe(1)), impls) or "(unknown)"
+        items.append((item, plugin))
+
+    call_hook(hook_name, register=register)
+    order = {name: index for index, (name, _) in enumerate(pm.list_name_plugin())}
+    return sorted(items, key=lambda pair: order.get(pair[1], len(order)))

@@ -67,7 +67,7 @@ def resolve_family(source, family: str | None = None):
         what = repr(source) if isinstance(source, str) else f"a {type(source).__name__} object"
         raise ModelSourceError(
             f"no registered model family recognises {what}; pass family=... (--family NAME), one of: "
-            f"{', '.join(sorted(families()))}, or a preset from `llm-tflite presets`"
+            f"{', '.join(sorted(families()))}, or a preset that `llm-tflite plugins` lists"
         )
     return claimants[0]
 
@@ -87,7 +87,10 @@ def load_model(source, *, family: str | None = None, random_weights: bool = Fals
     Example:
         >>> family, lm = load_model("gpt2_tiny_shakespeare")  # doctest: +SKIP
     """
+    from llm_tflite.console import import_keras
+
     fam = resolve_family(source, family)
+    import_keras()  # TensorFlow backend, start-up chatter silenced
     config = None
     if isinstance(source, str):
         preset = presets().get(source)

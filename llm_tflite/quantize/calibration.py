@@ -39,7 +39,7 @@ class TextCalibration:
         a few greedy decode steps, with the real KV caches) are held at a time, so memory
         stays bounded for big models (GPT-2 base: 75 MB of caches per call).
         """
-        from llm_tflite.progress import progress
+        from llm_tflite.console import progress
         from llm_tflite.runtime.runner import InterpreterRunner
 
         with tempfile.TemporaryDirectory(prefix="llm_tflite_calibration_") as tmp:
@@ -47,25 +47,22 @@ class TextCalibration:
             with open(path, "wb") as f:
                 f.write(float_model)
             runner = InterpreterRunner(path)
-        engine = runner._engine
         calls: dict[str, list[dict[str, np.ndarray]]] = {}
 
-        def recording(name, run):
-            def call(**inputs):
-                calls.setdefault(name, []).append({k: np.array(v) for k, v in inputs.items()})
-                return run(**inputs)
+        def record(name, inputs):
+            calls.setdefault(name, []).append({k: np.array(v) for k, v in inputs.items()})
 
-            return call
-
-        engine.runners = {name: recording(name, run) for name, run in engine.runners.items()}
         # A prompt of exactly L tokens selects prefill_L, so every prefill signature is calibrated.
-        lengths = [n for n in engine.prefill_lengths if n + DECODE_STEPS <= engine.context_length] or [1]
+        lengths = [n for n in runner.prefill_lengths if n + DECODE_STEPS <= runner.context_length] or [1]
         bar = progress(total=len(self.texts), desc="calibrate", unit="sample")
         try:
             for text in self.texts:
                 ids = runner.encode(text)
                 for length in lengths:
-                    list(runner.generate_ids(ids[:length], DECODE_STEPS, "greedy"))
+                    sequence = runner.sequence(observer=record)
+                    logits = sequence.feed(ids[:length])[-1]
+                    for _ in range(DECODE_STEPS):  # greedy steps: the decode signature's real inputs
+                        logits = sequence.feed([int(np.argmax(logits))])[-1]
                 yield dict(calls)
                 calls.clear()
                 bar.update()

@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 
+from llm_tflite.console import quiet_native
 from llm_tflite.plugins.hookspecs import hookimpl
 from llm_tflite.quantize.base import QuantizationStrategy
 
@@ -83,15 +84,15 @@ class AIEdgeQuantizerStrategy(QuantizationStrategy):
         for entry in recipe:
             entry["op_config"]["min_weight_elements"] = self.min_weight_elements
         qt.load_quantization_recipe(recipe)
-        log = io.StringIO()  # ai-edge-quantizer prints per-op progress bars and size summaries
         try:
-            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                ranges = None
-                if self.kind == "static":
-                    for sample in calibration:  # one sample at a time: bounded memory; ranges accumulate
+            ranges = None
+            if self.kind == "static":
+                for sample in calibration:  # one sample at a time: bounded memory; ranges accumulate
+                    with _quiet():
                         ranges = qt.calibrate(sample, previous_calibration_result=ranges,
                                               num_threads=os.cpu_count() or 1)
-                    ranges = _shared_ranges(ranges)
+                ranges = _shared_ranges(ranges)
+            with _quiet():
                 quantized = qt.quantize(ranges).quantized_model
         except ValueError as e:
             hint = ""
@@ -100,6 +101,13 @@ class AIEdgeQuantizerStrategy(QuantizationStrategy):
                         "use int4_blockwise (blocks of 32) or an int8 strategy.")
             raise ConversionError(f"{self.name}: ai-edge-quantizer failed: {e}.{hint}") from e
         return compact(bytes(quantized))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ai-edge-quantizer prints per-op progress bars and size summaries, and logs every op it overrides."""
+    with contextlib.redirect_stdout(io.StringIO()), quiet_native():
+        yield
 
 
 def _shared_ranges(ranges: dict) -> dict:

@@ -6,7 +6,11 @@ files use TF Text's fast SentencePiece kernels only, so they run without Flex.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
+
+from llm_tflite.console import quiet_native
 
 from llm_tflite.errors import UnsupportedRuntimeError
 
@@ -20,7 +24,9 @@ WHAT_TO_DO = (
 def _interpreter(data: bytes, num_threads):
     """An interpreter with Flex and TF Text ops, or ``UnsupportedRuntimeError`` saying why not."""
     try:
-        import tensorflow as tf
+        from llm_tflite.console import import_tensorflow
+
+        tf = import_tensorflow()
         import tensorflow_text as tf_text
         from tensorflow.lite.python import interpreter as interpreter_lib
     except ImportError as e:
@@ -46,19 +52,25 @@ def _interpreter(data: bytes, num_threads):
 
 
 class GenerateEngine:
-    """Calls ``serving_default(prompt) -> output_0`` and returns the continuation."""
+    """Calls ``serving_default(prompt) -> output_0`` and returns the continuation.
+
+    Calls are serialised: the native interpreter must never run in two threads at once.
+    """
 
     def __init__(self, data: bytes, metadata: dict, num_threads, path):
-        interpreter = _interpreter(data, num_threads)
-        try:
-            self.signature = interpreter.get_signature_runner("serving_default")
-        except (RuntimeError, ValueError) as e:
-            raise UnsupportedRuntimeError(f"the runtime cannot prepare {path!r}: {e}. {WHAT_TO_DO}") from e
+        with quiet_native():  # TensorFlow's import and the XNNPACK delegate announce themselves
+            interpreter = _interpreter(data, num_threads)
+            try:
+                self.signature = interpreter.get_signature_runner("serving_default")
+            except (RuntimeError, ValueError) as e:
+                raise UnsupportedRuntimeError(f"the runtime cannot prepare {path!r}: {e}. {WHAT_TO_DO}") from e
+        self._lock = threading.Lock()
 
     def generate(self, prompt: str) -> str:
         # A 0-d *bytes* array: the TFLite Python wrapper mis-encodes 0-d str/object arrays.
         try:
-            out = self.signature(prompt=np.array(prompt.encode("utf-8")))["output_0"]
+            with self._lock:
+                out = self.signature(prompt=np.array(prompt.encode("utf-8")))["output_0"]
         except RuntimeError as e:
             raise UnsupportedRuntimeError(f"the interpreter failed: {e}. {WHAT_TO_DO}") from e
         text = bytes(np.asarray(out).reshape(-1)[0] if np.ndim(out) else out.item()).decode("utf-8", errors="replace")

@@ -1,34 +1,47 @@
 """Driving a ``prefill_decode`` file: the ``prefill_{L}`` / ``decode`` signatures and the KV caches.
 
 The twin of ``llm_tflite.export.prefill_decode``, which writes these signatures.
+
+Threading model: one engine (one native interpreter) per runner, shared by every
+``Sequence``; each ``Sequence`` owns its KV caches and position, and every signature call
+runs under the engine's lock, so the interpreter is never driven from two threads at once
+and concurrent or interleaved generations never see each other's caches.
 """
 
 from __future__ import annotations
 
+import threading
+from typing import Callable
+
 import numpy as np
 
-from llm_tflite.errors import ModelFileError
+from llm_tflite.console import quiet_native
+from llm_tflite.errors import ContextLengthError, ModelFileError
+
+#: ``observer(signature_name, inputs)`` sees every signature call's inputs (calibration records them).
+Observer = Callable[[str, dict], None]
 
 
 def _interpreter_class():
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # pragma: no cover - environments with TensorFlow only
-        import tensorflow as tf
+        from llm_tflite.console import import_tensorflow
 
-        Interpreter = tf.lite.Interpreter
+        Interpreter = import_tensorflow().lite.Interpreter
     return Interpreter
 
 
-
 class PrefillDecodeEngine:
-    """Drives the ``prefill_{L}`` / ``decode`` signatures and owns the KV caches."""
+    """The interpreter of a ``prefill_decode`` file and its signatures; stateless between calls."""
 
     def __init__(self, data: bytes, metadata: dict, num_threads, path):
         Interpreter = _interpreter_class()
         try:
-            self.interpreter = Interpreter(model_content=data, num_threads=num_threads)
-            signatures = self.interpreter.get_signature_list()
+            with quiet_native():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
+                self.interpreter = Interpreter(model_content=data, num_threads=num_threads)
+                signatures = self.interpreter.get_signature_list()
+                self.runners = {name: self.interpreter.get_signature_runner(name) for name in signatures}
         except (ValueError, RuntimeError) as e:
             raise ModelFileError(f"the runtime cannot load {path!r}: {e}; re-convert it") from e
         self.context_length = int(metadata["context_length"])
@@ -36,36 +49,82 @@ class PrefillDecodeEngine:
         missing = [s for s in ["decode"] + [f"prefill_{n}" for n in self.prefill_lengths] if s not in signatures]
         if missing:
             raise ModelFileError(f"{path!r} lacks signatures {missing}; re-convert it")
-        self.runners = {name: self.interpreter.get_signature_runner(name) for name in signatures}
-        inputs = signatures["decode"]["inputs"]
         details = self.runners["decode"].get_input_details()
-        self.caches = {
-            name: np.zeros(details[name]["shape"], details[name]["dtype"])
-            for name in inputs if name.startswith("kv_cache_")
+        self.cache_specs = {
+            name: (tuple(details[name]["shape"]), details[name]["dtype"])
+            for name in signatures["decode"]["inputs"] if name.startswith("kv_cache_")
         }
+        self._lock = threading.Lock()
+        # LiteRT applies its XNNPACK delegate at the first invoke (and announces it on stderr):
+        # do that here, quietly, so a graph the runtime cannot run fails in the constructor.
+        try:
+            with quiet_native():
+                self.call("decode", dict(tokens=np.zeros((1, 1), np.int32), input_pos=np.zeros(1, np.int32),
+                                         **self.new_caches()))
+        except (ValueError, RuntimeError) as e:
+            raise ModelFileError(f"the runtime cannot run {path!r}: {e}; re-convert it") from e
 
-    def _chunk_length(self, remaining: int, position: int) -> int:
+    def new_caches(self) -> dict[str, np.ndarray]:
+        return {name: np.zeros(shape, dtype) for name, (shape, dtype) in self.cache_specs.items()}
+
+    def chunk_length(self, remaining: int, position: int) -> int:
+        """Tokens the next call takes: the smallest prefill covering ``remaining``, else the largest that fits."""
         fitting = [n for n in self.prefill_lengths if position + n <= self.context_length]
         if not fitting or remaining == 1:
             return 1
         covering = [n for n in fitting if n >= remaining]
         return min(covering) if covering else max(fitting)
 
-    def forward(self, token_ids: list[int], position: int) -> np.ndarray:
-        """Run ``token_ids`` from ``position``; return their logits ``[n, vocab]``."""
+    def call(self, name: str, inputs: dict) -> dict:
+        """Run one signature; serialised, so threads may share the engine."""
+        with self._lock:
+            return self.runners[name](**inputs)
+
+
+class Sequence:
+    """One token sequence's state (KV caches, position) on a shared engine.
+
+    Feed it tokens in order and get each one's next-token logits; several sequences can
+    live at once (threads, interleaved streams) without disturbing each other.
+
+    Example:
+        >>> seq = runner.sequence()  # doctest: +SKIP
+        >>> logits = seq.feed(runner.encode("ROMEO:"))[-1]  # doctest: +SKIP
+        >>> logits = seq.feed([int(logits.argmax())])[-1]  # doctest: +SKIP
+    """
+
+    def __init__(self, engine: PrefillDecodeEngine, observer: Observer | None = None):
+        self.engine = engine
+        self.observer = observer
+        self.position = 0
+        self.caches = engine.new_caches()
+
+    @property
+    def context_length(self) -> int:
+        return self.engine.context_length
+
+    def feed(self, token_ids) -> np.ndarray:
+        """Run ``token_ids`` after what was fed before; return their logits ``[n, vocab]``."""
+        token_ids = [int(t) for t in token_ids]
+        if self.position + len(token_ids) > self.context_length:
+            raise ContextLengthError(
+                f"{self.position + len(token_ids)} tokens do not fit the context of {self.context_length} tokens"
+            )
         outputs = []
         i = 0
         while i < len(token_ids):
-            length = self._chunk_length(len(token_ids) - i, position)
+            length = self.engine.chunk_length(len(token_ids) - i, self.position)
             chunk = token_ids[i : i + length]
             tokens = np.zeros((1, length), np.int32)
             tokens[0, : len(chunk)] = chunk
-            input_pos = np.arange(position, position + length, dtype=np.int32)
+            input_pos = np.arange(self.position, self.position + length, dtype=np.int32)
             name = "decode" if length == 1 else f"prefill_{length}"
-            result = self.runners[name](tokens=tokens, input_pos=input_pos, **self.caches)
-            for cache_name in self.caches:
-                self.caches[cache_name] = result[cache_name]
+            inputs = dict(tokens=tokens, input_pos=input_pos, **self.caches)
+            if self.observer is not None:
+                self.observer(name, inputs)
+            result = self.engine.call(name, inputs)
+            self.caches = {cache_name: result[cache_name] for cache_name in self.caches}
             outputs.append(result["logits"].reshape(length, -1)[: len(chunk)])
             i += len(chunk)
-            position += len(chunk)
+            self.position += len(chunk)
         return np.concatenate(outputs, axis=0)

@@ -16,6 +16,7 @@ import numpy as np
 from llm_tflite.litert.flatbuffer import read_model_file
 from llm_tflite.litert.metadata import read_metadata_from_bytes
 from llm_tflite.errors import ContextLengthError, DataError, ModelFileError
+from llm_tflite.runtime import sampling
 from llm_tflite.runtime.sampling import Sampler
 from llm_tflite.runtime.tokenizers import tokenizer_from_spec
 
@@ -55,6 +56,7 @@ class InterpreterRunner:
         self.export_mode = self.metadata.get("export_mode")
         self.tokenizer = tokenizer_from_spec(self.metadata["tokenizer"])
         self.context_length = int(self.metadata["context_length"])
+        self.prefill_lengths = sorted(int(n) for n in self.metadata.get("prefill_lengths", []))
         self.bos_id = self.metadata.get("bos_id")
         self.eos_id = self.metadata.get("eos_id")
         self.add_bos = bool(self.metadata.get("add_bos", False))
@@ -75,15 +77,19 @@ class InterpreterRunner:
         ids = self.tokenizer.encode(_prompt_text(prompt))
         return ([self.bos_id] if self.add_bos and self.bos_id is not None else []) + ids
 
+    def sequence(self, observer=None):
+        """A fresh ``Sequence`` (its own KV caches and position) on this runner's interpreter.
+
+        ``observer(signature_name, inputs)``, if given, sees every signature call's inputs.
+        """
+        from llm_tflite.runtime.prefill_decode import Sequence
+
+        self._require_prefill_decode("sequence")
+        return Sequence(self._engine, observer)
+
     def logits(self, token_ids) -> np.ndarray:
         """Next-token logits ``[n, vocab]`` after each of ``token_ids`` (a fresh sequence)."""
-        self._require_prefill_decode("logits")
-        token_ids = [int(t) for t in token_ids]
-        if len(token_ids) > self.context_length:
-            raise ContextLengthError(
-                f"{len(token_ids)} tokens do not fit the context of {self.context_length} tokens"
-            )
-        return self._engine.forward(token_ids, 0)
+        return self.sequence().feed(token_ids)
 
     def generate_ids(self, prompt_ids, max_new_tokens=64, sampler="greedy", **sampler_args) -> Iterator[int]:
         """Yield generated token ids after ``prompt_ids`` until the end token or ``max_new_tokens``."""
@@ -98,22 +104,22 @@ class InterpreterRunner:
                 f"larger --context-length"
             )
         choose = sampler if callable(sampler) else Sampler(sampler, **sampler_args)
-        logits = self._engine.forward(prompt_ids, 0)[-1]
-        position = len(prompt_ids)
+        sequence = self.sequence()
+        logits = sequence.feed(prompt_ids)[-1]
         for _ in range(max_new_tokens):
             token = choose(logits)
             if token == self.eos_id:
                 return
             yield token
-            if position >= self.context_length:
+            if sequence.position >= self.context_length:
                 warnings.warn(f"generation stopped at the model's context length ({self.context_length} tokens)")
                 return
-            logits = self._engine.forward([token], position)[-1]
-            position += 1
+            logits = sequence.feed([token])[-1]
 
     # -- text level --------------------------------------------------------------
-    def stream(self, prompt, max_new_tokens: int = 64, sampler: str = "greedy", *, temperature: float = 1.0,
-               top_k: int = 50, top_p: float = 0.9, seed: int | None = None) -> Iterator[str]:
+    def stream(self, prompt, max_new_tokens: int = 64, sampler: str = "greedy", *,
+               temperature: float = sampling.TEMPERATURE, top_k: int = sampling.TOP_K, top_p: float = sampling.TOP_P,
+               seed: int | None = None) -> Iterator[str]:
         """Yield the continuation of ``prompt`` piece by piece (whole UTF-8 characters only).
 
         Args:

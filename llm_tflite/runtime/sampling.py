@@ -5,6 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 SAMPLERS = ("greedy", "temperature", "top_k", "top_p")
+#: Samplers a ``generate``-mode graph can hold.
+GENERATE_SAMPLERS = ("greedy", "top_k", "top_p")
+
+#: Sampler settings used when none are given: the one home of these defaults (runner, CLI, generate export).
+TEMPERATURE, TOP_K, TOP_P = 1.0, 50, 0.9
 
 
 class Sampler:
@@ -22,7 +27,7 @@ class Sampler:
         1
     """
 
-    def __init__(self, name="greedy", *, temperature=1.0, top_k=50, top_p=0.9, seed=None):
+    def __init__(self, name="greedy", *, temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P, seed=None):
         if name not in SAMPLERS:
             raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
         if temperature <= 0:

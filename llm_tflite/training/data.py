@@ -57,6 +57,27 @@ def _file_texts(path: str, text_field: str | None) -> list[str]:
     return [_record_text(r, text_field, path, i) for i, r in enumerate(records)]
 
 
+def split_heldout(text: str, fraction: float) -> tuple[str, str]:
+    """``(before, held_out)``: the last ``fraction`` of the characters is held out.
+
+    The rule every command uses (tiny Shakespeare's held-out split is ``fraction=0.1``).
+    """
+    if not 0 < fraction < 1:
+        raise DataError(f"the held-out fraction must be between 0 and 1, got {fraction}")
+    cut = int(len(text) * (1 - fraction))
+    return text[:cut], text[cut:]
+
+
+def split_documents(texts: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    """``(train, held_out)`` documents: the last ``fraction`` of ten or more documents, else the
+    tail of their joined text (``split_heldout``)."""
+    if len(texts) >= 10:
+        cut = max(1, int(len(texts) * fraction))
+        return texts[:-cut], texts[-cut:]
+    before, held_out = split_heldout("\n".join(texts), fraction)
+    return [before], [held_out]
+
+
 def load_texts(paths, text_field: str | None = None) -> list[str]:
     """Documents from files and folders (``.txt`` whole, ``.json``/``.jsonl`` one per record).
 

@@ -8,7 +8,8 @@ import time
 
 import numpy as np
 
-from llm_tflite.training.data import load_texts
+from llm_tflite.families.base import without_preprocessor
+from llm_tflite.training.data import load_texts, split_documents
 from llm_tflite.errors import DataError
 
 
@@ -72,17 +73,13 @@ def finetune(model, data, output_dir=None, *, family=None, text_field=None, held
     texts = load_texts(data, text_field)
     heldout_texts = load_texts(heldout, text_field) if heldout else None
     if heldout_texts is None and heldout_fraction:
-        if len(texts) >= 10:
-            cut = max(1, int(len(texts) * heldout_fraction))
-            texts, heldout_texts = texts[:-cut], texts[-cut:]
-        else:  # a single long document: hold out its tail
-            whole = "\n".join(texts)
-            cut = int(len(whole) * (1 - heldout_fraction))
-            texts, heldout_texts = [whole[:cut]], [whole[cut:]]
+        texts, heldout_texts = split_documents(texts, heldout_fraction)
     if batch_size < 1 or sequence_length < 2:
         raise DataError("batch_size must be >= 1 and sequence_length >= 2")
 
-    import keras
+    from llm_tflite.console import import_keras
+
+    keras = import_keras()
 
     from llm_tflite.evaluation.metrics import keras_heldout_loss, keras_tokenize
     from llm_tflite.plugins.registry import load_model
@@ -108,16 +105,13 @@ def finetune(model, data, output_dir=None, *, family=None, text_field=None, held
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         weighted_metrics=["accuracy"],
     )
-    preprocessor, lm.preprocessor = lm.preprocessor, None  # we feed token ids
     started = time.time()
     logger = StepLogger(every=max(1, total_steps // 20), total=total_steps, max_seconds=max_minutes and max_minutes * 60)
-    try:
-        repeats = math.ceil(total_steps * batch_size / len(x))
-        xs, ys, ws = (np.concatenate([a] * repeats)[: total_steps * batch_size] for a in (x, y, weight))
+    repeats = math.ceil(total_steps * batch_size / len(x))
+    xs, ys, ws = (np.concatenate([a] * repeats)[: total_steps * batch_size] for a in (x, y, weight))
+    with without_preprocessor(lm):  # we feed token ids
         lm.fit({"token_ids": xs, "padding_mask": ws > 0}, ys, sample_weight=ws, batch_size=batch_size,
                epochs=1, shuffle=False, verbose=0, callbacks=[logger])
-    finally:
-        lm.preprocessor = preprocessor
     seconds = time.time() - started
     after = keras_heldout_loss(lm, heldout_text, max_tokens=eval_max_tokens, desc="held-out after") if heldout_text else None
     if output_dir:

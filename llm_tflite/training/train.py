@@ -13,7 +13,10 @@ import time
 
 import numpy as np
 
+from llm_tflite.console import import_keras, logger
 from llm_tflite.errors import DataError
+from llm_tflite.families.base import without_preprocessor
+from llm_tflite.training.data import split_heldout
 
 
 ARCHITECTURES = ("gpt2", "palm")
@@ -45,26 +48,44 @@ class TrainConfig:
     seed: int = 1234
     max_minutes: float = 0.0  # stop early after this long (0: no limit); recorded steps say how far it got
 
+    #: One line per field, for ``llm-tflite train --help``.
+    HELP = {
+        "vocab_size": "tokenizer vocabulary size (byte-level BPE for gpt2, SentencePiece unigram for palm)",
+        "num_layers": "decoder blocks",
+        "num_heads": "attention (query) heads",
+        "num_key_value_heads": "palm only: key/value heads (1 = multi-query attention)",
+        "hidden_dim": "width of the residual stream",
+        "intermediate_dim": "width of the feed-forward layer",
+        "sequence_length": "tokens per training sample (also the model's position limit)",
+        "dropout": "dropout rate",
+        "batch_size": "samples per step",
+        "steps": "optimizer steps",
+        "learning_rate": "peak learning rate (AdamW, cosine decay after warm-up)",
+        "min_learning_rate": "learning rate at the end of the cosine decay",
+        "warmup_steps": "linear warm-up steps",
+        "weight_decay": "AdamW weight decay (not on biases and norms)",
+        "train_fraction": "leading fraction of the text used for training; the rest is held out",
+        "seed": "random seed (data order and initial weights)",
+        "max_minutes": "stop after this many minutes (0: no limit)",
+    }
+
     @classmethod
     def for_architecture(cls, architecture: str, **overrides) -> "TrainConfig":
         """Defaults of the shipped model of that architecture, with ``overrides``."""
         if architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+        if architecture != "palm" and overrides.get("num_key_value_heads") not in (None, 1):
+            raise ValueError("num_key_value_heads applies to the palm architecture only (GPT-2 has one K/V head per "
+                             "query head); use --architecture palm or drop --num-key-value-heads")
         defaults = {"palm": {"intermediate_dim": 768, "dropout": 0.15, "steps": 1400}}.get(architecture, {})
         return cls(**{"architecture": architecture, **defaults, **overrides})
 
 
-def split_text(text: str, train_fraction: float) -> tuple[str, str]:
-    """First ``train_fraction`` of the characters for training, the rest held out."""
-    cut = int(len(text) * train_fraction)
-    return text[:cut], text[cut:]
-
-
 def StepLogger(every: int, total: int, max_seconds: float | None = None):
     """A Keras callback: a progress bar (or a log line every ``every`` steps), and an optional time limit."""
-    import keras
+    from llm_tflite.console import progress
 
-    from llm_tflite.progress import progress
+    keras = import_keras()
 
     class Logger(keras.callbacks.Callback):
         def __init__(self):
@@ -79,10 +100,10 @@ def StepLogger(every: int, total: int, max_seconds: float | None = None):
             self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
             elapsed = time.time() - self.start
             if self.bar.disable and ((batch + 1) % every == 0 or batch + 1 == total):
-                print(f"step {batch + 1}/{total} loss {logs['loss']:.4f} elapsed {elapsed:.0f}s "
-                      f"eta {elapsed / (batch + 1) * (total - batch - 1):.0f}s", flush=True)
+                logger.info("step %d/%d loss %.4f elapsed %.0fs eta %.0fs", batch + 1, total, logs["loss"], elapsed,
+                            elapsed / (batch + 1) * (total - batch - 1))
             if max_seconds is not None and elapsed > max_seconds:
-                print(f"time limit reached after {batch + 1} steps", flush=True)
+                logger.info("time limit reached after %d steps", batch + 1)
                 self.model.stop_training = True
 
         def on_train_end(self, logs=None):
@@ -95,7 +116,8 @@ def _gpt2_model(train_text: str, config: TrainConfig):
     """Tokenizer trained on ``train_text``, an untrained GPT2CausalLM, and the training token ids."""
     import keras_hub
 
-    from llm_tflite.runtime.tokenizers.bpe import BPETokenizer, train_bpe
+    from llm_tflite.runtime.tokenizers.bpe import BPETokenizer
+    from llm_tflite.training.tokenizer import train_bpe
 
     vocab, merges = train_bpe(train_text, config.vocab_size)
     ids = BPETokenizer(vocab, merges).encode(train_text)
@@ -158,8 +180,9 @@ def train(data_path: str, output_dir: str, config: TrainConfig | None = None) ->
         >>> train("../shared/data/tinyshakespeare/input.txt", "my_preset",
         ...       TrainConfig.for_architecture("palm"))  # doctest: +SKIP
     """
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import keras
+    from llm_tflite.console import import_keras
+
+    keras = import_keras()
 
     from llm_tflite.evaluation.metrics import keras_heldout_loss
 
@@ -171,20 +194,19 @@ def train(data_path: str, output_dir: str, config: TrainConfig | None = None) ->
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read training text {data_path!r}: {e}") from e
-    train_text, heldout_text = split_text(text, config.train_fraction)
+    train_text, heldout_text = split_heldout(text, 1 - config.train_fraction)
     if len(train_text) < 1000:
         raise DataError(f"{data_path!r} holds too little text to train on ({len(train_text)} characters)")
 
     keras.utils.set_random_seed(config.seed)
     started = time.time()
-    print(f"training the {config.architecture} tokenizer (vocab {config.vocab_size}) on "
-          f"{len(train_text):,} characters", flush=True)
+    logger.info("training the %s tokenizer (vocab %d) on %s characters", config.architecture, config.vocab_size,
+                f"{len(train_text):,}")
     build = {"gpt2": _gpt2_model, "palm": _palm_model}[config.architecture]
     final, ids = build(train_text, config)
     ids = np.asarray(ids, np.int32)
-    preprocessor, final.preprocessor = final.preprocessor, None  # fit() gets token ids
-    bos = preprocessor.tokenizer.start_token_id
-    print(f"{len(ids):,} training tokens ({len(train_text) / len(ids):.2f} characters per token)", flush=True)
+    bos = final.preprocessor.tokenizer.start_token_id
+    logger.info("%s training tokens (%.2f characters per token)", f"{len(ids):,}", len(train_text) / len(ids))
 
     # Each sample: BOS + T-1 tokens from a random offset; targets are the next tokens.
     rng = np.random.default_rng(config.seed)
@@ -211,38 +233,38 @@ def train(data_path: str, output_dir: str, config: TrainConfig | None = None) ->
         jit_compile=True,
     )
     backbone = final.backbone
-    print(f"training {backbone.count_params():,} parameters for {config.steps} steps", flush=True)
-    logger = StepLogger(every=50, total=config.steps, max_seconds=config.max_minutes * 60 or None)
-    final.fit(
-        {"token_ids": inputs, "padding_mask": np.ones_like(inputs, bool)},
-        targets,
-        batch_size=B,
-        epochs=1,
-        shuffle=False,
-        verbose=0,
-        callbacks=[logger],
-    )
+    logger.info("training %s parameters for %d steps", f"{backbone.count_params():,}", config.steps)
+    step_logger = StepLogger(every=50, total=config.steps, max_seconds=config.max_minutes * 60 or None)
+    with without_preprocessor(final):  # fit() gets token ids
+        final.fit(
+            {"token_ids": inputs, "padding_mask": np.ones_like(inputs, bool)},
+            targets,
+            batch_size=B,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+            callbacks=[step_logger],
+        )
     train_seconds = time.time() - started
 
-    final.preprocessor = preprocessor
     heldout = keras_heldout_loss(final, heldout_text, desc="held-out loss")
     record = {
         "data": os.path.basename(os.path.dirname(os.path.abspath(data_path))) + "/" + os.path.basename(data_path),
         "split": f"first {config.train_fraction:.0%} of characters train, rest held out",
         "config": dataclasses.asdict(config),
-        "steps_done": logger.steps_done,
+        "steps_done": step_logger.steps_done,
         "parameters": int(backbone.count_params()),
         "train_tokens": int(len(ids)),
         "train_seconds": round(train_seconds, 1),
         "heldout": heldout,
     }
     final.save_to_preset(output_dir)
+    if config.architecture == "gpt2":  # the same vocabulary for HF tokenizers and LiteRT-LM
+        from llm_tflite.training.tokenizer import write_tokenizer_json
+
+        tokenizer = final.preprocessor.tokenizer
+        write_tokenizer_json(dict(tokenizer.vocabulary), list(tokenizer.merges), os.path.join(output_dir, "tokenizer.json"))
     with open(os.path.join(output_dir, "training.json"), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2)
-    print(json.dumps(record["heldout"], indent=2), flush=True)
+    logger.info("held-out: %s", json.dumps(record["heldout"]))
     return record
-
-
-def train_gpt2(data_path: str, output_dir: str, config: TrainConfig | None = None) -> dict:
-    """``train`` with the GPT-2 architecture (how the shipped ``gpt2_tiny_shakespeare`` was made)."""
-    return train(data_path, output_dir, dataclasses.replace(config or TrainConfig(), architecture="gpt2"))

@@ -5,12 +5,10 @@ from __future__ import annotations
 import base64
 import os
 
-from llm_tflite.families.base import KVCacheSpec, ModelFamily, Preset
+from llm_tflite.families.base import KVCacheSpec, ModelFamily
 from llm_tflite.plugins.hookspecs import hookimpl
 from llm_tflite.export.loading import is_preset_dir, load_keras_preset, preset_class_name
 
-PALM_PRESET = "palm_tiny_shakespeare"
-PALM_PRESET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "presets", PALM_PRESET)
 
 
 class PaLMFamily(ModelFamily):
@@ -101,13 +99,3 @@ class PaLMFamily(ModelFamily):
 @hookimpl
 def register_families(register):
     register(PaLMFamily())
-
-
-@hookimpl
-def register_presets(register):
-    register(Preset(
-        name=PALM_PRESET,
-        family="palm",
-        source=PALM_PRESET_DIR,
-        description="shipped with llm-tflite: PaLM-style decoder trained on tiny Shakespeare (docs/models.md)",
-    ))

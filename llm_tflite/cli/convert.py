@@ -1,0 +1,60 @@
+"""``llm-tflite convert``: a model to a ``.tflite`` file."""
+
+from __future__ import annotations
+
+from llm_tflite.cli.common import add_family, add_json, int_list, print_json, size, strategy_names
+
+
+def cmd_convert(args) -> int:
+    from llm_tflite.export.converter import DEFAULT_PREFILL_LENGTHS, Converter
+
+    calibration = None
+    if args.calibration:
+        from llm_tflite.quantize.calibration import text_calibration
+
+        calibration = text_calibration(args.calibration, num_samples=args.calibration_samples)
+    converter = Converter(
+        mode=args.mode,
+        quantize=args.quantize,
+        context_length=args.context_length,
+        prefill_lengths=args.prefill_lengths or DEFAULT_PREFILL_LENGTHS,
+        max_length=args.max_length,
+        sampler=args.sampler,
+        seed=args.seed,
+        calibration=calibration,
+    )
+    result = converter.convert(args.model, args.output, family=args.family, random_weights=args.random_weights)
+    meta = result.metadata
+    if args.json:
+        print_json({"path": result.path, "size_bytes": result.size_bytes, "metadata": meta})
+    else:
+        print(f"wrote {result.path} ({size(result.size_bytes)}): family {meta['family']}, mode {meta['export_mode']}, "
+              f"quantization {meta['quantization']}, context {meta['context_length']} tokens")
+    return 0
+
+
+def add_commands(cli) -> None:
+    from llm_tflite.export.converter import DEFAULT_PREFILL_LENGTHS, EXPORT_MODES
+    from llm_tflite.runtime.sampling import GENERATE_SAMPLERS
+
+    p = cli.add_parser("convert", help="convert a model to a .tflite file")
+    p.add_argument("model", help="preset name (llm-tflite plugins lists them), KerasHub handle, or local preset directory")
+    p.add_argument("-o", "--output", required=True, help="the .tflite file to write")
+    add_family(p)
+    p.add_argument("--mode", default="prefill_decode", choices=EXPORT_MODES,
+                   help="prefill_decode: builtin ops, KV cache outside (LiteRT-LM convention); "
+                   "generate: the whole loop in one string-in/string-out graph (Android example app)")
+    p.add_argument("--quantize", default="none", choices=strategy_names(), help="quantization strategy")
+    p.add_argument("--random-weights", action="store_true", help="the architecture with random weights (no download)")
+    p.add_argument("--context-length", type=int,
+                   help="prefill_decode: KV-cache length in tokens (default: the model's, at most 1024)")
+    p.add_argument("--prefill-lengths", type=int_list,
+                   help=f"prefill_decode: prompt lengths with their own signature "
+                   f"(default: {','.join(map(str, DEFAULT_PREFILL_LENGTHS))})")
+    p.add_argument("--max-length", type=int, default=100, help="generate: prompt + continuation tokens")
+    p.add_argument("--sampler", default="greedy", choices=GENERATE_SAMPLERS, help="generate: the sampler in the graph")
+    p.add_argument("--seed", type=int, help="generate: seed of a random sampler (default: 0)")
+    p.add_argument("--calibration", help="text file or folder for strategies that calibrate (full_int8)")
+    p.add_argument("--calibration-samples", type=int, default=64, help="calibration samples cut from that text")
+    add_json(p)
+    p.set_defaults(func=cmd_convert)

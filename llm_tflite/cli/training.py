@@ -1,0 +1,79 @@
+"""``llm-tflite train`` and ``llm-tflite finetune``: making and adapting models."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from llm_tflite.cli.common import add_data, add_family
+
+
+def print_loss(label: str, loss: dict | None) -> None:
+    if loss:
+        print(f"{label}: {loss['nats_per_char']:.4f} nats/char, {loss['nats_per_token']:.4f} nats/token "
+              f"(perplexity {loss['perplexity']:.2f}) over {loss['tokens']:,} tokens")
+
+
+def cmd_train(args) -> int:
+    from llm_tflite.training.train import TrainConfig, train
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if f.name != "architecture" and getattr(args, f.name, None) is not None}
+    record = train(args.data, args.output, TrainConfig.for_architecture(args.architecture, **overrides))
+    print_loss("held-out", record["heldout"])
+    print(f"wrote preset {args.output}")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from llm_tflite.training.finetune import finetune
+
+    result = finetune(
+        args.model, args.data, args.output, family=args.family, text_field=args.text_field,
+        heldout=args.heldout, epochs=args.epochs, max_steps=args.max_steps, max_minutes=args.max_minutes,
+        batch_size=args.batch_size, sequence_length=args.sequence_length,
+        learning_rate=args.learning_rate, seed=args.seed,
+    )
+    print_loss("held-out before", result.before)
+    print_loss("held-out after ", result.after)
+    if result.before and result.after:
+        drop = 1 - result.after["nats_per_char"] / result.before["nats_per_char"]
+        print(f"held-out loss lowered by {drop:.1%} in {result.steps} steps ({result.seconds / 60:.1f} min)")
+    print(f"wrote preset {args.output}")
+    return 0
+
+
+def add_commands(cli) -> None:
+    from llm_tflite.training.train import ARCHITECTURES, TrainConfig
+
+    p = cli.add_parser("train", help="train a small GPT-2 or PaLM-style model (tokenizer + model) from scratch")
+    p.add_argument("--data", required=True, help="UTF-8 text file; its first 90%% trains, the rest is held out")
+    p.add_argument("-o", "--output", required=True, help="preset directory to write")
+    p.add_argument("--architecture", choices=ARCHITECTURES, default="gpt2",
+                   help="gpt2 (byte-level BPE + GPT2CausalLM) or palm (SentencePiece + PaLMCausalLM; "
+                   "changes the other defaults too)")
+    palm = TrainConfig.for_architecture("palm")
+    for field in dataclasses.fields(TrainConfig):
+        if field.name == "architecture":
+            continue
+        default = f"default: {field.default}"
+        if getattr(palm, field.name) != field.default:
+            default += f"; palm: {getattr(palm, field.name)}"
+        p.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=type(field.default),
+                       help=f"{TrainConfig.HELP[field.name]} ({default})")
+    p.set_defaults(func=cmd_train)
+
+    p = cli.add_parser("finetune", help="fine-tune a model on text files, folders or JSON records")
+    p.add_argument("model", help="preset name, local preset directory or handle")
+    add_data(p, "training text")
+    p.add_argument("--heldout", action="append",
+                   help="held-out file or folder (default: the last 10%% of --data)")
+    p.add_argument("-o", "--output", required=True, help="preset directory to write")
+    add_family(p)
+    p.add_argument("--epochs", type=int, default=1, help="passes over the data")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--max-minutes", type=float, help="stop after this many minutes")
+    p.add_argument("--batch-size", type=int, default=8, help="samples per step")
+    p.add_argument("--sequence-length", type=int, default=128, help="tokens per sample")
+    p.add_argument("--learning-rate", type=float, default=5e-4, help="Adam's initial learning rate (decays linearly to 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.set_defaults(func=cmd_finetune)
