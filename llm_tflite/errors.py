@@ -31,12 +31,24 @@ class ContextLengthError(LLMTFLiteError, ValueError):
     """A prompt does not fit in the model's context window."""
 
 
+class RuntimeFailure(LLMTFLiteError):
+    """The native interpreter failed while running a file that passed every check at load."""
+
+
 class UnsupportedRuntimeError(LLMTFLiteError):
     """The installed runtime cannot run this file (e.g. it needs the Flex delegate)."""
 
 
 class ConversionError(LLMTFLiteError):
     """TensorFlow Lite conversion or quantization failed."""
+
+
+class InvalidArgumentError(LLMTFLiteError, ValueError):
+    """An argument (token count, sampler setting, seed, token id, ...) is out of its allowed range."""
+
+
+class OutputPathError(LLMTFLiteError):
+    """An output file or directory cannot be written (checked before the work starts)."""
 
 
 class DataError(LLMTFLiteError, ValueError):

@@ -62,6 +62,16 @@ def tiny_tflite(tiny_gpt2_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_generate_file(tiny_gpt2_dir, tmp_path_factory):
+    """The tiny GPT-2 as a greedy generate-mode file (max_length 40)."""
+    from llm_tflite import Converter
+
+    path = tmp_path_factory.mktemp("generate") / "autocomplete.tflite"
+    Converter(mode="generate", max_length=40).convert(str(tiny_gpt2_dir), str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_palm_dir(tmp_path_factory):
     """A PaLM-style preset directory: SentencePiece (unigram, 400 pieces) on 30k characters, random weights."""
     import keras

@@ -11,11 +11,6 @@ from llm_tflite import Converter, InterpreterRunner, read_metadata
 from llm_tflite.errors import UnsupportedRuntimeError
 
 
-@pytest.fixture(scope="module")
-def tiny_generate_file(tiny_gpt2_dir, tmp_path_factory):
-    path = tmp_path_factory.mktemp("generate") / "autocomplete.tflite"
-    Converter(mode="generate", max_length=40).convert(str(tiny_gpt2_dir), str(path))
-    return path
 
 
 def test_metadata(tiny_generate_file):

@@ -20,6 +20,10 @@ def _eval_text(args) -> tuple[str, str]:
 
 
 def cmd_eval(args) -> int:
+    from llm_tflite.errors import DataError
+
+    if args.max_tokens is not None and args.max_tokens < 2:
+        raise DataError(f"--max-tokens must be at least 2 (one token predicts the next), got {args.max_tokens}")
     text, _ = _eval_text(args)
     if str(args.model).endswith(".tflite"):
         import os
@@ -27,14 +31,26 @@ def cmd_eval(args) -> int:
         from llm_tflite.evaluation.metrics import keras_logits_fn, tflite_heldout_loss
         from llm_tflite.runtime.runner import InterpreterRunner
 
+        runner = InterpreterRunner(args.model)
         reference = None
         if args.reference and str(args.reference).endswith(".tflite"):
-            reference = InterpreterRunner(args.reference).logits
+            reference_runner = InterpreterRunner(args.reference)
+            if reference_runner.metadata["tokenizer"] != runner.metadata["tokenizer"]:
+                raise DataError(f"{args.reference!r} uses another tokenizer than {args.model!r}: per-token KL and "
+                                "top-1 agreement would compare different tokens; give a reference of the same model")
+            reference = reference_runner.logits
         elif args.reference:
+            from llm_tflite.evaluation.metrics import keras_tokenize
             from llm_tflite.plugins.registry import load_model
 
-            reference = keras_logits_fn(load_model(args.reference, family=args.family)[1])
-        loss = tflite_heldout_loss(InterpreterRunner(args.model), text, window=args.window,
+            _, reference_lm = load_model(args.reference, family=args.family)
+            sample = text[:2000]
+            if keras_tokenize(reference_lm.preprocessor.tokenizer, sample).tolist() != runner.tokenizer.encode(sample):
+                raise DataError(f"{args.reference!r} tokenizes the text differently from {args.model!r}: per-token "
+                                "KL and top-1 agreement would compare different tokens; give the model the file "
+                                "was converted from")
+            reference = keras_logits_fn(reference_lm)
+        loss = tflite_heldout_loss(runner, text, window=args.window,
                                    max_tokens=args.max_tokens, reference=reference)
         loss["file_bytes"] = os.path.getsize(args.model)
     else:

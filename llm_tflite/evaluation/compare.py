@@ -76,6 +76,9 @@ def compare(model, strategy_names, heldout_text: str, output_dir: str, *, calibr
     from llm_tflite.plugins.registry import get_strategy, load_model
     from llm_tflite.runtime.runner import InterpreterRunner
 
+    from llm_tflite.litert.flatbuffer import check_writable
+
+    check_writable(output_dir, directory=True)
     os.makedirs(output_dir, exist_ok=True)
     fam, lm = load_model(model, family=family, random_weights=random_weights)  # once for all strategies
     results: list[StrategyResult] = []

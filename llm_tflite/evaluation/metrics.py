@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from llm_tflite.console import progress
+from llm_tflite.errors import DataError
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -40,7 +41,10 @@ def token_windows(ids: np.ndarray, window: int, bos_id: int | None) -> list[np.n
 
 
 def summarize_nll(total_nll: float, n_tokens: int, n_chars: int) -> dict:
-    per_token = total_nll / max(n_tokens, 1)
+    if n_tokens < 1:
+        raise DataError("nothing was evaluated: the text gives no token to predict (empty text, or --max-tokens "
+                        "below 2); evaluate more text")
+    per_token = total_nll / n_tokens
     return {
         "tokens": n_tokens,
         "chars": n_chars,
@@ -157,8 +161,8 @@ def tflite_heldout_loss(runner, text: str, window: int | None = None, max_tokens
             agree += int((ref_logp.argmax(-1) == logp.argmax(-1)).sum())
     result = summarize_nll(total_nll, n_tokens, n_chars)
     if reference is not None:
-        result["kl_divergence"] = total_kl / max(n_tokens, 1)
-        result["top1_agreement"] = agree / max(n_tokens, 1)
+        result["kl_divergence"] = total_kl / n_tokens
+        result["top1_agreement"] = agree / n_tokens
     return result
 
 

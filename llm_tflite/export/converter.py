@@ -6,7 +6,7 @@ import dataclasses
 import os
 import tempfile
 
-from llm_tflite.litert.flatbuffer import non_builtin_ops, write_atomic
+from llm_tflite.litert.flatbuffer import check_writable, non_builtin_ops, write_atomic
 from llm_tflite.litert.metadata import FORMAT_VERSION, add_metadata
 from llm_tflite.errors import ConversionError, LLMTFLiteError
 from llm_tflite.console import import_tensorflow, logger, progress, quiet_native
@@ -99,6 +99,7 @@ class Converter:
         Returns:
             A ``ConversionResult``.
         """
+        check_writable(output)  # before minutes of work, not after
         steps = progress(total=4, desc="convert", unit="step")
         try:
             _stage(steps, "loading model")

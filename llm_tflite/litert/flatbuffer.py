@@ -100,6 +100,27 @@ def read_model_file(path: str) -> bytes:
         raise ModelFileError(f"cannot read {path!r}: {e}") from e
 
 
+def check_writable(path, *, directory: bool = False) -> None:
+    """``OutputPathError`` now, before minutes of work, if ``path`` cannot be written.
+
+    ``directory``: ``path`` is a directory to create or fill (a preset); otherwise a file.
+    """
+    from llm_tflite.errors import OutputPathError
+
+    path = os.path.abspath(os.fspath(path))
+    if not directory and os.path.isdir(path):
+        raise OutputPathError(f"{path!r} is a directory; give a file name for the output")
+    if directory and os.path.exists(path) and not os.path.isdir(path):
+        raise OutputPathError(f"{path!r} is a file; give a directory for the output")
+    parent = path if directory and os.path.isdir(path) else os.path.dirname(path)
+    while not os.path.exists(parent):  # it will be created: the nearest existing ancestor must be writable
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise OutputPathError(f"cannot write {path!r}: {parent!r} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot write {path!r}: no permission to write in {parent!r}; choose another path")
+
+
 def write_atomic(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file, so a failure leaves no partial file."""
     path = os.fspath(path)
@@ -134,3 +155,44 @@ def operator_names(tflite_model: bytes) -> set[str]:
 def non_builtin_ops(tflite_model: bytes) -> set[str]:
     """Custom and Flex (``Flex*``) operators: what stock LiteRT cannot run without extra kernels."""
     return {n for n in operator_names(tflite_model) if n.startswith("CUSTOM:")}
+
+
+#: Bytes per element of each TFLite tensor type (sub-byte types rounded up).
+_TYPE_BYTES = {"FLOAT32": 4, "FLOAT16": 2, "INT32": 4, "UINT8": 1, "INT64": 8, "STRING": 1, "BOOL": 1, "INT16": 2,
+               "COMPLEX64": 8, "INT8": 1, "FLOAT64": 8, "COMPLEX128": 16, "UINT64": 8, "RESOURCE": 1, "VARIANT": 1,
+               "UINT32": 4, "UINT16": 2, "INT4": 1, "BFLOAT16": 2}
+
+#: No tensor of a model we run may need more than this (a corrupted shape could ask for terabytes).
+MAX_TENSOR_BYTES = 8 << 30
+
+
+def check_tensor_sizes(buf: bytes, where: str = "this file", limit: int = MAX_TENSOR_BYTES) -> None:
+    """``ModelFileError`` if any tensor's shape is invalid or would need more than ``limit`` bytes.
+
+    Runs on the flatbuffer before the native runtime sees it, so a damaged shape ends in a
+    typed error instead of an allocation the kernel kills the process for.
+    """
+    schema = _schema()
+    names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    try:
+        model = schema.Model.GetRootAs(buf, 0)
+        for s in range(model.SubgraphsLength()):
+            subgraph = model.Subgraphs(s)
+            for t in range(subgraph.TensorsLength()):
+                tensor = subgraph.Tensors(t)
+                shape = [int(d) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else []
+                if any(d < -1 for d in shape):
+                    raise ModelFileError(f"{where} is damaged: tensor {t} of subgraph {s} has shape {shape}; "
+                                         "re-convert it")
+                elements = 1
+                for d in shape:
+                    elements *= max(d, 1)
+                if elements * _TYPE_BYTES.get(names.get(tensor.Type()), 8) > limit:
+                    raise ModelFileError(
+                        f"{where} is damaged or too large to run: tensor {t} of subgraph {s} (shape {shape}) would "
+                        f"need more than {limit / 2**30:.0f} GiB; re-convert it"
+                    )
+    except ModelFileError:
+        raise
+    except Exception as e:  # the flatbuffer library raises IndexError/struct errors on damaged tables
+        raise ModelFileError(f"{where} is a corrupt TensorFlow Lite file ({type(e).__name__}: {e}); re-convert it") from e

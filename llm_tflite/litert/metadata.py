@@ -6,11 +6,17 @@ the flatbuffer schema comes with ``ai_edge_litert`` (or TensorFlow as a fallback
 
 Fields: ``format`` (version), ``family``, ``export_mode``, ``quantization``,
 ``context_length``, ``prefill_lengths``, ``tokenizer`` (its own type and data),
-``bos_id``, ``eos_id``, ``add_bos``, ``default_sampler``, ``model`` (sizes), ``kv_cache``.
+``bos_id``, ``eos_id``, ``add_bos``, ``default_sampler``, ``model`` (sizes), ``kv_cache``,
+and (format 2) ``sha256``: the checksum of the whole file with this field's value zeroed,
+so a damaged copy is refused before any byte of it reaches the native runtime.
+
+Files are untrusted data: ``read_verified_metadata`` checks the checksum and the record's
+schema (keys, types, ranges, format version) and returns nothing it did not check.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -20,22 +26,47 @@ from llm_tflite.errors import ModelFileError
 from llm_tflite.litert.flatbuffer import TFLITE_IDENTIFIER, _check_flatbuffer, _schema, pack_model, read_model_file, unpack_model
 
 METADATA_NAME = "llm_tflite"
-FORMAT_VERSION = 1
+#: Written by this version; 1 (no checksum) is still read.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+CHECKSUM_KEY = "sha256"
+_UNSET_CHECKSUM = "0" * 64
+
+
+def _checksum_field(value: str) -> bytes:
+    return f'"{CHECKSUM_KEY}": "{value}"'.encode()
+
+
+def _digest(data: bytes, field_at: int) -> str:
+    """sha256 of ``data`` with the checksum value at ``field_at`` read as zeros."""
+    start = field_at + len(_checksum_field("")) - 1
+    end = start + len(_UNSET_CHECKSUM)
+    digest = hashlib.sha256()
+    digest.update(memoryview(data)[:start])
+    digest.update(_UNSET_CHECKSUM.encode())
+    digest.update(memoryview(data)[end:])
+    return digest.hexdigest()
 
 
 def add_metadata(tflite_model: bytes, record: dict) -> bytes:
-    """Return ``tflite_model`` with ``record`` stored as its ``llm_tflite`` metadata."""
+    """Return ``tflite_model`` with ``record`` stored as its ``llm_tflite`` metadata, checksummed."""
     _check_flatbuffer(tflite_model, "the converter output")
     schema = _schema()
     model = unpack_model(tflite_model)
     buffer = schema.BufferT()
+    record = {k: v for k, v in record.items() if k != CHECKSUM_KEY}
+    record = {"format": FORMAT_VERSION, **record, CHECKSUM_KEY: _UNSET_CHECKSUM}  # the checksum last
     buffer.data = np.frombuffer(json.dumps(record, ensure_ascii=False).encode("utf-8"), np.uint8)
     model.buffers.append(buffer)
     entry = schema.MetadataT()
     entry.name = METADATA_NAME
     entry.buffer = len(model.buffers) - 1
     model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_NAME.encode()] + [entry]
-    return pack_model(model)
+    packed = bytearray(pack_model(model))
+    field_at = packed.rfind(_checksum_field(_UNSET_CHECKSUM))
+    value_at = field_at + len(_checksum_field("")) - 1
+    packed[value_at : value_at + 64] = _digest(packed, field_at).encode()
+    return bytes(packed)
 
 
 def read_metadata_from_bytes(buf: bytes, where: str = "this file") -> dict:
@@ -65,3 +96,69 @@ def read_metadata(path: str) -> dict:
         'prefill_decode'
     """
     return read_metadata_from_bytes(read_model_file(path), repr(os.fspath(path)))
+
+
+def verify_checksum(buf: bytes, record: dict, where: str = "this file") -> None:
+    """``ModelFileError`` unless the file's bytes match the checksum its record carries."""
+    expected = record.get(CHECKSUM_KEY)
+    if record.get("format") == 1 and expected is None:
+        return  # written before checksums existed
+    damaged = (f"{where} is damaged: its bytes do not match the checksum written at conversion (truncated or "
+               "corrupted copy?); copy the file again or re-convert it")
+    if not isinstance(expected, str) or len(expected) != 64:
+        raise ModelFileError(damaged)
+    field_at = bytes(buf).rfind(_checksum_field(expected))
+    if field_at < 0 or _digest(buf, field_at) != expected:
+        raise ModelFileError(damaged)
+
+
+def _require(condition: bool, where: str, what: str) -> None:
+    if not condition:
+        raise ModelFileError(f"{where} has an invalid llm_tflite record: {what}; re-convert it with this version")
+
+
+def _is_int(value, low=None, high=None) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and (low is None or value >= low) and (high is None or value <= high))
+
+
+def validate_record(record, where: str = "this file") -> dict:
+    """The record if it has every key the runtime reads, with the right types and ranges.
+
+    Raises ``ModelFileError`` naming the first problem (a newer format: "upgrade llm-tflite").
+    """
+    _require(isinstance(record, dict), where, "not a JSON object")
+    fmt = record.get("format")
+    if _is_int(fmt) and fmt > max(READABLE_FORMATS):
+        raise ModelFileError(f"{where} was written in llm-tflite file format {fmt}; this version reads "
+                             f"{', '.join(map(str, READABLE_FORMATS))}: upgrade llm-tflite")
+    _require(fmt in READABLE_FORMATS, where, f"format {fmt!r} is not one of {READABLE_FORMATS}")
+    for key in ("family", "quantization"):
+        _require(isinstance(record.get(key), str), where, f"{key!r} must be a string")
+    mode = record.get("export_mode")
+    _require(mode in ("prefill_decode", "generate"), where, f"unknown export mode {mode!r}")
+    tokenizer = record.get("tokenizer")
+    _require(isinstance(tokenizer, dict) and isinstance(tokenizer.get("type"), str), where,
+             "'tokenizer' must be an object with a 'type'")
+    for key in ("bos_id", "eos_id"):
+        _require(record.get(key) is None or _is_int(record.get(key), 0), where, f"{key!r} must be a token id or null")
+    _require(isinstance(record.get("add_bos", False), bool), where, "'add_bos' must be true or false")
+    _require(_is_int(record.get("context_length"), 1, 1 << 20), where, "'context_length' must be 1..1048576")
+    if mode == "prefill_decode":
+        lengths = record.get("prefill_lengths")
+        _require(isinstance(lengths, list) and all(_is_int(n, 1, record["context_length"]) for n in lengths), where,
+                 "'prefill_lengths' must be a list of lengths 1..context_length")
+        cache = record.get("kv_cache")
+        _require(isinstance(cache, dict) and all(_is_int(cache.get(k), 1, 1 << 16)
+                                                 for k in ("num_layers", "num_kv_heads", "head_dim")),
+                 where, "'kv_cache' must give num_layers, num_kv_heads and head_dim")
+    else:
+        _require(_is_int(record.get("max_length"), 1, 1 << 20), where, "'max_length' must be a positive integer")
+    return record
+
+
+def read_verified_metadata(buf: bytes, where: str = "this file") -> dict:
+    """The record of a file about to run: checksum verified, schema validated."""
+    record = validate_record(read_metadata_from_bytes(buf, where), where)
+    verify_checksum(buf, record, where)
+    return record

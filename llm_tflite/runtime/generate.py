@@ -6,13 +6,14 @@ files use TF Text's fast SentencePiece kernels only, so they run without Flex.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
 
 from llm_tflite.console import quiet_native
 
-from llm_tflite.errors import UnsupportedRuntimeError
+from llm_tflite.errors import ModelFileError, RuntimeFailure, UnsupportedRuntimeError
 
 WHAT_TO_DO = (
     "Run it where TensorFlow 2.19 and tensorflow-text 2.19 are installed (their Python wheels "
@@ -59,19 +60,27 @@ class GenerateEngine:
 
     def __init__(self, data: bytes, metadata: dict, num_threads, path):
         with quiet_native():  # TensorFlow's import and the XNNPACK delegate announce themselves
-            interpreter = _interpreter(data, num_threads)
+            try:
+                interpreter = _interpreter(data, num_threads)
+            except (RuntimeError, ValueError) as e:
+                raise ModelFileError(f"the runtime cannot load {path!r}: {e}; re-convert it") from e
             try:
                 self.signature = interpreter.get_signature_runner("serving_default")
             except (RuntimeError, ValueError) as e:
                 raise UnsupportedRuntimeError(f"the runtime cannot prepare {path!r}: {e}. {WHAT_TO_DO}") from e
         self._lock = threading.Lock()
+        self._first_call = True
 
     def generate(self, prompt: str) -> str:
         # A 0-d *bytes* array: the TFLite Python wrapper mis-encodes 0-d str/object arrays.
         try:
             with self._lock:
-                out = self.signature(prompt=np.array(prompt.encode("utf-8")))["output_0"]
-        except RuntimeError as e:
-            raise UnsupportedRuntimeError(f"the interpreter failed: {e}. {WHAT_TO_DO}") from e
+                # LiteRT announces its XNNPACK delegate at the first invoke: keep that off the console.
+                with quiet_native() if self._first_call else contextlib.nullcontext():
+                    out = self.signature(prompt=np.array(prompt.encode("utf-8")))["output_0"]
+                self._first_call = False
+        except (RuntimeError, ValueError) as e:
+            raise RuntimeFailure(f"the interpreter failed running the generate graph: {e}; if the file was copied, "
+                                 f"check the copy, or re-convert it. {WHAT_TO_DO}") from e
         text = bytes(np.asarray(out).reshape(-1)[0] if np.ndim(out) else out.item()).decode("utf-8", errors="replace")
         return text[len(prompt):] if text.startswith(prompt) else text

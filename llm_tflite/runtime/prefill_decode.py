@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from llm_tflite.console import quiet_native
-from llm_tflite.errors import ContextLengthError, ModelFileError
+from llm_tflite.errors import ContextLengthError, ModelFileError, RuntimeFailure
 
 #: ``observer(signature_name, inputs)`` sees every signature call's inputs (calibration records them).
 Observer = Callable[[str, dict], None]
@@ -49,11 +49,13 @@ class PrefillDecodeEngine:
         missing = [s for s in ["decode"] + [f"prefill_{n}" for n in self.prefill_lengths] if s not in signatures]
         if missing:
             raise ModelFileError(f"{path!r} lacks signatures {missing}; re-convert it")
+        self._check_graph(metadata, signatures, path)
         details = self.runners["decode"].get_input_details()
         self.cache_specs = {
             name: (tuple(details[name]["shape"]), details[name]["dtype"])
             for name in signatures["decode"]["inputs"] if name.startswith("kv_cache_")
         }
+        self.vocab_size = int(self.runners["decode"].get_output_details()["logits"]["shape"][-1])
         self._lock = threading.Lock()
         # LiteRT applies its XNNPACK delegate at the first invoke (and announces it on stderr):
         # do that here, quietly, so a graph the runtime cannot run fails in the constructor.
@@ -61,8 +63,25 @@ class PrefillDecodeEngine:
             with quiet_native():
                 self.call("decode", dict(tokens=np.zeros((1, 1), np.int32), input_pos=np.zeros(1, np.int32),
                                          **self.new_caches()))
-        except (ValueError, RuntimeError) as e:
-            raise ModelFileError(f"the runtime cannot run {path!r}: {e}; re-convert it") from e
+        except RuntimeFailure as e:
+            raise ModelFileError(f"the runtime cannot run {path!r}: {e.__cause__}; re-convert it") from e
+
+    def _check_graph(self, metadata: dict, signatures: dict, path) -> None:
+        """The signatures' tensors must be what the record says: a mismatch would generate garbage."""
+        spec = metadata["kv_cache"]
+        caches = [f"kv_cache_{kind}_{i}" for i in range(spec["num_layers"]) for kind in "kv"]
+        cache_shape = [1, self.context_length, spec["num_kv_heads"], spec["head_dim"]]
+        for name, length in [("decode", 1)] + [(f"prefill_{n}", n) for n in self.prefill_lengths]:
+            inputs = self.runners[name].get_input_details()
+            outputs = self.runners[name].get_output_details()
+            expected = {"tokens": [1, length], "input_pos": [length], **{c: cache_shape for c in caches}}
+            found = {key: list(value["shape"]) for key, value in inputs.items()}
+            if found != expected or set(outputs) != {"logits", *caches} or \
+                    list(outputs["logits"]["shape"][:2]) != [1, length]:
+                raise ModelFileError(
+                    f"{path!r}: signature {name!r} does not match the file's record (context {self.context_length}, "
+                    f"cache {cache_shape}, {len(caches)} caches); the file is damaged or inconsistent, re-convert it"
+                )
 
     def new_caches(self) -> dict[str, np.ndarray]:
         return {name: np.zeros(shape, dtype) for name, (shape, dtype) in self.cache_specs.items()}
@@ -77,8 +96,12 @@ class PrefillDecodeEngine:
 
     def call(self, name: str, inputs: dict) -> dict:
         """Run one signature; serialised, so threads may share the engine."""
-        with self._lock:
-            return self.runners[name](**inputs)
+        try:
+            with self._lock:
+                return self.runners[name](**inputs)
+        except (RuntimeError, ValueError) as e:
+            raise RuntimeFailure(f"the interpreter failed running {name!r}: {e}; if the file was copied, check "
+                                 "the copy, or re-convert it") from e
 
 
 class Sequence:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
+
+from llm_tflite.errors import InvalidArgumentError
 
 SAMPLERS = ("greedy", "temperature", "top_k", "top_p")
 #: Samplers a ``generate``-mode graph can hold.
@@ -10,6 +15,14 @@ GENERATE_SAMPLERS = ("greedy", "top_k", "top_p")
 
 #: Sampler settings used when none are given: the one home of these defaults (runner, CLI, generate export).
 TEMPERATURE, TOP_K, TOP_P = 1.0, 50, 0.9
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class Sampler:
@@ -28,14 +41,17 @@ class Sampler:
     """
 
     def __init__(self, name="greedy", *, temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P, seed=None):
-        if name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-        if temperature <= 0:
-            raise ValueError("temperature must be > 0 (use sampler='greedy' for deterministic output)")
-        if not 0 < top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
-        if top_k < 1:
-            raise ValueError("top_k must be >= 1")
+        if not isinstance(name, str) or name not in SAMPLERS:
+            raise InvalidArgumentError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+        if not _is_number(temperature) or not math.isfinite(temperature) or temperature <= 0:
+            raise InvalidArgumentError(f"temperature must be a finite number > 0, got {temperature!r} "
+                                       "(use sampler='greedy' for deterministic output)")
+        if not _is_number(top_p) or not 0 < top_p <= 1:  # NaN fails both comparisons
+            raise InvalidArgumentError(f"top_p must be a number in (0, 1], got {top_p!r}")
+        if not _is_integer(top_k) or top_k < 1:
+            raise InvalidArgumentError(f"top_k must be an integer >= 1, got {top_k!r}")
+        if seed is not None and (not _is_integer(seed) or not 0 <= seed < 2**63):
+            raise InvalidArgumentError(f"seed must be None or an integer from 0 to 2**63 - 1, got {seed!r}")
         self.name, self.temperature, self.top_k, self.top_p = name, temperature, top_k, top_p
         self.rng = np.random.default_rng(seed)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from llm_tflite.console import logger
 from llm_tflite.errors import DataError
 
 TEXT_SUFFIXES = (".txt", ".json", ".jsonl")
@@ -25,18 +26,24 @@ def _read_utf8(path: str) -> str:
         ) from e
 
 
-def _record_text(record, field: str, path: str, index: int) -> str:
+def _record_text(record, field: str, where: str) -> str | None:
+    """The text of one record's ``field``; None when the field is null (the record is skipped)."""
     if not isinstance(record, dict):
-        raise DataError(f"{path!r}: record {index} is a {type(record).__name__}, expected a JSON object")
+        raise DataError(f"{where} is a {type(record).__name__}, expected a JSON object")
     if field not in record:
         raise DataError(
-            f"{path!r}: record {index} has no field {field!r} (it has: {', '.join(sorted(record)) or 'none'}); "
+            f"{where} has no field {field!r} (it has: {', '.join(sorted(record)) or 'none'}); "
             "choose one with --text-field"
         )
     value = record[field]
-    if isinstance(value, list):  # e.g. a poem's "paragraphs"
-        return "".join(str(v) for v in value)
-    return str(value)
+    if value is None:
+        return None
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):  # e.g. a poem's "paragraphs"
+        return "".join(value)
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {field!r} holds a {type(value).__name__}, not text (a string or a list of "
+                        "strings); choose the field with the text (--text-field)")
+    return value
 
 
 def _file_texts(path: str, text_field: str | None) -> list[str]:
@@ -45,16 +52,28 @@ def _file_texts(path: str, text_field: str | None) -> list[str]:
         return [content]
     if text_field is None:
         raise DataError(f"{path!r} holds JSON records; name the field with the text (--text-field, e.g. paragraphs)")
-    try:
-        if path.endswith(".jsonl"):
-            records = [json.loads(line) for line in content.splitlines() if line.strip()]
-        else:
-            records = json.loads(content)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path!r} is not valid JSON: {e}") from e
-    if isinstance(records, dict):
-        records = [records]
-    return [_record_text(r, text_field, path, i) for i, r in enumerate(records)]
+    if path.endswith(".jsonl"):
+        records = []  # (where, record): errors name the file's line
+        for number, line in enumerate(content.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append((f"{path}:{number}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from e
+    else:
+        try:
+            loaded = json.loads(content)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from e
+        loaded = [loaded] if isinstance(loaded, dict) else loaded
+        if not isinstance(loaded, list):
+            raise DataError(f"{path!r} holds a JSON {type(loaded).__name__}; expected records (objects)")
+        records = [(f"{path!r}: record {i}", r) for i, r in enumerate(loaded)]
+    texts = [_record_text(r, text_field, where) for where, r in records]
+    skipped = sum(t is None for t in texts)
+    if skipped:
+        logger.warning("%s: skipped %d record(s) whose %r is null", path, skipped, text_field)
+    return [t for t in texts if t is not None]
 
 
 def split_heldout(text: str, fraction: float) -> tuple[str, str]:

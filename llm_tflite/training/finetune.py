@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from llm_tflite.families.base import without_preprocessor
+from llm_tflite.litert.flatbuffer import check_writable
 from llm_tflite.training.data import load_texts, split_documents
 from llm_tflite.errors import DataError
 
@@ -70,6 +71,8 @@ def finetune(model, data, output_dir=None, *, family=None, text_field=None, held
         ...              max_minutes=15)  # doctest: +SKIP
         >>> r.before["nats_per_char"], r.after["nats_per_char"]  # doctest: +SKIP
     """
+    if output_dir:
+        check_writable(output_dir, directory=True)
     texts = load_texts(data, text_field)
     heldout_texts = load_texts(heldout, text_field) if heldout else None
     if heldout_texts is None and heldout_fraction:

@@ -186,7 +186,10 @@ def train(data_path: str, output_dir: str, config: TrainConfig | None = None) ->
 
     from llm_tflite.evaluation.metrics import keras_heldout_loss
 
+    from llm_tflite.litert.flatbuffer import check_writable
+
     config = config or TrainConfig()
+    check_writable(output_dir, directory=True)
     if config.architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {config.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
     try:

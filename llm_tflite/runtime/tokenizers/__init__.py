@@ -11,7 +11,13 @@ def tokenizer_from_spec(spec: dict):
     if kind == "gpt2_bpe":
         from llm_tflite.runtime.tokenizers.bpe import BPETokenizer
 
-        return BPETokenizer(spec["vocab"], spec["merges"])
+        vocab, merges = spec.get("vocab"), spec.get("merges")
+        valid = (isinstance(vocab, dict) and all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                                 and 0 <= v < 1 << 24 for k, v in vocab.items())
+                 and isinstance(merges, list) and all(isinstance(m, str) and m.count(" ") == 1 for m in merges))
+        if not valid:
+            raise ModelFileError("this file's BPE tokenizer (vocab/merges) is damaged; convert the model again")
+        return BPETokenizer(vocab, merges)
     if kind == "sentencepiece":
         try:
             from llm_tflite.runtime.tokenizers.spm import SentencePieceTokenizer

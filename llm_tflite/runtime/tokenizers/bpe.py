@@ -63,7 +63,7 @@ class BPETokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return len(self.vocab)
+        return max(self.vocab.values(), default=-1) + 1  # ids run 0..vocab_size-1
 
     def _bpe(self, word: str) -> list[int]:
         cached = self._cache.get(word)
