@@ -152,7 +152,11 @@ def test_files_without_a_checksum_from_format_1_still_run(tiny_tflite, tmp_path)
     (dict(sampler="top_p", top_p=0.0), r"top_p must be a number in \(0, 1\]"),
     (dict(sampler="top_p", top_p=math.nan), r"top_p must be a number in \(0, 1\]"),
     (dict(sampler="top_p", top_p=1.5), r"top_p must be a number in \(0, 1\]"),
-    (dict(sampler="beam"), "unknown sampler 'beam'"),
+    (dict(sampler="nucleus"), "unknown sampler 'nucleus'"),
+    (dict(sampler="beam", top_p=0.5), "sampler='beam' takes"),
+    (dict(sampler="greedy", num_beams=3), "apply to sampler='beam' or 'contrastive'"),
+    (dict(context_overflow="wrap"), "context_overflow must be one of"),
+    (dict(stop=5), "stop must be a string or a list of strings"),
     (dict(sampler="top_k", seed=-1), "seed must be None or an integer"),
     (dict(sampler="top_k", seed="7"), "seed must be None or an integer"),
 ])
@@ -179,7 +183,7 @@ EXPECTED = (InvalidArgumentError, DataError, ContextLengthError)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(prompt=st.one_of(st.text(max_size=300), st.binary(max_size=100)),
        max_new_tokens=st.one_of(st.integers(-5, 12), st.floats(allow_nan=True), st.none()),
-       sampler=st.sampled_from(["greedy", "temperature", "top_k", "top_p", "beam", ""]),
+       sampler=st.sampled_from(["greedy", "random", "temperature", "top_k", "top_p", "nucleus", ""]),
        temperature=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-2, 3)),
        top_k=st.one_of(st.integers(-3, 3000), st.floats(allow_nan=True)),
        top_p=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-1, 2)),

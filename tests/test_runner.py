@@ -13,7 +13,7 @@ def test_stream_pieces_join_to_generate(tiny_tflite):
     assert "".join(pieces) == runner.generate("KING:", max_new_tokens=20)
 
 
-@pytest.mark.parametrize("sampler", ["temperature", "top_k", "top_p"])
+@pytest.mark.parametrize("sampler", ["random", "temperature", "top_k", "top_p"])
 def test_random_samplers_repeat_with_a_seed(tiny_tflite, sampler):
     runner = InterpreterRunner(tiny_tflite)
     first = runner.generate("KING:", 24, sampler, seed=7)
@@ -28,21 +28,38 @@ def test_sampler_rules():
     assert {Sampler("top_k", top_k=2, seed=s)(logits) for s in range(50)} == {1, 2}
     assert {Sampler("top_p", top_p=0.01, seed=s)(logits) for s in range(20)} == {1}
     with pytest.raises(ValueError, match="unknown sampler"):
-        Sampler("beam")
+        Sampler("nucleus")
 
 
 def test_prompt_over_the_context_is_a_clear_error(tiny_tflite):
     runner = InterpreterRunner(tiny_tflite)
-    with pytest.raises(ContextLengthError, match="context holds 128"):
+    with pytest.raises(ContextLengthError, match="context holds 128.*context_overflow='truncate'"):
         runner.generate("word " * 400)
+    with pytest.raises(ContextLengthError, match="100 new ones were asked for"):
+        runner.generate("word " * 60, max_new_tokens=100)
+
+
+def test_truncation_keeps_the_most_recent_tokens(tiny_tflite):
+    runner = InterpreterRunner(tiny_tflite)
+    text = " ".join(f"w{i}" for i in range(300))
+    result = runner.complete(text, max_new_tokens=8, context_overflow="truncate")
+    assert result.prompt_tokens + 8 <= 128 and text.endswith(result.prompt.strip())
+    assert "w299" in result.prompt and "w0 " not in result.prompt
+    assert result == runner.complete(result.prompt, max_new_tokens=8) or result.text == runner.generate(
+        result.prompt, max_new_tokens=8)
 
 
 def test_generation_stops_at_the_context(tiny_tflite):
     runner = InterpreterRunner(tiny_tflite)
     prompt_ids = runner.encode("word")[:2] * 50
-    with pytest.warns(UserWarning, match="context length"):
-        new = list(runner.generate_ids(prompt_ids, max_new_tokens=500))
-    assert len(prompt_ids) + len(new) <= 128 + 1
+    new = list(runner.generate_ids(prompt_ids, max_new_tokens=500))
+    assert len(prompt_ids) + len(new) == 128 + 1  # the last token is chosen from a full context, never fed
+    prompt = " ".join(f"w{i}" for i in range(100))
+    while len(runner.encode(prompt)) > 110:
+        prompt = prompt[:-4]
+    assert 90 <= len(runner.encode(prompt)) <= 110
+    result = runner.complete(prompt)  # no max_new_tokens: what the context still holds
+    assert result.finish_reason in ("context", "stop") and result.prompt_tokens + result.completion_tokens <= 128
 
 
 def test_bad_utf8_prompt(tiny_tflite):

@@ -21,6 +21,10 @@ def cmd_convert(args) -> int:
         max_length=args.max_length,
         sampler=args.sampler,
         seed=args.seed,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        hidden_states=args.hidden_states,
         calibration=calibration,
     )
     result = converter.convert(args.model, args.output, family=args.family, random_weights=args.random_weights)
@@ -35,6 +39,7 @@ def cmd_convert(args) -> int:
 
 def add_commands(cli) -> None:
     from llm_tflite.export.converter import DEFAULT_PREFILL_LENGTHS, EXPORT_MODES
+    from llm_tflite.runtime import sampling
     from llm_tflite.runtime.sampling import GENERATE_SAMPLERS
 
     p = cli.add_parser("convert", help="convert a model to a .tflite file")
@@ -54,6 +59,11 @@ def add_commands(cli) -> None:
     p.add_argument("--max-length", type=int, default=100, help="generate: prompt + continuation tokens")
     p.add_argument("--sampler", default="greedy", choices=GENERATE_SAMPLERS, help="generate: the sampler in the graph")
     p.add_argument("--seed", type=int, help="generate: seed of a random sampler (default: 0)")
+    p.add_argument("--temperature", type=float, default=sampling.TEMPERATURE, help="generate: a random sampler's temperature")
+    p.add_argument("--top-k", type=int, default=sampling.TOP_K, help="generate: k of the top_k sampler")
+    p.add_argument("--top-p", type=float, default=sampling.TOP_P, help="generate: p of the top_p sampler")
+    p.add_argument("--hidden-states", action="store_true",
+                   help="prefill_decode: also output the last hidden states, which contrastive search needs")
     p.add_argument("--calibration", help="text file or folder for strategies that calibrate (full_int8)")
     p.add_argument("--calibration-samples", type=int, default=64, help="calibration samples cut from that text")
     add_json(p)

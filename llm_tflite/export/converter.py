@@ -11,6 +11,7 @@ from llm_tflite.litert.metadata import FORMAT_VERSION, add_metadata
 from llm_tflite.errors import ConversionError, LLMTFLiteError
 from llm_tflite.console import import_tensorflow, logger, progress, quiet_native
 from llm_tflite.quantize.base import Quantizer
+from llm_tflite.runtime import sampling
 from llm_tflite.runtime.sampling import GENERATE_SAMPLERS
 from llm_tflite.plugins.registry import load_model
 
@@ -46,6 +47,8 @@ class Converter:
         max_length: ``generate`` mode: total tokens (prompt + continuation).
         sampler: ``generate`` mode: ``greedy``, ``top_k`` or ``top_p``.
         seed: ``generate`` mode: seed of a random sampler.
+        temperature, top_k, top_p: ``generate`` mode: the random sampler's settings, fixed in the graph.
+        hidden_states: ``prefill_decode`` mode: also output the last hidden states (contrastive search).
         calibration: for strategies that need it (``full_int8``): a text file or folder, or a
             ``llm_tflite.quantize.calibration.TextCalibration``.
 
@@ -55,12 +58,20 @@ class Converter:
 
     def __init__(self, mode="prefill_decode", quantize="none", *, context_length=None,
                  prefill_lengths=DEFAULT_PREFILL_LENGTHS, max_length=100, sampler="greedy", seed=None,
-                 calibration=None):
+                 temperature=sampling.TEMPERATURE, top_k=sampling.TOP_K, top_p=sampling.TOP_P,
+                 calibration=None, hidden_states=False):
         if mode not in EXPORT_MODES:
             raise ValueError(f"unknown export mode {mode!r}; choose one of {', '.join(EXPORT_MODES)}")
         self.mode = mode
-        if mode == "generate" and sampler not in GENERATE_SAMPLERS:
-            raise ValueError(f"unknown generate-mode sampler {sampler!r}; choose one of {', '.join(GENERATE_SAMPLERS)}")
+        if mode == "generate":
+            if sampler not in GENERATE_SAMPLERS:
+                raise ValueError(f"unknown generate-mode sampler {sampler!r}; choose one of "
+                                 f"{', '.join(GENERATE_SAMPLERS)}")
+            sampling.Sampler(sampler, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)  # validates
+            if hidden_states:
+                raise ValueError("hidden_states is a prefill_decode option (contrastive search runs in the runner)")
+        self.sampler_settings = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+        self.hidden_states = bool(hidden_states)
         self.quantizer = quantize if isinstance(quantize, Quantizer) else Quantizer(quantize)
         if mode not in self.quantizer.strategy.export_modes:
             raise ValueError(
@@ -154,10 +165,11 @@ class Converter:
                 prefill_lengths=[n for n in self.prefill_lengths if n <= context_length],
                 kv_cache=dataclasses.asdict(spec),
                 default_sampler="greedy",
+                hidden_states=self.hidden_states,
             )
         else:
             record.update(context_length=self.max_length, max_length=self.max_length,
-                          default_sampler=self.sampler, seed=self.seed)
+                          default_sampler=self.sampler, seed=self.seed, sampler_settings=self.sampler_settings)
         return record
 
     def _quantize(self, tflite_model: bytes, metadata: dict) -> bytes:
@@ -192,14 +204,16 @@ class Converter:
             for key, length in signature_lengths(metadata["prefill_lengths"]).items():
                 logger.debug("convert: signature %s", key)
                 with quiet_native():  # freezing runs Grappler, which logs its sessions
-                    fn = signature_function(fam, lm, spec, metadata["context_length"], length)
+                    fn = signature_function(fam, lm, spec, metadata["context_length"], length, self.hidden_states)
                 converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
                 self.quantizer.configure(converter, self.calibration)
-                parts[key] = (self._run_converter(converter), input_names(spec), output_names(spec))
+                parts[key] = (self._run_converter(converter), input_names(spec),
+                              output_names(spec, self.hidden_states))
                 del fn, converter
             tflite_model = merge_signatures(parts)
         else:
-            fn = fam.generate_function(lm, max_length=self.max_length, sampler=self.sampler, seed=self.seed)
+            fn = fam.generate_function(lm, max_length=self.max_length, sampler=self.sampler, seed=self.seed,
+                                       **self.sampler_settings)
             signatures = {"serving_default": fn}
             steps.update()
             _stage(steps, "converting")

@@ -30,10 +30,12 @@ def configure_generate_converter(converter) -> None:
     converter._experimental_guarantee_all_funcs_one_use = True
 
 
-def _sample(logits, sampler: str, seed: int, step, top_k: int = sampling.TOP_K, top_p: float = sampling.TOP_P):
+def _sample(logits, sampler: str, seed: int, step, top_k: int = sampling.TOP_K, top_p: float = sampling.TOP_P,
+            temperature: float = sampling.TEMPERATURE):
     """Next token id (int32 scalar) from ``logits`` ``[vocab]``; random samplers are stateless."""
     if sampler == "greedy":
         return tf.cast(tf.argmax(logits), tf.int32)
+    logits = logits / tf.constant(temperature, logits.dtype)
     seeds = tf.stack([tf.constant(seed, tf.int32), step])
     if sampler == "top_k":
         values, indices = tf.math.top_k(logits, k=top_k)
@@ -50,7 +52,8 @@ def _sample(logits, sampler: str, seed: int, step, top_k: int = sampling.TOP_K, 
 
 
 def keras_generate_function(
-    family, lm, *, max_length: int, sampler: str = "greedy", seed: int | None = None, encode=None, decode=None
+    family, lm, *, max_length: int, sampler: str = "greedy", seed: int | None = None, encode=None, decode=None,
+    temperature: float = sampling.TEMPERATURE, top_k: int = sampling.TOP_K, top_p: float = sampling.TOP_P,
 ):
     """A concrete ``tf.function``: scalar (or ``[1]``) string prompt -> string prompt + continuation.
 
@@ -60,6 +63,7 @@ def keras_generate_function(
         max_length: total tokens, start token and prompt included (as ``CausalLM.generate``).
         sampler: ``greedy``, ``top_k`` or ``top_p``.
         seed: seed of a random sampler (default 0).
+        temperature, top_k, top_p: settings of a random sampler, fixed in the graph.
         encode: graph function scalar string -> int ids (default: the preprocessor's tokenizer).
         decode: graph function int ids -> scalar string (default: the tokenizer's ``detokenize``).
     """
@@ -97,7 +101,7 @@ def keras_generate_function(
                 return tf.logical_and(position < max_length, tf.logical_not(done))
 
             def step(position, done, buffer, last_logits, *flat_caches):
-                token = _sample(last_logits, sampler, seed, position)
+                token = _sample(last_logits, sampler, seed, position, top_k=top_k, top_p=top_p, temperature=temperature)
                 finished = tf.equal(token, eos)
                 buffer = tf.tensor_scatter_nd_update(buffer, [[position]], [token])
                 pairs = list(zip(flat_caches[0::2], flat_caches[1::2]))

@@ -26,13 +26,18 @@ def input_names(spec: KVCacheSpec) -> list[str]:
     return ["tokens", "input_pos"] + cache_names(spec)
 
 
-def output_names(spec: KVCacheSpec) -> list[str]:
+def output_names(spec: KVCacheSpec, hidden_states: bool = False) -> list[str]:
     """Signature outputs, in the functions' flattened (sorted-key) order."""
-    return sorted(["logits"] + cache_names(spec))
+    return sorted(["logits"] + cache_names(spec) + (["hidden_states"] if hidden_states else []))
 
 
-def signature_function(family, model, spec: KVCacheSpec, context_length: int, length: int):
-    """The frozen concrete function of one signature, which processes ``length`` tokens."""
+def signature_function(family, model, spec: KVCacheSpec, context_length: int, length: int,
+                       hidden_states: bool = False):
+    """The frozen concrete function of one signature, which processes ``length`` tokens.
+
+    With ``hidden_states`` it also outputs the last hidden states ``[1, L, hidden]`` (what
+    contrastive search compares), from the family's ``forward_with_hidden_states``.
+    """
     cache_shape = [1, context_length, spec.num_kv_heads, spec.head_dim]
     names = cache_names(spec)
     input_signature = [
@@ -43,8 +48,12 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
     @tf.function(input_signature=input_signature, autograph=False)
     def run(tokens, input_pos, *flat_caches):
         caches = list(zip(flat_caches[0::2], flat_caches[1::2]))
-        logits, new_caches = family.forward_with_cache(model, tokens, input_pos, caches)
-        outputs = {"logits": tf.cast(logits, tf.float32)}
+        if hidden_states:
+            logits, new_caches, hidden = family.forward_with_hidden_states(model, tokens, input_pos, caches)
+            outputs = {"logits": tf.cast(logits, tf.float32), "hidden_states": tf.cast(hidden, tf.float32)}
+        else:
+            logits, new_caches = family.forward_with_cache(model, tokens, input_pos, caches)
+            outputs = {"logits": tf.cast(logits, tf.float32)}
         for i, (k, v) in enumerate(new_caches):
             outputs[f"kv_cache_k_{i}"] = k
             outputs[f"kv_cache_v_{i}"] = v

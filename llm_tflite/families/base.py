@@ -112,8 +112,23 @@ class ModelFamily:
         """
         raise NotImplementedError
 
-    def generate_function(self, model, *, max_length: int, sampler: str, seed: int | None):
-        """A ``tf.function`` of a scalar ``tf.string`` prompt -> ``tf.string`` text, for ``--mode generate``."""
+    def forward_with_hidden_states(self, model, tokens, input_pos, caches):
+        """``forward_with_cache`` that also returns the last hidden states ``[1, L, hidden]`` (the
+        vectors the LM head scores), for ``--hidden-states`` files and contrastive search.
+
+        Returns:
+            ``(logits, new_caches, hidden_states)``.
+        """
+        from llm_tflite.errors import ConversionError
+
+        raise ConversionError(f"family {self.name!r} does not expose hidden states; convert without --hidden-states")
+
+    def generate_function(self, model, *, max_length: int, sampler: str, seed: int | None, **settings):
+        """A ``tf.function`` of a scalar ``tf.string`` prompt -> ``tf.string`` text, for ``--mode generate``.
+
+        ``settings``: ``temperature``, ``top_k``, ``top_p`` of a random sampler, fixed in the graph
+        (``llm_tflite.export.generate.keras_generate_function`` takes them as they are).
+        """
         from llm_tflite.errors import ConversionError
 
         raise ConversionError(

@@ -76,6 +76,10 @@ class GPT2Family(ModelFamily):
         )
 
     def forward_with_cache(self, model, tokens, input_pos, caches):
+        logits, new_caches, _ = self.forward_with_hidden_states(model, tokens, input_pos, caches)
+        return logits, new_caches
+
+    def forward_with_hidden_states(self, model, tokens, input_pos, caches):
         import tensorflow as tf
 
         from llm_tflite.families.ops import causal_attention, update_cache
@@ -95,13 +99,13 @@ class GPT2Family(ModelFamily):
             h = layer._feedforward_layer_norm(x)
             x = x + layer._feedforward_output_dense(layer._feedforward_intermediate_dense(h))
             new_caches.append((key_cache, value_cache))
-        x = backbone.layer_norm(x)
-        return backbone.token_embedding(x, reverse=True), new_caches
+        x = backbone.layer_norm(x)  # KerasHub's GPT2CausalLM.call_with_cache returns this as hidden_states
+        return backbone.token_embedding(x, reverse=True), new_caches, x
 
-    def generate_function(self, model, *, max_length, sampler, seed):
+    def generate_function(self, model, *, max_length, sampler, seed, **settings):
         from llm_tflite.export.generate import keras_generate_function
 
-        return keras_generate_function(self, model, max_length=max_length, sampler=sampler, seed=seed)
+        return keras_generate_function(self, model, max_length=max_length, sampler=sampler, seed=seed, **settings)
 
 
 @hookimpl

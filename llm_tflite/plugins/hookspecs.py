@@ -27,6 +27,16 @@ def register_presets(register):
 
 
 @hookspec
+def register_samplers(register):
+    """Register next-token samplers: call ``register(cls)`` with a ``TokenSampler`` subclass for each."""
+
+
+@hookspec
+def register_filters(register):
+    """Register text filters: call ``register(filter)`` with an object that has ``name`` and ``find(text)``."""
+
+
+@hookspec
 def register_commands(cli):
     """Add ``llm-tflite`` subcommands: ``cli.add_parser(name, help=...)`` returns an argparse parser;
     give it ``set_defaults(func=handler)`` where ``handler(args)`` returns the exit code."""

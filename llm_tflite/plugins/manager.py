@@ -24,6 +24,7 @@ DEFAULT_PLUGINS = (
     "llm_tflite.families.palm.family",
     "llm_tflite.quantize.strategies",
     "llm_tflite.families.presets",
+    "llm_tflite.runtime.builtin_plugin",
 )
 BUILTIN_DISTRIBUTION = "llm-tflite"
 

@@ -35,6 +35,16 @@ def presets() -> dict[str, Registered]:
     return _by_name("register_presets")
 
 
+def samplers() -> dict[str, Registered]:
+    """Sampler classes plugins registered (the built-in ones are ``llm_tflite.runtime.sampling.SAMPLERS``)."""
+    return _by_name("register_samplers")
+
+
+def filters() -> dict[str, Registered]:
+    """Text filters, by name: ``profanity`` (built in) and the plugins'."""
+    return _by_name("register_filters")
+
+
 def _get(name: str, known: dict[str, Registered], what: str, error):
     if name not in known:
         raise error(

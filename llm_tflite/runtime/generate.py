@@ -53,7 +53,7 @@ def _interpreter(data: bytes, num_threads):
 
 
 class GenerateEngine:
-    """Calls ``serving_default(prompt) -> output_0`` and returns the continuation.
+    """Calls ``serving_default(prompt) -> output_0`` and returns the whole output text.
 
     Calls are serialised: the native interpreter must never run in two threads at once.
     """
@@ -83,4 +83,4 @@ class GenerateEngine:
             raise RuntimeFailure(f"the interpreter failed running the generate graph: {e}; if the file was copied, "
                                  f"check the copy, or re-convert it. {WHAT_TO_DO}") from e
         text = bytes(np.asarray(out).reshape(-1)[0] if np.ndim(out) else out.item()).decode("utf-8", errors="replace")
-        return text[len(prompt):] if text.startswith(prompt) else text
+        return text  # prompt + continuation, as the graph detokenizes them (the runner splits them)

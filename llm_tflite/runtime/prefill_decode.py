@@ -49,6 +49,7 @@ class PrefillDecodeEngine:
         missing = [s for s in ["decode"] + [f"prefill_{n}" for n in self.prefill_lengths] if s not in signatures]
         if missing:
             raise ModelFileError(f"{path!r} lacks signatures {missing}; re-convert it")
+        self.has_hidden_states = bool(metadata.get("hidden_states", False))
         self._check_graph(metadata, signatures, path)
         details = self.runners["decode"].get_input_details()
         self.cache_specs = {
@@ -76,7 +77,8 @@ class PrefillDecodeEngine:
             outputs = self.runners[name].get_output_details()
             expected = {"tokens": [1, length], "input_pos": [length], **{c: cache_shape for c in caches}}
             found = {key: list(value["shape"]) for key, value in inputs.items()}
-            if found != expected or set(outputs) != {"logits", *caches} or \
+            hidden = {"hidden_states"} if self.has_hidden_states else set()
+            if found != expected or set(outputs) != {"logits", *caches, *hidden} or \
                     list(outputs["logits"]["shape"][:2]) != [1, length]:
                 raise ModelFileError(
                     f"{path!r}: signature {name!r} does not match the file's record (context {self.context_length}, "
@@ -126,14 +128,33 @@ class Sequence:
     def context_length(self) -> int:
         return self.engine.context_length
 
+    def fork(self) -> "Sequence":
+        """A copy that continues independently (beams, candidates). Costs no copy of the caches:
+        ``feed`` replaces them with new arrays rather than writing into them."""
+        twin = Sequence.__new__(Sequence)
+        twin.engine, twin.observer, twin.position, twin.caches = self.engine, self.observer, self.position, self.caches
+        return twin
+
     def feed(self, token_ids) -> np.ndarray:
         """Run ``token_ids`` after what was fed before; return their logits ``[n, vocab]``."""
+        return self._feed(token_ids, hidden=False)[0]
+
+    def feed_with_hidden(self, token_ids) -> tuple[np.ndarray, np.ndarray]:
+        """Logits ``[n, vocab]`` and last hidden states ``[n, hidden]`` (files converted with ``--hidden-states``)."""
+        if not self.engine.has_hidden_states:
+            from llm_tflite.errors import InvalidArgumentError
+
+            raise InvalidArgumentError("this file has no hidden_states output, which contrastive search needs; "
+                                       "convert the model again with --hidden-states (hidden_states=True)")
+        return self._feed(token_ids, hidden=True)
+
+    def _feed(self, token_ids, hidden: bool):
         token_ids = [int(t) for t in token_ids]
         if self.position + len(token_ids) > self.context_length:
             raise ContextLengthError(
                 f"{self.position + len(token_ids)} tokens do not fit the context of {self.context_length} tokens"
             )
-        outputs = []
+        outputs, hiddens = [], []
         i = 0
         while i < len(token_ids):
             length = self.engine.chunk_length(len(token_ids) - i, self.position)
@@ -148,6 +169,8 @@ class Sequence:
             result = self.engine.call(name, inputs)
             self.caches = {cache_name: result[cache_name] for cache_name in self.caches}
             outputs.append(result["logits"].reshape(length, -1)[: len(chunk)])
+            if hidden:
+                hiddens.append(result["hidden_states"].reshape(length, -1)[: len(chunk)])
             i += len(chunk)
             self.position += len(chunk)
-        return np.concatenate(outputs, axis=0)
+        return np.concatenate(outputs, axis=0), (np.concatenate(hiddens, axis=0) if hidden else None)

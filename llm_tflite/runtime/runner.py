@@ -2,23 +2,33 @@
 
 For ``prefill_decode`` files this module imports neither TensorFlow nor Keras: it needs
 ``ai_edge_litert`` (or, failing that, ``tf.lite``), numpy and the pure-Python tokenizers.
+Every option is documented, with its default and an example, in ``docs/runner.md``.
 """
 
 from __future__ import annotations
 
-import codecs
+import dataclasses
 import os
-import warnings
 from typing import Iterator
 
 import numpy as np
 
-from llm_tflite.errors import ContextLengthError, DataError, InvalidArgumentError, ModelFileError
+from llm_tflite.errors import ContextLengthError, DataError, InvalidArgumentError, ModelFileError, RuntimeFailure
 from llm_tflite.litert.flatbuffer import check_tensor_sizes, read_model_file
 from llm_tflite.litert.metadata import read_verified_metadata
 from llm_tflite.runtime import sampling
-from llm_tflite.runtime.sampling import Sampler
+from llm_tflite.runtime.results import AutocompleteResult, GenerationResult, TextPipeline
 from llm_tflite.runtime.tokenizers import tokenizer_from_spec
+
+#: New tokens when ``max_new_tokens`` is not given (fewer if the context holds fewer).
+DEFAULT_MAX_NEW_TOKENS = 64
+#: Generations ``autocomplete`` makes before it gives up on filtered output (the app's "three tries").
+FILTER_TRIES = 3
+CONTEXT_OVERFLOW = ("error", "truncate")
+#: Sampler settings the runner passes on when given (``None``: the sampler's default).
+SAMPLER_SETTINGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
+                    "presence_penalty")
+SEARCH_SETTINGS = ("num_beams", "length_penalty", "penalty_alpha")
 
 
 def _is_int(value) -> bool:
@@ -26,7 +36,7 @@ def _is_int(value) -> bool:
 
 
 def _check_max_new_tokens(max_new_tokens) -> None:
-    if not _is_int(max_new_tokens) or max_new_tokens < 1:
+    if max_new_tokens is not None and (not _is_int(max_new_tokens) or max_new_tokens < 1):
         raise InvalidArgumentError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
 
 
@@ -43,6 +53,45 @@ def _prompt_text(prompt) -> str:
     except UnicodeEncodeError as e:
         raise DataError(f"the prompt is not valid UTF-8 ({e}); pass text encoded as UTF-8") from e
     return prompt
+
+
+@dataclasses.dataclass
+class _Request:
+    """One generation's validated settings."""
+
+    max_new_tokens: int | None
+    sampler: object
+    settings: dict
+    seed: int | None
+    stop: list
+    stop_token_ids: set
+    context_overflow: str
+    filter: object
+
+
+@dataclasses.dataclass
+class _Chunk:
+    """Text a generate-mode graph produced, with the token ids our tokenizer reads in it."""
+
+    text: str
+    ids: list
+
+
+class TextStream:
+    """The pieces of a generation as they come; ``result`` is its ``GenerationResult`` once exhausted."""
+
+    def __init__(self, pieces: Iterator[str], holder: list):
+        self._pieces, self._holder = pieces, holder
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    @property
+    def result(self) -> GenerationResult | None:
+        return self._holder[0] if self._holder else None
 
 
 class InterpreterRunner:
@@ -103,6 +152,10 @@ class InterpreterRunner:
         ids = self.tokenizer.encode(_prompt_text(prompt))
         return ([self.bos_id] if self.add_bos and self.bos_id is not None else []) + ids
 
+    def decode(self, token_ids) -> str:
+        """Text of ``token_ids`` (special tokens decode to nothing)."""
+        return self.tokenizer.decode(token_ids)
+
     def sequence(self, observer=None):
         """A fresh ``Sequence`` (its own KV caches and position) on this runner's interpreter.
 
@@ -129,71 +182,358 @@ class InterpreterRunner:
                                        + (f"; got {bad[:5]}" if bad else ""))
         return ids
 
-    def generate_ids(self, prompt_ids, max_new_tokens=64, sampler="greedy", **sampler_args) -> Iterator[int]:
-        """Yield generated token ids after ``prompt_ids`` until the end token or ``max_new_tokens``."""
+    def generate_ids(self, prompt_ids, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, sampler="greedy",
+                     **sampler_args) -> Iterator[int]:
+        """Yield new token ids after ``prompt_ids`` (per-token samplers; stops at the end token)."""
         self._require_prefill_decode("generate_ids")
         prompt_ids = self._token_ids(prompt_ids)
         _check_max_new_tokens(max_new_tokens)
         if not prompt_ids:
             raise DataError("the prompt is empty and the model adds no start token; pass some text")
         if len(prompt_ids) >= self.context_length:
-            raise ContextLengthError(
-                f"the prompt is {len(prompt_ids)} tokens but the model's context holds {self.context_length} "
-                f"(including room for at least one new token); shorten the prompt or convert with a "
-                f"larger --context-length"
-            )
-        choose = sampler if callable(sampler) else Sampler(sampler, **sampler_args)
-        return self._generate_ids(prompt_ids, max_new_tokens, choose)
+            raise ContextLengthError(f"the prompt is {len(prompt_ids)} tokens but the model's context holds "
+                                     f"{self.context_length}; shorten it or convert with a larger --context-length")
+        choose = sampling.make_sampler(sampler, **sampler_args)
+        stops = {self.eos_id} - {None}
+        return (token for token, _ in self._sample_tokens(prompt_ids, max_new_tokens, choose, stops)
+                if token is not None)
 
-    def _generate_ids(self, prompt_ids, max_new_tokens, choose) -> Iterator[int]:
+    def _sample_tokens(self, prompt_ids, max_new_tokens, choose, stops):
+        """``(token, reason)`` pairs; reason is set on the last one (``stop``, ``length`` or ``context``)."""
         sequence = self.sequence()
         logits = sequence.feed(prompt_ids)[-1]
-        for _ in range(max_new_tokens):
-            token = choose(logits)
-            if token == self.eos_id:
+        history = list(prompt_ids)
+        for count in range(1, max_new_tokens + 1):
+            token = int(choose(logits, history))
+            if token in stops:
+                yield None, "stop"
                 return
-            yield token
+            history.append(token)
+            if count == max_new_tokens:
+                yield token, "length"
+                return
             if sequence.position >= self.context_length:
-                warnings.warn(f"generation stopped at the model's context length ({self.context_length} tokens)")
+                yield token, "context"
                 return
+            yield token, None
             logits = sequence.feed([token])[-1]
 
     # -- text level --------------------------------------------------------------
-    def stream(self, prompt, max_new_tokens: int = 64, sampler: str = "greedy", *,
-               temperature: float = sampling.TEMPERATURE, top_k: int = sampling.TOP_K, top_p: float = sampling.TOP_P,
-               seed: int | None = None) -> Iterator[str]:
-        """Yield the continuation of ``prompt`` piece by piece (whole UTF-8 characters only).
+    def _request(self, max_new_tokens, sampler, seed, stop, stop_token_ids, context_overflow, text_filter,
+                 settings) -> _Request:
+        from llm_tflite.runtime.filters import resolve_filter
 
-        Args:
-            prompt: the text to continue.
-            max_new_tokens: most tokens to generate; stops earlier at the end token.
-            sampler: ``greedy``, ``temperature``, ``top_k`` or ``top_p``.
-            temperature, top_k, top_p, seed: sampler settings (see ``Sampler``).
-
-        For ``generate``-mode files the length and sampler were fixed at export
-        (``metadata["max_length"]``, ``metadata["default_sampler"]``); the continuation
-        comes as one piece and these arguments are not used.
-        """
-        text = _prompt_text(prompt)
         _check_max_new_tokens(max_new_tokens)
-        if self.export_mode == "generate":  # loop and sampler were fixed at export
-            return iter([self._engine.generate(text)])
-        sampler_args = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        return self._stream_pieces(self.generate_ids(self.encode(text), max_new_tokens, sampler, **sampler_args))
+        sampling.check_seed(seed)
+        if sampler is None:  # the file's own: greedy, or what a generate-mode file was exported with
+            sampler = self.metadata.get("default_sampler", "greedy")
+        if context_overflow not in CONTEXT_OVERFLOW:
+            raise InvalidArgumentError(f"context_overflow must be one of {', '.join(CONTEXT_OVERFLOW)}, "
+                                       f"got {context_overflow!r}")
+        if isinstance(stop, str):
+            stop = [stop]
+        if stop is not None and not (isinstance(stop, (list, tuple)) and all(isinstance(s, str) for s in stop)):
+            raise InvalidArgumentError("stop must be a string or a list of strings")
+        stop = list(stop or [])
+        ids = {self.eos_id} - {None} if stop_token_ids is None else set(self._token_ids(stop_token_ids))
+        given = {k: v for k, v in settings.items() if v is not None}
+        unknown = set(given) - set(SAMPLER_SETTINGS) - set(SEARCH_SETTINGS)
+        if unknown:
+            raise InvalidArgumentError(f"unknown sampler settings {sorted(unknown)}")
+        if sampler in sampling.SEARCHES:
+            self._check_search(sampler, given)
+        else:
+            misplaced = set(given) & set(SEARCH_SETTINGS)
+            if misplaced:
+                raise InvalidArgumentError(f"{sorted(misplaced)} apply to sampler='beam' or 'contrastive', "
+                                           f"not {sampler!r}")
+            if self.export_mode == "generate":
+                self._check_generate_mode(sampler, given, seed)
+            else:
+                sampling.make_sampler(sampler, seed=seed, **given)  # validates settings now, not mid-stream
+        return _Request(max_new_tokens, sampler, given, seed, stop, ids, context_overflow, resolve_filter(text_filter))
 
-    def _stream_pieces(self, tokens: Iterator[int]) -> Iterator[str]:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        for token in tokens:
-            piece = decoder.decode(self.tokenizer.decode_bytes([token]))
+    def _check_search(self, sampler, given) -> None:
+        if self.export_mode == "generate":
+            raise InvalidArgumentError(f"sampler={sampler!r} runs in the runner's loop, which needs a prefill_decode "
+                                       "file; this generate-mode file has its loop in the graph")
+        allowed = {"beam": {"num_beams", "length_penalty", "temperature"},
+                   "contrastive": {"top_k", "penalty_alpha", "temperature"}}[sampler]
+        extra = set(given) - allowed
+        if extra:
+            raise InvalidArgumentError(f"sampler={sampler!r} takes {sorted(allowed)}, not {sorted(extra)}")
+        sampling.Sampler("random", temperature=given.get("temperature", sampling.TEMPERATURE))  # validates it
+        beams, alpha, k = given.get("num_beams", 2), given.get("penalty_alpha", 0.5), given.get("top_k", 2)
+        if not _is_int(beams) or beams < 1 or not _is_int(k) or k < 1:
+            raise InvalidArgumentError("num_beams and top_k must be integers >= 1")
+        if not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+            raise InvalidArgumentError(f"penalty_alpha must be a number in [0, 1], got {alpha!r}")
+        length_penalty = given.get("length_penalty", 0.0)
+        if not isinstance(length_penalty, (int, float)) or not np.isfinite(length_penalty):
+            raise InvalidArgumentError(f"length_penalty must be a finite number, got {length_penalty!r}")
+
+    def _check_generate_mode(self, sampler, given, seed) -> None:
+        """A generate-mode file fixed its sampler at export: say so instead of ignoring arguments."""
+        fixed = self.metadata.get("default_sampler", "greedy")
+        if sampler != fixed or given or (seed is not None and seed != self.metadata.get("seed")):
+            raise InvalidArgumentError(
+                f"this generate-mode file samples with {fixed!r} and the settings fixed at export "
+                f"({self.metadata.get('sampler_settings', {})}, seed {self.metadata.get('seed')}); it cannot use "
+                f"sampler={sampler!r}, {given or ''} {'seed=' + str(seed) if seed is not None else ''}. Convert "
+                "again with --sampler/--temperature/--top-k/--top-p/--seed, or use a prefill_decode file"
+            )
+
+    def _fit_prompt(self, ids: list[int], request: _Request, budget: int) -> tuple[list[int], int, bool]:
+        """``(prompt ids, new-token limit, truncated)`` within ``budget`` tokens (the context)."""
+        bos = ids[:1] if self.add_bos and ids and ids[0] == self.bos_id else []
+        body = ids[len(bos):]
+        wanted = request.max_new_tokens
+        room = budget - len(ids)
+        if wanted is None and room >= 1:
+            return ids, room if self.export_mode == "generate" else min(DEFAULT_MAX_NEW_TOKENS, room), False
+        wanted = wanted or DEFAULT_MAX_NEW_TOKENS
+        if room >= wanted:
+            return ids, wanted, False
+        if request.context_overflow == "error":
+            raise ContextLengthError(
+                f"the prompt is {len(ids)} tokens and {wanted} new ones were asked for, but the model's context "
+                f"holds {budget}; shorten the prompt, ask for fewer tokens, pass context_overflow='truncate' "
+                "(keeps the most recent tokens) or convert with a larger --context-length"
+            )
+        keep = max(budget - wanted - len(bos), 1)
+        kept = bos + body[-keep:]
+        return kept, min(wanted, budget - len(kept)), len(kept) < len(ids)
+
+    def _prepare(self, text: str, request: _Request) -> tuple[list[int], int, str, str]:
+        """``(prompt ids, new-token limit, prompt text, reason at the limit)`` after the context rule;
+        raises before any work."""
+        ids = self.encode(text)
+        if not ids:
+            raise DataError("the prompt is empty and the model adds no start token; pass some text")
+        budget = self.context_length if self.export_mode == "prefill_decode" else int(self.metadata["max_length"])
+        ids, limit, truncated = self._fit_prompt(ids, request, budget)
+        # Reaching the limit ends with "length" when the caller set it, "context" when the context did.
+        at_limit = "length" if request.max_new_tokens is not None and limit == request.max_new_tokens else (
+            "length" if request.max_new_tokens is None and limit == DEFAULT_MAX_NEW_TOKENS else "context")
+        return ids, limit, self.decode(ids) if truncated else text, at_limit
+
+    def _generate_pieces(self, prepared, request: _Request, seed, holder: list) -> Iterator[str]:
+        """Text pieces of one generation; appends its ``GenerationResult`` to ``holder``."""
+        ids, limit, prompt, at_limit = prepared
+        pipeline = TextPipeline(request.stop, request.filter)
+        tokens: list[int] = []
+        reason = "length"
+        if request.filter is not None:
+            found = request.filter.find(prompt)
+            if found:  # rejected before inference: no model call
+                holder.append(GenerationResult("", [], "filtered", len(ids), 0, prompt, found))
+                return
+        if self.export_mode == "generate":
+            events = self._generate_mode_tokens(prompt, ids, limit, request.stop_token_ids,
+                                                request.max_new_tokens is not None)
+        elif request.sampler == "beam":
+            events = self._beam_tokens(ids, limit, request)
+        elif request.sampler == "contrastive":
+            events = self._contrastive_tokens(ids, limit, request)
+        else:
+            choose = sampling.make_sampler(request.sampler, seed=seed, **request.settings)
+            events = self._sample_tokens(ids, limit, choose, request.stop_token_ids)
+        for token, end in events:
+            if isinstance(token, _Chunk):  # a generate-mode graph's text, as it detokenized it
+                tokens.extend(token.ids)
+                data = token.text.encode("utf-8")
+            elif token is not None:
+                tokens.append(token)
+                data = self.tokenizer.decode_bytes([token])
+            else:
+                data = b""
+            piece = pipeline.feed(data)
             if piece:
                 yield piece
-        tail = decoder.decode(b"", final=True)
+            if pipeline.stopped or pipeline.filtered:
+                break
+            if end:
+                reason = at_limit if end == "length" else end
+                break
+        tail = pipeline.finish()
         if tail:
             yield tail
+        if pipeline.filtered:
+            reason = "filtered"
+        elif pipeline.stopped:
+            reason = "stop"
+        text_out = "" if pipeline.filtered else pipeline.shown
+        holder.append(GenerationResult(text_out, tokens, reason, len(ids), len(tokens), prompt, pipeline.filtered))
 
-    def generate(self, prompt, max_new_tokens: int = 64, sampler: str = "greedy", **kwargs) -> str:
-        """The continuation of ``prompt`` (without the prompt); arguments as for ``stream``."""
-        return "".join(self.stream(prompt, max_new_tokens, sampler, **kwargs))
+    def _beam_tokens(self, ids, limit, request):
+        from llm_tflite.runtime.search import beam_search
+
+        sequence = self.sequence()
+        logits = sequence.feed(ids)[-1]
+        tokens = beam_search(sequence, logits, max_new_tokens=limit,
+                             num_beams=request.settings.get("num_beams", sampling.NUM_BEAMS),
+                             temperature=request.settings.get("temperature", sampling.TEMPERATURE),
+                             length_penalty=request.settings.get("length_penalty", sampling.LENGTH_PENALTY),
+                             stop_ids=request.stop_token_ids)
+        reason = "length" if len(tokens) == limit else "stop"
+        for i, token in enumerate(tokens):
+            yield token, reason if i == len(tokens) - 1 else None
+        if not tokens:
+            yield None, "stop"
+
+    def _contrastive_tokens(self, ids, limit, request):
+        from llm_tflite.runtime.search import contrastive_search
+
+        sequence = self.sequence()
+        logits, hidden = sequence.feed_with_hidden(ids)
+        tokens = contrastive_search(sequence, logits[-1], hidden, max_new_tokens=limit,
+                                    k=request.settings.get("top_k", sampling.CONTRASTIVE_K),
+                                    alpha=request.settings.get("penalty_alpha", sampling.PENALTY_ALPHA),
+                                    temperature=request.settings.get("temperature", sampling.TEMPERATURE),
+                                    stop_ids=request.stop_token_ids)
+        count = 0
+        for token in tokens:
+            if token in request.stop_token_ids:
+                yield None, "stop"
+                return
+            count += 1
+            yield token, "length" if count == limit else None
+
+    def _generate_mode_tokens(self, prompt: str, ids: list[int], limit: int, stops, explicit: bool):
+        """The graph's continuation as tokens; the prompt (as the graph sees it) is never returned."""
+        output = self._engine.generate(prompt)
+        echoed = self.decode(ids)  # the prompt as the in-graph tokenizer round-trips it
+        if output.startswith(echoed):
+            continuation = output[len(echoed):]
+        elif output.startswith(prompt):
+            continuation = output[len(prompt):]
+        else:
+            raise RuntimeFailure(
+                "the generate-mode graph's output does not start with the prompt as its tokenizer reads it, so the "
+                "continuation cannot be told apart from the prompt; use a prefill_decode file for this text"
+            )
+        tokens = self.tokenizer.encode(continuation)  # as our tokenizer reads the text: for counting and cutting
+        ended = len(ids) + len(tokens) < int(self.metadata["max_length"])  # the graph stopped at its end token
+        cut = next((i for i, t in enumerate(tokens) if t in stops), None)
+        if cut is not None and cut < limit:
+            yield _Chunk(self.decode(tokens[:cut]), tokens[:cut]), "stop"
+        elif len(tokens) > limit and explicit:  # re-read text can hold more tokens than were generated
+            yield _Chunk(self.decode(tokens[:limit]), tokens[:limit]), "length"
+        else:  # the graph's own text, untouched
+            yield _Chunk(continuation, tokens), "stop" if ended else "length"
+
+    def stream(self, prompt, max_new_tokens: int | None = None, sampler: str | None = None, *, seed: int | None = None,
+               stop=None, stop_token_ids=None, context_overflow: str = "error", filter=None,
+               **settings) -> TextStream:
+        """The continuation of ``prompt`` piece by piece, as it is generated (whole UTF-8 characters).
+
+        Arguments as for ``complete``; the returned ``TextStream`` holds the ``GenerationResult``
+        in ``.result`` once exhausted. A filtered word is never shown: the stream ends before it
+        (``finish_reason == "filtered"``); a stop string is never shown, even split over tokens.
+        """
+        text = _prompt_text(prompt)
+        request = self._request(max_new_tokens, sampler, seed, stop, stop_token_ids, context_overflow, filter,
+                                settings)
+        holder: list = []
+        return TextStream(self._generate_pieces(self._prepare(text, request), request, seed, holder), holder)
+
+    def complete(self, prompt, max_new_tokens: int | None = None, sampler: str | None = None, *, seed: int | None = None,
+                 stop=None, stop_token_ids=None, context_overflow: str = "error", filter=None,
+                 **settings) -> GenerationResult:
+        """Continue ``prompt``; return text, token ids, ``finish_reason`` and token counts.
+
+        Args:
+            prompt: the text to continue (str, or UTF-8 bytes).
+            max_new_tokens: most new tokens (default: 64, or what the context still holds).
+            sampler: ``None`` (the file's: ``greedy``, or a generate-mode file's export setting),
+                ``greedy``, ``random``, ``top_k``, ``top_p`` (per-token chain, see
+                ``llm_tflite.runtime.sampling``), ``beam``, ``contrastive``, or a plugin's sampler name.
+            seed: seed of random sampling; the same seed gives the same text in any process.
+            stop: a string or list of strings; the text ends before the first one (not included).
+            stop_token_ids: tokens that end generation (default: the model's end token).
+            context_overflow: ``error`` (``ContextLengthError`` when prompt + new tokens exceed the
+                context) or ``truncate`` (keep the most recent prompt tokens).
+            filter: ``None`` (off), ``True`` (the profanity list), a word list, a registered filter's
+                name, or an object with ``find(text)``. A prompt with a listed word is rejected
+                without a model call; output with one is regenerated with a new seed, up to
+                ``FILTER_TRIES`` generations in all, then ``finish_reason == "filtered"``.
+            **settings: ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``,
+                ``frequency_penalty``, ``presence_penalty``; ``num_beams`` and ``length_penalty``
+                (beam); ``top_k`` and ``penalty_alpha`` (contrastive). ``None`` means the default.
+
+        Example:
+            >>> runner.complete("ROMEO:", 16, "top_k", top_p=0.9, seed=1, stop=["\n\n"]).finish_reason  # doctest: +SKIP
+            'stop'
+        """
+        text = _prompt_text(prompt)
+        request = self._request(max_new_tokens, sampler, seed, stop, stop_token_ids, context_overflow, filter,
+                                settings)
+        return self._complete(text, request)
+
+    def _complete(self, text: str, request: _Request) -> GenerationResult:
+        prepared = self._prepare(text, request)
+        deterministic = (request.sampler in ("greedy", "beam", "contrastive") or self.export_mode == "generate"
+                         or getattr(request.sampler, "deterministic", False))
+        tries = FILTER_TRIES if request.filter is not None and not deterministic else 1
+        result = None
+        for attempt in range(tries):
+            seed = None if request.seed is None else request.seed + attempt
+            if request.seed is None and attempt:
+                seed = int(np.random.default_rng().integers(2**62))
+            holder: list = []
+            for _ in self._generate_pieces(prepared, request, seed, holder):
+                pass
+            result = holder[0]
+            result.attempts = attempt + 1
+            if result.finish_reason != "filtered" or not result.token_ids:  # done, or the prompt was rejected
+                break
+        return result
+
+    def generate(self, prompt, max_new_tokens: int | None = None, sampler: str | None = None, **kwargs) -> str:
+        """The continuation of ``prompt`` as a string (``complete(...).text``); arguments as for ``complete``."""
+        return self.complete(prompt, max_new_tokens, sampler, **kwargs).text
+
+    def autocomplete(self, text, window_words: int = 20, max_new_tokens: int | None = 32, sampler="top_k", *,
+                     seed: int | None = None, filter=True, context_overflow: str = "truncate", stop=None,
+                     **settings) -> AutocompleteResult:
+        """The seeds' autocomplete app as one call: a suggestion to show after ``text``.
+
+        Keeps the last ``window_words`` words of ``text`` (``window_text``), rejects it without
+        a model call if it holds a listed word (``reason="bad_language"``), generates, and
+        retries with new seeds when the suggestion holds one; after ``FILTER_TRIES`` filtered
+        tries, or when nothing new comes, ``reason="no_suggestion"``.
+
+        Args:
+            text: what the user has typed.
+            window_words: words of context sent to the model (the app's slider: 5-50, default 20).
+            max_new_tokens, sampler, seed, stop, **settings: as for ``complete`` (default ``top_k``,
+                KerasHub's tutorial default, with our ``top_k=50``).
+            filter: as for ``complete``; on (the profanity list) by default.
+            context_overflow: ``truncate`` (default: keep the most recent tokens) or ``error``.
+
+        Example:
+            >>> r = runner.autocomplete("ROMEO: But soft, what light", window_words=20, seed=1)  # doctest: +SKIP
+            >>> r.suggestion, r.reason  # doctest: +SKIP
+            (' through yonder window', None)
+        """
+        from llm_tflite.runtime.autocomplete import window_text
+
+        if not _is_int(window_words) or window_words < 1:
+            raise InvalidArgumentError(f"window_words must be a positive integer, got {window_words!r}")
+        window = window_text(_prompt_text(text), window_words)
+        request = self._request(max_new_tokens, sampler, seed, stop, None, context_overflow, filter, settings)
+        try:
+            result = self._complete(window, request)
+        except ContextLengthError:
+            return AutocompleteResult(None, "context", [], None, window, 0)
+        if result.finish_reason == "filtered":
+            reason = "bad_language" if not result.token_ids else "no_suggestion"
+            return AutocompleteResult(None, reason, [], "filtered", result.prompt,
+                                      result.attempts if result.token_ids else 0, result.filtered)
+        if not result.text.strip():
+            return AutocompleteResult(None, "no_suggestion", [], result.finish_reason, result.prompt, result.attempts)
+        return AutocompleteResult(result.text, None, result.text.split(), result.finish_reason, result.prompt,
+                                  result.attempts)
 
     def _require_prefill_decode(self, what):
         if self.export_mode != "prefill_decode":

@@ -1,20 +1,50 @@
-"""Next-token samplers on numpy logits: greedy, temperature, top-k, top-p."""
+"""Choosing the next token from logits: a chain of processors, then a draw.
+
+The chain runs in the order HF transformers and llama.cpp use:
+repetition / frequency / presence penalties -> temperature -> top-k -> top-p -> min-p -> draw.
+``greedy`` takes the most likely token after the penalties; the others sample. Names follow
+KerasHub's samplers (``greedy``, ``random``, ``top_k``, ``top_p``; ``temperature`` is an old
+alias of ``random``), and any filter can be combined with any sampling name (``top_k`` with
+``top_p=0.9`` applies both). Beam and contrastive search are searches, not per-token
+samplers: see ``llm_tflite.runtime.search``.
+
+Defaults, ours and KerasHub's:
+
+================  ==========  ==============================
+setting           llm-tflite  KerasHub
+================  ==========  ==============================
+``temperature``   1.0         1.0
+``top_k``         50          5 (``TopKSampler(k=5)``)
+``top_p``         0.9         0.1 (``TopPSampler(p=0.1)``)
+``num_beams``     5           5 (``BeamSampler``)
+``k`` / alpha     5 / 0.6     5 / 0.6 (``ContrastiveSampler``)
+================  ==========  ==============================
+
+Ours follow HF transformers' and llama.cpp's, which give varied text; pass KerasHub's
+values to reproduce its tutorial.
+"""
 
 from __future__ import annotations
 
 import math
 import numbers
+from typing import Sequence
 
 import numpy as np
 
 from llm_tflite.errors import InvalidArgumentError
 
-SAMPLERS = ("greedy", "temperature", "top_k", "top_p")
+#: Per-token samplers (``TokenSampler``s) built in; searches are ``SEARCHES``.
+SAMPLERS = ("greedy", "random", "temperature", "top_k", "top_p")
+#: Searches over several continuations (``llm_tflite.runtime.search``).
+SEARCHES = ("beam", "contrastive")
 #: Samplers a ``generate``-mode graph can hold.
 GENERATE_SAMPLERS = ("greedy", "top_k", "top_p")
 
-#: Sampler settings used when none are given: the one home of these defaults (runner, CLI, generate export).
+#: Sampler settings used when none are given: the one home of these defaults (runner, CLI, export).
 TEMPERATURE, TOP_K, TOP_P = 1.0, 50, 0.9
+NUM_BEAMS, LENGTH_PENALTY = 5, 0.0
+CONTRASTIVE_K, PENALTY_ALPHA = 5, 0.6
 
 
 def _is_integer(value) -> bool:
@@ -25,52 +55,154 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-class Sampler:
-    """Chooses the next token from a 1-D array of logits.
+def check_seed(seed) -> None:
+    if seed is not None and (not _is_integer(seed) or not 0 <= seed < 2**63):
+        raise InvalidArgumentError(f"seed must be None or an integer from 0 to 2**63 - 1, got {seed!r}")
 
-    Args:
-        name: ``greedy`` (argmax), ``temperature`` (sample the softmax), ``top_k`` or ``top_p``.
-        temperature: divides the logits before sampling (not used by ``greedy``).
-        top_k: keep the ``k`` most likely tokens (``top_k``).
-        top_p: keep the smallest set of tokens whose probability reaches ``p`` (``top_p``).
-        seed: seed of the random generator; the same seed gives the same text.
+
+class TokenSampler:
+    """Base of per-token samplers; plugins subclass it and register the class (``register_samplers``).
+
+    A sampler is made per generation with the user's settings (``seed`` always; other
+    keywords as the sampler documents) and called once per token with that step's logits and
+    the token ids so far (prompt and generated). It returns the chosen id.
 
     Example:
-        >>> Sampler("greedy")(np.array([0.1, 2.0, -1.0]))
-        1
+        >>> class Lowest(TokenSampler):
+        ...     name = "lowest"
+        ...     def __call__(self, logits, history):
+        ...         return int(np.argmin(logits))
+        >>> Lowest()(np.array([0.1, 2.0, -1.0]), [])
+        2
     """
 
-    def __init__(self, name="greedy", *, temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P, seed=None):
+    #: The name users pass as ``sampler=``.
+    name: str = ""
+    #: One line for docs and ``llm-tflite plugins``.
+    description: str = ""
+    #: True if the same inputs always give the same token (a retry would not change the text).
+    deterministic: bool = False
+
+    def __init__(self, *, seed: int | None = None, **settings):
+        check_seed(seed)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.settings = settings
+
+    def __call__(self, logits: np.ndarray, history: Sequence[int]) -> int:
+        raise NotImplementedError
+
+
+class Sampler(TokenSampler):
+    """The built-in chain: penalties -> temperature -> top-k -> top-p -> min-p -> draw.
+
+    Args:
+        name: ``greedy`` (argmax after penalties), ``random`` (sample; ``temperature`` is an alias),
+            ``top_k`` (sample among the ``top_k`` most likely; default 50) or ``top_p`` (sample
+            among the most likely tokens whose probability reaches ``top_p``; default 0.9).
+        temperature: divides the logits before sampling (> 0).
+        top_k, top_p, min_p: filters; any can be set with any sampling name (``None``: off,
+            except the one the name implies). ``min_p`` keeps tokens at least ``min_p`` times
+            as likely as the most likely one.
+        repetition_penalty: HF's: logits of tokens already in the text are divided by it when
+            positive, multiplied when negative (1.0: off).
+        frequency_penalty, presence_penalty: OpenAI's: subtract ``count x frequency_penalty`` and
+            ``presence_penalty`` from the logits of tokens already in the text (0: off).
+        seed: seed of the random generator; the same seed gives the same text, in any process.
+
+    Example:
+        >>> Sampler("greedy")(np.array([0.1, 2.0, -1.0]), [])
+        1
+        >>> Sampler("greedy", repetition_penalty=100.0)(np.array([0.1, 2.0, -1.0]), [1])
+        0
+    """
+
+    description = "penalties -> temperature -> top-k -> top-p -> min-p -> draw"
+
+    def __init__(self, name="greedy", *, temperature=TEMPERATURE, top_k=None, top_p=None, min_p=None,
+                 repetition_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0, seed=None):
+        super().__init__(seed=seed)
         if not isinstance(name, str) or name not in SAMPLERS:
-            raise InvalidArgumentError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+            raise InvalidArgumentError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS + SEARCHES)}")
         if not _is_number(temperature) or not math.isfinite(temperature) or temperature <= 0:
             raise InvalidArgumentError(f"temperature must be a finite number > 0, got {temperature!r} "
                                        "(use sampler='greedy' for deterministic output)")
-        if not _is_number(top_p) or not 0 < top_p <= 1:  # NaN fails both comparisons
-            raise InvalidArgumentError(f"top_p must be a number in (0, 1], got {top_p!r}")
-        if not _is_integer(top_k) or top_k < 1:
+        if top_k is None and name == "top_k":
+            top_k = TOP_K
+        if top_p is None and name == "top_p":
+            top_p = TOP_P
+        if top_k is not None and (not _is_integer(top_k) or top_k < 1):
             raise InvalidArgumentError(f"top_k must be an integer >= 1, got {top_k!r}")
-        if seed is not None and (not _is_integer(seed) or not 0 <= seed < 2**63):
-            raise InvalidArgumentError(f"seed must be None or an integer from 0 to 2**63 - 1, got {seed!r}")
-        self.name, self.temperature, self.top_k, self.top_p = name, temperature, top_k, top_p
-        self.rng = np.random.default_rng(seed)
+        if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):  # NaN fails both comparisons
+            raise InvalidArgumentError(f"top_p must be a number in (0, 1], got {top_p!r}")
+        if min_p is not None and (not _is_number(min_p) or not 0 <= min_p <= 1):
+            raise InvalidArgumentError(f"min_p must be a number in [0, 1], got {min_p!r}")
+        if not _is_number(repetition_penalty) or not (math.isfinite(repetition_penalty) and repetition_penalty > 0):
+            raise InvalidArgumentError(f"repetition_penalty must be a finite number > 0, got {repetition_penalty!r}")
+        for label, value in (("frequency_penalty", frequency_penalty), ("presence_penalty", presence_penalty)):
+            if not _is_number(value) or not math.isfinite(value):
+                raise InvalidArgumentError(f"{label} must be a finite number, got {value!r}")
+        self.name = "random" if name == "temperature" else name
+        self.deterministic = self.name == "greedy"
+        self.temperature, self.top_k, self.top_p, self.min_p = temperature, top_k, top_p, min_p
+        self.repetition_penalty = repetition_penalty
+        self.frequency_penalty, self.presence_penalty = frequency_penalty, presence_penalty
 
-    def __call__(self, logits: np.ndarray) -> int:
+    def penalized(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
+        """The logits after the repetition, frequency and presence penalties."""
         logits = np.asarray(logits, np.float64).reshape(-1)
-        if self.name == "greedy":
-            return int(np.argmax(logits))
-        logits = logits / self.temperature
-        if self.name == "top_k":
-            k = min(self.top_k, logits.size)
-            cutoff = np.partition(logits, -k)[-k]
+        if len(history) == 0 or (self.repetition_penalty == 1.0 and not self.frequency_penalty
+                                 and not self.presence_penalty):
+            return logits
+        tokens, counts = np.unique(np.asarray(history, np.int64), return_counts=True)
+        inside = tokens < logits.size
+        tokens, counts = tokens[inside], counts[inside]
+        logits = logits.copy()
+        picked = logits[tokens]
+        picked = np.where(picked > 0, picked / self.repetition_penalty, picked * self.repetition_penalty)
+        logits[tokens] = picked - counts * self.frequency_penalty - self.presence_penalty
+        return logits
+
+    def probabilities(self, logits: np.ndarray, history: Sequence[int] = ()) -> np.ndarray:
+        """The distribution the draw samples from (after every processor of the chain)."""
+        logits = self.penalized(logits, history) / self.temperature
+        if self.top_k is not None and self.top_k < logits.size:
+            cutoff = np.partition(logits, -self.top_k)[-self.top_k]
             logits = np.where(logits >= cutoff, logits, -np.inf)
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
-        if self.name == "top_p":
+        if self.top_p is not None and self.top_p < 1:
             order = np.argsort(-probs, kind="stable")
             cumulative = np.cumsum(probs[order])
             keep = order[: int(np.searchsorted(cumulative, self.top_p)) + 1]
             mask = np.zeros_like(probs)
             mask[keep] = probs[keep]
             probs = mask / mask.sum()
+        if self.min_p:
+            probs = np.where(probs >= self.min_p * probs.max(), probs, 0.0)
+            probs /= probs.sum()
+        return probs
+
+    def __call__(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
+        if self.deterministic:
+            return int(np.argmax(self.penalized(logits, history)))
+        probs = self.probabilities(logits, history)
         return int(self.rng.choice(probs.size, p=probs))
+
+
+def make_sampler(name, **settings) -> TokenSampler:
+    """A built-in ``Sampler`` or a plugin's registered sampler class, made with ``settings``."""
+    if callable(name) and not isinstance(name, str):
+        return name  # already a sampler (or a plain function of (logits, history))
+    if isinstance(name, str) and name in SAMPLERS:
+        return Sampler(name, **settings)
+    from llm_tflite.plugins.registry import samplers
+
+    found = samplers()
+    if not isinstance(name, str) or name not in found:
+        known = sorted(set(SAMPLERS + SEARCHES) | set(found))
+        raise InvalidArgumentError(f"unknown sampler {name!r}; choose one of {', '.join(known)}")
+    try:
+        return found[name].item(**settings)
+    except TypeError as e:
+        raise InvalidArgumentError(f"sampler {name!r} does not take these settings: {e}") from e

@@ -62,6 +62,10 @@ class PaLMFamily(ModelFamily):
         )
 
     def forward_with_cache(self, model, tokens, input_pos, caches):
+        logits, new_caches, _ = self.forward_with_hidden_states(model, tokens, input_pos, caches)
+        return logits, new_caches
+
+    def forward_with_hidden_states(self, model, tokens, input_pos, caches):
         import tensorflow as tf
 
         from llm_tflite.families.ops import causal_attention, update_cache
@@ -78,9 +82,9 @@ class PaLMFamily(ModelFamily):
             x = block.combine(x, h, causal_attention(query, key_cache, value_cache, input_pos))
             new_caches.append((key_cache, value_cache))
         x = backbone.layer_norm(x)
-        return backbone.token_embedding(x, reverse=True), new_caches
+        return backbone.token_embedding(x, reverse=True), new_caches, x
 
-    def generate_function(self, model, *, max_length, sampler, seed):
+    def generate_function(self, model, *, max_length, sampler, seed, **settings):
         """Tokenizer in the graph through TF Text's fast SentencePiece ops (TFLite custom kernels, no Flex)."""
         import tensorflow_text as tf_text
 
@@ -91,7 +95,7 @@ class PaLMFamily(ModelFamily):
         encoder = tf_text.FastSentencepieceTokenizer(proto)
         decoder = tf_text.FastSentencepieceTokenizer(newline_decoder_proto(proto))
         return keras_generate_function(
-            self, model, max_length=max_length, sampler=sampler, seed=seed,
+            self, model, max_length=max_length, sampler=sampler, seed=seed, **settings,
             encode=encoder.tokenize, decode=decoder.detokenize,
         )
 
