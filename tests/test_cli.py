@@ -151,10 +151,12 @@ def test_convert_and_generate_json(tiny_gpt2_dir, tmp_path):
     assert result["metadata"]["export_mode"] == "prefill_decode"
     assert out.stderr == "", "-q leaves only warnings and errors"
     gen = json.loads(cli("generate", out_file, "ROMEO:", "--max-new-tokens", "8", "--json").stdout)
+    import dataclasses
+
     from llm_tflite import InterpreterRunner
 
-    assert gen == {"file": str(out_file), "prompt": "ROMEO:",
-                   "text": InterpreterRunner(out_file).generate("ROMEO:", max_new_tokens=8)}
+    expected = dataclasses.asdict(InterpreterRunner(out_file).complete("ROMEO:", max_new_tokens=8))
+    assert gen == {"file": str(out_file), "prompt": "ROMEO:", **expected} and gen["finish_reason"] == "length"
 
 
 def test_a_non_tensorflow_keras_backend_gets_a_clear_error(tmp_path):
@@ -187,3 +189,36 @@ def test_bench_reports_prefill_and_decode(tiny_tflite):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["prefill_tokens_per_s"] > 0 and result["decode_tokens_per_s"] > 0
+
+
+def test_generate_options_on_the_command_line(tiny_tflite):
+    from llm_tflite import InterpreterRunner
+
+    runner = InterpreterRunner(tiny_tflite)
+    free = runner.generate("ROMEO:", 20)
+    stop = free[5:8]
+    out = cli("generate", tiny_tflite, "ROMEO:", "--max-new-tokens", "20", "--stop", stop)
+    assert out.returncode == 0 and out.stdout == "ROMEO:" + free[: free.index(stop)] + "\n"
+    sampled = cli("generate", tiny_tflite, "ROMEO:", "--max-new-tokens", "12", "--sampler", "top_k", "--top-k", "5",
+                  "--top-p", "0.8", "--seed", "4", "--repetition-penalty", "1.2")
+    assert sampled.stdout == "ROMEO:" + runner.generate("ROMEO:", 12, "top_k", top_k=5, top_p=0.8, seed=4,
+                                                      repetition_penalty=1.2) + "\n"
+    beam = cli("generate", tiny_tflite, "ROMEO:", "--max-new-tokens", "8", "--sampler", "beam", "--num-beams", "3")
+    assert beam.stdout == "ROMEO:" + runner.generate("ROMEO:", 8, "beam", num_beams=3) + "\n"
+    bad = cli("generate", tiny_tflite, "ROMEO:", "--sampler", "greedy", "--num-beams", "3")
+    assert bad.returncode == 1 and "apply to sampler='beam'" in bad.stderr
+
+
+def test_autocomplete_command(tiny_tflite):
+    from llm_tflite import InterpreterRunner
+
+    text = "one two three four five six seven"
+    out = cli("autocomplete", tiny_tflite, text, "--window-words", "3", "--seed", "2", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["prompt"] == "five six seven" and result["reason"] is None
+    assert result["suggestion"] == InterpreterRunner(tiny_tflite).autocomplete(text, 3, seed=2).suggestion
+    rejected = cli("autocomplete", tiny_tflite, "what the fuck")
+    assert rejected.returncode == 0 and rejected.stdout == "" and "no suggestion (bad_language)" in rejected.stderr
+    unfiltered = cli("autocomplete", tiny_tflite, "what the fuck", "--no-filter", "--json")
+    assert json.loads(unfiltered.stdout)["reason"] in (None, "no_suggestion")

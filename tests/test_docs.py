@@ -96,3 +96,16 @@ def test_demo_script_prints_only_our_lines_on_stderr():
     assert out.stdout.startswith("wrote ") and "\nROMEO:" in out.stdout
     assert_only_own_stderr(out.stderr)
     assert "llm-tflite: convert: loading model" in out.stderr
+
+
+@pytest.mark.slow
+def test_runner_doc_examples_run(tmp_path):
+    """docs/runner.md's examples, in order, as one script."""
+    doc = (ROOT / "docs" / "runner.md").read_text(encoding="utf-8")
+    code = "\n".join(re.findall(r"```python\n(.*?)```", doc, re.S))
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "LLM_TFLITE_NO_PROGRESS": "1"})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "bad_language" in lines and "filtered" in lines
+    assert_only_own_stderr(out.stderr)

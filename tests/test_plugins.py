@@ -123,7 +123,8 @@ def test_core_never_names_the_example_plugin():
     import pathlib
 
     core = pathlib.Path(__file__).resolve().parents[1] / "llm_tflite"
-    naming = [str(p) for p in core.rglob("*.py") if "llama" in p.read_text(encoding="utf-8").lower()]
+    naming = [str(p) for p in core.rglob("*.py")  # llama.cpp, the runtime, may be named
+              if "llama" in p.read_text(encoding="utf-8").lower().replace("llama.cpp", "")]
     assert naming == []
 
 
@@ -198,3 +199,50 @@ def test_a_raising_command_plugin_is_named(registered, capsys):
     registered(CommandRaisingPlugin(), "bad_commands")
     assert main(["plugins"]) == 1
     assert "'bad_commands'" in capsys.readouterr().err
+
+
+class SamplerPlugin:
+    @hookimpl
+    def register_samplers(self, register):
+        from llm_tflite.runtime.sampling import TokenSampler
+
+        class Lowest(TokenSampler):
+            name = "test_lowest"
+            deterministic = True
+
+            def __call__(self, logits, history):
+                return int(logits.argmin())
+
+        register(Lowest)
+
+
+def test_a_plugin_sampler_is_used_by_name(registered, tiny_tflite):
+    from llm_tflite import InterpreterRunner
+
+    registered(SamplerPlugin(), "samplers")
+    runner = InterpreterRunner(tiny_tflite)
+    result = runner.complete("ROMEO:", 6, "test_lowest")
+    logits = runner.logits(runner.encode("ROMEO:"))[-1]
+    assert result.token_ids[0] == int(logits.argmin())
+    assert "test_lowest" in registry.samplers()
+
+
+class FilterPlugin:
+    @hookimpl
+    def register_filters(self, register):
+        class Digits:
+            name = "test_digits"
+
+            def find(self, text):
+                return next((c for c in text if c.isdigit()), None)
+
+        register(Digits())
+
+
+def test_a_plugin_filter_is_used_by_name(registered, tiny_tflite):
+    from llm_tflite import InterpreterRunner
+
+    registered(FilterPlugin(), "filters")
+    assert {"profanity", "test_digits"} <= set(registry.filters())
+    result = InterpreterRunner(tiny_tflite).complete("call 555 now", 6, filter="test_digits")
+    assert result.finish_reason == "filtered" and result.filtered == "5" and result.token_ids == []

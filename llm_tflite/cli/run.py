@@ -2,30 +2,110 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from llm_tflite.cli.common import add_json, print_json
+from llm_tflite.console import logger
+
+
+def _sampler_settings(args) -> dict:
+    names = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty",
+             "num_beams", "length_penalty", "penalty_alpha")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def _filter(args):
+    if args.filter_words:
+        from llm_tflite.runtime.filters import ProfanityFilter, load_wordlist
+
+        return ProfanityFilter(load_wordlist(args.filter_words))
+    return args.filter
 
 
 def cmd_generate(args) -> int:
     from llm_tflite.runtime.runner import InterpreterRunner
 
     runner = InterpreterRunner(args.file, num_threads=args.threads)
-    sampler_args = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    kwargs = dict(seed=args.seed, stop=args.stop, context_overflow=args.context_overflow, filter=_filter(args),
+                  **_sampler_settings(args))
     if args.json:
-        text = runner.generate(args.prompt, args.max_new_tokens, args.sampler, **sampler_args)
-        print_json({"file": args.file, "prompt": args.prompt, "text": text})
-    elif args.stream:
-        pieces = runner.stream(args.prompt, args.max_new_tokens, args.sampler, **sampler_args)
+        result = runner.complete(args.prompt, args.max_new_tokens, args.sampler, **kwargs)
+        print_json({"file": args.file, "prompt": args.prompt, **dataclasses.asdict(result)})
+        return 0
+    stream = runner.stream(args.prompt, args.max_new_tokens, args.sampler, **kwargs)
+    if args.stream:
         sys.stdout.write(args.prompt)
         sys.stdout.flush()
-        for piece in pieces:
+        for piece in stream:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
     else:
-        print(args.prompt + runner.generate(args.prompt, args.max_new_tokens, args.sampler, **sampler_args))
+        print(args.prompt + "".join(stream))
+    if stream.result.finish_reason == "filtered":
+        logger.warning("stopped: the filter found %r", stream.result.filtered)
     return 0
+
+
+def cmd_autocomplete(args) -> int:
+    from llm_tflite.runtime.runner import InterpreterRunner
+
+    runner = InterpreterRunner(args.file, num_threads=args.threads)
+    result = runner.autocomplete(args.text, window_words=args.window_words, max_new_tokens=args.max_new_tokens,
+                                 sampler=args.sampler, seed=args.seed, filter=False if args.no_filter else _filter(args)
+                                 or True, context_overflow=args.context_overflow, stop=args.stop,
+                                 **_sampler_settings(args))
+    if args.json:
+        print_json(dataclasses.asdict(result))
+    elif result.suggestion is not None:
+        print(result.suggestion)
+    else:
+        print(f"no suggestion ({result.reason})", file=sys.stderr)
+    return 0
+
+
+def _add_generation_options(p, *, default_sampler, default_max_new_tokens, filter_default: str) -> None:
+    from llm_tflite.runtime import sampling
+    from llm_tflite.runtime.runner import CONTEXT_OVERFLOW
+
+    p.add_argument("--max-new-tokens", type=int, default=default_max_new_tokens,
+                   help="most tokens to generate (stops earlier at the end token or a stop string)"
+                   + ("" if default_max_new_tokens else " (default: 64, or what the context still holds)"))
+    p.add_argument("--sampler", default=default_sampler, choices=sampler_names(),
+                   help="how tokens are chosen" + ("" if default_sampler else
+                                                    " (default: greedy, or a generate-mode file's own)"))
+    p.add_argument("--seed", type=int, help="seed of random sampling; the same seed gives the same text")
+    p.add_argument("--temperature", type=float, help=f"divides the logits before sampling (default: {sampling.TEMPERATURE})")
+    p.add_argument("--top-k", type=int, help=f"keep the k most likely tokens (default: {sampling.TOP_K} for top_k; "
+                   f"{sampling.CONTRASTIVE_K} candidates for contrastive)")
+    p.add_argument("--top-p", type=float, help=f"keep the most likely tokens whose probability reaches p "
+                   f"(default: {sampling.TOP_P} for top_p)")
+    p.add_argument("--min-p", type=float, help="keep tokens at least this fraction as likely as the best")
+    p.add_argument("--repetition-penalty", type=float, help="HF's repetition penalty (default: 1.0, off)")
+    p.add_argument("--frequency-penalty", type=float, help="OpenAI's frequency penalty (default: 0, off)")
+    p.add_argument("--presence-penalty", type=float, help="OpenAI's presence penalty (default: 0, off)")
+    p.add_argument("--num-beams", type=int, help=f"beam: beams kept (default: {sampling.NUM_BEAMS})")
+    p.add_argument("--length-penalty", type=float,
+                   help=f"beam: divide scores by length**penalty (default: {sampling.LENGTH_PENALTY}, KerasHub's)")
+    p.add_argument("--penalty-alpha", type=float, help=f"contrastive: weight of the degeneration penalty "
+                   f"(default: {sampling.PENALTY_ALPHA})")
+    p.add_argument("--stop", action="append", help="stop before this text (repeatable); it is not printed")
+    p.add_argument("--context-overflow", choices=CONTEXT_OVERFLOW, default=None if filter_default == "off" else
+                   "truncate", help="when prompt + new tokens exceed the context: error, or truncate (keep the most "
+                   "recent tokens)" + (" (default: error)" if filter_default == "off" else ""))
+    p.add_argument("--filter", action="store_const", const=True, default=None,
+                   help=f"reject prompts and output with a listed word (default: {filter_default})")
+    p.add_argument("--filter-words", help="a word list file (one per line, # comments) for the filter, "
+                   "instead of the built-in list")
+    p.add_argument("--threads", type=int, help="interpreter threads (default: the runtime's)")
+
+
+def sampler_names() -> list[str]:
+    from llm_tflite.plugins.registry import samplers
+    from llm_tflite.runtime import sampling
+
+    return list(sampling.SAMPLERS + sampling.SEARCHES) + sorted(samplers())
 
 
 def cmd_bench(args) -> int:
@@ -47,23 +127,23 @@ def cmd_bench(args) -> int:
 
 
 def add_commands(cli) -> None:
-    from llm_tflite.runtime import sampling
-
     p = cli.add_parser("generate", help="continue a prompt with a .tflite file")
     p.add_argument("file", help="the .tflite file (llm-tflite convert writes one)")
     p.add_argument("prompt", help="the text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="most tokens to generate (stops earlier at the end token)")
-    p.add_argument("--sampler", default="greedy", choices=sampling.SAMPLERS, help="how the next token is chosen")
-    p.add_argument("--temperature", type=float, default=sampling.TEMPERATURE,
-                   help="divides the logits before sampling (not used by greedy)")
-    p.add_argument("--top-k", type=int, default=sampling.TOP_K, help="top_k: sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=sampling.TOP_P,
-                   help="top_p: sample among the most likely tokens whose probability reaches p")
-    p.add_argument("--seed", type=int, help="seed of a random sampler; the same seed gives the same text")
-    p.add_argument("--threads", type=int, help="interpreter threads (default: the runtime's)")
+    _add_generation_options(p, default_sampler=None, default_max_new_tokens=None, filter_default="off")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     add_json(p)
-    p.set_defaults(func=cmd_generate)
+    p.set_defaults(func=cmd_generate, context_overflow="error")
+
+    p = cli.add_parser("autocomplete", help="a suggestion to continue TEXT, as the autocomplete app makes it "
+                       "(last N words, profanity filter, retries)")
+    p.add_argument("file", help="the .tflite file (llm-tflite convert writes one)")
+    p.add_argument("text", help="what the user has typed")
+    p.add_argument("--window-words", type=int, default=20, help="words of TEXT the model sees (the app's slider: 5-50)")
+    _add_generation_options(p, default_sampler="top_k", default_max_new_tokens=32, filter_default="on")
+    p.add_argument("--no-filter", action="store_true", help="turn the profanity filter off")
+    add_json(p)
+    p.set_defaults(func=cmd_autocomplete)
 
     p = cli.add_parser("bench", help="prefill/decode speed of a prefill_decode file, optionally against Keras")
     p.add_argument("file", help="a prefill_decode .tflite file")
