@@ -44,14 +44,22 @@ def keras_greedy_ids(lm, prompt_ids, max_new_tokens, eos_id) -> list[int]:
     """``lm.generate`` with ``GreedySampler`` on token ids; the new ids up to the end token."""
     import keras_hub
 
+    return keras_generate_ids(lm, keras_hub.samplers.GreedySampler(), prompt_ids, max_new_tokens, eos_id)
+
+
+def keras_generate_ids(lm, sampler, prompt_ids, max_new_tokens, eos_id, stop_token_ids=None) -> list[int]:
+    """``lm.generate`` with a KerasHub ``sampler`` on token ids; the new ids up to the end token.
+
+    ``stop_token_ids`` as KerasHub takes them (``None``: run all ``max_new_tokens`` steps).
+    """
     total = len(prompt_ids) + max_new_tokens
     token_ids = np.zeros((1, total), np.int32)
     token_ids[0, : len(prompt_ids)] = prompt_ids
     padding_mask = np.zeros((1, total), bool)
     padding_mask[0, : len(prompt_ids)] = True
     with without_preprocessor(lm):
-        lm.compile(sampler=keras_hub.samplers.GreedySampler())
-        out = lm.generate({"token_ids": token_ids, "padding_mask": padding_mask}, stop_token_ids=None)
+        lm.compile(sampler=sampler)
+        out = lm.generate({"token_ids": token_ids, "padding_mask": padding_mask}, stop_token_ids=stop_token_ids)
     new = [int(t) for t in np.asarray(out["token_ids"])[0, len(prompt_ids):]]
     return new[: new.index(eos_id)] if eos_id in new else new
 

@@ -8,11 +8,15 @@ PYTHON="${PYTHON:-python3}"
 "$PYTHON" -c 'import sys; assert (3, 10) <= sys.version_info[:2] <= (3, 12), "llm-tflite needs Python 3.10-3.12 (TensorFlow 2.19)"'
 "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test,quantizer,report]"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test,quantizer,report,serve]"
 for plugin in plugins/*/; do
   if [ -f "$plugin/pyproject.toml" ]; then
     .venv/bin/python -m pip install --quiet -c constraints.txt "$plugin"
   fi
 done
 .venv/bin/llm-tflite plugins
+if ! command -v chromium >/dev/null; then
+  echo "note: the browser tests need Debian's Chromium (Playwright drives it; it cannot download its own here):"
+  echo "      apt-get install chromium   (.ci/run installs it)"
+fi
 echo "ready: .venv/bin/llm-tflite"

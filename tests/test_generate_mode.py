@@ -84,3 +84,18 @@ def test_seeded_top_k_is_reproducible(tiny_gpt2_dir, tmp_path):
     Converter(mode="generate", max_length=30, sampler="top_k", seed=3).convert(str(tiny_gpt2_dir), str(path))
     runner = InterpreterRunner(path)
     assert runner.generate("KING:") == runner.generate("KING:")
+
+
+def test_sampler_settings_are_fixed_at_export(tiny_gpt2_dir, tiny_generate_file, tmp_path):
+    """--sampler top_k --top-k 1 samples the most likely token only: the greedy file's text."""
+    path = tmp_path / "top_k_1.tflite"
+    Converter(mode="generate", max_length=40, sampler="top_k", top_k=1, temperature=0.7, seed=3).convert(
+        str(tiny_gpt2_dir), str(path))
+    meta = read_metadata(path)
+    assert meta["default_sampler"] == "top_k" and meta["sampler_settings"]["top_k"] == 1
+    assert meta["sampler_settings"]["temperature"] == 0.7 and meta["seed"] == 3
+    runner = InterpreterRunner(path)
+    assert runner.generate("KING:") == InterpreterRunner(tiny_generate_file).generate("KING:")
+    assert runner.generate("KING:", seed=3) == runner.generate("KING:")  # its own seed is accepted
+    with pytest.raises(ValueError, match="top_k must be an integer >= 1"):
+        Converter(mode="generate", sampler="top_k", top_k=0)

@@ -124,18 +124,9 @@ def test_filter_option_rejects_prompts_and_stops_streams(runner):
 
 # -- KerasHub parity ------------------------------------------------------------------
 def _keras_ids(lm, sampler, prompt_ids, new_tokens, eos):
-    from llm_tflite.families.base import without_preprocessor
+    from llm_tflite.testing import keras_generate_ids
 
-    total = len(prompt_ids) + new_tokens
-    ids = np.zeros((1, total), np.int32)
-    ids[0, : len(prompt_ids)] = prompt_ids
-    mask = np.zeros((1, total), bool)
-    mask[0, : len(prompt_ids)] = True
-    with without_preprocessor(lm):
-        lm.compile(sampler=sampler)
-        out = lm.generate({"token_ids": ids, "padding_mask": mask}, stop_token_ids=[eos])
-    new = [int(t) for t in np.asarray(out["token_ids"])[0, len(prompt_ids):]]
-    return new[: new.index(eos)] if eos in new else new
+    return keras_generate_ids(lm, sampler, prompt_ids, new_tokens, eos, stop_token_ids=[eos])
 
 
 @pytest.mark.slow
@@ -259,10 +250,10 @@ def test_autocomplete_rejects_bad_language_without_a_model_call(runner, cursing_
 
 
 def test_autocomplete_answers_from_the_window_of_a_long_text(runner):
-    text = " ".join(f"filler{i}" for i in range(195)) + " O Romeo, wherefore art"
-    assert len(text.split()) == 199
+    text = " ".join(f"filler{i}" for i in range(196)) + " O Romeo, wherefore art"
+    assert len(text.split()) == 200
     result = runner.autocomplete(text, window_words=5, seed=1)
-    assert result.prompt == "filler194 O Romeo, wherefore art"
+    assert result.prompt == "filler195 O Romeo, wherefore art"
     assert result.suggestion == runner.generate(result.prompt, 32, "top_k", seed=1)
     assert result.words == result.suggestion.split() and result.reason is None
 

@@ -15,7 +15,7 @@ import sys
 
 from llm_tflite.errors import LLMTFLiteError
 
-GROUPS = ("convert", "run", "training", "evaluation", "plugins")
+GROUPS = ("convert", "run", "serve", "training", "evaluation", "plugins")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

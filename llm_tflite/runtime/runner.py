@@ -93,6 +93,10 @@ class TextStream:
     def result(self) -> GenerationResult | None:
         return self._holder[0] if self._holder else None
 
+    def close(self) -> None:
+        """Stop generating (a client left); ``result`` stays ``None`` unless it had finished."""
+        self._pieces.close()
+
 
 class InterpreterRunner:
     """Generate text from an llm-tflite ``.tflite`` file; needs nothing but the file.

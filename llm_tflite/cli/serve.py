@@ -1,0 +1,58 @@
+"""``llm-tflite serve``: the autocomplete app and an OpenAI-style API on a local server."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from llm_tflite.console import logger
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_serve(args) -> int:
+    from llm_tflite.errors import UnsupportedRuntimeError
+
+    try:
+        import uvicorn
+    except ImportError as e:
+        raise UnsupportedRuntimeError("llm-tflite serve needs Starlette and uvicorn: pip install 'llm-tflite[serve]'") from e
+    from llm_tflite.errors import InvalidArgumentError
+    from llm_tflite.serve.app import Limits, create_app
+
+    for name in ("workers", "max_body_bytes", "max_prompt_chars", "max_tokens"):
+        if getattr(args, name) < 1:
+            raise InvalidArgumentError(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 < args.queue_timeout <= 3600 or not 0 < args.port < 65536:
+        raise InvalidArgumentError("--queue-timeout must be in (0, 3600] seconds and --port in 1..65535")
+
+    limits = Limits(max_body_bytes=args.max_body_bytes, max_prompt_chars=args.max_prompt_chars,
+                    max_tokens=args.max_tokens, wait_seconds=args.queue_timeout)
+    app = create_app(args.file, workers=args.workers, limits=limits)
+    if not _loopback(args.host):
+        logger.warning("serving on %s: other machines can reach this server; it has no authentication", args.host)
+    logger.info("serving %s with %d worker(s) on http://%s:%d/ (Ctrl+C stops)", args.file, args.workers, args.host,
+                args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.verbosity <= 0 else "info")
+    return 0
+
+
+def add_commands(cli) -> None:
+    p = cli.add_parser("serve", help="serve the autocomplete app and an OpenAI-style completions API for a file")
+    p.add_argument("file", help="the .tflite file to serve")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (other than loopback: reachable by "
+                   "other machines)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
+    p.add_argument("--workers", type=int, default=1, help="runners, so requests served at once")
+    p.add_argument("--queue-timeout", type=float, default=30.0,
+                   help="seconds a request waits for a free runner before 503")
+    p.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="largest request body")
+    p.add_argument("--max-prompt-chars", type=int, default=8000, help="longest prompt or text")
+    p.add_argument("--max-tokens", type=int, default=256, help="most new tokens a request may ask for")
+    p.set_defaults(func=cmd_serve)

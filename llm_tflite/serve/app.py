@@ -1,0 +1,326 @@
+"""The HTTP API and the app screen, on Starlette.
+
+Routes:
+    ``GET /``                  the autocomplete app's screen (``static/index.html``)
+    ``POST /v1/autocomplete``  ``{text, window_words, max_new_tokens, sampler, seed, ...}`` ->
+                               ``{suggestion, words, finish_reason}``, or an error of type
+                               ``bad_language`` / ``no_suggestion`` / ``context`` (HTTP 422);
+                               ``"stream": true`` sends server-sent events as words come
+    ``POST /v1/completions``   OpenAI's completions API (``prompt``, ``max_tokens``,
+                               ``temperature``, ``top_p``, ``stop``, ``seed``, ``stream``)
+    ``GET /health``            ``{"status": "ok", "workers", "busy"}``
+    ``GET /v1/models``         the file, OpenAI-style, with its metadata
+
+Every request runs on a runner borrowed from a ``RunnerPool``; one that cannot get a runner
+in time gets 503. Errors are JSON ``{"error": {"type", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+import uuid
+
+from llm_tflite.errors import ContextLengthError, LLMTFLiteError
+from llm_tflite.serve.pool import Overloaded, RunnerPool
+
+STATIC = os.path.join(os.path.dirname(__file__), "static")
+
+
+@dataclasses.dataclass
+class Limits:
+    """What one request may ask for (``llm-tflite serve`` options)."""
+
+    max_body_bytes: int = 64 * 1024
+    max_prompt_chars: int = 8_000
+    max_tokens: int = 256
+    wait_seconds: float = 30.0
+    max_waiting: int | None = None  # default: 4 per worker
+
+
+class RequestError(Exception):
+    """A request the server refuses: HTTP ``status`` with a typed JSON error."""
+
+    def __init__(self, status: int, kind: str, message: str):
+        super().__init__(message)
+        self.status, self.kind, self.message = status, kind, message
+
+
+def _error(status: int, kind: str, message: str):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
+
+
+async def _json_body(request, limits: Limits) -> dict:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
+        raise RequestError(413, "too_large", f"the body is over {limits.max_body_bytes} bytes")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limits.max_body_bytes:
+            raise RequestError(413, "too_large", f"the body is over {limits.max_body_bytes} bytes")
+    try:
+        value = json.loads(body or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(400, "invalid_json", f"the body is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise RequestError(400, "invalid_request", "the body must be a JSON object")
+    return value
+
+
+def _field(body: dict, name: str, kind, default=None, *, low=None, high=None):
+    value = body.get(name, default)
+    if value is None:
+        return default
+    numeric = kind in (int, float)
+    ok = isinstance(value, kind) and not isinstance(value, bool) if kind is not float else (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+    if not ok or (numeric and ((low is not None and value < low) or (high is not None and value > high))):
+        bounds = f" from {low} to {high}" if numeric and low is not None and high is not None else ""
+        raise RequestError(400, "invalid_request", f"{name!r} must be a {kind.__name__}{bounds}, got {value!r}")
+    return value
+
+
+def _prompt(body: dict, name: str, limits: Limits) -> str:
+    value = body.get(name)
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+        value = value[0]  # OpenAI clients may send a one-prompt list
+    if not isinstance(value, str):
+        raise RequestError(400, "invalid_request", f"{name!r} must be a string")
+    if len(value) > limits.max_prompt_chars:
+        raise RequestError(413, "too_large", f"{name!r} is over {limits.max_prompt_chars} characters")
+    return value
+
+
+def _sse(data) -> bytes:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+
+
+def create_app(path, *, workers: int = 1, limits: Limits | None = None, runner_factory=None):
+    """The Starlette app serving ``path`` with ``workers`` runners.
+
+    Example:
+        >>> app = create_app("build/model.tflite", workers=2)  # doctest: +SKIP
+        >>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
+    """
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import FileResponse, JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    from llm_tflite.runtime.runner import InterpreterRunner
+
+    limits = limits or Limits()
+    make = runner_factory or (lambda: InterpreterRunner(path))
+    pool = RunnerPool(make, workers, limits.wait_seconds, limits.max_waiting or 4 * workers)
+    first = pool.runners[0]
+    model_id = os.path.splitext(os.path.basename(os.fspath(path)))[0]
+    created = int(time.time())
+
+    async def next_piece(stream):
+        """The stream's next piece, computed in a thread; a client that leaves meanwhile is noticed
+        after this token (shielded), so the stream is never closed while a thread runs it."""
+        import anyio
+
+        with anyio.CancelScope(shield=True):
+            return await run_in_threadpool(next, stream, None)
+
+    async def borrow():
+        try:
+            return await run_in_threadpool(pool.take)
+        except Overloaded as e:
+            raise RequestError(503, "overloaded", f"the server is busy ({e}); retry later") from None
+
+    async def run(fn, *args, **kwargs):
+        runner = await borrow()
+        try:
+            return await run_in_threadpool(fn, runner, *args, **kwargs)
+        finally:
+            pool.give_back(runner)
+
+    async def pieces(request, stream):
+        """The stream's pieces until it ends or the client leaves (then the stream is closed)."""
+        try:
+            while not await request.is_disconnected():
+                piece = await next_piece(stream)
+                if piece is None:
+                    return
+                yield piece
+        finally:
+            stream.close()
+
+    def streaming(make_stream, render, finish):
+        """Server-sent events from a runner's ``TextStream``; a client that leaves stops the generation."""
+
+        async def events(request):
+            runner = await borrow()
+            try:
+                stream = await run_in_threadpool(make_stream, runner)
+                async for piece in pieces(request, stream):
+                    yield _sse(render(piece))
+                if stream.result is not None:  # None: the client left
+                    for event in finish(stream.result):
+                        yield _sse(event)
+            except LLMTFLiteError as e:
+                yield _sse({"error": {"type": type(e).__name__, "message": str(e)}})
+            finally:
+                pool.give_back(runner)
+
+        return events
+
+    def handle(endpoint):
+        async def wrapped(request):
+            try:
+                return await endpoint(request)
+            except RequestError as e:
+                return _error(e.status, e.kind, e.message)
+            except ContextLengthError as e:
+                return _error(400, "context", str(e))
+            except LLMTFLiteError as e:
+                return _error(400, type(e).__name__, str(e))
+
+        return wrapped
+
+    # -- routes ---------------------------------------------------------------------
+    async def index(request):
+        return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html")
+
+    async def health(request):
+        return JSONResponse({"status": "ok", "workers": len(pool.runners), "busy": pool.busy})
+
+    async def models(request):
+        meta = {k: v for k, v in first.metadata.items() if k not in ("tokenizer", "sha256")}
+        return JSONResponse({"object": "list", "data": [
+            {"id": model_id, "object": "model", "created": created, "owned_by": "llm-tflite", "metadata": meta}]})
+
+    def _generation_args(body: dict) -> dict:
+        args = {
+            "max_new_tokens": _field(body, "max_new_tokens", int, None, low=1, high=limits.max_tokens),
+            "sampler": _field(body, "sampler", str, "top_k"),
+            "seed": _field(body, "seed", int, None, low=0, high=2**63 - 1),
+        }
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
+            args[name] = _field(body, name, float, None)
+        args["top_k"] = _field(body, "top_k", int, None, low=1, high=100_000)
+        return args
+
+    async def autocomplete(request):
+        body = await _json_body(request, limits)
+        text = _prompt(body, "text", limits)
+        window = _field(body, "window_words", int, 20, low=1, high=1000)
+        args = _generation_args(body)
+        if args["max_new_tokens"] is None:
+            args["max_new_tokens"] = min(32, limits.max_tokens)
+        if body.get("stream"):
+            return await _autocomplete_stream(request, text, window, args)
+        result = await run(lambda runner: runner.autocomplete(text, window, **args))
+        if result.reason:
+            return _error(422, result.reason, _REASONS[result.reason])
+        return JSONResponse({"suggestion": result.suggestion, "words": result.words,
+                             "finish_reason": result.finish_reason, "prompt": result.prompt})
+
+    async def _autocomplete_stream(request, text, window, args):
+        from llm_tflite.runtime.autocomplete import window_text
+        from llm_tflite.runtime.runner import FILTER_TRIES
+
+        prompt = window_text(text, window)
+        seed = args.pop("seed")
+        max_new_tokens = args.pop("max_new_tokens")
+        sampler = args.pop("sampler")
+        settings = {k: v for k, v in args.items() if v is not None}
+
+        async def events():
+            from llm_tflite.runtime.filters import default_filter
+
+            if default_filter().find(prompt):
+                yield _sse({"error": {"type": "bad_language", "message": _REASONS["bad_language"]}})
+                return
+            runner = await borrow()
+            try:
+                for attempt in range(FILTER_TRIES):
+                    attempt_seed = None if seed is None else seed + attempt
+                    stream = await run_in_threadpool(
+                        lambda: runner.stream(prompt, max_new_tokens, sampler, seed=attempt_seed, filter=True,
+                                              context_overflow="truncate", **settings))
+                    shown = ""
+                    async for piece in pieces(request, stream):
+                        shown += piece
+                        yield _sse({"text": piece})
+                    result = stream.result
+                    if result is None:  # the client left
+                        return
+                    if result.finish_reason != "filtered" and shown.strip():
+                        yield _sse({"suggestion": shown, "words": shown.split(), "finish_reason": result.finish_reason,
+                                    "prompt": result.prompt})
+                        return
+                    if result.finish_reason != "filtered":
+                        break
+                    yield _sse({"retry": attempt + 1})
+                yield _sse({"error": {"type": "no_suggestion", "message": _REASONS["no_suggestion"]}})
+            except LLMTFLiteError as e:
+                yield _sse({"error": {"type": type(e).__name__, "message": str(e)}})
+            finally:
+                pool.give_back(runner)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def completions(request):
+        body = await _json_body(request, limits)
+        prompt = _prompt(body, "prompt", limits)
+        if _field(body, "n", int, 1) != 1:
+            raise RequestError(400, "invalid_request", "only n=1 is supported")
+        max_tokens = _field(body, "max_tokens", int, 16, low=1, high=limits.max_tokens)
+        temperature = _field(body, "temperature", float, 1.0, low=0.0, high=2.0)
+        top_p = _field(body, "top_p", float, 1.0, low=0.0, high=1.0)
+        seed = _field(body, "seed", int, None, low=0, high=2**63 - 1)
+        stop = body.get("stop")
+        if stop is not None and not (isinstance(stop, str) or (isinstance(stop, list) and len(stop) <= 4
+                                                                and all(isinstance(s, str) for s in stop))):
+            raise RequestError(400, "invalid_request", "'stop' must be a string or a list of up to 4 strings")
+        kwargs = dict(seed=seed, stop=stop, context_overflow="error")
+        if temperature == 0:
+            sampler = "greedy"
+        else:
+            sampler = "random"
+            kwargs.update(temperature=temperature, top_p=top_p if top_p < 1 else None)
+        completion_id = f"cmpl-{uuid.uuid4().hex[:24]}"
+
+        def chunk(text, finish_reason=None):
+            return {"id": completion_id, "object": "text_completion", "created": int(time.time()), "model": model_id,
+                    "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}]}
+
+        if body.get("stream"):
+            events = streaming(lambda runner: runner.stream(prompt, max_tokens, sampler, **kwargs),
+                               lambda piece: chunk(piece),
+                               lambda result: [chunk("", _OPENAI_FINISH[result.finish_reason]), "[DONE]"])
+            return StreamingResponse(events(request), media_type="text/event-stream")
+        result = await run(lambda runner: runner.complete(prompt, max_tokens, sampler, **kwargs))
+        response = chunk(result.text, _OPENAI_FINISH[result.finish_reason])
+        response["usage"] = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                             "total_tokens": result.prompt_tokens + result.completion_tokens}
+        return JSONResponse(response)
+
+    routes = [
+        Route("/", handle(index)),
+        Route("/health", handle(health)),
+        Route("/v1/models", handle(models)),
+        Route("/v1/autocomplete", handle(autocomplete), methods=["POST"]),
+        Route("/v1/completions", handle(completions), methods=["POST"]),
+    ]
+    app = Starlette(routes=routes)
+    app.state.pool = pool
+    return app
+
+
+_REASONS = {
+    "bad_language": "the text holds a word the filter rejects; no suggestion was generated",
+    "no_suggestion": "no suggestion: every try was filtered, or nothing new came",
+    "context": "the text does not fit the model's context",
+}
+#: Our finish reasons in OpenAI's words.
+_OPENAI_FINISH = {"stop": "stop", "length": "length", "context": "length", "filtered": "content_filter"}

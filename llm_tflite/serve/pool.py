@@ -1,0 +1,62 @@
+"""A pool of runners: one interpreter per worker, a bounded wait, never an unbounded queue."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+
+
+class Overloaded(Exception):
+    """Every runner is busy and the request waited its limit (or too many are waiting)."""
+
+
+class RunnerPool:
+    """``workers`` runners of one file; ``acquire`` lends one for a request.
+
+    Args:
+        make_runner: builds one runner (``InterpreterRunner(path)``).
+        workers: runners, so requests served at once.
+        wait_seconds: longest a request waits for a free runner before ``Overloaded``.
+        max_waiting: requests allowed to wait at once; one more is refused at once.
+    """
+
+    def __init__(self, make_runner, workers: int, wait_seconds: float, max_waiting: int):
+        self.runners = [make_runner() for _ in range(workers)]
+        self._free: queue.Queue = queue.Queue()
+        for runner in self.runners:
+            self._free.put(runner)
+        self.wait_seconds = wait_seconds
+        self.max_waiting = max_waiting
+        self._waiting = 0
+        self._lock = threading.Lock()
+
+    @property
+    def busy(self) -> int:
+        return len(self.runners) - self._free.qsize()
+
+    def take(self):
+        """A free runner (blocks up to ``wait_seconds``); give it back with ``give_back``."""
+        with self._lock:
+            if self._free.empty() and self._waiting >= self.max_waiting:
+                raise Overloaded(f"{self._waiting} requests are already waiting")
+            self._waiting += 1
+        try:
+            runner = self._free.get(timeout=self.wait_seconds)
+        except queue.Empty:
+            raise Overloaded(f"no runner was free within {self.wait_seconds:g} s") from None
+        finally:
+            with self._lock:
+                self._waiting -= 1
+        return runner
+
+    def give_back(self, runner) -> None:
+        self._free.put(runner)
+
+    @contextlib.contextmanager
+    def acquire(self):
+        runner = self.take()
+        try:
+            yield runner
+        finally:
+            self.give_back(runner)

@@ -1,0 +1,212 @@
+"""llm-tflite serve: the HTTP API (plain HTTP, as any client would), limits, concurrency."""
+
+import http.client
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from llm_tflite import InterpreterRunner
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A uvicorn server in a thread, on a free loopback port."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline, "the server did not start"
+            time.sleep(0.05)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+def post(url, body, timeout=120):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def events(text: str) -> list:
+    return [line[len("data: "):] for line in text.split("\n\n") if line.startswith("data: ")]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_tflite):
+    from llm_tflite.serve.app import Limits, create_app
+
+    served = Server(create_app(tiny_tflite, workers=2, limits=Limits(max_body_bytes=4096, max_prompt_chars=500,
+                                                                        max_tokens=64, wait_seconds=5)))
+    yield served
+    served.stop()
+
+
+def test_health_and_models(server, tiny_tflite):
+    with urllib.request.urlopen(server.url + "/health") as r:
+        assert json.load(r) == {"status": "ok", "workers": 2, "busy": 0}
+    with urllib.request.urlopen(server.url + "/v1/models") as r:
+        model = json.load(r)["data"][0]
+    assert model["id"] == "tiny" and model["metadata"]["export_mode"] == "prefill_decode"
+    assert "tokenizer" not in model["metadata"]
+    with urllib.request.urlopen(server.url + "/") as r:
+        page = r.read().decode()
+    assert "Generate" in page and "<script" in page and "http" not in page.split("<script")[1].split("fetch(")[0]
+
+
+def test_completions_equal_the_runner_for_the_same_seed(server, tiny_tflite):
+    runner = InterpreterRunner(tiny_tflite)
+    body = {"model": "tiny", "prompt": "ROMEO:", "max_tokens": 12, "temperature": 0.8, "top_p": 0.9, "seed": 7,
+            "stop": ["\n\n"]}
+    status, text = post(server.url + "/v1/completions", body)
+    assert status == 200, text
+    reply = json.loads(text)
+    expected = runner.complete("ROMEO:", 12, "random", seed=7, temperature=0.8, top_p=0.9, stop=["\n\n"])
+    choice = reply["choices"][0]
+    assert reply["object"] == "text_completion" and choice["text"] == expected.text
+    assert choice["finish_reason"] == {"context": "length"}.get(expected.finish_reason, expected.finish_reason)
+    assert reply["usage"] == {"prompt_tokens": expected.prompt_tokens, "completion_tokens": expected.completion_tokens,
+                              "total_tokens": expected.prompt_tokens + expected.completion_tokens}
+    status, streamed = post(server.url + "/v1/completions", {**body, "stream": True})
+    chunks = events(streamed)
+    assert chunks[-1] == "[DONE]"
+    parts = [json.loads(c)["choices"][0] for c in chunks[:-1]]
+    assert "".join(p["text"] for p in parts) == expected.text and parts[-1]["finish_reason"] == choice["finish_reason"]
+    greedy = json.loads(post(server.url + "/v1/completions", {"prompt": "KING:", "max_tokens": 9, "temperature": 0})[1])
+    assert greedy["choices"][0]["text"] == runner.generate("KING:", 9)
+
+
+def test_autocomplete_api(server, tiny_tflite):
+    runner = InterpreterRunner(tiny_tflite)
+    text = "one two three four five six"
+    status, reply = post(server.url + "/v1/autocomplete", {"text": text, "window_words": 3, "seed": 3,
+                                                           "max_new_tokens": 10})
+    assert status == 200, reply
+    expected = runner.autocomplete(text, 3, max_new_tokens=10, seed=3)
+    assert json.loads(reply) == {"suggestion": expected.suggestion, "words": expected.words,
+                                 "finish_reason": expected.finish_reason, "prompt": "four five six"}
+    status, reply = post(server.url + "/v1/autocomplete", {"text": "shut up, bastard"})
+    assert status == 422 and json.loads(reply)["error"]["type"] == "bad_language"
+    status, streamed = post(server.url + "/v1/autocomplete", {"text": text, "window_words": 3, "seed": 3,
+                                                              "max_new_tokens": 10, "stream": True})
+    final = json.loads(events(streamed)[-1])
+    assert final["suggestion"] == expected.suggestion and final["prompt"] == "four five six"
+    pieces = [json.loads(e)["text"] for e in events(streamed)[:-1]]
+    assert "".join(pieces) == expected.suggestion
+    status, streamed = post(server.url + "/v1/autocomplete", {"text": "shut up, bastard", "stream": True})
+    assert json.loads(events(streamed)[-1])["error"]["type"] == "bad_language"
+
+
+@pytest.mark.parametrize("body, status, kind", [
+    (b"{not json", 400, "invalid_json"),
+    (b"[1, 2]", 400, "invalid_request"),
+    ({"prompt": 5}, 400, "invalid_request"),
+    ({"prompt": "x" * 600}, 413, "too_large"),
+    ({"prompt": "hi", "max_tokens": 65}, 400, "invalid_request"),
+    ({"prompt": "hi", "max_tokens": 0}, 400, "invalid_request"),
+    ({"prompt": "hi", "temperature": "hot"}, 400, "invalid_request"),
+    ({"prompt": "hi", "stop": [1]}, 400, "invalid_request"),
+    ({"prompt": "hi", "n": 2}, 400, "invalid_request"),
+    (json.dumps({"prompt": "a" * 5000}).encode(), 413, "too_large"),
+    ({"prompt": "word " * 90, "max_tokens": 64}, 400, "context"),
+])
+def test_bad_requests_get_typed_errors(server, body, status, kind):
+    got, text = post(server.url + "/v1/completions", body)
+    assert got == status and json.loads(text)["error"]["type"] == kind
+
+
+def _slow_factory(path, delay, calls):
+    def make():
+        runner = InterpreterRunner(path)
+        call = runner._engine.call
+
+        def slow(name, inputs):
+            calls.append(name)
+            time.sleep(delay)
+            return call(name, inputs)
+
+        runner._engine.call = slow
+        return runner
+
+    return make
+
+
+def test_busy_server_answers_503_instead_of_queueing_forever(tiny_tflite):
+    from llm_tflite.serve.app import Limits, create_app
+
+    calls = []
+    app = create_app(tiny_tflite, workers=1, runner_factory=_slow_factory(tiny_tflite, 0.05, calls),
+                     limits=Limits(wait_seconds=0.3, max_waiting=1))
+    served = Server(app)
+    try:
+        results = []
+
+        def request():
+            results.append(post(served.url + "/v1/completions", {"prompt": "ROMEO:", "max_tokens": 40,
+                                                                 "temperature": 0})[0])
+
+        threads = [threading.Thread(target=request) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert results.count(200) >= 1 and results.count(503) >= 2 and set(results) <= {200, 503}
+    finally:
+        served.stop()
+
+
+def test_a_client_that_leaves_stops_its_generation(tiny_tflite):
+    from llm_tflite.serve.app import create_app
+
+    calls = []
+    app = create_app(tiny_tflite, workers=1, runner_factory=_slow_factory(tiny_tflite, 0.05, calls))
+    served = Server(app)
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+        connection.request("POST", "/v1/completions", json.dumps({"prompt": "ROMEO:", "max_tokens": 100,
+                                                                  "temperature": 0, "stream": True}),
+                           {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert response.status == 200 and response.read1(64)
+        connection.close()  # leave after the first piece
+        time.sleep(2.0)
+        after_leaving = len(calls)
+        assert after_leaving < 60, "the generation went on after the client left"
+        time.sleep(1.0)
+        assert len(calls) == after_leaving and app.state.pool.busy == 0
+    finally:
+        served.stop()
+
+
+def test_serve_command_refuses_bad_options_and_warns_when_not_on_loopback(tiny_tflite):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "llm_tflite", "serve", str(tiny_tflite), "--workers", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "--workers must be at least 1" in out.stderr
+    from llm_tflite.cli.serve import _loopback
+
+    assert _loopback("127.0.0.1") and _loopback("localhost") and _loopback("::1") and not _loopback("0.0.0.0")
