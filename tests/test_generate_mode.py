@@ -4,7 +4,6 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 from llm_tflite import Converter, InterpreterRunner, read_metadata

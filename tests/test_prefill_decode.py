@@ -5,7 +5,6 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
 
 from llm_tflite.testing import run_greedy_test, run_parity_test, run_prefill_decode_file_test
 from llm_tflite import InterpreterRunner, read_metadata

@@ -1,7 +1,6 @@
 """The runner as the autocomplete app needs it (issue 11): every option of docs/runner.md,
 KerasHub's beam and contrastive search, stop strings, the profanity filter, autocomplete."""
 
-import re
 
 import numpy as np
 import pytest

@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from llm_tflite.errors import ModelFileError
-from llm_tflite.litert.flatbuffer import TFLITE_IDENTIFIER, _check_flatbuffer, _schema, pack_model, read_model_file, unpack_model
+from llm_tflite.litert.flatbuffer import _check_flatbuffer, _schema, pack_model, read_model_file, unpack_model
 
 METADATA_NAME = "llm_tflite"
 #: Written by this version; 1 (no checksum) is still read.
