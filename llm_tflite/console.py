@@ -72,12 +72,28 @@ def quiet_native():
                 os.close(saved)
 
 
-def import_tensorflow():
-    """TensorFlow, imported with its start-up chatter silenced and its Python loggers at ERROR."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with quiet_native():
-        import tensorflow as tf
+#: What to install for conversion, training and generate-mode files (the runtime alone needs none of it).
+CONVERT_EXTRA = "pip install 'llm-tflite[convert]'"
 
+
+def import_tensorflow():
+    """TensorFlow, imported with its start-up chatter silenced and its Python loggers at ERROR.
+
+    Raises ``UnsupportedRuntimeError`` naming the extra to install when TensorFlow is missing
+    (``pip install llm-tflite`` installs only what running ``prefill_decode`` files needs).
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        with quiet_native():
+            import tensorflow as tf
+    except ImportError as e:
+        from llm_tflite.errors import UnsupportedRuntimeError
+
+        raise UnsupportedRuntimeError(
+            f"this needs TensorFlow, which this installation lacks ({e}): {CONVERT_EXTRA} adds TensorFlow 2.19, "
+            "tensorflow-text, Keras and KerasHub (running prefill_decode files needs none of them)"
+        ) from e
+    with quiet_native():
         tf.config.list_physical_devices()  # device discovery logs its CUDA failures once, here
     if not verbose():
         tf.get_logger().setLevel(logging.ERROR)
@@ -108,8 +124,12 @@ def import_keras():
             "(or before the first `import keras`), then retry."
         )
     import_tensorflow()
-    with quiet_native():
-        import keras
+    try:
+        with quiet_native():
+            import keras
+            import keras_hub  # noqa: F401  (every family loads through it)
+    except ImportError as e:
+        raise UnsupportedRuntimeError(f"this needs Keras and KerasHub ({e}): {CONVERT_EXTRA}") from e
     if not verbose():
         # Keras warns that task models "have no build()": harmless, and not the user's to fix.
         warnings.filterwarnings("ignore", message=r"`build\(\)` was called on layer", category=UserWarning)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv with every dependency (tested versions pinned in constraints.txt),
+# Create .venv with every dependency (llm-tflite[all,test]; tested versions pinned in constraints.txt),
 # llm-tflite itself (editable) and the example plugins under plugins/, installed the way a
 # user installs a third-party plugin (pip install ./plugins/NAME).
 set -euo pipefail
@@ -8,7 +8,7 @@ PYTHON="${PYTHON:-python3}"
 "$PYTHON" -c 'import sys; assert (3, 10) <= sys.version_info[:2] <= (3, 12), "llm-tflite needs Python 3.10-3.12 (TensorFlow 2.19)"'
 "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test,quantizer,report,serve]"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[all,test]"
 for plugin in plugins/*/; do
   if [ -f "$plugin/pyproject.toml" ]; then
     .venv/bin/python -m pip install --quiet -c constraints.txt "$plugin"

@@ -65,3 +65,16 @@ def test_metadata_is_self_contained(tiny_tflite, tmp_path):
     copy.write_bytes(tiny_tflite.read_bytes())
     assert read_metadata(copy) == read_metadata(tiny_tflite)
     assert InterpreterRunner(copy).generate("KING:", 10) == InterpreterRunner(tiny_tflite).generate("KING:", 10)
+
+
+def test_the_seeds_keras_nlp_code_converts(tiny_gpt2_dir, tmp_path):
+    """keras-nlp 0.30 (the [convert] extra) is KerasHub under its old name: its model objects convert."""
+    import keras_nlp
+
+    from llm_tflite import Converter
+
+    lm = keras_nlp.models.GPT2CausalLM.from_preset(str(tiny_gpt2_dir))
+    path = tmp_path / "keras_nlp.tflite"
+    Converter(prefill_lengths=(4,)).convert(lm, str(path))
+    assert read_metadata(path)["family"] == "gpt2"
+    run_greedy_test(lm, path, "ROMEO:", max_new_tokens=12)

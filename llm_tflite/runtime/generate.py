@@ -16,9 +16,9 @@ from llm_tflite.console import quiet_native
 from llm_tflite.errors import ModelFileError, RuntimeFailure, UnsupportedRuntimeError
 
 WHAT_TO_DO = (
-    "Run it where TensorFlow 2.19 and tensorflow-text 2.19 are installed (their Python wheels "
-    "carry the Flex delegate; TensorFlow >= 2.20 wheels ship none), or convert the model with "
-    "--mode prefill_decode, which needs builtin ops only."
+    "Run it where TensorFlow 2.19 and tensorflow-text 2.19 are installed (pip install 'llm-tflite[convert]'; "
+    "their Python wheels carry the Flex delegate, TensorFlow >= 2.20 wheels ship none), or convert the model "
+    "with --mode prefill_decode, which needs builtin ops only."
 )
 
 
@@ -30,7 +30,7 @@ def _interpreter(data: bytes, num_threads):
         tf = import_tensorflow()
         import tensorflow_text as tf_text
         from tensorflow.lite.python import interpreter as interpreter_lib
-    except ImportError as e:
+    except (ImportError, UnsupportedRuntimeError) as e:
         # What remains is a runtime without Flex (e.g. ai_edge_litert alone): say so plainly.
         raise UnsupportedRuntimeError(
             f"this is a generate-mode file: its tokenizer and loop are TensorFlow ops (Flex delegate) "

@@ -1,0 +1,38 @@
+"""`pip install llm-tflite` alone: what running files needs, and no TensorFlow, Keras or KerasHub."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from llm_tflite import InterpreterRunner
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_runtime_only_install_runs_files_and_names_the_convert_extra(tiny_tflite, tmp_path):
+    venv = tmp_path / "runtime-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python, cli = venv / "bin" / "python", venv / "bin" / "llm-tflite"
+    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-c", str(ROOT / "constraints.txt"),
+                              str(ROOT)], capture_output=True, text=True, timeout=1200)
+    assert install.returncode == 0, install.stderr[-3000:]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    found = subprocess.run([str(python), "-c", "import importlib.util as u; print([m for m in ('tensorflow', "
+                            "'keras', 'keras_hub', 'tensorflow_text') if u.find_spec(m)])"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert found.stdout.strip() == "[]", found.stdout + found.stderr
+
+    generated = subprocess.run([str(cli), "generate", str(tiny_tflite), "ROMEO:", "--max-new-tokens", "8"],
+                               capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert generated.returncode == 0, generated.stderr
+    assert generated.stdout == "ROMEO:" + InterpreterRunner(tiny_tflite).generate("ROMEO:", 8) + "\n"
+
+    output = tmp_path / "x.tflite"
+    converted = subprocess.run([str(cli), "convert", "gpt2_tiny_shakespeare", "-o", str(output)],
+                               capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert converted.returncode == 1 and "pip install 'llm-tflite[convert]'" in converted.stderr
+    assert "Traceback" not in converted.stderr and not output.exists()
