@@ -11,7 +11,9 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 
 from llm_tflite.errors import LLMTFLiteError
 
@@ -75,7 +77,24 @@ def configure_logging(verbosity: int) -> None:
     logger.setLevel({-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[verbosity])
 
 
+class _Interrupts:
+    """Remembers Ctrl+C: native code (TensorFlow's converter) may turn the KeyboardInterrupt raised
+    inside it into an ordinary error, which must still end as "interrupted" (exit 130)."""
+
+    received = False
+
+    @classmethod
+    def install(cls) -> None:
+        def handler(signum, frame):
+            cls.received = True
+            raise KeyboardInterrupt
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
+
+
 def main(argv=None) -> int:
+    _Interrupts.install()
     try:
         parser = build_parser()
     except LLMTFLiteError as e:  # a broken plugin
@@ -85,12 +104,12 @@ def main(argv=None) -> int:
     configure_logging(args.verbosity)
     try:
         return args.func(args)
-    except LLMTFLiteError as e:
+    except (LLMTFLiteError, ValueError, FileNotFoundError) as e:
+        if _Interrupts.received:
+            print("interrupted", file=sys.stderr)
+            return 130
         print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as e:  # bad argument values from our own checks
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(e, LLMTFLiteError) else 2  # ValueError: bad argument values from our own checks
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -164,6 +164,7 @@ class Converter:
                 context_length=context_length,
                 prefill_lengths=[n for n in self.prefill_lengths if n <= context_length],
                 kv_cache=dataclasses.asdict(spec),
+                kv_cache_layout="transposed",  # families.ops: LiteRT-LM's layout
                 default_sampler="greedy",
                 hidden_states=self.hidden_states,
             )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from llm_tflite.families.ops import cache_shapes
 from llm_tflite.runtime import sampling
 from llm_tflite.runtime.sampling import GENERATE_SAMPLERS
 
@@ -91,8 +92,9 @@ def keras_generate_function(
                 ids = tf.concat([tf.constant([bos], tf.int32), ids], 0)
             ids = ids[: max_length - 1]
             n = tf.shape(ids)[0]
-            cache = tf.zeros([1, max_length, spec.num_kv_heads, spec.head_dim], tf.float32)
-            caches = [(cache, cache) for _ in range(spec.num_layers)]
+            key_shape, value_shape = cache_shapes(spec.num_kv_heads, spec.head_dim, max_length)
+            caches = [(tf.zeros(key_shape, tf.float32), tf.zeros(value_shape, tf.float32))
+                      for _ in range(spec.num_layers)]
             logits, caches = family.forward_with_cache(lm, ids[None], tf.range(n), caches)
             buffer = tf.concat([ids, tf.zeros([max_length - n], tf.int32)], 0)
             flat = [c for pair in caches for c in pair]

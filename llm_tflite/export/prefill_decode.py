@@ -2,8 +2,10 @@
 
 ``prefill_{L}``: inputs ``tokens`` int32 ``[1, L]``, ``input_pos`` int32 ``[L]`` and the
 caches; outputs ``logits`` float32 ``[1, L, vocab]`` and the updated caches.
-``decode``: the same with ``L = 1``. Caches ``kv_cache_k_{i}`` / ``kv_cache_v_{i}`` are
-float32 ``[1, context_length, kv_heads, head_dim]`` (4-D, under TFLite's 5-D limit).
+``decode``: the same with ``L = 1``. Caches are float32 in LiteRT-LM's layout:
+``kv_cache_k_{i}`` ``[1, kv_heads, context_length, head_dim]`` and ``kv_cache_v_{i}``
+``[1, kv_heads, head_dim, context_length]`` (metadata ``kv_cache_layout: "transposed"``; files
+written before it hold both as ``[1, context_length, kv_heads, head_dim]`` and still run).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from llm_tflite.families.base import KVCacheSpec
+from llm_tflite.families.ops import cache_shapes
 
 
 def cache_names(spec: KVCacheSpec) -> list[str]:
@@ -38,12 +41,12 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
     With ``hidden_states`` it also outputs the last hidden states ``[1, L, hidden]`` (what
     contrastive search compares), from the family's ``forward_with_hidden_states``.
     """
-    cache_shape = [1, context_length, spec.num_kv_heads, spec.head_dim]
+    key_shape, value_shape = cache_shapes(spec.num_kv_heads, spec.head_dim, context_length)
     names = cache_names(spec)
     input_signature = [
         tf.TensorSpec([1, length], tf.int32, name="tokens"),
         tf.TensorSpec([length], tf.int32, name="input_pos"),
-    ] + [tf.TensorSpec(cache_shape, tf.float32, name=name) for name in names]
+    ] + [tf.TensorSpec(key_shape if "_k_" in name else value_shape, tf.float32, name=name) for name in names]
 
     @tf.function(input_signature=input_signature, autograph=False)
     def run(tokens, input_pos, *flat_caches):

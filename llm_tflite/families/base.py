@@ -23,7 +23,8 @@ def without_preprocessor(causal_lm):
 
 @dataclasses.dataclass(frozen=True)
 class KVCacheSpec:
-    """Shape of the per-layer caches ``kv_cache_k_{i}`` / ``kv_cache_v_{i}``: ``[1, context, heads, head_dim]``."""
+    """Size of the per-layer caches ``kv_cache_k_{i}`` ``[1, heads, context, head_dim]`` and
+    ``kv_cache_v_{i}`` ``[1, heads, head_dim, context]`` (LiteRT-LM's layout, ``families.ops``)."""
 
     num_layers: int
     num_kv_heads: int
@@ -104,10 +105,11 @@ class ModelFamily:
             model: what ``load`` returned.
             tokens: int32 ``[1, L]``.
             input_pos: int32 ``[L]``, consecutive positions of ``tokens``.
-            caches: list of ``(k, v)`` float32 ``[1, context, heads, head_dim]``, one pair per layer.
+            caches: list of ``(k, v)`` float32, one pair per layer: keys ``[1, heads, context, head_dim]``,
+                values ``[1, heads, head_dim, context]`` (``llm_tflite.families.ops.cache_shapes``).
 
         Returns:
-            ``(logits [1, L, vocab], new_caches)``; use ``llm_tflite.families.ops.update_cache`` to write
+            ``(logits [1, L, vocab], new_caches)``; use ``llm_tflite.families.ops.update_key_cache`` / ``update_value_cache`` to write
             the new keys/values so the file keeps builtin ops only.
         """
         raise NotImplementedError

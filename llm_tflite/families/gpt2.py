@@ -82,7 +82,7 @@ class GPT2Family(ModelFamily):
     def forward_with_hidden_states(self, model, tokens, input_pos, caches):
         import tensorflow as tf
 
-        from llm_tflite.families.ops import causal_attention, update_cache
+        from llm_tflite.families.ops import causal_attention, update_key_cache, update_value_cache
 
         backbone = model.backbone
         # 1-D lookups, so weight quantizers can treat them as EMBEDDING_LOOKUP tables.
@@ -92,8 +92,8 @@ class GPT2Family(ModelFamily):
         for layer, (key_cache, value_cache) in zip(backbone.transformer_layers, caches):
             attention = layer._self_attention_layer
             h = layer._self_attention_layer_norm(x)
-            key_cache = update_cache(key_cache, attention._key_dense(h), input_pos)
-            value_cache = update_cache(value_cache, attention._value_dense(h), input_pos)
+            key_cache = update_key_cache(key_cache, attention._key_dense(h), input_pos)
+            value_cache = update_value_cache(value_cache, attention._value_dense(h), input_pos)
             context = causal_attention(attention._query_dense(h), key_cache, value_cache, input_pos)
             x = x + attention._output_dense(context)
             h = layer._feedforward_layer_norm(x)

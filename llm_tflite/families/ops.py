@@ -1,4 +1,10 @@
-"""TensorFlow building blocks that convert to builtin TFLite ops only."""
+"""TensorFlow building blocks that convert to builtin TFLite ops only.
+
+KV caches use LiteRT-LM's layout (litert-torch's ``KV_LAYOUT_TRANSPOSED``): keys
+``[1, kv_heads, context, head_dim]`` and values ``[1, kv_heads, head_dim, context]``. The
+engine reads a cache's capacity from that layout, so files in it run in LiteRT-LM's engine
+(checked with ``shared/tools/litertlm_probe.py``: same greedy text as ``InterpreterRunner``).
+"""
 
 from __future__ import annotations
 
@@ -6,31 +12,43 @@ import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
 
-def update_cache(cache: tf.Tensor, update: tf.Tensor, input_pos: tf.Tensor) -> tf.Tensor:
-    """Write ``update`` ``[1, L, H, D]`` into ``cache`` ``[1, C, H, D]`` at ``input_pos[0]``.
+def cache_shapes(num_kv_heads: int, head_dim: int, context_length: int) -> tuple[list[int], list[int]]:
+    """``(key cache shape, value cache shape)`` of one layer."""
+    return [1, num_kv_heads, context_length, head_dim], [1, num_kv_heads, head_dim, context_length]
+
+
+def update_key_cache(cache: tf.Tensor, key: tf.Tensor, input_pos: tf.Tensor) -> tf.Tensor:
+    """Write ``key`` ``[1, L, H, D]`` into ``cache`` ``[1, H, C, D]`` at ``input_pos[0]``.
 
     Lowers to TFLite's builtin DYNAMIC_UPDATE_SLICE, which updates in place where the
     runtime allows. The caller guarantees ``input_pos[0] + L <= C``.
     """
     zero = tf.zeros([], tf.int32)
-    return xla.dynamic_update_slice(cache, update, tf.stack([zero, input_pos[0], zero, zero]))
+    return xla.dynamic_update_slice(cache, tf.transpose(key, [0, 2, 1, 3]), tf.stack([zero, zero, input_pos[0], zero]))
+
+
+def update_value_cache(cache: tf.Tensor, value: tf.Tensor, input_pos: tf.Tensor) -> tf.Tensor:
+    """Write ``value`` ``[1, L, H, D]`` into ``cache`` ``[1, H, D, C]`` at ``input_pos[0]``."""
+    zero = tf.zeros([], tf.int32)
+    return xla.dynamic_update_slice(cache, tf.transpose(value, [0, 2, 3, 1]),
+                                    tf.stack([zero, zero, zero, input_pos[0]]))
 
 
 def causal_attention(query, key_cache, value_cache, input_pos):
     """Scaled dot-product attention of ``query`` ``[1, L, H, D]`` over cached keys at positions <= its own.
 
-    Multi-query attention (fewer key heads than query heads) is handled by repeating
-    the key/value heads.
+    ``key_cache`` ``[1, kv_heads, C, D]``, ``value_cache`` ``[1, kv_heads, D, C]``. Multi-query and
+    grouped-query attention (fewer key heads than query heads) repeat the key/value heads.
     """
     num_heads, head_dim = query.shape[2], query.shape[3]
-    kv_heads = key_cache.shape[2]
+    kv_heads = key_cache.shape[1]
     if kv_heads != num_heads:
-        key_cache = tf.repeat(key_cache, num_heads // kv_heads, axis=2)
-        value_cache = tf.repeat(value_cache, num_heads // kv_heads, axis=2)
+        key_cache = tf.repeat(key_cache, num_heads // kv_heads, axis=1)
+        value_cache = tf.repeat(value_cache, num_heads // kv_heads, axis=1)
     query = query * tf.constant(1.0 / head_dim**0.5, query.dtype)
-    scores = tf.einsum("bqhd,bkhd->bhqk", query, key_cache)
-    context = key_cache.shape[1]
+    scores = tf.einsum("bqhd,bhkd->bhqk", query, key_cache)
+    context = key_cache.shape[2]
     visible = tf.range(context)[None, :] <= input_pos[:, None]  # [L, C]
     scores = tf.where(visible[None, None], scores, tf.constant(-1e9, scores.dtype))
     probs = tf.nn.softmax(scores, axis=-1)
-    return tf.einsum("bhqk,bkhd->bqhd", probs, value_cache)
+    return tf.einsum("bhqk,bhdk->bqhd", probs, value_cache)

@@ -71,11 +71,17 @@ class PrefillDecodeEngine:
         """The signatures' tensors must be what the record says: a mismatch would generate garbage."""
         spec = metadata["kv_cache"]
         caches = [f"kv_cache_{kind}_{i}" for i in range(spec["num_layers"]) for kind in "kv"]
-        cache_shape = [1, self.context_length, spec["num_kv_heads"], spec["head_dim"]]
+        heads, dim, context = spec["num_kv_heads"], spec["head_dim"], self.context_length
+        if metadata.get("kv_cache_layout") == "transposed":  # LiteRT-LM's (llm_tflite.families.ops)
+            shapes = {"k": [1, heads, context, dim], "v": [1, heads, dim, context]}
+        else:  # files written before the layout was recorded
+            shapes = {"k": [1, context, heads, dim], "v": [1, context, heads, dim]}
+        cache_shape = shapes["k"]
         for name, length in [("decode", 1)] + [(f"prefill_{n}", n) for n in self.prefill_lengths]:
             inputs = self.runners[name].get_input_details()
             outputs = self.runners[name].get_output_details()
-            expected = {"tokens": [1, length], "input_pos": [length], **{c: cache_shape for c in caches}}
+            expected = {"tokens": [1, length], "input_pos": [length],
+                        **{c: shapes[c.split("_")[2]] for c in caches}}
             found = {key: list(value["shape"]) for key, value in inputs.items()}
             hidden = {"hidden_states"} if self.has_hidden_states else set()
             if found != expected or set(outputs) != {"logits", *caches, *hidden} or \

@@ -68,7 +68,7 @@ class PaLMFamily(ModelFamily):
     def forward_with_hidden_states(self, model, tokens, input_pos, caches):
         import tensorflow as tf
 
-        from llm_tflite.families.ops import causal_attention, update_cache
+        from llm_tflite.families.ops import causal_attention, update_key_cache, update_value_cache
 
         backbone = model.backbone
         x = tf.gather(backbone.token_embedding.embeddings, tf.reshape(tokens, [-1]))[None]
@@ -77,8 +77,8 @@ class PaLMFamily(ModelFamily):
         for block, (key_cache, value_cache) in zip(backbone.transformer_layers, caches):
             h = block.layer_norm(x)
             query, key, value = block.project_qkv(h, positions)
-            key_cache = update_cache(key_cache, key, input_pos)
-            value_cache = update_cache(value_cache, value, input_pos)
+            key_cache = update_key_cache(key_cache, key, input_pos)
+            value_cache = update_value_cache(value_cache, value, input_pos)
             x = block.combine(x, h, causal_attention(query, key_cache, value_cache, input_pos))
             new_caches.append((key_cache, value_cache))
         x = backbone.layer_norm(x)

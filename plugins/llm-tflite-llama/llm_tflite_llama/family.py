@@ -69,7 +69,7 @@ class LlamaFamily(ModelFamily):
     def forward_with_cache(self, model, tokens, input_pos, caches):
         import tensorflow as tf
 
-        from llm_tflite.families.ops import causal_attention, update_cache
+        from llm_tflite.families.ops import causal_attention, update_key_cache, update_value_cache
 
         backbone = model.backbone
         x = tf.gather(backbone.token_embedding.embeddings, tf.reshape(tokens, [-1]))[None]
@@ -80,8 +80,8 @@ class LlamaFamily(ModelFamily):
             h = layer._self_attention_layernorm(x)
             query = attention.rotary_embedding_layer(attention._query_dense(h), start_index=start)
             key = attention.rotary_embedding_layer(attention._key_dense(h), start_index=start)
-            key_cache = update_cache(key_cache, key, input_pos)
-            value_cache = update_cache(value_cache, attention._value_dense(h), input_pos)
+            key_cache = update_key_cache(key_cache, key, input_pos)
+            value_cache = update_value_cache(value_cache, attention._value_dense(h), input_pos)
             x = x + attention._output_dense(causal_attention(query, key_cache, value_cache, input_pos))
             h = layer._feedforward_layernorm(x)
             gate = layer.activation(layer._feedforward_gate_dense(h))
