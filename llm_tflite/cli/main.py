@@ -84,17 +84,28 @@ class _Interrupts:
     received = False
 
     @classmethod
-    def install(cls) -> None:
+    def install(cls):
+        """Install the handler; returns the previous one (``None`` off the main thread)."""
         def handler(signum, frame):
             cls.received = True
             raise KeyboardInterrupt
 
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, handler)
+        cls.received = False
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        return signal.signal(signal.SIGINT, handler)
 
 
 def main(argv=None) -> int:
-    _Interrupts.install()
+    previous = _Interrupts.install()
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:  # in-process callers (tests, notebooks) get their handler back
+            signal.signal(signal.SIGINT, previous)
+
+
+def _main(argv) -> int:
     try:
         parser = build_parser()
     except LLMTFLiteError as e:  # a broken plugin
