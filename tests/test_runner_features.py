@@ -77,7 +77,30 @@ def test_num_beams_and_length_penalty(runner):
     assert one_beam == runner.complete(PROMPT, 12).token_ids  # one beam is greedy search
     wide = runner.complete(PROMPT, 12, "beam", num_beams=4)
     assert wide.completion_tokens <= 12 and wide.finish_reason in ("length", "stop")
-    assert runner.complete(PROMPT, 12, "beam", num_beams=4, length_penalty=1.0).completion_tokens <= 12
+
+
+class _ToySequence:
+    """Token 2 ends text; from the start it is likelier (0.6) than token 0 (0.4), which then repeats."""
+
+    def __init__(self, last=None):
+        self.last = last
+
+    def fork(self):
+        return _ToySequence(self.last)
+
+    def feed(self, tokens):
+        self.last = tokens[-1]
+        probs = [0.0, 0.0, 1.0] if self.last == 2 else [1.0, 0.0, 0.0]
+        return np.log(np.maximum(np.array([probs]), 1e-30))
+
+
+def test_length_penalty_decides_between_a_short_and_a_long_beam():
+    from llm_tflite.runtime.search import beam_search
+
+    start = np.log(np.array([0.4, 1e-30, 0.6]))
+    search = dict(max_new_tokens=3, num_beams=2, temperature=1.0, stop_ids=[2])
+    assert beam_search(_ToySequence(), start, length_penalty=0.0, **search) == []  # log .6 beats log .4
+    assert beam_search(_ToySequence(), start, length_penalty=1.0, **search) == [0, 0, 0]  # log .4 / 3 beats log .6
 
 
 def test_contrastive_needs_hidden_states(runner, tiny_gpt2_dir, tmp_path):

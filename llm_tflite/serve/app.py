@@ -235,11 +235,6 @@ def create_app(path, *, workers: int = 1, limits: Limits | None = None, runner_f
         settings = {k: v for k, v in args.items() if v is not None}
 
         async def events():
-            from llm_tflite.runtime.filters import default_filter
-
-            if default_filter().find(prompt):
-                yield _sse({"error": {"type": "bad_language", "message": _REASONS["bad_language"]}})
-                return
             runner = await borrow()
             try:
                 for attempt in range(FILTER_TRIES):
@@ -253,6 +248,9 @@ def create_app(path, *, workers: int = 1, limits: Limits | None = None, runner_f
                         yield _sse({"text": piece})
                     result = stream.result
                     if result is None:  # the client left
+                        return
+                    if result.finish_reason == "filtered" and not result.token_ids:  # the runner refused the text
+                        yield _sse({"error": {"type": "bad_language", "message": _REASONS["bad_language"]}})
                         return
                     if result.finish_reason != "filtered" and shown.strip():
                         yield _sse({"suggestion": shown, "words": shown.split(), "finish_reason": result.finish_reason,
