@@ -5,8 +5,27 @@ from __future__ import annotations
 from llm_tflite.cli.common import add_family, add_json, int_list, print_json, size, strategy_names
 
 
+def output_format(args) -> str:
+    return args.format or ("litertlm" if str(args.output).endswith(".litertlm") else "tflite")
+
+
 def cmd_convert(args) -> int:
+    import os
+    import tempfile
+
     from llm_tflite.export.converter import DEFAULT_PREFILL_LENGTHS, Converter
+
+    bundle = output_format(args) == "litertlm"
+    if bundle:  # refused before minutes of work
+        from llm_tflite.errors import InvalidArgumentError
+        from llm_tflite.litert.flatbuffer import check_writable
+        from llm_tflite.litert.litertlm import find_builder
+
+        if args.mode != "prefill_decode":
+            raise InvalidArgumentError("--format litertlm needs --mode prefill_decode: LiteRT-LM runs prefill_decode "
+                                       "files (its loop is the engine's)")
+        check_writable(args.output)
+        find_builder()
 
     calibration = None
     if args.calibration:
@@ -27,13 +46,41 @@ def cmd_convert(args) -> int:
         hidden_states=args.hidden_states,
         calibration=calibration,
     )
-    result = converter.convert(args.model, args.output, family=args.family, random_weights=args.random_weights)
+    if not bundle:
+        result = converter.convert(args.model, args.output, family=args.family, random_weights=args.random_weights)
+        path, size_bytes = result.path, result.size_bytes
+    else:
+        from llm_tflite.litert.litertlm import build_bundle
+
+        directory = os.path.dirname(os.path.abspath(args.output))
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=directory, prefix=".convert-") as work:
+            result = converter.convert(args.model, os.path.join(work, "model.tflite"), family=args.family,
+                                       random_weights=args.random_weights)
+            path = build_bundle(result.path, args.output)
+        size_bytes = os.path.getsize(path)
     meta = result.metadata
     if args.json:
-        print_json({"path": result.path, "size_bytes": result.size_bytes, "metadata": meta})
+        print_json({"path": path, "size_bytes": size_bytes, "metadata": meta})
     else:
-        print(f"wrote {result.path} ({size(result.size_bytes)}): family {meta['family']}, mode {meta['export_mode']}, "
+        print(f"wrote {path} ({size(size_bytes)}): family {meta['family']}, mode {meta['export_mode']}, "
               f"quantization {meta['quantization']}, context {meta['context_length']} tokens")
+    return 0
+
+
+def cmd_bundle(args) -> int:
+    import os
+
+    from llm_tflite.litert.litertlm import build_bundle
+    from llm_tflite.litert.metadata import read_metadata
+
+    path = build_bundle(args.file, args.output, max_num_tokens=args.max_num_tokens)
+    meta, size_bytes = read_metadata(path), os.path.getsize(path)
+    if args.json:
+        print_json({"path": path, "size_bytes": size_bytes, "metadata": meta})
+    else:
+        print(f"wrote {path} ({size(size_bytes)}): {args.file} with its tokenizer and LiteRT-LM metadata "
+              f"(context {args.max_num_tokens or meta['context_length']} tokens)")
     return 0
 
 
@@ -44,7 +91,10 @@ def add_commands(cli) -> None:
 
     p = cli.add_parser("convert", help="convert a model to a .tflite file")
     p.add_argument("model", help="preset name (llm-tflite plugins lists them), KerasHub handle, or local preset directory")
-    p.add_argument("-o", "--output", required=True, help="the .tflite file to write")
+    p.add_argument("-o", "--output", required=True, help="the file to write (.tflite, or .litertlm for a bundle)")
+    p.add_argument("--format", choices=("tflite", "litertlm"),
+                   help="tflite: the model file; litertlm: a bundle LiteRT-LM's engine loads (model, tokenizer, "
+                   "metadata; prefill_decode) (default: from the output's extension)")
     add_family(p)
     p.add_argument("--mode", default="prefill_decode", choices=EXPORT_MODES,
                    help="prefill_decode: builtin ops, KV cache outside (LiteRT-LM convention); "
@@ -68,3 +118,11 @@ def add_commands(cli) -> None:
     p.add_argument("--calibration-samples", type=int, default=64, help="calibration samples cut from that text")
     add_json(p)
     p.set_defaults(func=cmd_convert)
+
+    p = cli.add_parser("bundle", help="pack a prefill_decode .tflite with its tokenizer into a .litertlm bundle "
+                       "for LiteRT-LM (Android, iOS, desktop)")
+    p.add_argument("file", help="a prefill_decode .tflite file (llm-tflite convert writes one)")
+    p.add_argument("-o", "--output", required=True, help="the .litertlm bundle to write")
+    p.add_argument("--max-num-tokens", type=int, help="the engine's token budget (default: the file's context length)")
+    add_json(p)
+    p.set_defaults(func=cmd_bundle)

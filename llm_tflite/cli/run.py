@@ -26,7 +26,7 @@ def _filter(args):
 def cmd_generate(args) -> int:
     from llm_tflite.runtime.runner import InterpreterRunner
 
-    runner = InterpreterRunner(args.file, num_threads=args.threads)
+    runner = InterpreterRunner(args.file, num_threads=args.threads, backend=args.backend)
     kwargs = dict(seed=args.seed, stop=args.stop, context_overflow=args.context_overflow, filter=_filter(args),
                   **_sampler_settings(args))
     if args.json:
@@ -51,7 +51,7 @@ def cmd_generate(args) -> int:
 def cmd_autocomplete(args) -> int:
     from llm_tflite.runtime.runner import InterpreterRunner
 
-    runner = InterpreterRunner(args.file, num_threads=args.threads)
+    runner = InterpreterRunner(args.file, num_threads=args.threads, backend=args.backend)
     result = runner.autocomplete(args.text, window_words=args.window_words, max_new_tokens=args.max_new_tokens,
                                  sampler=args.sampler, seed=args.seed, filter=False if args.no_filter else _filter(args)
                                  or True, context_overflow=args.context_overflow, stop=args.stop,
@@ -67,6 +67,7 @@ def cmd_autocomplete(args) -> int:
 
 def _add_generation_options(p, *, default_sampler, default_max_new_tokens, filter_default: str) -> None:
     from llm_tflite.runtime import sampling
+    from llm_tflite.runtime.litertlm_backend import BACKENDS
     from llm_tflite.runtime.runner import CONTEXT_OVERFLOW
 
     p.add_argument("--max-new-tokens", type=int, default=default_max_new_tokens,
@@ -99,6 +100,9 @@ def _add_generation_options(p, *, default_sampler, default_max_new_tokens, filte
     p.add_argument("--filter-words", help="a word list file (one per line, # comments) for the filter, "
                    "instead of the built-in list")
     p.add_argument("--threads", type=int, help="interpreter threads (default: the runtime's)")
+    p.add_argument("--backend", default="interpreter", choices=BACKENDS,
+                   help="interpreter: our loop (every option); litert-lm: a .litertlm bundle in LiteRT-LM's engine "
+                   "(greedy/random/top_k/top_p; needs llm-tflite[litertlm])")
 
 
 def sampler_names() -> list[str]:
@@ -120,6 +124,11 @@ def cmd_bench(args) -> int:
         return 0
     print(f"{result['file']}: prefill {result['prefill_tokens_per_s']:.0f} tokens/s "
           f"({result['prompt_tokens']} tokens), decode {result['decode_tokens_per_s']:.1f} tokens/s")
+    engine = result.get("litert_lm")
+    if engine:
+        print(f"LiteRT-LM engine, same file: prefill {engine['prefill_tokens_per_s']:.0f} tokens/s "
+              f"({engine['prompt_tokens']} tokens), decode {engine['decode_tokens_per_s']:.1f} tokens/s "
+              f"(ours / LiteRT-LM: {result['decode_tokens_per_s'] / engine['decode_tokens_per_s']:.2f}x)")
     if args.reference:
         print(f"Keras generate (same process): {result['keras_generate_tokens_per_s']:.1f} tokens/s; "
               f"decode speed-up {result['decode_speedup_vs_keras']:.2f}x")
@@ -128,7 +137,7 @@ def cmd_bench(args) -> int:
 
 def add_commands(cli) -> None:
     p = cli.add_parser("generate", help="continue a prompt with a .tflite file")
-    p.add_argument("file", help="the .tflite file (llm-tflite convert writes one)")
+    p.add_argument("file", help="the .tflite file (llm-tflite convert writes one) or a .litertlm bundle")
     p.add_argument("prompt", help="the text to continue")
     _add_generation_options(p, default_sampler=None, default_max_new_tokens=None, filter_default="off")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
@@ -137,7 +146,7 @@ def add_commands(cli) -> None:
 
     p = cli.add_parser("autocomplete", help="a suggestion to continue TEXT, as the autocomplete app makes it "
                        "(last N words, profanity filter, retries)")
-    p.add_argument("file", help="the .tflite file (llm-tflite convert writes one)")
+    p.add_argument("file", help="the .tflite file (llm-tflite convert writes one) or a .litertlm bundle")
     p.add_argument("text", help="what the user has typed")
     p.add_argument("--window-words", type=int, default=20, help="words of TEXT the model sees (the app's slider: 5-50)")
     _add_generation_options(p, default_sampler="top_k", default_max_new_tokens=32, filter_default="on")
@@ -145,8 +154,9 @@ def add_commands(cli) -> None:
     add_json(p)
     p.set_defaults(func=cmd_autocomplete)
 
-    p = cli.add_parser("bench", help="prefill/decode speed of a prefill_decode file, optionally against Keras")
-    p.add_argument("file", help="a prefill_decode .tflite file")
+    p = cli.add_parser("bench", help="prefill/decode speed of a prefill_decode file (a bundle: ours and LiteRT-LM's "
+                       "engine side by side), optionally against Keras")
+    p.add_argument("file", help="a prefill_decode .tflite file or a .litertlm bundle")
     p.add_argument("--reference", help="a model to compare with (preset name or directory), run in this process")
     p.add_argument("--prompt-tokens", type=int, default=64, help="prompt length for the prefill measurement")
     p.add_argument("--new-tokens", type=int, default=64, help="greedy decode steps measured after the prompt")

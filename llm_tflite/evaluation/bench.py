@@ -40,7 +40,7 @@ def _prefill_decode_runner(path, num_threads=None):
     from llm_tflite.litert.metadata import read_metadata
     from llm_tflite.runtime.runner import InterpreterRunner
 
-    mode = read_metadata(path).get("export_mode")
+    mode = read_metadata(path).get("export_mode")  # a bundle's too
     if mode != "prefill_decode":
         raise UnsupportedRuntimeError(
             f"bench measures prefill and decode separately, which needs a prefill_decode file; {str(path)!r} is a "
@@ -56,12 +56,50 @@ def bench_file(path, prompt_tokens=64, new_tokens=64, runs=3, num_threads=None) 
     prompt = _prompt(runner, prompt_tokens, new_tokens)
     runner.logits(prompt)  # warm-up
     times = [_timed_run(runner, prompt, new_tokens) for _ in range(runs)]
-    return {
+    result = {
         "file": str(path),
         "prompt_tokens": len(prompt),
         "new_tokens": new_tokens,
         "prefill_tokens_per_s": len(prompt) / _median([t[0] for t in times]),
         "decode_tokens_per_s": new_tokens / _median([t[1] for t in times]),
+    }
+    if _is_bundle(path):
+        result["litert_lm"] = bench_litert_lm(path, len(prompt), new_tokens, runs, num_threads)
+    return result
+
+
+def _is_bundle(path) -> bool:
+    from llm_tflite.litert.litertlm import MAGIC
+
+    with open(path, "rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
+
+
+def bench_litert_lm(path, prompt_tokens, new_tokens, runs=3, num_threads=None) -> dict | None:
+    """LiteRT-LM's own benchmark of a bundle (its engine's prefill and decode; medians over ``runs``),
+    or None when ``litert-lm-api`` is not installed (logged)."""
+    from llm_tflite.console import logger, quiet_native
+    from llm_tflite.errors import UnsupportedRuntimeError
+    from llm_tflite.runtime.litertlm_backend import import_litert_lm
+
+    try:
+        litert_lm = import_litert_lm("measuring LiteRT-LM's engine")
+    except UnsupportedRuntimeError as e:
+        logger.warning("%s; only our loop is measured", e)
+        return None
+    infos = []
+    for _ in range(runs):
+        with quiet_native():
+            infos.append(litert_lm.Benchmark(
+                model_path=str(path), backend=litert_lm.Backend.CPU(thread_count=num_threads),
+                prefill_tokens=prompt_tokens, decode_tokens=new_tokens).run())
+    return {
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "init_seconds": _median([i.init_time_in_second for i in infos]),
+        "time_to_first_token_seconds": _median([i.time_to_first_token_in_second for i in infos]),
+        "prefill_tokens_per_s": _median([i.last_prefill_tokens_per_second for i in infos]),
+        "decode_tokens_per_s": _median([i.last_decode_tokens_per_second for i in infos]),
     }
 
 

@@ -91,6 +91,36 @@ class ModelFamily:
             "add_bos": bool(model.preprocessor.add_start_token),
         }
 
+    def litertlm_tokenizer(self, tokenizer_spec: dict) -> tuple[str, bytes]:
+        """The tokenizer a ``.litertlm`` bundle carries for LiteRT-LM's engine: ``("hf", tokenizer.json
+        bytes)`` or ``("sentencepiece", model proto bytes)``.
+
+        ``tokenizer_spec`` is what ``tokenizer_spec`` stored in the file. The default handles the
+        built-in types (``gpt2_bpe`` -> HF byte-level BPE, ``sentencepiece`` -> its model); override it
+        for another tokenizer, or when the engine must see a variant of it (the PaLM-style family
+        restores newlines in its SentencePiece model). It runs without TensorFlow.
+        """
+        import base64
+
+        from llm_tflite.errors import ModelFileError
+
+        kind = tokenizer_spec.get("type")
+        if kind == "gpt2_bpe":
+            from llm_tflite.training.tokenizer import hf_tokenizer
+
+            try:
+                tokenizer = hf_tokenizer(tokenizer_spec["vocab"], tokenizer_spec["merges"])
+            except ImportError as e:
+                from llm_tflite.errors import UnsupportedRuntimeError
+
+                raise UnsupportedRuntimeError("bundling a BPE tokenizer needs the 'tokenizers' package: "
+                                              "pip install 'llm-tflite[litertlm]'") from e
+            return "hf", tokenizer.to_str().encode("utf-8")
+        if kind == "sentencepiece":
+            return "sentencepiece", base64.b64decode(tokenizer_spec["model"])
+        raise ModelFileError(f"family {self.name or '(unknown)'!r} cannot bundle a {kind!r} tokenizer for "
+                             "LiteRT-LM; the family must implement litertlm_tokenizer")
+
     def max_context_length(self, model) -> int:
         """Longest sequence the model's position encoding supports."""
         raise NotImplementedError

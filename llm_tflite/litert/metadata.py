@@ -89,13 +89,16 @@ def read_metadata_from_bytes(buf: bytes, where: str = "this file") -> dict:
 
 
 def read_metadata(path: str) -> dict:
-    """The ``llm_tflite`` record of the ``.tflite`` file at ``path``.
+    """The ``llm_tflite`` record of the ``.tflite`` file (or ``.litertlm`` bundle of one) at ``path``.
 
     Example:
         >>> read_metadata("model.tflite")["export_mode"]  # doctest: +SKIP
         'prefill_decode'
     """
-    return read_metadata_from_bytes(read_model_file(path), repr(os.fspath(path)))
+    from llm_tflite.litert.litertlm import is_litertlm, tflite_section
+
+    data, where = read_model_file(path), repr(os.fspath(path))
+    return read_metadata_from_bytes(bytes(tflite_section(data, where)) if is_litertlm(data) else data, where)
 
 
 def verify_checksum(buf: bytes, record: dict, where: str = "this file") -> None:

@@ -15,6 +15,7 @@ import numpy as np
 
 from llm_tflite.errors import ContextLengthError, DataError, InvalidArgumentError, ModelFileError, RuntimeFailure
 from llm_tflite.litert.flatbuffer import check_tensor_sizes, read_model_file
+from llm_tflite.litert.litertlm import check_engine_sections, is_litertlm, tflite_section
 from llm_tflite.litert.metadata import read_verified_metadata
 from llm_tflite.runtime import sampling
 from llm_tflite.runtime.results import AutocompleteResult, GenerationResult, TextPipeline
@@ -102,8 +103,13 @@ class InterpreterRunner:
     """Generate text from an llm-tflite ``.tflite`` file; needs nothing but the file.
 
     Args:
-        path: the ``.tflite`` file written by ``Converter`` / ``llm-tflite convert``.
+        path: the ``.tflite`` file written by ``Converter`` / ``llm-tflite convert``, or a
+            ``.litertlm`` bundle of one (``llm-tflite bundle``).
         num_threads: interpreter threads (default: the runtime's).
+        backend: ``interpreter`` (our loop on LiteRT's interpreter; every feature) or ``litert-lm``
+            (a bundle in LiteRT-LM's engine, ``pip install 'llm-tflite[litertlm]'``: ``generate``,
+            ``complete``, ``stream`` and ``autocomplete`` with the greedy, random, top_k and top_p
+            samplers; stop strings and filters as usual).
 
     Example:
         >>> runner = InterpreterRunner("model.tflite")  # doctest: +SKIP
@@ -111,11 +117,24 @@ class InterpreterRunner:
         '\\nWhat, shall I ...'
     """
 
-    def __init__(self, path, *, num_threads: int | None = None):
+    def __init__(self, path, *, num_threads: int | None = None, backend: str = "interpreter"):
+        from llm_tflite.runtime.litertlm_backend import BACKENDS
+
         self.path = os.fspath(path)
         if num_threads is not None and not (_is_int(num_threads) and 1 <= num_threads <= 1024):
             raise InvalidArgumentError(f"num_threads must be an integer from 1 to 1024 (or None), got {num_threads!r}")
+        if backend not in BACKENDS:
+            raise InvalidArgumentError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.backend = backend
         data = read_model_file(self.path)
+        bundle = is_litertlm(data)
+        if bundle:  # from `llm-tflite bundle`: our .tflite, record included, is one of its sections
+            if backend == "litert-lm":
+                check_engine_sections(data, repr(self.path))
+            data = bytes(tflite_section(data, repr(self.path)))
+        elif backend == "litert-lm":
+            raise ModelFileError(f"backend='litert-lm' runs .litertlm bundles; {self.path!r} is not one: "
+                                 f"llm-tflite bundle {self.path} -o MODEL.litertlm")
         # The file is untrusted: checksum, record schema and tensor shapes are checked before
         # the native runtime sees a byte of it.
         self.metadata = read_verified_metadata(data, repr(self.path))
@@ -127,7 +146,15 @@ class InterpreterRunner:
         self.bos_id = self.metadata.get("bos_id")
         self.eos_id = self.metadata.get("eos_id")
         self.add_bos = bool(self.metadata.get("add_bos", False))
-        if self.export_mode == "prefill_decode":
+        self._piece_ids = None  # litert-lm: a piece's bytes -> its id
+        self._strips_first_space = self.metadata["tokenizer"]["type"] == "sentencepiece"
+        if backend == "litert-lm":
+            from llm_tflite.runtime.litertlm_backend import LiteRTLMEngine
+
+            self.vocab_size = self.tokenizer.vocab_size
+            self._engine = LiteRTLMEngine(self.path, num_threads, self.vocab_size,
+                                          self.bos_id if self.add_bos else None, self.eos_id)
+        elif self.export_mode == "prefill_decode":
             from llm_tflite.runtime.prefill_decode import PrefillDecodeEngine
 
             self._engine = PrefillDecodeEngine(data, self.metadata, num_threads, self.path)
@@ -244,7 +271,10 @@ class InterpreterRunner:
         unknown = set(given) - set(SAMPLER_SETTINGS) - set(SEARCH_SETTINGS)
         if unknown:
             raise InvalidArgumentError(f"unknown sampler settings {sorted(unknown)}")
-        if sampler in sampling.SEARCHES:
+        if self.backend == "litert-lm":
+            self._engine.check(sampler, given, ids, {self.eos_id} - {None})
+            sampling.make_sampler(sampler, seed=seed, **given)  # the same value checks as our loop
+        elif sampler in sampling.SEARCHES:
             self._check_search(sampler, given)
         else:
             misplaced = set(given) & set(SEARCH_SETTINGS)
@@ -332,7 +362,9 @@ class InterpreterRunner:
             if found:  # rejected before inference: no model call
                 holder.append(GenerationResult("", [], "filtered", len(ids), 0, prompt, found))
                 return
-        if self.export_mode == "generate":
+        if self.backend == "litert-lm":
+            events = self._litertlm_tokens(prompt, limit, request, seed)
+        elif self.export_mode == "generate":
             events = self._generate_mode_tokens(prompt, ids, limit, request.stop_token_ids,
                                                 request.max_new_tokens is not None)
         elif request.sampler == "beam":
@@ -368,6 +400,40 @@ class InterpreterRunner:
             reason = "stop"
         text_out = "" if pipeline.filtered else pipeline.shown
         holder.append(GenerationResult(text_out, tokens, reason, len(ids), len(tokens), prompt, pipeline.filtered))
+
+    def _litertlm_tokens(self, prompt: str, limit: int, request: _Request, seed):
+        """LiteRT-LM's decode steps as ``_Chunk``s of the token each one decoded.
+
+        The engine streams text, one step at a time; a step's text is looked up among our
+        tokenizer's pieces, so results carry token ids and the text reads as our loop's (a
+        SentencePiece engine drops the leading space of the first piece). A step that is not
+        one piece (bytes of a character split over tokens) keeps the engine's text and our
+        tokenizer's reading of it. The engine's first SentencePiece step is ambiguous when both
+        ``X`` and ``▁X`` are pieces: it is read as ``▁X``, the piece that follows a word.
+        """
+        if self._piece_ids is None:
+            self._piece_ids = {}
+            for i in range(self.tokenizer.vocab_size):
+                piece = self.tokenizer.decode_bytes([i])
+                if piece:
+                    self._piece_ids.setdefault(piece, i)
+        count = 0
+        pieces = self._engine.pieces(prompt, limit, request.sampler, request.settings, seed)
+        try:
+            for text in pieces:
+                count += 1
+                data = text.encode("utf-8")
+                token = self._piece_ids.get(data)
+                if count == 1 and self._strips_first_space:  # "▁I" reached us as "I"; "I" and "▁I" may both exist
+                    token = self._piece_ids.get(b" " + data, token)
+                chunk = (_Chunk(self.tokenizer.decode_bytes([token]).decode("utf-8"), [token]) if token is not None
+                         else _Chunk(text, self.tokenizer.encode(text) if text else []))
+                yield chunk, "length" if count == limit else None
+                if count == limit:
+                    return
+            yield None, "stop"
+        finally:
+            pieces.close()
 
     def _beam_tokens(self, ids, limit, request):
         from llm_tflite.runtime.search import beam_search
@@ -540,5 +606,8 @@ class InterpreterRunner:
                                   result.attempts)
 
     def _require_prefill_decode(self, what):
+        if self.backend == "litert-lm":
+            raise InvalidArgumentError(f"{what} runs in our own loop; this runner uses backend='litert-lm', "
+                                       "which offers generate, complete, stream and autocomplete")
         if self.export_mode != "prefill_decode":
             raise ModelFileError(f"{what} needs a prefill_decode file; {self.path!r} is a {self.export_mode} file")

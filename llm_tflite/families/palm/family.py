@@ -10,6 +10,25 @@ from llm_tflite.plugins.hookspecs import hookimpl
 from llm_tflite.export.loading import is_preset_dir, load_keras_preset, preset_class_name
 
 
+def restore_newline_pieces(proto: bytes, symbol: str, *, identity_normalizer: bool = False) -> bytes:
+    """``proto`` with ``symbol`` replaced by ``\\n`` in every piece (``palm_tokenizer``: the trained
+    normalizer maps ``\\n`` to ``symbol``), so decoding yields newlines without string ops.
+
+    ``identity_normalizer``: also drop the normalizer (its only rule is ``\\n`` -> ``symbol``), so the
+    model encodes raw text with ``\\n`` to the same ids: the variant for engines that run the model as
+    it is (LiteRT-LM).
+    """
+    from sentencepiece import sentencepiece_model_pb2
+
+    model = sentencepiece_model_pb2.ModelProto()
+    model.ParseFromString(proto)
+    for piece in model.pieces:
+        piece.piece = piece.piece.replace(symbol, "\n")
+    if identity_normalizer:
+        model.normalizer_spec.name = "identity"
+        model.normalizer_spec.precompiled_charsmap = b""
+    return model.SerializeToString()
+
 
 class PaLMFamily(ModelFamily):
     name = "palm"
@@ -52,6 +71,15 @@ class PaLMFamily(ModelFamily):
         proto = model.preprocessor.tokenizer.proto
         return {"type": "sentencepiece", "model": base64.b64encode(proto).decode("ascii"), "newline_symbol": NEWLINE_SYMBOL}
 
+    def litertlm_tokenizer(self, tokenizer_spec: dict) -> tuple[str, bytes]:
+        """The SentencePiece model as LiteRT-LM's engine must see it: with ``\\n`` in its pieces and no
+        normalizer, so the engine's text has newlines where ours has (same ids; tested)."""
+        kind, proto = super().litertlm_tokenizer(tokenizer_spec)
+        symbol = tokenizer_spec.get("newline_symbol")
+        if kind == "sentencepiece" and symbol:
+            proto = restore_newline_pieces(proto, symbol, identity_normalizer=True)
+        return kind, proto
+
     def max_context_length(self, model) -> int:
         return int(model.backbone.max_sequence_length)
 
@@ -89,11 +117,11 @@ class PaLMFamily(ModelFamily):
         import tensorflow_text as tf_text
 
         from llm_tflite.export.generate import keras_generate_function
-        from llm_tflite.families.palm.palm_tokenizer import newline_decoder_proto
+        from llm_tflite.families.palm.palm_tokenizer import NEWLINE_SYMBOL
 
         proto = model.preprocessor.tokenizer.proto
         encoder = tf_text.FastSentencepieceTokenizer(proto)
-        decoder = tf_text.FastSentencepieceTokenizer(newline_decoder_proto(proto))
+        decoder = tf_text.FastSentencepieceTokenizer(restore_newline_pieces(proto, NEWLINE_SYMBOL))
         return keras_generate_function(
             self, model, max_length=max_length, sampler=sampler, seed=seed, **settings,
             encode=encoder.tokenize, decode=decoder.detokenize,

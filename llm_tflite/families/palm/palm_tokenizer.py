@@ -30,17 +30,6 @@ def restore_newlines(text):
     return tf.strings.regex_replace(text, NEWLINE_SYMBOL, "\n")
 
 
-def newline_decoder_proto(proto: bytes) -> bytes:
-    """``proto`` with ``NEWLINE_SYMBOL`` replaced by ``\\n`` in every piece: a decoder that needs no string ops."""
-    from sentencepiece import sentencepiece_model_pb2
-
-    model = sentencepiece_model_pb2.ModelProto()
-    model.ParseFromString(proto)
-    for piece in model.pieces:
-        piece.piece = piece.piece.replace(NEWLINE_SYMBOL, "\n")
-    return model.SerializeToString()
-
-
 def train_sentencepiece(texts, vocab_size: int) -> bytes:
     """Train a unigram SentencePiece model on ``texts`` (an iterable of str); return its serialized proto.
 

@@ -1,0 +1,115 @@
+"""``InterpreterRunner(path, backend="litert-lm")``: generation in LiteRT-LM's engine (``litert-lm-api``).
+
+The runner keeps its own duties (prompt checks, context rule, stop strings, filters,
+results); the engine tokenizes the prompt, prefills, samples and decodes. It runs
+``.litertlm`` bundles (``llm-tflite bundle``). Its samplers are top-k/top-p with a
+temperature and a seed (the CPU engine has no other); the same seed gives the engine's
+own sequence, not the one of our loop.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterator
+
+from llm_tflite.errors import InvalidArgumentError, ModelFileError, RuntimeFailure, UnsupportedRuntimeError
+
+BACKENDS = ("interpreter", "litert-lm")
+#: Samplers the engine can run, and the settings each takes.
+SAMPLERS = {"greedy": set(), "random": {"temperature"}, "top_k": {"top_k", "temperature"},
+            "top_p": {"top_p", "top_k", "temperature"}}
+
+
+def import_litert_lm(what: str = "backend='litert-lm'"):
+    """``litert_lm``, its native logging down to errors unless ``-v``; ``UnsupportedRuntimeError`` if absent."""
+    from llm_tflite.console import verbose
+
+    try:
+        import litert_lm
+    except ImportError as e:
+        raise UnsupportedRuntimeError(f"{what} needs LiteRT-LM's Python API: pip install "
+                                      "'llm-tflite[litertlm]' (or pip install litert-lm-api)") from e
+    litert_lm.set_min_log_severity(litert_lm.LogSeverity.INFO if verbose() else litert_lm.LogSeverity.ERROR)
+    return litert_lm
+
+
+class LiteRTLMEngine:
+    """One ``litert_lm.Engine`` on a bundle; generations take turns (one session at a time).
+
+    Args:
+        path: a ``.litertlm`` bundle.
+        num_threads: CPU threads (default: the engine's).
+        vocab_size: the model's vocabulary (the ``random`` sampler's k).
+        start_id, stop_id: the start token the engine must add (None: none) and its stop token.
+    """
+
+    def __init__(self, path: str, num_threads: int | None, vocab_size: int, start_id: int | None = None,
+                 stop_id: int | None = None):
+        from llm_tflite.console import quiet_native
+
+        litert_lm = import_litert_lm()
+        self._litert_lm, self.vocab_size = litert_lm, vocab_size
+        self._lock = threading.Lock()
+        try:
+            with quiet_native():
+                self._engine = litert_lm.Engine(path, backend=litert_lm.Backend.CPU(thread_count=num_threads))
+        except RuntimeError as e:
+            raise ModelFileError(f"LiteRT-LM's engine cannot load {path!r} ({e}); bundle the model again with "
+                                 "`llm-tflite bundle`") from e
+        # The bundle's LlmMetadata must say what our record says, or the engine would answer otherwise.
+        stops = [ids for ids in self._engine.eos_token_ids]
+        if self._engine.bos_token_id != start_id or stops != ([[stop_id]] if stop_id is not None else []):
+            self._engine.close()
+            raise ModelFileError(f"{path!r}: its LiteRT-LM metadata (start {self._engine.bos_token_id}, stop {stops}) "
+                                 f"disagrees with the model's record (start {start_id}, stop {stop_id}); the bundle "
+                                 "is damaged: bundle the model again with `llm-tflite bundle`")
+
+    def check(self, sampler, settings: dict, stop_token_ids: set, default_stops: set) -> None:
+        """``InvalidArgumentError`` now for what the engine cannot do."""
+        if not isinstance(sampler, str) or sampler not in SAMPLERS:
+            raise InvalidArgumentError(f"backend='litert-lm' samples with {', '.join(SAMPLERS)}; sampler={sampler!r} "
+                                       "runs in our loop: use backend='interpreter'")
+        extra = set(settings) - SAMPLERS[sampler]
+        if extra:
+            raise InvalidArgumentError(f"backend='litert-lm' with sampler={sampler!r} takes {sorted(SAMPLERS[sampler])}, "
+                                       f"not {sorted(extra)}; use backend='interpreter' for them")
+        if stop_token_ids != default_stops:
+            raise InvalidArgumentError("backend='litert-lm' stops at the bundle's stop tokens; stop_token_ids "
+                                       "needs backend='interpreter'")
+
+    def sampler_config(self, sampler: str, settings: dict, seed: int | None):
+        from llm_tflite.runtime import sampling
+
+        temperature = float(settings.get("temperature", sampling.TEMPERATURE))
+        if sampler == "greedy":
+            top_k, top_p, temperature = 1, 1.0, 1.0
+        elif sampler == "random":
+            top_k, top_p = self.vocab_size, 1.0
+        elif sampler == "top_k":
+            top_k, top_p = int(settings.get("top_k", sampling.TOP_K)), 1.0
+        else:
+            top_k, top_p = int(settings.get("top_k", self.vocab_size)), float(settings.get("top_p", sampling.TOP_P))
+        return self._litert_lm.SamplerConfig(top_k=top_k, top_p=top_p, temperature=temperature,
+                                             seed=0 if seed is None else int(seed) % (1 << 31))
+
+    def pieces(self, prompt: str, max_new_tokens: int, sampler: str, settings: dict, seed) -> Iterator[str]:
+        """Text of each decode step; the generator ends at a stop token or after ``max_new_tokens``.
+
+        The engine adds the bundle's start token itself. Closing the generator cancels the
+        generation and frees the session.
+        """
+        config = self.sampler_config(sampler, settings, seed)
+        with self._lock:
+            session = self._engine.create_session(apply_prompt_template=False, sampler_config=config,
+                                                  max_output_tokens=max_new_tokens)
+            try:
+                session.run_prefill([prompt])
+                yield from (response.texts[0] if response.texts else "" for response in session.run_decode_async())
+            except RuntimeError as e:
+                raise RuntimeFailure(f"LiteRT-LM's engine failed: {e}") from e
+            finally:
+                session.cancel_process()
+                session.close()
+
+    def close(self) -> None:
+        self._engine.close()
