@@ -109,3 +109,22 @@ def test_runner_doc_examples_run(tmp_path):
     lines = out.stdout.splitlines()
     assert "bad_language" in lines and "filtered" in lines
     assert_only_own_stderr(out.stderr)
+
+
+@pytest.mark.slow
+def test_readme_deployment_paths_run(tmp_path):
+    """README's "Deploying: two paths" commands, in order, in one directory: our runner, then LiteRT-LM."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Deploying: two paths", 1)[1].split("\n## ", 1)[0]
+    lines = [line.split("  #", 1)[0].strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)
+             for line in block.strip().splitlines()]
+    assert len(lines) == 5 and any("--backend litert-lm" in line for line in lines)
+    bin_dir = os.path.dirname(sys.executable)
+    for line in lines:
+        out = subprocess.run(f"{bin_dir}/{line}", shell=True, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=900, env={**os.environ, "LLM_TFLITE_NO_PROGRESS": "1"})
+        assert out.returncode == 0, (line, out.stderr)
+        assert_only_own_stderr(out.stderr)
+        if " generate " in f" {line} ":
+            assert out.stdout.startswith("ROMEO:") and len(out.stdout) > 20, out.stdout
+    assert (tmp_path / "model.litertlm").stat().st_size > 1e6

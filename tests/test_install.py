@@ -14,6 +14,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_runtime_only_install_runs_files_and_names_the_convert_extra(tiny_tflite, tmp_path):
+    from llm_tflite.litert.litertlm import build_bundle
+
+    bundle = build_bundle(tiny_tflite, tmp_path / "tiny.litertlm")  # with the builder of this setup
     venv = tmp_path / "runtime-venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python, cli = venv / "bin" / "python", venv / "bin" / "llm-tflite"
@@ -31,8 +34,42 @@ def test_runtime_only_install_runs_files_and_names_the_convert_extra(tiny_tflite
     assert generated.returncode == 0, generated.stderr
     assert generated.stdout == "ROMEO:" + InterpreterRunner(tiny_tflite).generate("ROMEO:", 8) + "\n"
 
+    generated = subprocess.run([str(cli), "generate", str(bundle), "ROMEO:", "--max-new-tokens", "8"],
+                               capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert generated.returncode == 0, generated.stderr
+    assert generated.stdout == "ROMEO:" + InterpreterRunner(tiny_tflite).generate("ROMEO:", 8) + "\n"
+
+    bundled = subprocess.run([str(cli), "bundle", str(tiny_tflite), "-o", str(tmp_path / "y.litertlm")],
+                             capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert bundled.returncode == 1 and "pip install 'llm-tflite[litertlm]'" in bundled.stderr, bundled.stderr
+    assert "Traceback" not in bundled.stderr
+
     output = tmp_path / "x.tflite"
     converted = subprocess.run([str(cli), "convert", "gpt2_tiny_shakespeare", "-o", str(output)],
                                capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert converted.returncode == 1 and "pip install 'llm-tflite[convert]'" in converted.stderr
     assert "Traceback" not in converted.stderr and not output.exists()
+
+
+@pytest.mark.slow
+def test_litertlm_extra_bundles_and_runs_in_litert_lm_without_tensorflow(tmp_path):
+    """Without TensorFlow the builder (protobuf >= 6.31) installs beside llm-tflite: bundling runs in process."""
+    from llm_tflite import Converter
+
+    shipped = tmp_path / "shipped.tflite"
+    Converter().convert("gpt2_tiny_shakespeare", str(shipped))
+    venv = tmp_path / "litertlm-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python, cli = venv / "bin" / "python", venv / "bin" / "llm-tflite"
+    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-c", str(ROOT / "constraints.txt"),
+                              f"{ROOT}[litertlm]"], capture_output=True, text=True, timeout=1200)
+    assert install.returncode == 0, install.stderr[-3000:]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LLM_TFLITE_LITERTLM_PYTHON")}
+    bundle = tmp_path / "shipped.litertlm"
+    bundled = subprocess.run([str(cli), "bundle", str(shipped), "-o", str(bundle)], capture_output=True, text=True,
+                             env=env, timeout=300, cwd=tmp_path)
+    assert bundled.returncode == 0, bundled.stderr
+    generated = subprocess.run([str(cli), "generate", str(bundle), "ROMEO:", "--max-new-tokens", "16", "--backend",
+                                "litert-lm"], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert generated.returncode == 0, generated.stderr
+    assert generated.stdout == "ROMEO:" + InterpreterRunner(shipped).generate("ROMEO:", 16) + "\n"
