@@ -5,7 +5,7 @@ INFO lines, ``-q`` only warnings, ``-v`` everything including what TensorFlow, a
 LiteRT write from native code. Without ``-v`` that native chatter (CUDA registration,
 "computation placer", converter statistics, "Created TensorFlow Lite XNNPACK delegate")
 is silenced where it is produced: TensorFlow's import, TFLite conversion and interpreter
-creation.
+creation (and, for LiteRT's exit-time destructors, after Python exits: ``quiet_native_exit``).
 """
 
 from __future__ import annotations
@@ -70,6 +70,38 @@ def quiet_native():
             finally:
                 os.dup2(saved, 2)
                 os.close(saved)
+
+
+_exit_silenced = False
+
+
+def quiet_native_exit() -> None:
+    """Discard what native code writes to stderr once Python exits (unless verbose).
+
+    LiteRT's static destructors log "DestroyAccelerator" lines after the interpreter has
+    finished; no object lifetime can move them earlier. Called by whatever creates a LiteRT
+    environment; Python's own output is flushed first.
+    """
+    global _exit_silenced
+    if _exit_silenced or verbose():
+        return
+    _exit_silenced = True
+
+    def silence():
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (AttributeError, ValueError):
+                pass
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+        except OSError:
+            pass
+
+    import atexit
+
+    atexit.register(silence)
 
 
 #: What to install for conversion, training and generate-mode files (the runtime alone needs none of it).

@@ -2,9 +2,14 @@
 
 The twin of ``llm_tflite.export.prefill_decode``, which writes these signatures.
 
-Threading model: one engine (one native interpreter) per runner, shared by every
-``Sequence``; each ``Sequence`` owns its KV caches and position, and every signature call
-runs under the engine's lock, so the interpreter is never driven from two threads at once
+The file runs in LiteRT's ``CompiledModel``. Each sequence's KV caches live in the
+runtime's own tensor buffers, bound as both input and output of every call, so the
+graph updates them in place: a decode step moves one token's keys and values, not the
+whole cache through Python (LiteRT-LM's engine does the same).
+
+Threading model: one engine (one compiled model) per runner, shared by every
+``Sequence``; each ``Sequence`` owns its cache buffers and position, and every signature
+call runs under the engine's lock, so the runtime is never driven from two threads at once
 and concurrent or interleaved generations never see each other's caches.
 """
 
@@ -15,33 +20,55 @@ from typing import Callable
 
 import numpy as np
 
-from llm_tflite.console import quiet_native
+from llm_tflite.console import quiet_native, quiet_native_exit
 from llm_tflite.errors import ContextLengthError, ModelFileError, RuntimeFailure
 
-#: ``observer(signature_name, inputs)`` sees every signature call's inputs (calibration records them).
+#: ``observer(signature_name, inputs)`` sees every signature call's inputs, caches as arrays
+#: (calibration records them).
 Observer = Callable[[str, dict], None]
 
 
-def _interpreter_class():
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # pragma: no cover - environments with TensorFlow only
-        from llm_tflite.console import import_tensorflow
+_environment = None
+_environment_lock = threading.Lock()
 
-        Interpreter = import_tensorflow().lite.Interpreter
-    return Interpreter
+
+def litert_environment():
+    """One LiteRT environment for the process (accelerator registration happens once), made quietly."""
+    global _environment
+    with _environment_lock:
+        if _environment is None:
+            import os
+
+            import ai_edge_litert
+            from ai_edge_litert.environment import Environment, EnvironmentOptions
+
+            with quiet_native():  # as CompiledModel makes its default one
+                _environment = Environment.create(options=EnvironmentOptions(
+                    runtime_path=os.path.dirname(os.path.abspath(ai_edge_litert.__file__))))
+            quiet_native_exit()
+        return _environment
 
 
 class PrefillDecodeEngine:
-    """The interpreter of a ``prefill_decode`` file and its signatures; stateless between calls."""
+    """The compiled model of a ``prefill_decode`` file and its signatures; stateless between calls.
+
+    A sequence's state is a dict of cache name -> ``TensorBuffer`` (``new_state``).
+    """
 
     def __init__(self, data: bytes, metadata: dict, num_threads, path):
-        Interpreter = _interpreter_class()
+        from ai_edge_litert.compiled_model import CompiledModel
+        from ai_edge_litert.cpu_options import CpuOptions
+        from ai_edge_litert.options import Options
+
+        self._data = data  # the runtime reads the model from this buffer: keep it alive
+        environment = litert_environment()
         try:
-            with quiet_native():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
-                self.interpreter = Interpreter(model_content=data, num_threads=num_threads)
-                signatures = self.interpreter.get_signature_list()
-                self.runners = {name: self.interpreter.get_signature_runner(name) for name in signatures}
+            with quiet_native():  # accelerator registration, "Created TensorFlow Lite XNNPACK delegate for CPU."
+                self.model = CompiledModel.from_buffer(
+                    data, environment=environment, options=Options(cpu_options=CpuOptions(num_threads=num_threads or 0)))
+                signatures = self.model.get_signature_list()
+                self.input_details = {name: self.model.get_input_tensor_details(name) for name in signatures}
+                self.output_details = {name: self.model.get_output_tensor_details(name) for name in signatures}
         except (ValueError, RuntimeError) as e:
             raise ModelFileError(f"the runtime cannot load {path!r}: {e}; re-convert it") from e
         self.context_length = int(metadata["context_length"])
@@ -50,24 +77,35 @@ class PrefillDecodeEngine:
         if missing:
             raise ModelFileError(f"{path!r} lacks signatures {missing}; re-convert it")
         self.has_hidden_states = bool(metadata.get("hidden_states", False))
-        self._check_graph(metadata, signatures, path)
-        details = self.runners["decode"].get_input_details()
+        self._check_graph(metadata, path)
         self.cache_specs = {
-            name: (tuple(details[name]["shape"]), details[name]["dtype"])
-            for name in signatures["decode"]["inputs"] if name.startswith("kv_cache_")
+            name: (tuple(detail["shape"]), np.dtype(detail["dtype"]))
+            for name, detail in self.input_details["decode"].items() if name.startswith("kv_cache_")
         }
-        self.vocab_size = int(self.runners["decode"].get_output_details()["logits"]["shape"][-1])
+        self._zeros = {name: np.zeros(shape, dtype) for name, (shape, dtype) in self.cache_specs.items()}
+        self.vocab_size = int(self.output_details["decode"]["logits"]["shape"][-1])
         self._lock = threading.Lock()
-        # LiteRT applies its XNNPACK delegate at the first invoke (and announces it on stderr):
-        # do that here, quietly, so a graph the runtime cannot run fails in the constructor.
         try:
             with quiet_native():
+                self._io = {name: self._signature_buffers(name) for name in signatures
+                            if name == "decode" or name.startswith("prefill_")}
+                # XNNPACK is applied at the first run (and announces it on stderr): do that here,
+                # quietly, so a graph the runtime cannot run fails in the constructor.
                 self.call("decode", dict(tokens=np.zeros((1, 1), np.int32), input_pos=np.zeros(1, np.int32),
-                                         **self.new_caches()))
-        except RuntimeFailure as e:
-            raise ModelFileError(f"the runtime cannot run {path!r}: {e.__cause__}; re-convert it") from e
+                                         caches=self.new_state()))
+        except (RuntimeFailure, ValueError, RuntimeError) as e:
+            raise ModelFileError(f"the runtime cannot run {path!r}: {e.__cause__ or e}; re-convert it") from e
 
-    def _check_graph(self, metadata: dict, signatures: dict, path) -> None:
+    def _signature_buffers(self, name: str) -> dict:
+        """The buffers of a signature's small tensors, made once: tokens, positions, logits (hidden states)."""
+        outputs = ["logits"] + (["hidden_states"] if self.has_hidden_states else [])
+        return {
+            "inputs": {key: self.model.create_input_buffer_by_name(name, key) for key in ("tokens", "input_pos")},
+            "outputs": {key: self.model.create_output_buffer_by_name(name, key) for key in outputs},
+            "shapes": {key: tuple(self.output_details[name][key]["shape"]) for key in outputs},
+        }
+
+    def _check_graph(self, metadata: dict, path) -> None:
         """The signatures' tensors must be what the record says: a mismatch would generate garbage."""
         spec = metadata["kv_cache"]
         caches = [f"kv_cache_{kind}_{i}" for i in range(spec["num_layers"]) for kind in "kv"]
@@ -78,21 +116,43 @@ class PrefillDecodeEngine:
             shapes = {"k": [1, context, heads, dim], "v": [1, context, heads, dim]}
         cache_shape = shapes["k"]
         for name, length in [("decode", 1)] + [(f"prefill_{n}", n) for n in self.prefill_lengths]:
-            inputs = self.runners[name].get_input_details()
-            outputs = self.runners[name].get_output_details()
+            inputs, outputs = self.input_details[name], self.output_details[name]
             expected = {"tokens": [1, length], "input_pos": [length],
                         **{c: shapes[c.split("_")[2]] for c in caches}}
             found = {key: list(value["shape"]) for key, value in inputs.items()}
             hidden = {"hidden_states"} if self.has_hidden_states else set()
-            if found != expected or set(outputs) != {"logits", *caches, *hidden} or \
+            same_types = all(str(inputs[c]["dtype"]) == "float32" and list(outputs[c]["shape"]) == expected[c]
+                             for c in caches if c in inputs and c in outputs)
+            if found != expected or set(outputs) != {"logits", *caches, *hidden} or not same_types or \
                     list(outputs["logits"]["shape"][:2]) != [1, length]:
                 raise ModelFileError(
                     f"{path!r}: signature {name!r} does not match the file's record (context {self.context_length}, "
                     f"cache {cache_shape}, {len(caches)} caches); the file is damaged or inconsistent, re-convert it"
                 )
 
-    def new_caches(self) -> dict[str, np.ndarray]:
-        return {name: np.zeros(shape, dtype) for name, (shape, dtype) in self.cache_specs.items()}
+    # -- sequence state: cache buffers ---------------------------------------------
+    def new_state(self) -> dict:
+        """Zeroed cache buffers for a new sequence."""
+        with self._lock:
+            state = {name: self.model.create_input_buffer_by_name("decode", name) for name in self.cache_specs}
+            for name, buffer in state.items():
+                buffer.write(self._zeros[name])
+        return state
+
+    def read_state(self, state: dict) -> dict[str, np.ndarray]:
+        """The caches of ``state`` as arrays (copies)."""
+        with self._lock:
+            return {name: buffer.read(self._zeros[name].size, self._zeros[name].dtype).reshape(self._zeros[name].shape)
+                    for name, buffer in state.items()}
+
+    def copy_state(self, state: dict) -> dict:
+        """New cache buffers holding what ``state``'s hold (a fork)."""
+        arrays = self.read_state(state)
+        with self._lock:
+            twin = {name: self.model.create_input_buffer_by_name("decode", name) for name in state}
+            for name, buffer in twin.items():
+                buffer.write(arrays[name])
+        return twin
 
     def chunk_length(self, remaining: int, position: int) -> int:
         """Tokens the next call takes: the smallest prefill covering ``remaining``, else the largest that fits."""
@@ -103,12 +163,19 @@ class PrefillDecodeEngine:
         return min(covering) if covering else max(fitting)
 
     def call(self, name: str, inputs: dict) -> dict:
-        """Run one signature; serialised, so threads may share the engine."""
+        """Run one signature on ``inputs`` (``tokens``, ``input_pos``, ``caches``: a state, updated in
+        place); return ``logits`` (and ``hidden_states``). Serialised, so threads may share the engine."""
         try:
             with self._lock:
-                return self.runners[name](**inputs)
+                io = self._io[name]
+                io["inputs"]["tokens"].write(inputs["tokens"])
+                io["inputs"]["input_pos"].write(inputs["input_pos"])
+                caches = inputs["caches"]
+                self.model.run_by_name(name, {**io["inputs"], **caches}, {**io["outputs"], **caches})
+                return {key: buffer.read(int(np.prod(io["shapes"][key])), np.float32).reshape(io["shapes"][key])
+                        for key, buffer in io["outputs"].items()}
         except (RuntimeError, ValueError) as e:
-            raise RuntimeFailure(f"the interpreter failed running {name!r}: {e}; if the file was copied, check "
+            raise RuntimeFailure(f"the runtime failed running {name!r}: {e}; if the file was copied, check "
                                  "the copy, or re-convert it") from e
 
 
@@ -128,17 +195,17 @@ class Sequence:
         self.engine = engine
         self.observer = observer
         self.position = 0
-        self.caches = engine.new_caches()
+        self.caches = engine.new_state()
 
     @property
     def context_length(self) -> int:
         return self.engine.context_length
 
     def fork(self) -> "Sequence":
-        """A copy that continues independently (beams, candidates). Costs no copy of the caches:
-        ``feed`` replaces them with new arrays rather than writing into them."""
+        """A copy that continues independently (beams, candidates): its own copy of the caches."""
         twin = Sequence.__new__(Sequence)
-        twin.engine, twin.observer, twin.position, twin.caches = self.engine, self.observer, self.position, self.caches
+        twin.engine, twin.observer, twin.position = self.engine, self.observer, self.position
+        twin.caches = self.engine.copy_state(self.caches)
         return twin
 
     def feed(self, token_ids) -> np.ndarray:
@@ -169,11 +236,9 @@ class Sequence:
             tokens[0, : len(chunk)] = chunk
             input_pos = np.arange(self.position, self.position + length, dtype=np.int32)
             name = "decode" if length == 1 else f"prefill_{length}"
-            inputs = dict(tokens=tokens, input_pos=input_pos, **self.caches)
             if self.observer is not None:
-                self.observer(name, inputs)
-            result = self.engine.call(name, inputs)
-            self.caches = {cache_name: result[cache_name] for cache_name in self.caches}
+                self.observer(name, dict(tokens=tokens, input_pos=input_pos, **self.engine.read_state(self.caches)))
+            result = self.engine.call(name, dict(tokens=tokens, input_pos=input_pos, caches=self.caches))
             outputs.append(result["logits"].reshape(length, -1)[: len(chunk)])
             if hidden:
                 hiddens.append(result["hidden_states"].reshape(length, -1)[: len(chunk)])
