@@ -184,11 +184,27 @@ def test_bench_on_a_generate_file_says_why_not(tiny_tflite, tmp_path):
     assert out.returncode == 1 and "needs a prefill_decode file" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_bench_reports_prefill_and_decode(tiny_tflite):
-    out = cli("bench", tiny_tflite, "--new-tokens", "8", "--runs", "1", "--json")
+def test_bench_reports_every_field(tiny_tflite):
+    out = cli("bench", tiny_tflite, "--new-tokens", "8", "--prompt-tokens", "4,16", "--runs", "2", "--json")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert result["prefill_tokens_per_s"] > 0 and result["decode_tokens_per_s"] > 0
+    assert {"file", "file_bytes", "quantization", "context_length", "load_s", "prefill", "new_tokens",
+            "decode_tokens_per_s", "decode_early", "decode_late", "peak_rss_bytes", "bytes_read_per_token",
+            "read_bandwidth_bytes_per_s", "decode_bound_tokens_per_s", "decode_fraction_of_bound"} <= set(result)
+    assert sorted(result["prefill"]) == ["16", "4"] and all(
+        figures["time_to_first_token_s"] > 0 and figures["tokens_per_s"] > 0 for figures in result["prefill"].values())
+    for phase in ("decode_early", "decode_late"):
+        figures = result[phase]
+        assert 0 < figures["min"] <= figures["median"] <= figures["max"], figures
+    assert result["decode_early"]["positions"] == [4, 12] and result["decode_late"]["positions"] == [120, 128]
+    read = result["bytes_read_per_token"]
+    assert read["total"] == read["weights"] + read["kv_cache"] and 0 < read["weights"] < result["file_bytes"]
+    assert read["kv_cache"] == 2 * 2 * 128 * 32 * 4  # layers x (k, v) x context x hidden x float32
+    assert result["read_bandwidth_bytes_per_s"] > 1e8 and result["peak_rss_bytes"] > result["file_bytes"]
+    assert result["decode_fraction_of_bound"] == pytest.approx(
+        result["decode_tokens_per_s"] / result["decode_bound_tokens_per_s"])
+    out = cli("bench", tiny_tflite, "--new-tokens", "8", "--prompt-tokens", "4", "--runs", "1")
+    assert out.returncode == 0 and "bound:" in out.stdout and "decode at positions 4-12" in out.stdout, out.stderr
 
 
 def test_generate_options_on_the_command_line(tiny_tflite):

@@ -170,7 +170,7 @@ def test_cli_bundle_convert_format_generate_and_bench_side_by_side(tiny_tflite, 
                    cwd=tmp_path)
         assert out.returncode == 0 and out.stdout == "ROMEO:" + expected + "\n", out.stderr
         assert out.stderr == "", out.stderr  # the engine's native logging stays quiet
-    out = _cli("bench", tmp_path / "a.litertlm", "--new-tokens", "8", "--prompt-tokens", "8", "--runs", "1", "--json")
+    out = _cli("bench", tmp_path / "a.litertlm", "--new-tokens", "8", "--prompt-tokens", "8", "--runs", "2", "--json")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["decode_tokens_per_s"] > 0 and result["litert_lm"]["decode_tokens_per_s"] > 0

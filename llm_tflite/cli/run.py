@@ -113,6 +113,7 @@ def sampler_names() -> list[str]:
 
 
 def cmd_bench(args) -> int:
+    from llm_tflite.cli.common import size
     from llm_tflite.evaluation.bench import bench_file, bench_keras
 
     result = bench_file(args.file, args.prompt_tokens, args.new_tokens, args.runs, args.threads)
@@ -122,8 +123,19 @@ def cmd_bench(args) -> int:
     if args.json:
         print_json(result)
         return 0
-    print(f"{result['file']}: prefill {result['prefill_tokens_per_s']:.0f} tokens/s "
-          f"({result['prompt_tokens']} tokens), decode {result['decode_tokens_per_s']:.1f} tokens/s")
+    early, late, read = result["decode_early"], result["decode_late"], result["bytes_read_per_token"]
+    print(f"{result['file']} ({size(result['file_bytes'])}, {result['quantization']}, context "
+          f"{result['context_length']}): loaded in {result['load_s']:.2f} s, peak RSS {size(result['peak_rss_bytes'])}")
+    for length, figures in result["prefill"].items():
+        print(f"  prompt {length:>4} tokens: first token after {figures['time_to_first_token_s'] * 1000:.1f} ms "
+              f"(prefill {figures['tokens_per_s']:.0f} tokens/s)")
+    for name, figures in (("early", early), ("late", late)):
+        print(f"  decode at positions {figures['positions'][0]}-{figures['positions'][1]}: {figures['median']:.1f} "
+              f"tokens/s (min {figures['min']:.1f}, max {figures['max']:.1f})")
+    print(f"  bound: {result['decode_bound_tokens_per_s']:.1f} tokens/s = read bandwidth "
+          f"{result['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s / {size(read['total'])} per token (weights "
+          f"{size(read['weights'])} + KV cache {size(read['kv_cache'])}); reached "
+          f"{result['decode_fraction_of_bound']:.0%}")
     engine = result.get("litert_lm")
     if engine:
         print(f"LiteRT-LM engine, same file: prefill {engine['prefill_tokens_per_s']:.0f} tokens/s "
@@ -154,12 +166,18 @@ def add_commands(cli) -> None:
     add_json(p)
     p.set_defaults(func=cmd_autocomplete)
 
+    from llm_tflite.cli.common import int_list
+    from llm_tflite.evaluation.bench import NEW_TOKENS, PROMPT_LENGTHS
+
     p = cli.add_parser("bench", help="prefill/decode speed of a prefill_decode file (a bundle: ours and LiteRT-LM's "
                        "engine side by side), optionally against Keras")
     p.add_argument("file", help="a prefill_decode .tflite file or a .litertlm bundle")
     p.add_argument("--reference", help="a model to compare with (preset name or directory), run in this process")
-    p.add_argument("--prompt-tokens", type=int, default=64, help="prompt length for the prefill measurement")
-    p.add_argument("--new-tokens", type=int, default=64, help="greedy decode steps measured after the prompt")
+    p.add_argument("--prompt-tokens", type=int_list, default=list(PROMPT_LENGTHS),
+                   help=f"prompt lengths for time to first token and prefill speed (default: "
+                   f"{','.join(map(str, PROMPT_LENGTHS))}); decode runs after the shortest")
+    p.add_argument("--new-tokens", type=int, default=NEW_TOKENS,
+                   help="greedy decode steps measured after the prompt and at the end of the context")
     p.add_argument("--runs", type=int, default=3, help="repetitions; the median is reported")
     p.add_argument("--threads", type=int, help="interpreter threads (default: the runtime's)")
     add_json(p)

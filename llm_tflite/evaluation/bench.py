@@ -1,38 +1,69 @@
-"""``llm-tflite bench``: prefill and decode speed of a ``prefill_decode`` file.
+"""``llm-tflite bench``: what ``generate`` gets from a ``prefill_decode`` file, and what it could get.
 
-With ``--reference MODEL`` the same continuation is also produced by the Keras model's
-``generate`` in the same process, and speeds are reported as ratios against it.
+It measures the path ``generate`` takes (a ``Sequence``: prefill signatures, then one
+``decode`` call per token, greedy): load time; time to first token and prefill tokens/s
+for several prompt lengths; decode tokens/s just after a short prompt and near the end of
+the context (median, min and max over rounds); peak RSS. And the bound: a CPU decodes at
+most read bandwidth / bytes read per token (the weights as the runtime holds them, plus
+the whole KV cache, which every step's attention reads), with the read bandwidth measured
+on the spot; the fraction of it reached says how much a faster engine could gain. On a
+``.litertlm`` bundle, LiteRT-LM's engine is measured beside ours. With ``--reference MODEL``
+the Keras model's ``generate`` runs in the same process as the baseline.
 """
 
 from __future__ import annotations
 
+import os
+import resource
+import threading
 import time
 
 import numpy as np
+
+#: Prompt lengths of the prefill/time-to-first-token measurement.
+PROMPT_LENGTHS = (8, 64, 256)
+NEW_TOKENS = 100
 
 
 def _median(values):
     return float(np.median(values))
 
 
+def _spread(tokens: int, seconds: list[float]) -> dict:
+    rates = [tokens / s for s in seconds]
+    return {"median": _median(rates), "min": float(min(rates)), "max": float(max(rates))}
+
+
 def _prompt(runner, prompt_tokens: int, new_tokens: int) -> list[int]:
-    prompt_tokens = min(prompt_tokens, runner.context_length - new_tokens - 1)
+    prompt_tokens = max(1, min(prompt_tokens, runner.context_length - new_tokens - 1))
     rng = np.random.default_rng(0)
     vocab = len(runner.tokenizer.vocab) if hasattr(runner.tokenizer, "vocab") else 256
     return [int(t) for t in rng.integers(0, min(vocab, 255), size=prompt_tokens)]
 
 
 def _timed_run(runner, prompt, new_tokens) -> tuple[float, float]:
-    """Seconds for the prefill of ``prompt`` and for ``new_tokens`` greedy decode steps after it."""
+    """Seconds to the first token (prefill of ``prompt`` and its argmax) and for ``new_tokens``
+    greedy decode steps after it."""
     sequence = runner.sequence()
     start = time.perf_counter()
-    logits = sequence.feed(prompt)[-1]
-    prefill = time.perf_counter() - start
-    token = int(np.argmax(logits))
+    token = int(np.argmax(sequence.feed(prompt)[-1]))
+    first = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(new_tokens):
         token = int(np.argmax(sequence.feed([token])[-1]))
-    return prefill, time.perf_counter() - start
+    return first, time.perf_counter() - start
+
+
+def _late_decode(runner, new_tokens) -> tuple[int, float]:
+    """``(steps, seconds)`` of up to ``new_tokens`` decode steps that end at the last slot of the context."""
+    sequence = runner.sequence()
+    start_at = max(runner.context_length - new_tokens, 1)
+    token = int(np.argmax(sequence.feed(_prompt(runner, start_at, 0)[:start_at])[-1]))
+    steps = runner.context_length - sequence.position
+    start = time.perf_counter()
+    for _ in range(steps):
+        token = int(np.argmax(sequence.feed([token])[-1]))
+    return steps, time.perf_counter() - start
 
 
 def _prefill_decode_runner(path, num_threads=None):
@@ -50,21 +81,87 @@ def _prefill_decode_runner(path, num_threads=None):
     return InterpreterRunner(path, num_threads=num_threads)
 
 
-def bench_file(path, prompt_tokens=64, new_tokens=64, runs=3, num_threads=None) -> dict:
-    """Prefill and decode tokens/s of a ``prefill_decode`` file (medians over ``runs``)."""
+def read_bandwidth(threads: int = 2, megabytes: int = 512, rounds: int = 5) -> float:
+    """Bytes/s this machine reads from memory with ``threads`` threads (best of ``rounds``).
+
+    A reduction over 64-bit integers (numpy's ``bitwise_or``, which releases the GIL) over a
+    buffer much larger than the caches: a read stream with next to no compute per byte.
+    """
+    data = np.ones(megabytes << 17, np.uint64)  # megabytes MiB
+    parts = np.array_split(data, threads)
+    best = float("inf")
+    for _ in range(rounds):
+        workers = [threading.Thread(target=np.bitwise_or.reduce, args=(part,)) for part in parts]
+        start = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        best = min(best, time.perf_counter() - start)
+    return data.nbytes / best
+
+
+def decode_bytes_per_token(runner) -> dict:
+    """Bytes a decode step reads: the weights as the runtime holds them, and the whole KV cache."""
+    from llm_tflite.errors import LLMTFLiteError
+    from llm_tflite.litert.flatbuffer import weight_bytes
+    from llm_tflite.plugins.registry import get_strategy
+
+    try:
+        expansion = get_strategy(runner.metadata["quantization"]).memory_expansion
+    except LLMTFLiteError:  # a strategy from a plugin that is not installed here
+        expansion = 1.0
+    weights = int(weight_bytes(runner._engine.model_data) * expansion)
+    cache = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
+                for shape, dtype in runner._engine.cache_specs.values())
+    return {"weights": weights, "kv_cache": cache, "total": weights + cache}
+
+
+def bench_file(path, prompt_lengths=PROMPT_LENGTHS, new_tokens=NEW_TOKENS, runs=3, num_threads=None) -> dict:
+    """Load, prefill, decode and memory figures of a ``prefill_decode`` file (or bundle), and the bound."""
+    if isinstance(prompt_lengths, int):
+        prompt_lengths = (prompt_lengths,)
+    start = time.perf_counter()
     runner = _prefill_decode_runner(path, num_threads)
-    prompt = _prompt(runner, prompt_tokens, new_tokens)
-    runner.logits(prompt)  # warm-up
-    times = [_timed_run(runner, prompt, new_tokens) for _ in range(runs)]
+    load_seconds = time.perf_counter() - start
+    prompts = {len(p): p for p in (_prompt(runner, n, new_tokens) for n in prompt_lengths)}
+    _timed_run(runner, prompts[min(prompts)], 4)  # warm-up
+    prefill, decode = {}, []
+    for length, prompt in prompts.items():
+        times = [_timed_run(runner, prompt, new_tokens if length == min(prompts) else 0) for _ in range(runs)]
+        prefill[str(length)] = {"time_to_first_token_s": _median([t[0] for t in times]),
+                                "tokens_per_s": length / _median([t[0] for t in times])}
+        if length == min(prompts):
+            decode = [t[1] for t in times]
+    late = [_late_decode(runner, new_tokens) for _ in range(runs)]
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # before the bandwidth buffer
+    read = decode_bytes_per_token(runner)
+    bandwidth = read_bandwidth(threads=num_threads or os.cpu_count() or 1)
+    early = _spread(new_tokens, decode)
+    bound = bandwidth / read["total"]
     result = {
         "file": str(path),
-        "prompt_tokens": len(prompt),
+        "file_bytes": os.path.getsize(path),
+        "quantization": runner.metadata["quantization"],
+        "context_length": runner.context_length,
+        "load_s": load_seconds,
+        "prefill": prefill,
         "new_tokens": new_tokens,
-        "prefill_tokens_per_s": len(prompt) / _median([t[0] for t in times]),
-        "decode_tokens_per_s": new_tokens / _median([t[1] for t in times]),
+        "decode_tokens_per_s": early["median"],
+        "decode_early": {**early, "positions": [min(prompts), min(prompts) + new_tokens]},
+        "decode_late": {**_spread(late[0][0], [t for _, t in late]),
+                        "positions": [runner.context_length - late[0][0], runner.context_length]},
+        "peak_rss_bytes": peak_rss,
+        "bytes_read_per_token": read,
+        "read_bandwidth_bytes_per_s": bandwidth,
+        "decode_bound_tokens_per_s": bound,
+        "decode_fraction_of_bound": early["median"] / bound,
+        # the figures of earlier versions, for scripts that read them
+        "prompt_tokens": min(prompts),
+        "prefill_tokens_per_s": prefill[str(max(prompts))]["tokens_per_s"],
     }
     if _is_bundle(path):
-        result["litert_lm"] = bench_litert_lm(path, len(prompt), new_tokens, runs, num_threads)
+        result["litert_lm"] = bench_litert_lm(path, max(prompts), new_tokens, runs, num_threads)
     return result
 
 

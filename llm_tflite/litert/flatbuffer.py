@@ -86,6 +86,17 @@ def pack_model(model) -> bytes:
     return bytes(builder.Output())
 
 
+def weight_bytes(tflite_model) -> int:
+    """Bytes of the model's constant buffers (weights, inline or stored after the flatbuffer; not metadata)."""
+    model = _schema().Model.GetRootAs(tflite_model, 0)
+    metadata = {model.Metadata(i).Buffer() for i in range(model.MetadataLength())}
+    total = 0
+    for i in set(range(model.BuffersLength())) - metadata:
+        buffer = model.Buffers(i)
+        total += buffer.DataLength() or (buffer.Size() if buffer.Offset() > 1 else 0)
+    return total
+
+
 def read_model_file(path: str) -> bytes:
     """The bytes of a ``.tflite`` file, with a clear error when it is missing or unreadable."""
     path = os.fspath(path)

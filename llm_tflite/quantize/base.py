@@ -17,6 +17,9 @@ class QuantizationStrategy:
     description: str = ""
     #: True if ``configure`` needs ``calibration`` (a representative dataset).
     needs_calibration: bool = False
+    #: Bytes the runtime holds (and reads per decode step) per weight byte in the file: float16
+    #: and weight-only int8 weights are expanded to float32 when the model loads.
+    memory_expansion: float = 1.0
     #: Export modes the strategy is known to produce correct files for.
     export_modes: tuple = ("prefill_decode", "generate")
 

@@ -34,6 +34,7 @@ class DynamicInt8(QuantizationStrategy):
 class Float16(QuantizationStrategy):
     name = "float16"
     description = "float16 weights, dequantized to float32 at load"
+    memory_expansion = 2.0
 
     def configure(self, converter, calibration=None):
         import tensorflow as tf
@@ -153,6 +154,7 @@ class FullInt8(AIEdgeQuantizerStrategy):
 class WeightOnlyInt8(AIEdgeQuantizerStrategy):
     name = "weight_only_int8"
     description = "int8 per-channel weights (embeddings too), dequantized to float for float compute"
+    memory_expansion = 4.0
 
 
 class Int4Blockwise32(AIEdgeQuantizerStrategy):

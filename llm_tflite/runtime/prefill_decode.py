@@ -60,7 +60,7 @@ class PrefillDecodeEngine:
         from ai_edge_litert.cpu_options import CpuOptions
         from ai_edge_litert.options import Options
 
-        self._data = data  # the runtime reads the model from this buffer: keep it alive
+        self.model_data = data  # the runtime reads the model from this buffer: keep it alive
         environment = litert_environment()
         try:
             with quiet_native():  # accelerator registration, "Created TensorFlow Lite XNNPACK delegate for CPU."
