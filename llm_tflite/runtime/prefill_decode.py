@@ -64,8 +64,10 @@ class PrefillDecodeEngine:
         environment = litert_environment()
         try:
             with quiet_native():  # accelerator registration, "Created TensorFlow Lite XNNPACK delegate for CPU."
-                self.model = CompiledModel.from_buffer(
-                    data, environment=environment, options=Options(cpu_options=CpuOptions(num_threads=num_threads or 0)))
+                # XNNPACK packs each signature's weights for its kernels; its weight cache, held in
+                # memory, makes the prefill and decode signatures share one packed copy.
+                cpu = CpuOptions(num_threads=num_threads or 0, xnnpack_weight_cache_path=":memory:")
+                self.model = CompiledModel.from_buffer(data, environment=environment, options=Options(cpu_options=cpu))
                 signatures = self.model.get_signature_list()
                 self.input_details = {name: self.model.get_input_tensor_details(name) for name in signatures}
                 self.output_details = {name: self.model.get_output_tensor_details(name) for name in signatures}
