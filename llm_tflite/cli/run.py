@@ -99,7 +99,7 @@ def _add_generation_options(p, *, default_sampler, default_max_new_tokens, filte
                    help=f"reject prompts and output with a listed word (default: {filter_default})")
     p.add_argument("--filter-words", help="a word list file (one per line, # comments) for the filter, "
                    "instead of the built-in list")
-    p.add_argument("--threads", type=int, help="interpreter threads (default: the runtime's)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: every core)")
     p.add_argument("--backend", default="interpreter", choices=BACKENDS,
                    help="interpreter: our loop (every option); litert-lm: a .litertlm bundle in LiteRT-LM's engine "
                    "(greedy/random/top_k/top_p; needs llm-tflite[litertlm])")
@@ -125,7 +125,7 @@ def cmd_bench(args) -> int:
         return 0
     early, late, read = result["decode_early"], result["decode_late"], result["bytes_read_per_token"]
     print(f"{result['file']} ({size(result['file_bytes'])}, {result['quantization']}, context "
-          f"{result['context_length']}): loaded in {result['load_s']:.2f} s, peak RSS {size(result['peak_rss_bytes'])}")
+          f"{result['context_length']}, {result['threads']} threads): loaded in {result['load_s']:.2f} s, peak RSS {size(result['peak_rss_bytes'])}")
     for length, figures in result["prefill"].items():
         print(f"  prompt {length:>4} tokens: first token after {figures['time_to_first_token_s'] * 1000:.1f} ms "
               f"(prefill {figures['tokens_per_s']:.0f} tokens/s)")
@@ -179,6 +179,6 @@ def add_commands(cli) -> None:
     p.add_argument("--new-tokens", type=int, default=NEW_TOKENS,
                    help="greedy decode steps measured after the prompt and at the end of the context")
     p.add_argument("--runs", type=int, default=3, help="repetitions; the median is reported")
-    p.add_argument("--threads", type=int, help="interpreter threads (default: the runtime's)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: every core)")
     add_json(p)
     p.set_defaults(func=cmd_bench)

@@ -136,7 +136,7 @@ def bench_file(path, prompt_lengths=PROMPT_LENGTHS, new_tokens=NEW_TOKENS, runs=
     late = [_late_decode(runner, new_tokens) for _ in range(runs)]
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # before the bandwidth buffer
     read = decode_bytes_per_token(runner)
-    bandwidth = read_bandwidth(threads=num_threads or os.cpu_count() or 1)
+    bandwidth = read_bandwidth(threads=runner.num_threads)
     early = _spread(new_tokens, decode)
     bound = bandwidth / read["total"]
     result = {
@@ -144,6 +144,7 @@ def bench_file(path, prompt_lengths=PROMPT_LENGTHS, new_tokens=NEW_TOKENS, runs=
         "file_bytes": os.path.getsize(path),
         "quantization": runner.metadata["quantization"],
         "context_length": runner.context_length,
+        "threads": runner.num_threads,
         "load_s": load_seconds,
         "prefill": prefill,
         "new_tokens": new_tokens,
@@ -161,7 +162,7 @@ def bench_file(path, prompt_lengths=PROMPT_LENGTHS, new_tokens=NEW_TOKENS, runs=
         "prefill_tokens_per_s": prefill[str(max(prompts))]["tokens_per_s"],
     }
     if _is_bundle(path):
-        result["litert_lm"] = bench_litert_lm(path, max(prompts), new_tokens, runs, num_threads)
+        result["litert_lm"] = bench_litert_lm(path, max(prompts), new_tokens, runs, runner.num_threads)
     return result
 
 
@@ -214,12 +215,12 @@ def decode_speeds(paths, prompt_tokens=32, new_tokens=64, rounds=5) -> dict:
     return {path: new_tokens / _median(s) for path, s in seconds.items()}
 
 
-def bench_keras(model, prompt_tokens, new_tokens, runs=3) -> dict:
+def bench_keras(model, prompt_tokens, new_tokens, runs=3, random_weights=False) -> dict:
     """Keras ``generate`` (greedy, XLA) tokens/s of ``model`` in this process: the baseline."""
     from llm_tflite.families.base import without_preprocessor
     from llm_tflite.plugins.registry import load_model
 
-    _, lm = load_model(model)  # Keras on TensorFlow, quietly, before KerasHub
+    _, lm = load_model(model, random_weights=random_weights)  # Keras on TensorFlow, quietly, before KerasHub
     import keras_hub
 
     lm.compile(sampler=keras_hub.samplers.GreedySampler())

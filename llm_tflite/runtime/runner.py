@@ -105,7 +105,8 @@ class InterpreterRunner:
     Args:
         path: the ``.tflite`` file written by ``Converter`` / ``llm-tflite convert``, or a
             ``.litertlm`` bundle of one (``llm-tflite bundle``).
-        num_threads: interpreter threads (default: the runtime's).
+        num_threads: CPU threads the runtime computes with (default: every core, ``os.cpu_count()``;
+            decoding is bandwidth-bound, and one thread reaches about half of what two do).
         backend: ``interpreter`` (our loop on LiteRT's interpreter; every feature) or ``litert-lm``
             (a bundle in LiteRT-LM's engine, ``pip install 'llm-tflite[litertlm]'``: ``generate``,
             ``complete``, ``stream`` and ``autocomplete`` with the greedy, random, top_k and top_p
@@ -126,6 +127,7 @@ class InterpreterRunner:
         if backend not in BACKENDS:
             raise InvalidArgumentError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.backend = backend
+        self.num_threads = num_threads = num_threads or os.cpu_count() or 1
         data = read_model_file(self.path)
         bundle = is_litertlm(data)
         if bundle:  # from `llm-tflite bundle`: our .tflite, record included, is one of its sections

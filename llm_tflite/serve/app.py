@@ -116,7 +116,9 @@ def create_app(path, *, workers: int = 1, limits: Limits | None = None, runner_f
     from llm_tflite.runtime.runner import InterpreterRunner
 
     limits = limits or Limits()
-    make = runner_factory or (lambda: InterpreterRunner(path))
+    # the cores shared between the workers: more threads than cores would only make them wait for each other
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    make = runner_factory or (lambda: InterpreterRunner(path, num_threads=threads))
     pool = RunnerPool(make, workers, limits.wait_seconds, limits.max_waiting or 4 * workers)
     first = pool.runners[0]
     model_id = os.path.splitext(os.path.basename(os.fspath(path)))[0]
