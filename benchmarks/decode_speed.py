@@ -30,10 +30,10 @@ BIN = pathlib.Path(sys.executable).parent
 MARK_BEGIN, MARK_END = "<!-- decode_speed -->", "<!-- /decode_speed -->"
 
 GENERATE_RATE = """
-import json, sys, time
+import json, os, sys, time
 sys.path.insert(0, sys.argv[3]) if len(sys.argv) > 3 else None
 from llm_tflite import InterpreterRunner
-runner = InterpreterRunner(sys.argv[1])
+runner = InterpreterRunner(sys.argv[1], num_threads=os.cpu_count())  # older runners defaulted to 1
 n = int(sys.argv[2])
 ids = runner.encode("ROMEO:")
 def timed(count):

@@ -107,7 +107,7 @@ class InterpreterRunner:
             ``.litertlm`` bundle of one (``llm-tflite bundle``).
         num_threads: CPU threads the runtime computes with (default: every core, ``os.cpu_count()``;
             decoding is bandwidth-bound, and one thread reaches about half of what two do).
-        backend: ``interpreter`` (our loop on LiteRT's interpreter; every feature) or ``litert-lm``
+        backend: ``interpreter`` (our loop on LiteRT; every feature) or ``litert-lm``
             (a bundle in LiteRT-LM's engine, ``pip install 'llm-tflite[litertlm]'``: ``generate``,
             ``complete``, ``stream`` and ``autocomplete`` with the greedy, random, top_k and top_p
             samplers; stop strings and filters as usual).
