@@ -128,3 +128,18 @@ def test_readme_deployment_paths_run(tmp_path):
         if " generate " in f" {line} ":
             assert out.stdout.startswith("ROMEO:") and len(out.stdout) > 20, out.stdout
     assert (tmp_path / "model.litertlm").stat().st_size > 1e6
+
+
+def test_every_llm_tflite_name_the_docs_import_exists():
+    """Snippets in docs/*.md and README import only names that exist (a renamed helper breaks them)."""
+    import importlib
+
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    found = []
+    for doc in docs:
+        for block in re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), re.S):
+            for module, names in re.findall(r"^\s*from (llm_tflite[\w.]*) import ([\w, ]+)$", block, re.M):
+                found += [(doc.name, module, name.strip()) for name in names.split(",")]
+    assert len(found) > 10
+    missing = [f for f in found if not hasattr(importlib.import_module(f[1]), f[2])]
+    assert missing == []

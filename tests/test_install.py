@@ -13,10 +13,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_runtime_only_install_runs_files_and_names_the_convert_extra(tiny_tflite, tmp_path):
+def test_runtime_only_install_runs_files_and_names_the_convert_extra(tmp_path):
+    from llm_tflite import Converter
     from llm_tflite.litert.litertlm import build_bundle
 
-    bundle = build_bundle(tiny_tflite, tmp_path / "tiny.litertlm")  # with the builder of this setup
+    shipped = tmp_path / "shipped.tflite"
+    Converter(quantize="dynamic_int8").convert("gpt2_tiny_shakespeare", str(shipped))
+    bundle = build_bundle(shipped, tmp_path / "shipped.litertlm")  # with the builder of this setup
     venv = tmp_path / "runtime-venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python, cli = venv / "bin" / "python", venv / "bin" / "llm-tflite"
@@ -29,17 +32,18 @@ def test_runtime_only_install_runs_files_and_names_the_convert_extra(tiny_tflite
                            capture_output=True, text=True, env=env, timeout=120)
     assert found.stdout.strip() == "[]", found.stdout + found.stderr
 
-    generated = subprocess.run([str(cli), "generate", str(tiny_tflite), "ROMEO:", "--max-new-tokens", "8"],
+    expected = "ROMEO:" + InterpreterRunner(shipped).generate("ROMEO:", 24) + "\n"
+    generated = subprocess.run([str(cli), "generate", str(shipped), "ROMEO:", "--max-new-tokens", "24"],
                                capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert generated.returncode == 0, generated.stderr
-    assert generated.stdout == "ROMEO:" + InterpreterRunner(tiny_tflite).generate("ROMEO:", 8) + "\n"
+    assert generated.stdout == expected
 
-    generated = subprocess.run([str(cli), "generate", str(bundle), "ROMEO:", "--max-new-tokens", "8"],
+    generated = subprocess.run([str(cli), "generate", str(bundle), "ROMEO:", "--max-new-tokens", "24"],
                                capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert generated.returncode == 0, generated.stderr
-    assert generated.stdout == "ROMEO:" + InterpreterRunner(tiny_tflite).generate("ROMEO:", 8) + "\n"
+    assert generated.stdout == expected
 
-    bundled = subprocess.run([str(cli), "bundle", str(tiny_tflite), "-o", str(tmp_path / "y.litertlm")],
+    bundled = subprocess.run([str(cli), "bundle", str(shipped), "-o", str(tmp_path / "y.litertlm")],
                              capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert bundled.returncode == 1 and "pip install 'llm-tflite[litertlm]'" in bundled.stderr, bundled.stderr
     assert "Traceback" not in bundled.stderr
