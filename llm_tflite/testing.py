@@ -92,6 +92,7 @@ def run_prefill_decode_file_test(tflite_path, num_layers) -> dict:
     signatures = interpreter.get_signature_list()
     assert "decode" in signatures
     assert {f"prefill_{n}" for n in meta["prefill_lengths"]} <= set(signatures)
+    assert {f"decode_window_{w}" for w in meta.get("decode_windows", [])} <= set(signatures)
     caches = {f"kv_cache_{kind}_{i}" for i in range(num_layers) for kind in "kv"}
     for name, sig in signatures.items():
         assert set(sig["inputs"]) == caches | {"tokens", "input_pos"}, name

@@ -17,7 +17,26 @@ def test_file_contract(tiny_tflite):
     assert meta["quantization"] == "none"
     assert meta["context_length"] == 128
     assert meta["prefill_lengths"] == [4, 16]
+    assert meta["decode_windows"] == [32, 64]
     assert meta["tokenizer"]["type"] == "gpt2_bpe"
+
+
+def test_decode_windows_give_the_logits_of_the_full_decode(tiny_gpt2_dir, tiny_tflite, tmp_path):
+    """decode_window_W attends over the first W slots only; below W that is exactly the full decode."""
+    from llm_tflite import Converter
+
+    plain = tmp_path / "plain.tflite"
+    Converter(prefill_lengths=(4, 16), decode_windows=()).convert(str(tiny_gpt2_dir), str(plain))
+    assert read_metadata(plain)["decode_windows"] == []
+    windowed, full = InterpreterRunner(tiny_tflite), InterpreterRunner(plain)
+    used = []
+    windowed._engine.call = lambda name, inputs, call=windowed._engine.call: used.append(name) or call(name, inputs)
+    a, b = windowed.sequence(), full.sequence()
+    a.feed([5]), b.feed([5])
+    for position in range(1, 127):
+        token = (position * 37) % 300
+        np.testing.assert_array_equal(a.feed([token]), b.feed([token]))
+    assert used == ["decode_window_32"] * 32 + ["decode_window_64"] * 32 + ["decode"] * 63
 
 
 def test_logits_match_keras(tiny_gpt2, tiny_tflite):

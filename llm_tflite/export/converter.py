@@ -26,6 +26,16 @@ def _stage(steps, text: str) -> None:
 DEFAULT_PREFILL_LENGTHS = (8, 32, 128)
 
 
+def default_decode_windows(context_length: int) -> list[int]:
+    """Decode windows by default: powers of two from 128 below the context (128, 256, 512 for
+    1,024; none up to 128)."""
+    windows, window = [], 128
+    while window < context_length:
+        windows.append(window)
+        window *= 2
+    return windows
+
+
 @dataclasses.dataclass
 class ConversionResult:
     """Where a conversion wrote its file, how big it is, and the metadata inside."""
@@ -44,6 +54,9 @@ class Converter:
         quantize: a registered strategy name or a ``Quantizer``.
         context_length: KV-cache length (default: the model's, at most 1024).
         prefill_lengths: prompt lengths with a ``prefill_{L}`` signature.
+        decode_windows: ``decode_window_{W}`` signatures, which attend over the first ``W`` cache
+            slots only, used while the position is below ``W`` (default ``"auto"``: 128, 256, ...
+            below the context; ``()`` for none).
         max_length: ``generate`` mode: total tokens (prompt + continuation).
         sampler: ``generate`` mode: ``greedy``, ``top_k`` or ``top_p``.
         seed: ``generate`` mode: seed of a random sampler.
@@ -57,7 +70,8 @@ class Converter:
     """
 
     def __init__(self, mode="prefill_decode", quantize="none", *, context_length=None,
-                 prefill_lengths=DEFAULT_PREFILL_LENGTHS, max_length=100, sampler="greedy", seed=None,
+                 prefill_lengths=DEFAULT_PREFILL_LENGTHS, decode_windows="auto", max_length=100, sampler="greedy",
+                 seed=None,
                  temperature=sampling.TEMPERATURE, top_k=sampling.TOP_K, top_p=sampling.TOP_P,
                  calibration=None, hidden_states=False):
         if mode not in EXPORT_MODES:
@@ -93,6 +107,9 @@ class Converter:
                 calibration = text_calibration(calibration)
         self.context_length = context_length
         self.prefill_lengths = tuple(sorted(set(int(n) for n in prefill_lengths)))
+        if decode_windows != "auto" and not all(isinstance(w, int) and w >= 1 for w in decode_windows):
+            raise ValueError(f"decode_windows must be 'auto' or positive integers, got {decode_windows!r}")
+        self.decode_windows = decode_windows if decode_windows == "auto" else tuple(sorted(set(decode_windows)))
         self.max_length = max_length
         self.sampler = sampler
         self.seed = seed
@@ -163,6 +180,8 @@ class Converter:
             record.update(
                 context_length=context_length,
                 prefill_lengths=[n for n in self.prefill_lengths if n <= context_length],
+                decode_windows=[w for w in (default_decode_windows(context_length) if self.decode_windows == "auto"
+                                            else self.decode_windows) if w < context_length],
                 kv_cache=dataclasses.asdict(spec),
                 kv_cache_layout="transposed",  # families.ops: LiteRT-LM's layout
                 default_sampler="greedy",
@@ -196,16 +215,17 @@ class Converter:
             # holding every signature's frozen weights would pass protobuf's 2 GB limit for
             # GPT-2 base, and building them one at a time bounds peak memory.
             from llm_tflite.litert.rewrite import merge_signatures
-            from llm_tflite.export.prefill_decode import input_names, output_names, signature_function, signature_lengths
+            from llm_tflite.export.prefill_decode import input_names, output_names, signature_function, signatures
 
             spec = fam.kv_cache_spec(lm)
             steps.update()
             _stage(steps, "converting")
             parts = {}
-            for key, length in signature_lengths(metadata["prefill_lengths"]).items():
+            for key, (length, window) in signatures(metadata["prefill_lengths"], metadata["decode_windows"]).items():
                 logger.debug("convert: signature %s", key)
                 with quiet_native():  # freezing runs Grappler, which logs its sessions
-                    fn = signature_function(fam, lm, spec, metadata["context_length"], length, self.hidden_states)
+                    fn = signature_function(fam, lm, spec, metadata["context_length"], length, self.hidden_states,
+                                            window)
                 converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
                 self.quantizer.configure(converter, self.calibration)
                 parts[key] = (self._run_converter(converter), input_names(spec),

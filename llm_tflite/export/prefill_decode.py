@@ -2,7 +2,9 @@
 
 ``prefill_{L}``: inputs ``tokens`` int32 ``[1, L]``, ``input_pos`` int32 ``[L]`` and the
 caches; outputs ``logits`` float32 ``[1, L, vocab]`` and the updated caches.
-``decode``: the same with ``L = 1``. Caches are float32 in LiteRT-LM's layout:
+``decode``: the same with ``L = 1``. ``decode_window_{W}``: ``decode`` attending over the first
+``W`` cache slots only, for positions below ``W`` (cheaper early in a long context; LiteRT-LM
+uses ``decode`` and ignores them). Caches are float32 in LiteRT-LM's layout:
 ``kv_cache_k_{i}`` ``[1, kv_heads, context_length, head_dim]`` and ``kv_cache_v_{i}``
 ``[1, kv_heads, head_dim, context_length]`` (metadata ``kv_cache_layout: "transposed"``; files
 written before it hold both as ``[1, context_length, kv_heads, head_dim]`` and still run).
@@ -14,7 +16,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from llm_tflite.families.base import KVCacheSpec
-from llm_tflite.families.ops import cache_shapes
+from llm_tflite.families.ops import attention_window, cache_shapes
 
 
 def cache_names(spec: KVCacheSpec) -> list[str]:
@@ -35,7 +37,7 @@ def output_names(spec: KVCacheSpec, hidden_states: bool = False) -> list[str]:
 
 
 def signature_function(family, model, spec: KVCacheSpec, context_length: int, length: int,
-                       hidden_states: bool = False):
+                       hidden_states: bool = False, window: int | None = None):
     """The frozen concrete function of one signature, which processes ``length`` tokens.
 
     With ``hidden_states`` it also outputs the last hidden states ``[1, L, hidden]`` (what
@@ -65,11 +67,18 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
     # Freeze the weights into constants: TFLite would otherwise keep them as resource
     # variables (VAR_HANDLE/READ_VARIABLE), which quantizers skip. Freezing flattens the
     # outputs (a dict flattens in sorted key order); ``output_names`` names them again.
-    return convert_variables_to_constants_v2(run.get_concrete_function())
+    with attention_window(window):
+        return convert_variables_to_constants_v2(run.get_concrete_function())
 
 
-def signature_lengths(prefill_lengths) -> dict[str, int]:
-    """``{"prefill_8": 8, ..., "decode": 1}``: each signature and the tokens it takes."""
-    lengths = {f"prefill_{n}": int(n) for n in prefill_lengths}
-    lengths["decode"] = 1
-    return lengths
+def decode_window_name(window: int) -> str:
+    return f"decode_window_{int(window)}"
+
+
+def signatures(prefill_lengths, decode_windows=()) -> dict[str, tuple[int, int | None]]:
+    """``{"prefill_8": (8, None), ..., "decode": (1, None), "decode_window_128": (1, 128)}``: each
+    signature, the tokens it takes and the cache slots it attends over (None: all)."""
+    table = {f"prefill_{n}": (int(n), None) for n in prefill_lengths}
+    table["decode"] = (1, None)
+    table.update({decode_window_name(w): (1, int(w)) for w in decode_windows})
+    return table

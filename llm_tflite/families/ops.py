@@ -8,8 +8,28 @@ engine reads a cache's capacity from that layout, so files in it run in LiteRT-L
 
 from __future__ import annotations
 
+import contextlib
+
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
+
+
+_window: list = [None]
+
+
+@contextlib.contextmanager
+def attention_window(slots: int | None):
+    """While tracing a signature: ``causal_attention`` reads only the first ``slots`` cache slots.
+
+    A ``decode_window_{W}`` signature (used while the position is below ``W``) then costs what
+    a ``W``-token context costs, not the whole cache. Families that attend with their own code
+    stay correct; they only do not get faster.
+    """
+    _window[0], saved = slots, _window[0]
+    try:
+        yield
+    finally:
+        _window[0] = saved
 
 
 def cache_shapes(num_kv_heads: int, head_dim: int, context_length: int) -> tuple[list[int], list[int]]:
@@ -40,6 +60,9 @@ def causal_attention(query, key_cache, value_cache, input_pos):
     ``key_cache`` ``[1, kv_heads, C, D]``, ``value_cache`` ``[1, kv_heads, D, C]``. Multi-query and
     grouped-query attention (fewer key heads than query heads) repeat the key/value heads.
     """
+    window = _window[0]
+    if window is not None and window < key_cache.shape[2]:  # the slots a decode window may see
+        key_cache, value_cache = key_cache[:, :, :window, :], value_cache[:, :, :, :window]
     num_heads, head_dim = query.shape[2], query.shape[3]
     kv_heads = key_cache.shape[1]
     if kv_heads != num_heads:

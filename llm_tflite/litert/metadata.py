@@ -151,6 +151,9 @@ def validate_record(record, where: str = "this file") -> dict:
         lengths = record.get("prefill_lengths")
         _require(isinstance(lengths, list) and all(_is_int(n, 1, record["context_length"]) for n in lengths), where,
                  "'prefill_lengths' must be a list of lengths 1..context_length")
+        windows = record.get("decode_windows", [])
+        _require(isinstance(windows, list) and all(_is_int(w, 1, record["context_length"] - 1) for w in windows),
+                 where, "'decode_windows' must be a list of windows 1..context_length-1")
         cache = record.get("kv_cache")
         _require(isinstance(cache, dict) and all(_is_int(cache.get(k), 1, 1 << 16)
                                                  for k in ("num_layers", "num_kv_heads", "head_dim")),

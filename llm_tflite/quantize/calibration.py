@@ -63,7 +63,7 @@ class TextCalibration:
                     logits = sequence.feed(ids[:length])[-1]
                     for _ in range(DECODE_STEPS):  # greedy steps: the decode signature's real inputs
                         logits = sequence.feed([int(np.argmax(logits))])[-1]
-                yield dict(calls)
+                yield _every_decode_signature(calls, runner._engine)
                 calls.clear()
                 bar.update()
         finally:
@@ -98,3 +98,16 @@ def calibration_from_text(text: str, num_samples: int = 64, source: str = "text"
     starts = np.linspace(0, max(len(text) - piece, 0), num=num_samples).astype(int)
     samples = [text[s : s + piece] for s in dict.fromkeys(starts.tolist())]
     return TextCalibration([s for s in samples if s.strip()], source=source)
+
+
+def _every_decode_signature(calls: dict, engine) -> dict:
+    """``calls`` with each decode step also given to every decode signature that could have run it.
+
+    A step at position ``p`` computes the same in ``decode`` and in any ``decode_window_{W}``
+    with ``W > p``; the runner used the smallest, so the larger windows (and ``decode``) would
+    otherwise see no calibration data.
+    """
+    names = ["decode"] + [f"decode_window_{w}" for w in engine.decode_windows]
+    steps = [call for name in names for call in calls.get(name, [])]
+    windows = {"decode": engine.context_length, **{f"decode_window_{w}": w for w in engine.decode_windows}}
+    return {**calls, **{name: [c for c in steps if int(c["input_pos"][0]) < windows[name]] for name in names}}

@@ -75,7 +75,8 @@ class PrefillDecodeEngine:
             raise ModelFileError(f"the runtime cannot load {path!r}: {e}; re-convert it") from e
         self.context_length = int(metadata["context_length"])
         self.prefill_lengths = sorted(int(n) for n in metadata.get("prefill_lengths", []))
-        missing = [s for s in ["decode"] + [f"prefill_{n}" for n in self.prefill_lengths] if s not in signatures]
+        self.decode_windows = sorted(int(w) for w in metadata.get("decode_windows", []))
+        missing = [s for s in self._signature_lengths() if s not in signatures]
         if missing:
             raise ModelFileError(f"{path!r} lacks signatures {missing}; re-convert it")
         self.has_hidden_states = bool(metadata.get("hidden_states", False))
@@ -89,14 +90,22 @@ class PrefillDecodeEngine:
         self._lock = threading.Lock()
         try:
             with quiet_native():
-                self._io = {name: self._signature_buffers(name) for name in signatures
-                            if name == "decode" or name.startswith("prefill_")}
+                self._io = {name: self._signature_buffers(name) for name in self._signature_lengths()}
                 # XNNPACK is applied at the first run (and announces it on stderr): do that here,
                 # quietly, so a graph the runtime cannot run fails in the constructor.
                 self.call("decode", dict(tokens=np.zeros((1, 1), np.int32), input_pos=np.zeros(1, np.int32),
                                          caches=self.new_state()))
         except (RuntimeFailure, ValueError, RuntimeError) as e:
             raise ModelFileError(f"the runtime cannot run {path!r}: {e.__cause__ or e}; re-convert it") from e
+
+    def _signature_lengths(self) -> dict[str, int]:
+        """The signatures the record lists, and the tokens each takes."""
+        return {"decode": 1, **{f"decode_window_{w}": 1 for w in self.decode_windows},
+                **{f"prefill_{n}": n for n in self.prefill_lengths}}
+
+    def decode_signature(self, position: int) -> str:
+        """The cheapest decode signature for a token at ``position``: the smallest window above it."""
+        return next((f"decode_window_{w}" for w in self.decode_windows if position < w), "decode")
 
     def _signature_buffers(self, name: str) -> dict:
         """The buffers of a signature's small tensors, made once: tokens, positions, logits (hidden states)."""
@@ -117,7 +126,7 @@ class PrefillDecodeEngine:
         else:  # files written before the layout was recorded
             shapes = {"k": [1, context, heads, dim], "v": [1, context, heads, dim]}
         cache_shape = shapes["k"]
-        for name, length in [("decode", 1)] + [(f"prefill_{n}", n) for n in self.prefill_lengths]:
+        for name, length in self._signature_lengths().items():
             inputs, outputs = self.input_details[name], self.output_details[name]
             expected = {"tokens": [1, length], "input_pos": [length],
                         **{c: shapes[c.split("_")[2]] for c in caches}}
@@ -239,7 +248,7 @@ class Sequence:
             tokens = np.zeros((1, length), np.int32)
             tokens[0, : len(chunk)] = chunk
             input_pos = np.arange(self.position, self.position + length, dtype=np.int32)
-            name = "decode" if length == 1 else f"prefill_{length}"
+            name = self.engine.decode_signature(self.position) if length == 1 else f"prefill_{length}"
             if self.observer is not None:
                 self.observer(name, dict(tokens=tokens, input_pos=input_pos, **self.engine.read_state(self.caches)))
             result = self.engine.call(name, dict(tokens=tokens, input_pos=input_pos, caches=self.caches))
