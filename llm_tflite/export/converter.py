@@ -214,13 +214,13 @@ class Converter:
             # One frozen function and conversion per signature, merged afterwards: a SavedModel
             # holding every signature's frozen weights would pass protobuf's 2 GB limit for
             # GPT-2 base, and building them one at a time bounds peak memory.
-            from llm_tflite.litert.rewrite import merge_signatures
+            from llm_tflite.litert.rewrite import SignatureMerger
             from llm_tflite.export.prefill_decode import input_names, output_names, signature_function, signatures
 
             spec = fam.kv_cache_spec(lm)
             steps.update()
             _stage(steps, "converting")
-            parts = {}
+            merger = SignatureMerger()  # each signature merged as it comes: shared weights are held once
             for key, (length, window) in signatures(metadata["prefill_lengths"], metadata["decode_windows"]).items():
                 logger.debug("convert: signature %s", key)
                 with quiet_native():  # freezing runs Grappler, which logs its sessions
@@ -228,10 +228,10 @@ class Converter:
                                             window)
                 converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
                 self.quantizer.configure(converter, self.calibration)
-                parts[key] = (self._run_converter(converter), input_names(spec),
-                              output_names(spec, self.hidden_states))
+                merger.add(key, self._run_converter(converter), input_names(spec),
+                           output_names(spec, self.hidden_states))
                 del fn, converter
-            tflite_model = merge_signatures(parts)
+            tflite_model = merger.result()
         else:
             fn = fam.generate_function(lm, max_length=self.max_length, sampler=self.sampler, seed=self.seed,
                                        **self.sampler_settings)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
+
 from llm_tflite.litert.flatbuffer import _schema, pack_model, unpack_model
 
 
@@ -128,30 +130,49 @@ def _signature(schema, key: str, subgraph, input_names, output_names):
     return signature
 
 
-def merge_signatures(models: dict[str, tuple[bytes, list[str], list[str]]]) -> bytes:
-    """One ``.tflite`` with one signature per converted single-function model.
+class SignatureMerger:
+    """Builds one ``.tflite`` with one signature per converted single-function model, a signature at
+    a time (``add``), so only the merged model and the newest part are held in memory.
 
-    ``models`` maps a signature key to ``(flatbuffer, input_names, output_names)``, names in
-    the order of the subgraph's inputs and outputs (the function's flattened order).
-
-    Operator codes are shared and identical constant buffers are stored once
-    (``dedupe_buffers``), so per-signature conversions sharing weights cost no extra size.
-    The models must not use control flow (subgraph-indexed ops).
+    Operator codes are shared, and a constant buffer byte-identical to one already merged is not
+    added again: per-signature conversions sharing weights cost neither size nor memory. The
+    models must not use control flow (subgraph-indexed ops).
     """
-    schema = _schema()
-    merged = None
-    for key, (data, input_names, output_names) in models.items():
+
+    def __init__(self):
+        self.schema = _schema()
+        self.merged = None
+        self._digests: dict[bytes, int] = {}
+
+    def _known(self, buffer, index: int) -> int | None:
+        """The merged index of a buffer with the same bytes, recording ``index`` as that if new."""
+        data = buffer.data
+        if data is None or len(data) == 0:
+            return None
+        digest = hashlib.sha256(memoryview(np.ascontiguousarray(data)).cast("B")).digest()
+        if digest in self._digests:
+            return self._digests[digest]
+        self._digests[digest] = index
+        return None
+
+    def add(self, key: str, data: bytes, input_names: list[str], output_names: list[str]) -> None:
+        """Add the single-subgraph model ``data`` as signature ``key``; names in the order of the
+        subgraph's inputs and outputs (the function's flattened order)."""
         _, model = _load(data)
         if len(model.subgraphs) != 1:
             raise ValueError(f"signature {key!r}: expected one subgraph, got {len(model.subgraphs)}")
         model.subgraphs[0].name = key
         for tensor in model.subgraphs[0].tensors:  # unique across signatures (ai-edge-quantizer needs it)
             tensor.name = f"{key}/".encode() + (tensor.name or b"")
-        signature = _signature(schema, key, model.subgraphs[0], input_names, output_names)
-        if merged is None:
-            merged = model
-            merged.signatureDefs = [signature]
-            continue
+        signature = _signature(self.schema, key, model.subgraphs[0], input_names, output_names)
+        if self.merged is None:
+            self.merged = model
+            self.merged.signatureDefs = [signature]
+            canonical = {i: self._known(buffer, i) for i, buffer in enumerate(model.buffers) if i}
+            for tensor in model.subgraphs[0].tensors:
+                tensor.buffer = canonical.get(tensor.buffer) or tensor.buffer
+            return
+        merged = self.merged
         code_map = {}
         for index, code in enumerate(model.operatorCodes):
             ident = (code.builtinCode, code.deprecatedBuiltinCode, code.customCode, code.version)
@@ -165,8 +186,11 @@ def merge_signatures(models: dict[str, tuple[bytes, list[str], list[str]]]) -> b
         buffer_map = {0: 0}
         for index, buffer in enumerate(model.buffers):
             if index:
-                merged.buffers.append(buffer)
-                buffer_map[index] = len(merged.buffers) - 1
+                known = self._known(buffer, len(merged.buffers))
+                if known is None:
+                    merged.buffers.append(buffer)
+                    known = len(merged.buffers) - 1
+                buffer_map[index] = known
         subgraph = model.subgraphs[0]
         for tensor in subgraph.tensors:
             tensor.buffer = buffer_map[tensor.buffer]
@@ -175,7 +199,25 @@ def merge_signatures(models: dict[str, tuple[bytes, list[str], list[str]]]) -> b
         merged.subgraphs.append(subgraph)
         signature.subgraphIndex = len(merged.subgraphs) - 1
         merged.signatureDefs.append(signature)
-    return dedupe_buffers(_pack(merged))
+
+    def result(self) -> bytes:
+        """The merged file; constant buffers no tensor uses any more are emptied."""
+        used = {t.buffer for sg in self.merged.subgraphs for t in sg.tensors}
+        for index, buffer in enumerate(self.merged.buffers):
+            if index not in used and buffer.data is not None and len(buffer.data):
+                self.merged.buffers[index] = self.schema.BufferT()
+        return _pack(self.merged)
+
+
+def merge_signatures(models: dict[str, tuple[bytes, list[str], list[str]]]) -> bytes:
+    """One ``.tflite`` with one signature per converted single-function model (``SignatureMerger``).
+
+    ``models`` maps a signature key to ``(flatbuffer, input_names, output_names)``.
+    """
+    merger = SignatureMerger()
+    for key, (data, input_names, output_names) in models.items():
+        merger.add(key, data, input_names, output_names)
+    return merger.result()
 
 
 def _dequantized(schema, model, tensor):
