@@ -108,7 +108,9 @@ class Converter:
         self.context_length = context_length
         self.prefill_lengths = tuple(sorted(set(int(n) for n in prefill_lengths)))
         if decode_windows != "auto" and not all(isinstance(w, int) and w >= 1 for w in decode_windows):
-            raise ValueError(f"decode_windows must be 'auto' or positive integers, got {decode_windows!r}")
+            from llm_tflite.errors import InvalidArgumentError
+
+            raise InvalidArgumentError(f"decode_windows must be 'auto' or positive integers, got {decode_windows!r}")
         self.decode_windows = decode_windows if decode_windows == "auto" else tuple(sorted(set(decode_windows)))
         self.max_length = max_length
         self.sampler = sampler
