@@ -137,28 +137,37 @@ def write_doc(rows, before, keras, args, doc: pathlib.Path) -> None:
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} cores), GPT-2 124M "
              f"(`--random-weights`), context {args.context}, {args.new_tokens} new tokens, by "
              f"`benchmarks/decode_speed.py{' --before ' + args.before if args.before else ''}`.", "",
-             "| file | MB | decode tok/s (min–max) | late decode tok/s | bound tok/s | reached | `generate` decode tok/s "
-             "| `generate` peak RSS MB | file + KV + 150 MB | load s | first token, 64-token prompt, ms |"
-             + (f" before ({args.before}) tok/s |" if before else ""),
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if before else "")]
+             "Early: positions 8–108 (a decode window of 128 slots); late: the last 100 positions (the whole "
+             "cache). Bound: read bandwidth / bytes a step reads (weights as held in memory + the cache slots "
+             "read).", "",
+             "| file | MB | decode tok/s early (min–max) | bound | reached | late tok/s | bound | reached "
+             "| `generate` decode tok/s | `generate` peak RSS MB | file + KV + 150 MB | load s "
+             "| first token, 64-token prompt, ms |" + (f" before ({args.before}) tok/s |" if before else ""),
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+             + (" ---: |" if before else "")]
     for row in rows:
         b = row["bench"]
         early, late = b["decode_early"], b["decode_late"]
         budget = b["file_bytes"] + b["bytes_read_per_token"]["kv_cache"] + 150e6
         first = b["prefill"].get("64", next(iter(b["prefill"].values())))["time_to_first_token_s"]
         line = (f"| {row['file']} | {b['file_bytes'] / mb:.0f} | {early['median']:.1f} ({early['min']:.1f}–"
-                f"{early['max']:.1f}) | {late['median']:.1f} | {b['decode_bound_tokens_per_s']:.1f} | "
-                f"{b['decode_fraction_of_bound']:.0%} | {row['generate_decode_tokens_per_s']:.1f} | "
-                f"{row['generate_rss'] / mb:,.0f} | {budget / mb:,.0f} | {b['load_s']:.2f} | {first * 1000:.0f} |")
+                f"{early['max']:.1f}) | {b['decode_bound_tokens_per_s']:.1f} | {b['decode_fraction_of_bound']:.0%} | "
+                f"{late['median']:.1f} | {late['bound_tokens_per_s']:.1f} | {late['fraction_of_bound']:.0%} | "
+                f"{row['generate_decode_tokens_per_s']:.1f} | {row['generate_rss'] / mb:,.0f} | {budget / mb:,.0f} | "
+                f"{b['load_s']:.2f} | {first * 1000:.0f} |")
         if before:
             line += f" {before.get(row['file'], float('nan')):.1f} |"
         lines.append(line)
         if b.get("litert_lm"):
-            lines.append(f"| ↳ same bundle in LiteRT-LM's engine | | {b['litert_lm']['decode_tokens_per_s']:.1f} | | | "
-                         f"{b['litert_lm']['decode_tokens_per_s'] / b['decode_bound_tokens_per_s']:.0%} | | | | "
-                         f"{b['litert_lm']['init_seconds']:.2f} | |" + (" |" if before else ""))
+            engine = b["litert_lm"]
+            lines.append(f"| ↳ same bundle in LiteRT-LM's engine (its benchmark: {engine['new_tokens']} tokens after "
+                         f"{engine['prompt_tokens']}, `decode` over the whole cache) | | | | | "
+                         f"{engine['decode_tokens_per_s']:.1f} | {late['bound_tokens_per_s']:.1f} | "
+                         f"{engine['decode_tokens_per_s'] / late['bound_tokens_per_s']:.0%} | | | | "
+                         f"{engine['init_seconds']:.2f} | |" + (" |" if before else ""))
     if keras:
-        lines.append(f"| KerasHub `generate` (XLA, float32) | | {keras:.1f} | | | | | | | | |" + (" |" if before else ""))
+        lines.append(f"| KerasHub `generate` (XLA, float32) | | {keras:.1f} | | | | | | | | | | |"
+                     + (" |" if before else ""))
     converted = [r for r in rows if r["convert_s"]]
     if converted:
         lines += ["", "Conversion (same run): " + "; ".join(

@@ -199,12 +199,15 @@ def test_bench_reports_every_field(tiny_tflite):
     assert result["decode_early"]["positions"] == [4, 12] and result["decode_late"]["positions"] == [120, 128]
     read = result["bytes_read_per_token"]
     assert read["total"] == read["weights"] + read["kv_cache"] and 0 < read["weights"] < result["file_bytes"]
-    assert read["kv_cache"] == 2 * 2 * 128 * 32 * 4  # layers x (k, v) x context x hidden x float32
+    assert read["kv_cache"] == 2 * 2 * 32 * 32 * 4  # layers x (k, v) x window 32 x hidden x float32 (positions 4-11)
+    late = result["decode_late"]
+    assert late["bytes_read_per_token"]["kv_cache"] == 2 * 2 * 128 * 32 * 4  # the whole context
+    assert late["fraction_of_bound"] == pytest.approx(late["median"] / late["bound_tokens_per_s"])
     assert result["read_bandwidth_bytes_per_s"] > 1e8 and result["peak_rss_bytes"] > result["file_bytes"]
     assert result["decode_fraction_of_bound"] == pytest.approx(
         result["decode_tokens_per_s"] / result["decode_bound_tokens_per_s"])
     out = cli("bench", tiny_tflite, "--new-tokens", "8", "--prompt-tokens", "4", "--runs", "1")
-    assert out.returncode == 0 and "bound:" in out.stdout and "decode at positions 4-12" in out.stdout, out.stderr
+    assert out.returncode == 0 and "bound late:" in out.stdout and "decode at positions 4-12" in out.stdout, out.stderr
 
 
 def test_generate_options_on_the_command_line(tiny_tflite):

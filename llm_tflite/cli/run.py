@@ -132,10 +132,12 @@ def cmd_bench(args) -> int:
     for name, figures in (("early", early), ("late", late)):
         print(f"  decode at positions {figures['positions'][0]}-{figures['positions'][1]}: {figures['median']:.1f} "
               f"tokens/s (min {figures['min']:.1f}, max {figures['max']:.1f})")
-    print(f"  bound: {result['decode_bound_tokens_per_s']:.1f} tokens/s = read bandwidth "
-          f"{result['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s / {size(read['total'])} per token (weights "
-          f"{size(read['weights'])} + KV cache {size(read['kv_cache'])}); reached "
-          f"{result['decode_fraction_of_bound']:.0%}")
+    for name, bound, fraction, read in (
+            ("early", result["decode_bound_tokens_per_s"], result["decode_fraction_of_bound"], read),
+            ("late", late["bound_tokens_per_s"], late["fraction_of_bound"], late["bytes_read_per_token"])):
+        print(f"  bound {name}: {bound:.1f} tokens/s = read bandwidth {result['read_bandwidth_bytes_per_s'] / 1e9:.1f} "
+              f"GB/s / {size(read['total'])} per token (weights {size(read['weights'])} + KV cache read "
+              f"{size(read['kv_cache'])}); reached {fraction:.0%}")
     engine = result.get("litert_lm")
     if engine:
         print(f"LiteRT-LM engine, same file: prefill {engine['prefill_tokens_per_s']:.0f} tokens/s "

@@ -101,8 +101,20 @@ def read_bandwidth(threads: int = 2, megabytes: int = 512, rounds: int = 5) -> f
     return data.nbytes / best
 
 
-def decode_bytes_per_token(runner) -> dict:
-    """Bytes a decode step reads: the weights as the runtime holds them, and the whole KV cache."""
+def read_bandwidth_apart(threads: int) -> float:
+    """``read_bandwidth`` in a fresh process: no runtime thread pool spinning beside it, and its
+    buffer stays out of this process's peak RSS."""
+    import subprocess
+    import sys
+
+    code = f"from llm_tflite.evaluation.bench import read_bandwidth; print(read_bandwidth({int(threads)}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def decode_bytes_per_token(runner, position: int | None = None) -> dict:
+    """Bytes a decode step at ``position`` reads: the weights as the runtime holds them, and the KV
+    cache slots its signature attends over (a decode window's, or the whole cache)."""
     from llm_tflite.errors import LLMTFLiteError
     from llm_tflite.litert.flatbuffer import weight_bytes
     from llm_tflite.plugins.registry import get_strategy
@@ -114,6 +126,8 @@ def decode_bytes_per_token(runner) -> dict:
     weights = int(weight_bytes(runner._engine.model_data) * expansion)
     cache = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
                 for shape, dtype in runner._engine.cache_specs.values())
+    windows = [w for w in runner._engine.decode_windows if position is not None and position < w]
+    cache = cache * min(windows) // runner.context_length if windows else cache
     return {"weights": weights, "kv_cache": cache, "total": weights + cache}
 
 
@@ -134,11 +148,12 @@ def bench_file(path, prompt_lengths=PROMPT_LENGTHS, new_tokens=NEW_TOKENS, runs=
         if length == min(prompts):
             decode = [t[1] for t in times]
     late = [_late_decode(runner, new_tokens) for _ in range(runs)]
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # before the bandwidth buffer
-    read = decode_bytes_per_token(runner)
-    bandwidth = read_bandwidth(threads=runner.num_threads)
-    early = _spread(new_tokens, decode)
-    bound = bandwidth / read["total"]
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    last_early = min(prompts) + new_tokens - 1
+    read, read_late = decode_bytes_per_token(runner, last_early), decode_bytes_per_token(runner)
+    bandwidth = read_bandwidth_apart(runner.num_threads)
+    early, late_figures = _spread(new_tokens, decode), _spread(late[0][0], [t for _, t in late])
+    bound, bound_late = bandwidth / read["total"], bandwidth / read_late["total"]
     result = {
         "file": str(path),
         "file_bytes": os.path.getsize(path),
@@ -150,8 +165,9 @@ def bench_file(path, prompt_lengths=PROMPT_LENGTHS, new_tokens=NEW_TOKENS, runs=
         "new_tokens": new_tokens,
         "decode_tokens_per_s": early["median"],
         "decode_early": {**early, "positions": [min(prompts), min(prompts) + new_tokens]},
-        "decode_late": {**_spread(late[0][0], [t for _, t in late]),
-                        "positions": [runner.context_length - late[0][0], runner.context_length]},
+        "decode_late": {**late_figures, "positions": [runner.context_length - late[0][0], runner.context_length],
+                        "bound_tokens_per_s": bound_late, "fraction_of_bound": late_figures["median"] / bound_late,
+                        "bytes_read_per_token": read_late},
         "peak_rss_bytes": peak_rss,
         "bytes_read_per_token": read,
         "read_bandwidth_bytes_per_s": bandwidth,
