@@ -156,7 +156,7 @@ def write_doc(rows, before, keras, args, doc: pathlib.Path) -> None:
                 f"{row['generate_decode_tokens_per_s']:.1f} | {row['generate_rss'] / mb:,.0f} | {budget / mb:,.0f} | "
                 f"{b['load_s']:.2f} | {first * 1000:.0f} |")
         if before:
-            line += f" {before.get(row['file'], float('nan')):.1f} |"
+            line += f" {before[row['file']]:.1f} |" if row["file"] in before else " — |"
         lines.append(line)
         if b.get("litert_lm"):
             engine = b["litert_lm"]
