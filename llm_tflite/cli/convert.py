@@ -61,11 +61,16 @@ def cmd_convert(args) -> int:
             path = build_bundle(result.path, args.output)
         size_bytes = os.path.getsize(path)
     meta = result.metadata
+    return _report(args, path, size_bytes, meta, f"family {meta['family']}, mode {meta['export_mode']}, "
+                   f"quantization {meta['quantization']}, context {meta['context_length']} tokens")
+
+
+def _report(args, path: str, size_bytes: int, meta: dict, summary: str) -> int:
+    """What convert and bundle print about the file they wrote (``--json``: path, size, record)."""
     if args.json:
         print_json({"path": path, "size_bytes": size_bytes, "metadata": meta})
     else:
-        print(f"wrote {path} ({size(size_bytes)}): family {meta['family']}, mode {meta['export_mode']}, "
-              f"quantization {meta['quantization']}, context {meta['context_length']} tokens")
+        print(f"wrote {path} ({size(size_bytes)}): {summary}")
     return 0
 
 
@@ -76,13 +81,9 @@ def cmd_bundle(args) -> int:
     from llm_tflite.litert.metadata import read_metadata
 
     path = build_bundle(args.file, args.output, max_num_tokens=args.max_num_tokens)
-    meta, size_bytes = read_metadata(path), os.path.getsize(path)
-    if args.json:
-        print_json({"path": path, "size_bytes": size_bytes, "metadata": meta})
-    else:
-        print(f"wrote {path} ({size(size_bytes)}): {args.file} with its tokenizer and LiteRT-LM metadata "
-              f"(context {args.max_num_tokens or meta['context_length']} tokens)")
-    return 0
+    meta = read_metadata(path)
+    return _report(args, path, os.path.getsize(path), meta, f"{args.file} with its tokenizer and LiteRT-LM "
+                   f"metadata (context {args.max_num_tokens or meta['context_length']} tokens)")
 
 
 def add_commands(cli) -> None:

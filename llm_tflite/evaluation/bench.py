@@ -126,8 +126,8 @@ def decode_bytes_per_token(runner, position: int | None = None) -> dict:
     weights = int(weight_bytes(runner._engine.model_data) * expansion)
     cache = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
                 for shape, dtype in runner._engine.cache_specs.values())
-    windows = [w for w in runner._engine.decode_windows if position is not None and position < w]
-    cache = cache * min(windows) // runner.context_length if windows else cache
+    window = None if position is None else runner._engine.decode_window(position)
+    cache = cache * window // runner.context_length if window else cache
     return {"weights": weights, "kv_cache": cache, "total": weights + cache}
 
 
@@ -177,16 +177,9 @@ def bench_file(path, prompt_lengths=PROMPT_LENGTHS, new_tokens=NEW_TOKENS, runs=
         "prompt_tokens": min(prompts),
         "prefill_tokens_per_s": prefill[str(max(prompts))]["tokens_per_s"],
     }
-    if _is_bundle(path):
+    if runner.is_bundle:
         result["litert_lm"] = bench_litert_lm(path, max(prompts), new_tokens, runs, runner.num_threads)
     return result
-
-
-def _is_bundle(path) -> bool:
-    from llm_tflite.litert.litertlm import MAGIC
-
-    with open(path, "rb") as f:
-        return f.read(len(MAGIC)) == MAGIC
 
 
 def bench_litert_lm(path, prompt_tokens, new_tokens, runs=3, num_threads=None) -> dict | None:

@@ -199,6 +199,11 @@ def check_engine_sections(data, where: str = "this file") -> None:
                              "copy it again or bundle the model again") from e
 
 
+def model_bytes(data, where: str = "this file") -> bytes:
+    """The ``.tflite`` bytes of a file's contents: the model section of a bundle, else the data itself."""
+    return bytes(tflite_section(data, where)) if is_litertlm(data) else data
+
+
 # -- writing -------------------------------------------------------------------
 def llm_metadata_textproto(record: dict, *, max_num_tokens: int | None = None) -> str:
     """LiteRT-LM's ``LlmMetadata`` for one of our files: start/stop tokens, context, greedy by default

@@ -95,10 +95,10 @@ def read_metadata(path: str) -> dict:
         >>> read_metadata("model.tflite")["export_mode"]  # doctest: +SKIP
         'prefill_decode'
     """
-    from llm_tflite.litert.litertlm import is_litertlm, tflite_section
+    from llm_tflite.litert.litertlm import model_bytes
 
-    data, where = read_model_file(path), repr(os.fspath(path))
-    return read_metadata_from_bytes(bytes(tflite_section(data, where)) if is_litertlm(data) else data, where)
+    where = repr(os.fspath(path))
+    return read_metadata_from_bytes(model_bytes(read_model_file(path), where), where)
 
 
 def verify_checksum(buf: bytes, record: dict, where: str = "this file") -> None:

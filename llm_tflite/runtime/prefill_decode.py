@@ -85,7 +85,6 @@ class PrefillDecodeEngine:
             name: (tuple(detail["shape"]), np.dtype(detail["dtype"]))
             for name, detail in self.input_details["decode"].items() if name.startswith("kv_cache_")
         }
-        self._zeros = {name: np.zeros(shape, dtype) for name, (shape, dtype) in self.cache_specs.items()}
         self.vocab_size = int(self.output_details["decode"]["logits"]["shape"][-1])
         self._lock = threading.Lock()
         try:
@@ -103,9 +102,13 @@ class PrefillDecodeEngine:
         return {"decode": 1, **{f"decode_window_{w}": 1 for w in self.decode_windows},
                 **{f"prefill_{n}": n for n in self.prefill_lengths}}
 
+    def decode_window(self, position: int) -> int | None:
+        """The smallest decode window above ``position`` (the cheapest signature for a token there), or None."""
+        return next((w for w in self.decode_windows if position < w), None)
+
     def decode_signature(self, position: int) -> str:
-        """The cheapest decode signature for a token at ``position``: the smallest window above it."""
-        return next((f"decode_window_{w}" for w in self.decode_windows if position < w), "decode")
+        window = self.decode_window(position)
+        return "decode" if window is None else f"decode_window_{window}"
 
     def _signature_buffers(self, name: str) -> dict:
         """The buffers of a signature's small tensors, made once: tokens, positions, logits (hidden states)."""
@@ -147,14 +150,14 @@ class PrefillDecodeEngine:
         with self._lock:
             state = {name: self.model.create_input_buffer_by_name("decode", name) for name in self.cache_specs}
             for name, buffer in state.items():
-                buffer.write(self._zeros[name])
+                buffer.write(np.zeros(*self.cache_specs[name]))
         return state
 
     def read_state(self, state: dict) -> dict[str, np.ndarray]:
         """The caches of ``state`` as arrays (copies)."""
         with self._lock:
-            return {name: buffer.read(self._zeros[name].size, self._zeros[name].dtype).reshape(self._zeros[name].shape)
-                    for name, buffer in state.items()}
+            return {name: buffer.read(int(np.prod(self.cache_specs[name][0])), self.cache_specs[name][1])
+                    .reshape(self.cache_specs[name][0]) for name, buffer in state.items()}
 
     def copy_state(self, state: dict) -> dict:
         """New cache buffers holding what ``state``'s hold (a fork)."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from llm_tflite.errors import ContextLengthError, DataError, InvalidArgumentError, ModelFileError, RuntimeFailure
 from llm_tflite.litert.flatbuffer import check_tensor_sizes, read_model_file
-from llm_tflite.litert.litertlm import check_engine_sections, is_litertlm, tflite_section
+from llm_tflite.litert.litertlm import check_engine_sections, is_litertlm, model_bytes
 from llm_tflite.litert.metadata import read_verified_metadata
 from llm_tflite.runtime import sampling
 from llm_tflite.runtime.results import AutocompleteResult, GenerationResult, TextPipeline
@@ -129,14 +129,14 @@ class InterpreterRunner:
         self.backend = backend
         self.num_threads = num_threads = num_threads or os.cpu_count() or 1
         data = read_model_file(self.path)
-        bundle = is_litertlm(data)
-        if bundle:  # from `llm-tflite bundle`: our .tflite, record included, is one of its sections
-            if backend == "litert-lm":
-                check_engine_sections(data, repr(self.path))
-            data = bytes(tflite_section(data, repr(self.path)))
+        #: True for a ``.litertlm`` bundle (``llm-tflite bundle``): our .tflite is one of its sections.
+        self.is_bundle = is_litertlm(data)
+        if self.is_bundle and backend == "litert-lm":
+            check_engine_sections(data, repr(self.path))
         elif backend == "litert-lm":
             raise ModelFileError(f"backend='litert-lm' runs .litertlm bundles; {self.path!r} is not one: "
                                  f"llm-tflite bundle {self.path} -o MODEL.litertlm")
+        data = model_bytes(data, repr(self.path))
         # The file is untrusted: checksum, record schema and tensor shapes are checked before
         # the native runtime sees a byte of it.
         self.metadata = read_verified_metadata(data, repr(self.path))
@@ -149,7 +149,6 @@ class InterpreterRunner:
         self.eos_id = self.metadata.get("eos_id")
         self.add_bos = bool(self.metadata.get("add_bos", False))
         self._piece_ids = None  # litert-lm: a piece's bytes -> its id
-        self._strips_first_space = self.metadata["tokenizer"]["type"] == "sentencepiece"
         if backend == "litert-lm":
             from llm_tflite.runtime.litertlm_backend import LiteRTLMEngine
 
@@ -426,7 +425,7 @@ class InterpreterRunner:
                 count += 1
                 data = text.encode("utf-8")
                 token = self._piece_ids.get(data)
-                if count == 1 and self._strips_first_space:  # "▁I" reached us as "I"; "I" and "▁I" may both exist
+                if count == 1 and self.metadata["tokenizer"]["type"] == "sentencepiece":  # "▁I" reached us as "I"; "I" and "▁I" may both exist
                     token = self._piece_ids.get(b" " + data, token)
                 chunk = (_Chunk(self.tokenizer.decode_bytes([token]).decode("utf-8"), [token]) if token is not None
                          else _Chunk(text, self.tokenizer.encode(text) if text else []))
