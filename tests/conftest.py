@@ -22,6 +22,22 @@ def shakespeare_text() -> str:
     return SHAKESPEARE.read_text(encoding="utf-8")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def weight_cache_dir(tmp_path_factory):
+    """XNNPACK weight caches (``InterpreterRunner(weight_cache="auto")``) go to a temporary directory,
+    for this process and every command the tests run, never to the user's ``~/.cache``."""
+    from llm_tflite.runtime.weight_cache import CACHE_DIR_ENV
+
+    path = tmp_path_factory.mktemp("llm-tflite-cache")
+    saved = os.environ.get(CACHE_DIR_ENV)
+    os.environ[CACHE_DIR_ENV] = str(path)
+    yield path
+    if saved is None:
+        os.environ.pop(CACHE_DIR_ENV, None)
+    else:
+        os.environ[CACHE_DIR_ENV] = saved
+
+
 @pytest.fixture(scope="session")
 def tiny_gpt2_dir(tmp_path_factory):
     """A KerasHub preset directory: BPE trained on 20k characters, 2-layer GPT-2, random weights."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 
 import numpy as np
@@ -9,6 +10,8 @@ import numpy as np
 from llm_tflite.errors import ModelFileError
 
 TFLITE_IDENTIFIER = b"TFL3"
+#: Bytes a flatbuffer can address (32-bit offsets): the most a converted ``.tflite`` may hold.
+FLATBUFFER_LIMIT = 2**31
 
 
 def _schema():
@@ -97,18 +100,49 @@ def weight_bytes(tflite_model) -> int:
     return total
 
 
-def read_model_file(path: str) -> bytes:
-    """The bytes of a ``.tflite`` file, with a clear error when it is missing or unreadable."""
+def _open_model_file(path: str):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ModelFileError(f"no such model file: {path!r}")
     if os.path.isdir(path):
         raise ModelFileError(f"{path!r} is a directory, not a .tflite file")
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return open(path, "rb")
     except OSError as e:
         raise ModelFileError(f"cannot read {path!r}: {e}") from e
+
+
+def read_model_file(path: str) -> bytes:
+    """The bytes of a ``.tflite`` file, with a clear error when it is missing or unreadable."""
+    with _open_model_file(path) as f:
+        try:
+            return f.read()
+        except OSError as e:
+            raise ModelFileError(f"cannot read {path!r}: {e}") from e
+
+
+def map_model_file(path: str):
+    """A read-only memory map of a model file (``bytes`` when it is empty), errors as ``read_model_file``.
+
+    Pages are read when touched and belong to the page cache: checking a file's tables costs
+    a few pages of memory, not the file's size.
+    """
+    with _open_model_file(path) as f:
+        try:
+            if os.fstat(f.fileno()).st_size == 0:
+                return b""
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as e:
+            raise ModelFileError(f"cannot read {path!r}: {e}") from e
+
+
+def release_pages(buf, start: int, end: int) -> None:
+    """Drop the pages of ``buf[start:end]`` from this process's memory if ``buf`` is a file map
+    (they are read again from the file if touched): reading a whole mapped file stays cheap."""
+    if isinstance(buf, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        aligned = start - start % mmap.PAGESIZE
+        if end > aligned:
+            buf.madvise(mmap.MADV_DONTNEED, aligned, end - aligned)
 
 
 def check_writable(path, *, directory: bool = False) -> None:

@@ -23,7 +23,8 @@ import os
 import numpy as np
 
 from llm_tflite.errors import ModelFileError
-from llm_tflite.litert.flatbuffer import _check_flatbuffer, _schema, pack_model, read_model_file, unpack_model
+from llm_tflite.litert.flatbuffer import (_check_flatbuffer, _schema, pack_model, read_model_file, release_pages,
+                                         unpack_model)
 
 METADATA_NAME = "llm_tflite"
 #: Written by this version; 1 (no checksum) is still read.
@@ -42,10 +43,19 @@ def _digest(data: bytes, field_at: int) -> str:
     start = field_at + len(_checksum_field("")) - 1
     end = start + len(_UNSET_CHECKSUM)
     digest = hashlib.sha256()
-    digest.update(memoryview(data)[:start])
+    _hash_range(digest, data, 0, start)
     digest.update(_UNSET_CHECKSUM.encode())
-    digest.update(memoryview(data)[end:])
+    _hash_range(digest, data, end, len(data))
     return digest.hexdigest()
+
+
+def _hash_range(digest, data, start: int, end: int, chunk: int = 32 << 20) -> None:
+    """Hash ``data[start:end]`` in chunks; a mapped file's pages are released as they are read."""
+    with memoryview(data) as view:
+        for at in range(start, end, chunk):
+            stop = min(at + chunk, end)
+            digest.update(view[at:stop])
+            release_pages(data, at, stop)
 
 
 def add_metadata(tflite_model: bytes, record: dict) -> bytes:
@@ -69,8 +79,8 @@ def add_metadata(tflite_model: bytes, record: dict) -> bytes:
     return bytes(packed)
 
 
-def read_metadata_from_bytes(buf: bytes, where: str = "this file") -> dict:
-    """The ``llm_tflite`` record of a ``.tflite`` flatbuffer held in memory."""
+def _record_span(buf, where: str) -> tuple[int, int]:
+    """Where the ``llm_tflite`` record's bytes lie in the flatbuffer ``buf``: ``(start, end)``."""
     _check_flatbuffer(buf, where)
     schema = _schema()
     try:
@@ -78,14 +88,28 @@ def read_metadata_from_bytes(buf: bytes, where: str = "this file") -> dict:
         for i in range(model.MetadataLength()):
             entry = model.Metadata(i)
             if entry.Name() == METADATA_NAME.encode():
-                data = model.Buffers(entry.Buffer()).DataAsNumpy()
-                return json.loads(bytes(data).decode("utf-8"))
+                table = model.Buffers(entry.Buffer())._tab
+                field = table.Offset(4)  # Buffer.data
+                start = table.Vector(field) if field else 0
+                end = start + (table.VectorLen(field) if field else 0)
+                if not 0 <= start <= end <= len(buf):
+                    raise IndexError(f"record bytes {start}..{end} outside the file")
+                return start, end
     except Exception as e:
         raise ModelFileError(f"{where} is a corrupt TensorFlow Lite file ({type(e).__name__}: {e}); re-convert it") from e
     raise ModelFileError(
         f"{where} is a TensorFlow Lite model but was not made by llm-tflite (no {METADATA_NAME!r} "
         "metadata); convert it with `llm-tflite convert`"
     )
+
+
+def read_metadata_from_bytes(buf: bytes, where: str = "this file") -> dict:
+    """The ``llm_tflite`` record of a ``.tflite`` flatbuffer held in memory (or mapped)."""
+    start, end = _record_span(buf, where)
+    try:
+        return json.loads(bytes(buf[start:end]).decode("utf-8"))
+    except Exception as e:
+        raise ModelFileError(f"{where} is a corrupt TensorFlow Lite file ({type(e).__name__}: {e}); re-convert it") from e
 
 
 def read_metadata(path: str) -> dict:
@@ -110,7 +134,8 @@ def verify_checksum(buf: bytes, record: dict, where: str = "this file") -> None:
                "corrupted copy?); copy the file again or re-convert it")
     if not isinstance(expected, str) or len(expected) != 64:
         raise ModelFileError(damaged)
-    field_at = bytes(buf).rfind(_checksum_field(expected))
+    # Searched for in the record only: a scan of a mapped file would read every page of it.
+    field_at = buf.rfind(_checksum_field(expected), *_record_span(buf, where))
     if field_at < 0 or _digest(buf, field_at) != expected:
         raise ModelFileError(damaged)
 

@@ -15,6 +15,7 @@ and concurrent or interleaved generations never see each other's caches.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Callable
 
@@ -55,28 +56,51 @@ class PrefillDecodeEngine:
     A sequence's state is a dict of cache name -> ``TensorBuffer`` (``new_state``).
     """
 
-    def __init__(self, data: bytes, metadata: dict, num_threads, path):
+    def __init__(self, data: bytes | None, metadata: dict, num_threads, path, weight_cache: str = "memory"):
+        """``data``: the model's bytes (a bundle's section), or None to map the file at ``path``.
+        ``weight_cache``: where XNNPACK keeps packed weights (``llm_tflite.runtime.weight_cache``)."""
         from ai_edge_litert.compiled_model import CompiledModel
         from ai_edge_litert.cpu_options import CpuOptions
         from ai_edge_litert.options import Options
 
+        from llm_tflite.runtime.weight_cache import WeightCache
+
         self.model_data = data  # the runtime reads the model from this buffer: keep it alive
         environment = litert_environment()
+        cache = WeightCache(weight_cache, metadata.get("sha256"))
         try:
             with quiet_native():  # accelerator registration, "Created TensorFlow Lite XNNPACK delegate for CPU."
-                # XNNPACK packs each signature's weights for its kernels; its weight cache, held in
-                # memory, makes the prefill and decode signatures share one packed copy.
-                cpu = CpuOptions(num_threads=num_threads, xnnpack_weight_cache_path=":memory:")
-                self.model = CompiledModel.from_buffer(data, environment=environment, options=Options(cpu_options=cpu))
+                # XNNPACK packs each signature's weights for its kernels into its weight cache, so the
+                # prefill and decode signatures share one packed copy (and a cache file is mapped, not rebuilt).
+                options = Options(cpu_options=CpuOptions(num_threads=num_threads, xnnpack_weight_cache_path=cache.path))
+                if data is None:  # mapped by the runtime: pages it never reads (packed weights) cost nothing
+                    self.model = CompiledModel.from_file(os.fspath(path), environment=environment, options=options)
+                else:
+                    self.model = CompiledModel.from_buffer(data, environment=environment, options=options)
                 signatures = self.model.get_signature_list()
                 self.input_details = {name: self.model.get_input_tensor_details(name) for name in signatures}
                 self.output_details = {name: self.model.get_output_tensor_details(name) for name in signatures}
         except (ValueError, RuntimeError) as e:
+            cache.discard()
             raise ModelFileError(f"the runtime cannot load {path!r}: {e}; re-convert it") from e
+        try:
+            self._prepare(metadata, path)
+            if cache.building:
+                # XNNPACK packs a signature's weights at its first run: pack them all before the file
+                # is shared, so a later load finds every signature's weights in it.
+                self._run_every_signature(path)
+        except BaseException:
+            cache.discard()
+            raise
+        cache.commit()
+        #: The packed-weights cache file this engine maps (``:memory:`` when none).
+        self.weight_cache_path = cache.final or cache.path
+
+    def _prepare(self, metadata: dict, path) -> None:
         self.context_length = int(metadata["context_length"])
         self.prefill_lengths = sorted(int(n) for n in metadata.get("prefill_lengths", []))
         self.decode_windows = sorted(int(w) for w in metadata.get("decode_windows", []))
-        missing = [s for s in self._signature_lengths() if s not in signatures]
+        missing = [s for s in self._signature_lengths() if s not in self.input_details]
         if missing:
             raise ModelFileError(f"{path!r} lacks signatures {missing}; re-convert it")
         self.has_hidden_states = bool(metadata.get("hidden_states", False))
@@ -87,13 +111,31 @@ class PrefillDecodeEngine:
         }
         self.vocab_size = int(self.output_details["decode"]["logits"]["shape"][-1])
         self._lock = threading.Lock()
+        self._spare_state = None
         try:
             with quiet_native():
-                self._io = {name: self._signature_buffers(name) for name in self._signature_lengths()}
-                # XNNPACK is applied at the first run (and announces it on stderr): do that here,
-                # quietly, so a graph the runtime cannot run fails in the constructor.
-                self.call("decode", dict(tokens=np.zeros((1, 1), np.int32), input_pos=np.zeros(1, np.int32),
-                                         caches=self.new_state()))
+                # A signature's buffers are made at its first call: a prefill_128 a prompt never needs
+                # would hold 128 rows of logits.
+                self._io = {}
+                # XNNPACK is applied at a signature's first run (and announces it on stderr): do that
+                # here, quietly, so a graph the runtime cannot run fails in the constructor. The signature
+                # a first token uses: each one's working memory is allocated when it first runs.
+                state = self.new_state()
+                self.call(self.decode_signature(0), dict(tokens=np.zeros((1, 1), np.int32),
+                                                         input_pos=np.zeros(1, np.int32), caches=state))
+                # The runtime holds on to the buffers a signature last ran with: the first sequence
+                # reuses these (zeroed) instead of allocating another cache beside them.
+                self._spare_state = state
+        except (RuntimeFailure, ValueError, RuntimeError) as e:
+            raise ModelFileError(f"the runtime cannot run {path!r}: {e.__cause__ or e}; re-convert it") from e
+
+    def _run_every_signature(self, path) -> None:
+        state = self.new_state()
+        try:
+            with quiet_native():
+                for name, length in self._signature_lengths().items():
+                    self.call(name, dict(tokens=np.zeros((1, length), np.int32),
+                                         input_pos=np.arange(length, dtype=np.int32), caches=state))
         except (RuntimeFailure, ValueError, RuntimeError) as e:
             raise ModelFileError(f"the runtime cannot run {path!r}: {e.__cause__ or e}; re-convert it") from e
 
@@ -148,7 +190,9 @@ class PrefillDecodeEngine:
     def new_state(self) -> dict:
         """Zeroed cache buffers for a new sequence."""
         with self._lock:
-            state = {name: self.model.create_input_buffer_by_name("decode", name) for name in self.cache_specs}
+            state, self._spare_state = self._spare_state, None
+            if state is None:
+                state = {name: self.model.create_input_buffer_by_name("decode", name) for name in self.cache_specs}
             for name, buffer in state.items():
                 buffer.write(np.zeros(*self.cache_specs[name]))
         return state
@@ -183,7 +227,11 @@ class PrefillDecodeEngine:
         place); return ``logits`` (and ``hidden_states``). Serialised, so threads may share the engine."""
         try:
             with self._lock:
-                io = self._io[name]
+                io = self._io.get(name)
+                if io is None:
+                    if name not in self.input_details:
+                        raise ValueError(f"no signature {name!r}")
+                    io = self._io[name] = self._signature_buffers(name)
                 io["inputs"]["tokens"].write(inputs["tokens"])
                 io["inputs"]["input_pos"].write(inputs["input_pos"])
                 caches = inputs["caches"]

@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 
 from llm_tflite.errors import ContextLengthError, DataError, InvalidArgumentError, ModelFileError, RuntimeFailure
-from llm_tflite.litert.flatbuffer import check_tensor_sizes, read_model_file
+from llm_tflite.litert.flatbuffer import check_tensor_sizes, map_model_file
 from llm_tflite.litert.litertlm import check_engine_sections, is_litertlm, model_bytes
 from llm_tflite.litert.metadata import read_verified_metadata
 from llm_tflite.runtime import sampling
@@ -111,6 +111,10 @@ class InterpreterRunner:
             (a bundle in LiteRT-LM's engine, ``pip install 'llm-tflite[litertlm]'``: ``generate``,
             ``complete``, ``stream`` and ``autocomplete`` with the greedy, random, top_k and top_p
             samplers; stop strings and filters as usual).
+        weight_cache: where XNNPACK keeps the weights it repacks for its kernels: ``"auto"``
+            (a file per model under ``~/.cache/llm-tflite/xnnpack``, or ``$LLM_TFLITE_CACHE_DIR``:
+            the first load writes it, later loads map it in milliseconds and use about one copy
+            of the weights' memory instead of two), ``"memory"`` (nothing written), or a directory.
 
     Example:
         >>> runner = InterpreterRunner("model.tflite")  # doctest: +SKIP
@@ -118,7 +122,8 @@ class InterpreterRunner:
         '\\nWhat, shall I ...'
     """
 
-    def __init__(self, path, *, num_threads: int | None = None, backend: str = "interpreter"):
+    def __init__(self, path, *, num_threads: int | None = None, backend: str = "interpreter",
+                 weight_cache: str = "auto"):
         from llm_tflite.runtime.litertlm_backend import BACKENDS
 
         self.path = os.fspath(path)
@@ -128,7 +133,10 @@ class InterpreterRunner:
             raise InvalidArgumentError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.backend = backend
         self.num_threads = num_threads = num_threads or os.cpu_count() or 1
-        data = read_model_file(self.path)
+        if not isinstance(weight_cache, (str, os.PathLike)) or not weight_cache:
+            raise InvalidArgumentError(f"weight_cache must be 'auto', 'memory' or a directory, got {weight_cache!r}")
+        self.weight_cache = os.fspath(weight_cache)
+        data = map_model_file(self.path)
         #: True for a ``.litertlm`` bundle (``llm-tflite bundle``): our .tflite is one of its sections.
         self.is_bundle = is_litertlm(data)
         if self.is_bundle and backend == "litert-lm":
@@ -158,13 +166,15 @@ class InterpreterRunner:
         elif self.export_mode == "prefill_decode":
             from llm_tflite.runtime.prefill_decode import PrefillDecodeEngine
 
-            self._engine = PrefillDecodeEngine(data, self.metadata, num_threads, self.path)
+            # A plain file is mapped by the runtime itself; a bundle's model section is handed over as bytes.
+            self._engine = PrefillDecodeEngine(data if self.is_bundle else None, self.metadata, num_threads,
+                                               self.path, self.weight_cache)
             self.vocab_size = self._engine.vocab_size
             self._check_token_ids()
         else:
             from llm_tflite.runtime.generate import GenerateEngine
 
-            self._engine = GenerateEngine(data, self.metadata, num_threads, self.path)
+            self._engine = GenerateEngine(bytes(data), self.metadata, num_threads, self.path)
             self.vocab_size = self.tokenizer.vocab_size
 
     def _check_token_ids(self) -> None:
