@@ -43,6 +43,10 @@ class ConversionError(LLMTFLiteError):
     """TensorFlow Lite conversion or quantization failed."""
 
 
+class ModelTooLargeError(ConversionError):
+    """A model's weights would not fit a ``.tflite`` file in the chosen format (checked before converting)."""
+
+
 class InvalidArgumentError(LLMTFLiteError, ValueError):
     """An argument (token count, sampler setting, seed, token id, ...) is out of its allowed range."""
 

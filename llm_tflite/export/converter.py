@@ -36,6 +36,51 @@ def default_decode_windows(context_length: int) -> list[int]:
     return windows
 
 
+#: Room a file needs beyond its weights' bytes: graph, biases, a tied embedding held twice while
+#: converting (GPT-2's token embedding is about 5% of GPT-2 XL).
+SIZE_MARGIN = 1.15
+
+
+def _file_bytes(strategy, weights: int) -> float:
+    """Bytes of the largest flatbuffer a strategy writes for ``weights`` weights."""
+    return weights * max(strategy.weight_bytes, 4.0 if strategy.quantizes_float_file else 0.0) * SIZE_MARGIN
+
+
+def binds_weights(strategy) -> bool:
+    """True if ``prefill_decode`` conversion binds the weights after converting the graph for this
+    strategy; False for a strategy that only sets TensorFlow converter options (``configure``),
+    which need the weights frozen into the graph."""
+    from llm_tflite.quantize.base import QuantizationStrategy
+
+    return strategy.bind_format != "float32" or type(strategy).configure is QuantizationStrategy.configure
+
+
+def check_fits(lm, strategy, name: str = "this model") -> None:
+    """``ModelTooLargeError`` now, before conversion, if the file (or the float32 file a strategy starts
+    from) would pass the flatbuffer limit; it names the strategies that fit."""
+    from llm_tflite.errors import ModelTooLargeError
+    from llm_tflite.litert import flatbuffer
+    from llm_tflite.plugins.registry import strategies
+
+    weights = int(lm.count_params())
+    limit = flatbuffer.FLATBUFFER_LIMIT
+    if _file_bytes(strategy, weights) <= limit:
+        return
+    def size(n: float) -> str:
+        return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+
+    fitting = [f"{s.name} (~{size(s.weight_bytes * weights)})"
+               for s in (r.item for r in strategies().values()) if _file_bytes(s, weights) <= limit]
+    what = ("the float32 file it quantizes" if strategy.quantizes_float_file and strategy.weight_bytes < 4
+            else "its file")
+    raise ModelTooLargeError(
+        f"{name} has {weights / 1e9:.2f} billion weights: with --quantize {strategy.name}, {what} would need about "
+        f"{size(_file_bytes(strategy, weights))}, over the "
+        f"{f'{limit / 2**30:g} GiB' if limit >= 2**30 else size(limit)} a .tflite flatbuffer can address. " + (f"Strategies that fit: {', '.join(fitting)}." if fitting else
+                       "No registered strategy fits; use a smaller model.")
+    )
+
+
 @dataclasses.dataclass
 class ConversionResult:
     """Where a conversion wrote its file, how big it is, and the metadata inside."""
@@ -134,6 +179,7 @@ class Converter:
         try:
             _stage(steps, "loading model")
             fam, lm = load_model(model, family=family, random_weights=random_weights)
+            check_fits(lm, self.quantizer.strategy, model if isinstance(model, str) else "this model")
             steps.update()
             _stage(steps, "tracing")
             try:
@@ -209,31 +255,70 @@ class Converter:
                 "Try another strategy (llm-tflite plugins lists them); if it comes from a plugin, report it there."
             ) from e
 
+    def _signatures(self, tf, fam, lm, metadata, weights=None):
+        """``(key, converted single-signature flatbuffer, input names, output names)`` per signature,
+        one at a time (merged as they come: ``SignatureMerger``)."""
+        from llm_tflite.export.prefill_decode import (input_names, output_names, signature_function, signatures,
+                                                      weight_names)
+
+        spec = fam.kv_cache_spec(lm)
+        extra = weight_names(weights) if weights is not None else []
+        for key, (length, window) in signatures(metadata["prefill_lengths"], metadata["decode_windows"]).items():
+            logger.debug("convert: signature %s", key)
+            with quiet_native():  # tracing (and freezing) runs Grappler, which logs its sessions
+                fn = signature_function(fam, lm, spec, metadata["context_length"], length, self.hidden_states,
+                                        window, weights)
+            converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
+            if weights is None:
+                self.quantizer.configure(converter, self.calibration)
+            yield key, self._run_converter(converter), input_names(spec) + extra, output_names(spec, self.hidden_states)
+            del fn, converter
+
+    def _convert_graph_then_bind(self, tf, fam, lm, metadata) -> bytes:
+        """The graph converted without its weights, which are then bound one at a time
+        (``llm_tflite.litert.bind``): memory and time that grow with the model, not 25x it."""
+        from llm_tflite.export.prefill_decode import model_variables
+        from llm_tflite.litert.bind import bind_weights
+        from llm_tflite.litert.rewrite import SignatureMerger
+
+        weights = model_variables(lm)
+        merger = SignatureMerger()
+        for key, data, inputs, outputs in self._signatures(tf, fam, lm, metadata, weights):
+            merger.add(key, data, inputs, outputs)
+        graph = merger.result()
+        bar = progress(total=len(weights), desc="binding weights", unit="weight", leave=False)
+        try:
+            return bind_weights(graph, [variable.numpy for variable in weights], self.quantizer.strategy.bind_format,
+                                progress=lambda n: bar.update(n - bar.n))
+        finally:
+            bar.close()
+
+    def _convert_frozen(self, tf, fam, lm, metadata) -> bytes:
+        """One frozen function and conversion per signature, merged as they come (a SavedModel holding
+        every signature's frozen weights would pass protobuf's 2 GB limit for GPT-2 base)."""
+        from llm_tflite.litert.rewrite import SignatureMerger
+
+        merger = SignatureMerger()  # shared weights are held once
+        for key, data, inputs, outputs in self._signatures(tf, fam, lm, metadata):
+            merger.add(key, data, inputs, outputs)
+        return merger.result()
+
     def _convert(self, fam, lm, metadata, steps) -> bytes:
         tf = import_tensorflow()
 
         if self.mode == "prefill_decode":
-            # One frozen function and conversion per signature, merged afterwards: a SavedModel
-            # holding every signature's frozen weights would pass protobuf's 2 GB limit for
-            # GPT-2 base, and building them one at a time bounds peak memory.
-            from llm_tflite.litert.rewrite import SignatureMerger
-            from llm_tflite.export.prefill_decode import input_names, output_names, signature_function, signatures
-
-            spec = fam.kv_cache_spec(lm)
             steps.update()
             _stage(steps, "converting")
-            merger = SignatureMerger()  # each signature merged as it comes: shared weights are held once
-            for key, (length, window) in signatures(metadata["prefill_lengths"], metadata["decode_windows"]).items():
-                logger.debug("convert: signature %s", key)
-                with quiet_native():  # freezing runs Grappler, which logs its sessions
-                    fn = signature_function(fam, lm, spec, metadata["context_length"], length, self.hidden_states,
-                                            window)
-                converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
-                self.quantizer.configure(converter, self.calibration)
-                merger.add(key, self._run_converter(converter), input_names(spec),
-                           output_names(spec, self.hidden_states))
-                del fn, converter
-            tflite_model = merger.result()
+            tflite_model = None
+            if binds_weights(self.quantizer.strategy):
+                from llm_tflite.export.prefill_decode import CapturedStateError
+
+                try:
+                    tflite_model = self._convert_graph_then_bind(tf, fam, lm, metadata)
+                except CapturedStateError as e:
+                    logger.debug("convert: %s; freezing the weights into the graph instead", e)
+            if tflite_model is None:
+                tflite_model = self._convert_frozen(tf, fam, lm, metadata)
         else:
             fn = fam.generate_function(lm, max_length=self.max_length, sampler=self.sampler, seed=self.seed,
                                        **self.sampler_settings)

@@ -17,6 +17,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 
 from llm_tflite.families.base import KVCacheSpec
 from llm_tflite.families.ops import attention_window, cache_shapes
+from llm_tflite.litert.bind import WEIGHT_PREFIX
 
 
 def cache_names(spec: KVCacheSpec) -> list[str]:
@@ -36,12 +37,37 @@ def output_names(spec: KVCacheSpec, hidden_states: bool = False) -> list[str]:
     return sorted(["logits"] + cache_names(spec) + (["hidden_states"] if hidden_states else []))
 
 
+class CapturedStateError(ValueError):
+    """A family's forward pass reads state that is not one of the model's weights (it cannot be
+    traced with the weights as inputs; the converter freezes it instead)."""
+
+
+def model_variables(model) -> list:
+    """The model's variables, each once (a tied embedding is one), in a fixed order: the
+    ``weight_{i}`` inputs of ``signature_function(..., weights=...)``."""
+    seen, unique = set(), []
+    for variable in model.weights:
+        if id(variable) not in seen:
+            seen.add(id(variable))
+            unique.append(variable)
+    return unique
+
+
+def weight_names(weights) -> list[str]:
+    return [f"{WEIGHT_PREFIX}{i}" for i in range(len(weights))]
+
+
 def signature_function(family, model, spec: KVCacheSpec, context_length: int, length: int,
-                       hidden_states: bool = False, window: int | None = None):
-    """The frozen concrete function of one signature, which processes ``length`` tokens.
+                       hidden_states: bool = False, window: int | None = None, weights: list | None = None):
+    """The concrete function of one signature, which processes ``length`` tokens.
 
     With ``hidden_states`` it also outputs the last hidden states ``[1, L, hidden]`` (what
     contrastive search compares), from the family's ``forward_with_hidden_states``.
+
+    ``weights`` (``model_variables(model)``): take them as inputs ``weight_{i}`` after the
+    caches, read through ``keras.StatelessScope``, so the graph holds no weight at all (they are
+    bound after conversion: ``llm_tflite.litert.bind``). Without it the weights are frozen
+    into the graph as constants.
     """
     key_shape, value_shape = cache_shapes(spec.num_kv_heads, spec.head_dim, context_length)
     names = cache_names(spec)
@@ -49,9 +75,19 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
         tf.TensorSpec([1, length], tf.int32, name="tokens"),
         tf.TensorSpec([length], tf.int32, name="input_pos"),
     ] + [tf.TensorSpec(key_shape if "_k_" in name else value_shape, tf.float32, name=name) for name in names]
+    if weights is not None:
+        input_signature += [tf.TensorSpec(v.shape, v.dtype, name=name) for v, name in zip(weights, weight_names(weights))]
 
     @tf.function(input_signature=input_signature, autograph=False)
-    def run(tokens, input_pos, *flat_caches):
+    def run(tokens, input_pos, *rest):
+        if weights is None:
+            return forward(tokens, input_pos, rest)
+        import keras
+
+        with keras.StatelessScope(state_mapping=list(zip(weights, rest[len(names):]))):
+            return forward(tokens, input_pos, rest[: len(names)])
+
+    def forward(tokens, input_pos, flat_caches):
         caches = list(zip(flat_caches[0::2], flat_caches[1::2]))
         if hidden_states:
             logits, new_caches, hidden = family.forward_with_hidden_states(model, tokens, input_pos, caches)
@@ -64,11 +100,17 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
             outputs[f"kv_cache_v_{i}"] = v
         return outputs
 
+    with attention_window(window):
+        function = run.get_concrete_function()
+    if weights is not None:
+        if function.captured_inputs:
+            raise CapturedStateError(f"the forward pass reads {len(function.captured_inputs)} variables or tensors "
+                                     "that are not among the model's weights")
+        return function
     # Freeze the weights into constants: TFLite would otherwise keep them as resource
     # variables (VAR_HANDLE/READ_VARIABLE), which quantizers skip. Freezing flattens the
     # outputs (a dict flattens in sorted key order); ``output_names`` names them again.
-    with attention_window(window):
-        return convert_variables_to_constants_v2(run.get_concrete_function())
+    return convert_variables_to_constants_v2(function)
 
 
 def decode_window_name(window: int) -> str:

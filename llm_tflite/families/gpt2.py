@@ -54,6 +54,13 @@ class GPT2Family(ModelFamily):
                 **{k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")}
             )
             tokenizer = load_keras_preset(keras_hub.models.GPT2Tokenizer, tokenizer_dir)
+            if config["vocabulary_size"] > tokenizer.vocabulary_size():
+                # a standard size (50,257 ids) borrowing the shipped 2,048-token tokenizer: grow it, so
+                # every id the model emits decodes to visible text
+                from llm_tflite.training.tokenizer import extend_bpe
+
+                vocab, merges = extend_bpe(dict(tokenizer.vocabulary), list(tokenizer.merges), config["vocabulary_size"])
+                tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocab, merges=merges)
             preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(
                 tokenizer, sequence_length=min(config.get("max_sequence_length", 1024), 1024)
             )

@@ -1,4 +1,4 @@
-"""Named models: the two shipped ones and the architectures of the standard GPT-2 sizes (pure data)."""
+"""Named models: the two shipped ones, the standard GPT-2 sizes and PaLM-style sizes (pure data)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,34 @@ GPT2_SIZES = {
 }
 
 
+def _palm(layers, hidden):
+    """PaLM's published ratios (Chowdhery et al. 2022, table 1 and section 2): 256-wide heads
+    (hidden / 256 of them), one key/value head (multi-query), SwiGLU feed-forward 4x hidden,
+    a 256k-token vocabulary shared by input and output embeddings, RoPE, parallel blocks, no
+    biases, context 2,048. Only the depth and width are ours."""
+    return {
+        "vocabulary_size": 256000,
+        "num_layers": layers,
+        "num_query_heads": hidden // 256,
+        "num_key_value_heads": 1,
+        "hidden_dim": hidden,
+        "head_dim": 256,
+        "intermediate_dim": 4 * hidden,
+        "max_sequence_length": 2048,
+        "rope_max_wavelength": 10000,
+        "layer_norm_epsilon": 1e-5,
+        "dropout": 0.0,
+    }
+
+
+#: PaLM-style architectures at on-device sizes (no published weights: ``--random-weights``).
+PALM_SIZES = {
+    "palm_400m": ("PaLM-style 445M (12 layers, 1024 wide, 256k vocabulary)", _palm(12, 1024)),
+    "palm_1b5": ("PaLM-style 1.48B (16 layers, 2048 wide, 256k vocabulary), the seeds' on-device size",
+                 _palm(16, 2048)),
+}
+
+
 @hookimpl
 def register_presets(register):
     for name, (family, source, what) in SHIPPED.items():
@@ -52,3 +80,6 @@ def register_presets(register):
             description=f"{description}; KerasHub preset (downloads when online, --random-weights offline)",
             config=config,
         ))
+    for name, (description, config) in PALM_SIZES.items():
+        register(Preset(name=name, family="palm", source=name,
+                        description=f"{description}; architecture only: --random-weights", config=config))

@@ -20,6 +20,15 @@ class QuantizationStrategy:
     #: Bytes the runtime holds (and reads per decode step) per weight byte in the file: float16
     #: and weight-only int8 weights are expanded to float32 when the model loads.
     memory_expansion: float = 1.0
+    #: Bytes per weight in the file it writes; with ``quantizes_float_file`` the float32 file it
+    #: starts from must fit too. Checked against the flatbuffer limit before converting.
+    weight_bytes: float = 4.0
+    #: True if it rewrites the converted float32 file (ai-edge-quantizer strategies).
+    quantizes_float_file: bool = False
+    #: How ``prefill_decode`` conversion stores the weights before ``postprocess``: ``float32``,
+    #: ``float16`` or ``int8`` (``llm_tflite.litert.bind``). A strategy that sets converter options
+    #: (``configure``) and keeps ``float32`` gets weights frozen into the converted graph instead.
+    bind_format: str = "float32"
     #: Export modes the strategy is known to produce correct files for.
     export_modes: tuple = ("prefill_decode", "generate")
 

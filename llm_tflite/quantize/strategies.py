@@ -19,8 +19,10 @@ class NoQuantization(QuantizationStrategy):
 class DynamicInt8(QuantizationStrategy):
     name = "dynamic_int8"
     description = "post-training dynamic range: int8 weights, float activations (Optimize.DEFAULT)"
+    weight_bytes = 1.0
+    bind_format = "int8"
 
-    def configure(self, converter, calibration=None):
+    def configure(self, converter, calibration=None):  # generate mode: TensorFlow's quantizer
         import tensorflow as tf
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -35,6 +37,8 @@ class Float16(QuantizationStrategy):
     name = "float16"
     description = "float16 weights, dequantized to float32 at load"
     memory_expansion = 2.0
+    weight_bytes = 2.0
+    bind_format = "float16"
 
     def configure(self, converter, calibration=None):
         import tensorflow as tf
@@ -53,6 +57,8 @@ class AIEdgeQuantizerStrategy(QuantizationStrategy):
     """A strategy applied to the float ``.tflite`` by ai-edge-quantizer (``pip install ai-edge-quantizer``)."""
 
     kind = "weight_only"  # "dynamic" (int8 activations on the fly) or "static" (calibrated)
+    quantizes_float_file = True
+    weight_bytes = 1.0
     num_bits = 8
     granularity = "CHANNELWISE"
     min_weight_elements = 0
@@ -163,6 +169,7 @@ class Int4Blockwise32(AIEdgeQuantizerStrategy):
     kind = "dynamic"
     num_bits = 4
     granularity = "BLOCKWISE_32"
+    weight_bytes = 0.625  # half a byte, and a float scale per 32
     min_weight_elements = 256  # tiny constants (e.g. a [D/2, 1] outer-product factor) cannot form blocks
     # In a generate graph (WHILE loop) ai-edge-quantizer 0.10's int4 output decodes to <unk>
     # only; refuse rather than write a silently wrong file.
@@ -173,6 +180,7 @@ class Int4Blockwise128(Int4Blockwise32):
     name = "int4_blockwise_128"
     description = "int4 weights in blocks of 128 (embeddings too), dynamic int8 activations on XNNPACK"
     granularity = "BLOCKWISE_128"
+    weight_bytes = 0.53
 
 
 @hookimpl(specname="register_quantizers")

@@ -76,3 +76,49 @@ def hf_tokenizer(vocab: dict[str, int], merges: list[str], special_tokens=(END_O
 def write_tokenizer_json(vocab: dict[str, int], merges: list[str], path) -> None:
     """Write ``vocab``/``merges`` as an HF ``tokenizer.json`` (read by ``tokenizers``, LiteRT-LM, transformers)."""
     hf_tokenizer(vocab, merges).save(str(path))
+
+
+def extend_bpe(vocab: dict[str, int], merges: list[str], vocab_size: int,
+               special_tokens=(END_OF_TEXT,)) -> tuple[dict[str, int], list[str]]:
+    """Grow a GPT-2-format BPE to ``vocab_size`` tokens with merges of its own word tokens.
+
+    For random-weight models of the standard sizes (GPT-2's 50,257 ids) that borrow a small
+    trained tokenizer: every id the model can emit then decodes to visible text (a word and a
+    word piece, "Ġking" + "dom"), not to nothing. Text the small tokenizer encoded keeps mostly
+    the same ids; the special tokens move to the end, where GPT-2 has ``<|endoftext|>`` (50256).
+    Deterministic: the same input always gives the same tokenizer.
+
+    Example:
+        >>> vocab, merges = extend_bpe(vocab, merges, 50257)  # doctest: +SKIP
+        >>> len(vocab), vocab["<|endoftext|>"]  # doctest: +SKIP
+        (50257, 50256)
+    """
+    specials = [t for t in special_tokens if t in vocab]
+    ordered = [t for t, _ in sorted(vocab.items(), key=lambda item: item[1]) if t not in specials]
+    if vocab_size <= len(vocab):
+        return dict(vocab), list(merges)
+    def letters(text: str) -> bool:  # ASCII letters only: byte-level symbols of control bytes are "alphabetic"
+        return text.isascii() and text.isalpha()
+
+    words = [t for t in ordered if t.startswith("\u0120") and letters(t[1:])]  # "Ġword"
+    pieces = [t for t in ordered if letters(t)]  # "dom", "ing"
+    if not words or not pieces:
+        raise ValueError("the tokenizer has no word tokens to grow from; train it on more text")
+    new_vocab = {t: i for i, t in enumerate(ordered)}
+    new_merges = list(merges)
+    wanted = vocab_size - len(specials)
+    for piece in pieces:
+        for word in words:
+            if len(new_vocab) >= wanted:
+                break
+            token = word + piece
+            if token not in new_vocab:
+                new_vocab[token] = len(new_vocab)
+                new_merges.append(f"{word} {piece}")
+        if len(new_vocab) >= wanted:
+            break
+    if len(new_vocab) < wanted:
+        raise ValueError(f"cannot grow the tokenizer to {vocab_size} tokens from {len(vocab)}")
+    for token in specials:
+        new_vocab[token] = len(new_vocab)
+    return new_vocab, new_merges

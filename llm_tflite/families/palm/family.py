@@ -48,21 +48,35 @@ class PaLMFamily(ModelFamily):
 
         if not isinstance(source, str):
             return source
+        from llm_tflite.errors import ModelSourceError
+
         if random_weights:
-            # The architecture of a local preset (or ``config``) with fresh weights; its tokenizer is kept.
+            # The architecture of a local preset (or a registered size's ``config``) with fresh weights;
+            # the preset's tokenizer is kept, the sizes borrow the shipped one (grown to their vocabulary).
             import json
 
-            if not is_preset_dir(source):
-                from llm_tflite.errors import ModelSourceError
+            from llm_tflite.families.presets import PALM_PRESET_DIR
 
-                raise ModelSourceError(f"--random-weights for the palm family needs a local preset directory, got {source!r}")
-            with open(os.path.join(source, "config.json"), encoding="utf-8") as f:
-                config = config or json.load(f)["config"]
+            tokenizer_dir = PALM_PRESET_DIR
+            if config is None:
+                if not is_preset_dir(source):
+                    raise ModelSourceError(f"--random-weights for the palm family needs a local preset directory or "
+                                           f"a registered size (llm-tflite plugins), got {source!r}")
+                with open(os.path.join(source, "config.json"), encoding="utf-8") as f:
+                    config = json.load(f)["config"]
+                tokenizer_dir = source
             keras.utils.set_random_seed(0)
             backbone = PaLMBackbone(**{k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")})
-            tokenizer = load_keras_preset(PaLMTokenizer, source)
+            tokenizer = load_keras_preset(PaLMTokenizer, tokenizer_dir)
+            if backbone.vocabulary_size > tokenizer.vocabulary_size():
+                from llm_tflite.families.palm.palm_tokenizer import extend_sentencepiece
+
+                tokenizer = PaLMTokenizer(proto=extend_sentencepiece(tokenizer.proto, backbone.vocabulary_size))
             preprocessor = PaLMCausalLMPreprocessor(tokenizer, sequence_length=backbone.max_sequence_length)
             return PaLMCausalLM(backbone=backbone, preprocessor=preprocessor)
+        if config is not None and not is_preset_dir(source):
+            raise ModelSourceError(f"{source!r} is a PaLM-style architecture without published weights: convert it "
+                                   "with --random-weights, or train/fine-tune it and convert the preset directory")
         return load_keras_preset(PaLMCausalLM, source)
 
     def tokenizer_spec(self, model) -> dict:

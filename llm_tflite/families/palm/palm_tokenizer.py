@@ -70,6 +70,42 @@ def train_sentencepiece(texts, vocab_size: int) -> bytes:
     return model.getvalue()
 
 
+def extend_sentencepiece(proto: bytes, vocab_size: int) -> bytes:
+    """Grow a unigram SentencePiece model to ``vocab_size`` pieces with joins of its own word pieces.
+
+    For random-weight models of the large-vocabulary sizes (``palm_1b5``: 256,000 ids) that borrow
+    the shipped 2,048-piece tokenizer: every id then decodes to visible text ("▁king" + "dom").
+    The new pieces score below every trained one; deterministic.
+    """
+    from sentencepiece import sentencepiece_model_pb2
+
+    model = sentencepiece_model_pb2.ModelProto()
+    model.ParseFromString(proto)
+    if vocab_size <= len(model.pieces):
+        return proto
+    normal = [p.piece for p in model.pieces if p.type == p.NORMAL]
+
+    def letters(text: str) -> bool:
+        return text.isascii() and text.isalpha()
+
+    words = [p for p in normal if p.startswith("\u2581") and letters(p[1:])]
+    suffixes = [p for p in normal if letters(p)]
+    if not words or not suffixes:
+        raise ValueError("the SentencePiece model has no word pieces to grow from; train it on more text")
+    seen = {p.piece for p in model.pieces}
+    score = min(p.score for p in model.pieces if p.type == p.NORMAL) - 1.0
+    for suffix in suffixes:
+        for word in words:
+            if len(model.pieces) >= vocab_size:
+                return model.SerializeToString()
+            if word + suffix not in seen:
+                seen.add(word + suffix)
+                piece = model.pieces.add()
+                piece.piece, piece.score, piece.type = word + suffix, score, piece.NORMAL
+                score -= 1e-4
+    raise ValueError(f"cannot grow the SentencePiece model to {vocab_size} pieces from {len(normal)}")
+
+
 @keras.saving.register_keras_serializable(package="llm_tflite")
 class PaLMTokenizer(SentencePieceTokenizer):
     """KerasHub SentencePiece tokenizer with ``<s>``, ``</s>``, ``<pad>`` and newline restoration.

@@ -1,0 +1,290 @@
+"""Binding weights into a converted graph: the converter never sees them.
+
+TensorFlow's converter holds many copies of every constant it converts (GPT-2 124M: 11.6 GiB
+for one signature, about 23x its float32 weights), which puts a 1.5B model out of reach of any
+machine we run on. So ``prefill_decode`` signatures are traced with the weights as *inputs*
+(``weight_{i}``, llm_tflite.export.prefill_decode): the converter sees a graph of a few
+kilobytes and takes a second. This module then makes those inputs constants again, one weight
+at a time, in the format the quantization strategy asks for:
+
+1. every op chain from a weight input through ``RESHAPE`` / ``TRANSPOSE`` is folded into the
+   constant (computed with numpy, shared by every signature that does the same);
+2. ``BATCH_MATMUL(x, W)`` with a constant 2-D ``W`` becomes ``FULLY_CONNECTED(x, Wᵀ)``, the op
+   XNNPACK packs and caches (what the converter does for constant weights);
+3. each weight is stored as float32, as float16 behind a ``DEQUANTIZE``, or ("int8") as int8
+   with per-output-channel scales for ``FULLY_CONNECTED`` weights (hybrid ops that quantize
+   their input on the fly: TensorFlow's dynamic-range quantization) and per-row scales for
+   embedding tables read by ``EMBEDDING_LOOKUP`` -- a tied input/output embedding is one int8
+   table for both.
+
+Peak memory is the model's own weights, one weight being transformed, and the output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import numpy as np
+
+from llm_tflite.errors import ConversionError
+from llm_tflite.litert.flatbuffer import _schema, pack_model, unpack_model
+
+#: Formats ``bind_weights`` writes weights in.
+FORMATS = ("float32", "float16", "int8")
+#: Weights with fewer elements stay float32 (biases, norms), as TensorFlow's quantizer keeps them.
+MIN_QUANTIZED_ELEMENTS = 1024
+WEIGHT_PREFIX = "weight_"
+
+
+def _builtin(code) -> int:
+    return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+
+def _opcode(schema, model, builtin: int, version: int = 1) -> int:
+    for index, code in enumerate(model.operatorCodes):
+        if _builtin(code) == builtin and code.version == version:
+            return index
+    code = schema.OperatorCodeT()
+    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), version
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
+
+
+@dataclasses.dataclass
+class _Use:
+    """One place a weight ends up: after ``steps`` (folded ops), as input ``slot`` of ``op``."""
+
+    subgraph: object
+    op: object
+    slot: int
+    steps: tuple  # ("reshape", shape) / ("transpose", perm), in order
+    tensor: int  # the tensor the op reads (the last folded op's output, or the weight input)
+
+
+class _Binder:
+    def __init__(self, model):
+        self.schema = _schema()
+        self.model = model
+        self.ops = self.schema.BuiltinOperator
+        self.buffers: dict[tuple, int] = {}  # (weight, steps, format) -> buffer index
+        self.quantization: dict[tuple, object] = {}
+
+    def name(self, op) -> int:
+        return _builtin(self.model.operatorCodes[op.opcodeIndex])
+
+    def constant(self, subgraph, index: int) -> np.ndarray | None:
+        tensor = subgraph.tensors[index]
+        data = self.model.buffers[tensor.buffer].data if tensor.buffer else None
+        if data is None or len(data) == 0:
+            return None
+        dtype = {self.schema.TensorType.INT32: np.int32, self.schema.TensorType.INT64: np.int64}.get(tensor.type)
+        return None if dtype is None else np.frombuffer(bytes(data), dtype)
+
+    def uses(self, weight_inputs: dict[int, list[tuple]]) -> dict[int, list[_Use]]:
+        """Follow each weight input through RESHAPE/TRANSPOSE to the op that computes with it."""
+        found: dict[int, list[_Use]] = {}
+        for weight, places in weight_inputs.items():
+            for subgraph, tensor_index in places:
+                consumers = {}
+                for op in subgraph.operators:
+                    for slot, i in enumerate(op.inputs):
+                        consumers.setdefault(i, []).append((op, slot))
+                stack = [(tensor_index, ())]
+                while stack:
+                    index, steps = stack.pop()
+                    for op, slot in consumers.get(index, []):
+                        kind = self.name(op)
+                        if kind == self.ops.RESHAPE and slot == 0:
+                            shape = tuple(int(d) for d in subgraph.tensors[op.outputs[0]].shape)
+                            stack.append((op.outputs[0], steps + (("reshape", shape),)))
+                        elif kind == self.ops.TRANSPOSE and slot == 0 and self.constant(subgraph, op.inputs[1]) is not None:
+                            perm = tuple(int(p) for p in self.constant(subgraph, op.inputs[1]))
+                            stack.append((op.outputs[0], steps + (("transpose", perm),)))
+                        else:
+                            found.setdefault(weight, []).append(_Use(subgraph, op, slot, steps, index))
+        return found
+
+    def matmul_to_fully_connected(self, use: _Use) -> tuple:
+        """``BATCH_MATMUL(x, W)`` with a 2-D constant ``W`` -> ``FULLY_CONNECTED(x, Wᵀ)``; the steps
+        the weight now needs ([out, in] layout)."""
+        op, subgraph = use.op, use.subgraph
+        options = op.builtinOptions
+        shape = [int(d) for d in subgraph.tensors[use.tensor].shape]
+        if (self.name(op) != self.ops.BATCH_MATMUL or use.slot != 1 or len(shape) != 2
+                or (options is not None and options.adjX)):
+            return use.steps
+        adj_y = bool(options is not None and options.adjY)
+        op.opcodeIndex = _opcode(self.schema, self.model, self.ops.FULLY_CONNECTED, version=1)
+        fc = self.schema.FullyConnectedOptionsT()
+        fc.keepNumDims = True
+        op.builtinOptionsType = self.schema.BuiltinOptions.FullyConnectedOptions
+        op.builtinOptions = fc
+        op.inputs = [op.inputs[0], op.inputs[1], -1]
+        return use.steps if adj_y else use.steps + (("transpose", (1, 0)),)
+
+    def add_buffer(self, array: np.ndarray) -> int:
+        buffer = self.schema.BufferT()
+        buffer.data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        self.model.buffers.append(buffer)
+        return len(self.model.buffers) - 1
+
+
+def _tensor_types() -> dict:
+    schema = _schema()
+    return {"float32": schema.TensorType.FLOAT32, "float16": schema.TensorType.FLOAT16, "int8": schema.TensorType.INT8,
+            "int32": schema.TensorType.INT32, "int64": schema.TensorType.INT64, "uint32": schema.TensorType.UINT32,
+            "bool": schema.TensorType.BOOL}
+
+
+def _apply(array: np.ndarray, steps) -> np.ndarray:
+    for kind, value in steps:
+        array = array.reshape(value) if kind == "reshape" else np.transpose(array, value)
+    return np.ascontiguousarray(array)
+
+
+def _int8_rows(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 with one scale per row (output channel): TensorFlow's dynamic-range scheme."""
+    rows = array.reshape(array.shape[0], -1)
+    scale = np.abs(rows).max(axis=1) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    values = np.clip(np.round(rows / scale[:, None]), -127, 127).astype(np.int8).reshape(array.shape)
+    return values, scale
+
+
+def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]], fmt: str = "float32",
+                 progress: Callable[[int], None] | None = None) -> bytes:
+    """Make the ``weight_{i}`` inputs of every signature constants holding ``weights[i]()``.
+
+    Args:
+        tflite_model: the converted graph (signature inputs named ``weight_{i}``).
+        weights: one callable per weight returning its float32 array (called once each, in order,
+            so only one is materialised at a time beyond the model's own).
+        fmt: ``float32``, ``float16`` or ``int8`` (see the module's docstring).
+        progress: called with the number of weights bound so far.
+
+    Returns:
+        The flatbuffer with every weight bound and the ``weight_{i}`` inputs gone.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    types = _tensor_types()
+    model = unpack_model(tflite_model)
+    binder = _Binder(model)
+    schema, ops = binder.schema, binder.ops
+    # which subgraph inputs are weights
+    places: dict[int, list[tuple]] = {}
+    for signature in model.signatureDefs:
+        subgraph = model.subgraphs[signature.subgraphIndex]
+        kept = []
+        for entry in signature.inputs:
+            name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+            if name.startswith(WEIGHT_PREFIX):
+                old = subgraph.tensors[entry.tensorIndex]
+                old.name = (old.name or b"") + b"/input"  # the bound constants take the plain name
+                places.setdefault(int(name[len(WEIGHT_PREFIX):]), []).append((subgraph, entry.tensorIndex))
+            else:
+                kept.append(entry)
+        signature.inputs = kept
+        subgraph.inputs = [entry.tensorIndex for entry in kept]
+    if sorted(places) != list(range(len(weights))):
+        raise ConversionError(f"the graph takes {len(places)} weights, {len(weights)} were given")
+    uses = binder.uses(places)
+    # 1. rewrite ops (BATCH_MATMUL -> FULLY_CONNECTED), and decide each use's final steps
+    final_steps: dict[int, list[tuple[_Use, tuple]]] = {}
+    for weight, weight_uses in uses.items():
+        for use in weight_uses:
+            final_steps.setdefault(weight, []).append((use, binder.matmul_to_fully_connected(use)))
+    embedding_lookup = _opcode(schema, model, ops.EMBEDDING_LOOKUP)
+    dequantize = _opcode(schema, model, ops.DEQUANTIZE, version=2)
+    prepended: dict[int, list] = {}  # id(subgraph) -> DEQUANTIZE ops to run first
+    # 2. bind, one weight at a time
+    expanded: dict[tuple, int] = {}  # (subgraph, buffer key) -> its DEQUANTIZE output tensor
+    names: dict[tuple, list] = {}
+    for weight, get in enumerate(weights):
+        array = None
+        for use, steps in final_steps.get(weight, []):
+            subgraph, op = use.subgraph, use.op
+            kind = binder.name(op)
+            if array is None:
+                array = np.asarray(get())
+            floating = array.dtype == np.float32
+            is_fc_weight = kind == ops.FULLY_CONNECTED and use.slot == 1
+            is_table = kind == ops.GATHER and use.slot == 0 and len(subgraph.tensors[use.tensor].shape) == 2
+            large = floating and array.size >= MIN_QUANTIZED_ELEMENTS
+            if fmt == "int8" and large and (is_fc_weight or is_table):
+                stored = "int8"
+            elif fmt == "float16" and large:
+                stored = "float16"
+            else:
+                stored = str(array.dtype)
+            key = (weight, steps, stored)
+            if key not in binder.buffers:
+                value = _apply(array, steps)
+                q = None
+                if stored == "int8":
+                    value, scale = _int8_rows(value)
+                    q = schema.QuantizationParametersT()
+                    q.scale, q.zeroPoint, q.quantizedDimension = scale, np.zeros(len(scale), np.int64), 0
+                elif stored == "float16":
+                    value = value.astype(np.float16)
+                binder.buffers[key] = binder.add_buffer(value)
+                binder.quantization[key] = (q, list(value.shape), types[str(value.dtype)])
+                del value
+            q, shape, tensor_type = binder.quantization[key]
+            tensor = schema.TensorT()
+            # unique across signatures and uses (ai-edge-quantizer needs it; ``compact`` drops the prefix)
+            count = names.setdefault((id(subgraph), weight), [0])
+            tensor.name = (subgraph.name or b"") + f"/weight_{weight}{'_' * count[0]}{count[0] or ''}".encode()
+            count[0] += 1
+            tensor.type, tensor.buffer, tensor.shape, tensor.quantization = tensor_type, binder.buffers[key], shape, q
+            subgraph.tensors.append(tensor)
+            index = len(subgraph.tensors) - 1
+            if stored == "int8" and is_fc_weight:
+                op.builtinOptions.asymmetricQuantizeInputs = True  # a hybrid op: int8 weights, float input
+            elif stored == "int8":
+                # GATHER(table, ids) -> EMBEDDING_LOOKUP(ids, int8 table): a hybrid lookup (per-row scales)
+                ids = subgraph.tensors[op.inputs[1]]
+                options = op.builtinOptions
+                if len(ids.shape) != 1 or (options is not None and (options.axis or options.batchDims)):
+                    raise ConversionError(f"weight {weight}: a GATHER on {list(ids.shape)} ids cannot become an "
+                                          "embedding lookup; quantize with weight_only_int8 instead")
+                op.opcodeIndex, op.inputs = embedding_lookup, [op.inputs[1], -1]
+                op.builtinOptionsType, op.builtinOptions = 0, None
+                use = dataclasses.replace(use, slot=1)
+            elif stored == "float16":  # float16 storage, expanded to float32 by a DEQUANTIZE run first
+                ekey = (id(subgraph), key)
+                if ekey not in expanded:
+                    out = schema.TensorT()
+                    out.name, out.type, out.shape, out.buffer = tensor.name + b"/float32", schema.TensorType.FLOAT32, shape, 0
+                    subgraph.tensors.append(out)
+                    dq = schema.OperatorT()
+                    dq.opcodeIndex, dq.inputs, dq.outputs = dequantize, [index], [len(subgraph.tensors) - 1]
+                    prepended.setdefault(id(subgraph), []).append(dq)
+                    expanded[ekey] = len(subgraph.tensors) - 1
+                index = expanded[ekey]
+            inputs = list(op.inputs)
+            inputs[use.slot] = index
+            op.inputs = inputs
+        array = None
+        if progress is not None:
+            progress(weight + 1)
+    # 3. drop the folded ops (their outputs are read by nobody now) and the weight inputs
+    for subgraph in model.subgraphs:
+        subgraph.operators = prepended.get(id(subgraph), []) + list(subgraph.operators)
+        _drop_dead_ops(subgraph)
+    used = {m.buffer for m in (model.metadata or [])} | {t.buffer for sg in model.subgraphs for t in sg.tensors}
+    for index, buffer in enumerate(model.buffers):
+        if index and index not in used:
+            model.buffers[index] = schema.BufferT()
+    return pack_model(model)
+
+
+def _drop_dead_ops(subgraph) -> None:
+    """Remove ops whose outputs no op and no subgraph output reads (folded reshapes/transposes)."""
+    while True:
+        read = set(subgraph.outputs) | {i for op in subgraph.operators for i in op.inputs}
+        alive = [op for op in subgraph.operators if any(o in read for o in op.outputs)]
+        if len(alive) == len(subgraph.operators):
+            return
+        subgraph.operators = alive

@@ -1,0 +1,136 @@
+"""``prefill_decode`` conversion with the weights bound after the graph is converted
+(``llm_tflite.litert.bind``): the same model as freezing them into the graph, in each format."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import shakespeare_text
+from llm_tflite import Converter, InterpreterRunner, QuantizationStrategy
+from llm_tflite.errors import ConversionError
+from llm_tflite.export.converter import binds_weights
+from llm_tflite.litert import flatbuffer
+from llm_tflite.litert.bind import bind_weights
+from llm_tflite.litert.rewrite import _load
+from llm_tflite.quantize.base import Quantizer
+
+
+class FrozenFloat(QuantizationStrategy):
+    """A strategy that only sets converter options: conversion freezes the weights for it."""
+
+    name = "test_frozen_float"
+
+    def configure(self, converter, calibration=None):
+        pass
+
+
+def _convert(source, path, quantize, **kwargs):
+    Converter(quantize=quantize, prefill_lengths=(4, 16), decode_windows=(32,), **kwargs).convert(source, str(path))
+    return path
+
+
+@pytest.fixture(scope="module", params=["tiny_gpt2_dir", "tiny_palm_dir"])
+def files(request, tmp_path_factory):
+    source = str(request.getfixturevalue(request.param))
+    directory = tmp_path_factory.mktemp("bind")
+    return {
+        "frozen": _convert(source, directory / "frozen.tflite", FrozenFloat()),
+        **{name: _convert(source, directory / f"{name}.tflite", name) for name in ("none", "dynamic_int8", "float16")},
+    }
+
+
+def _logits(path):
+    runner = InterpreterRunner(path, weight_cache="memory")
+    ids = runner.encode(shakespeare_text()[:400])[:60]
+    return runner.logits(ids)
+
+
+def test_which_strategies_bind():
+    assert binds_weights(Quantizer("none").strategy) and binds_weights(Quantizer("dynamic_int8").strategy)
+    assert binds_weights(Quantizer("float16").strategy) and binds_weights(Quantizer("int4_blockwise").strategy)
+    assert not binds_weights(FrozenFloat())
+
+
+def test_bound_float32_is_the_frozen_model(files):
+    bound, frozen = _logits(files["none"]), _logits(files["frozen"])
+    assert np.abs(bound - frozen).max() <= 1e-4 * max(1.0, np.abs(frozen).max())
+    runner, reference = InterpreterRunner(files["none"]), InterpreterRunner(files["frozen"])
+    assert runner.complete("ROMEO:", max_new_tokens=40).token_ids == \
+        reference.complete("ROMEO:", max_new_tokens=40).token_ids
+
+
+def _structure(path):
+    schema, model = _load(path.read_bytes())
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    ops = []
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            ops.append((names[max(code.builtinCode, code.deprecatedBuiltinCode)], subgraph, op))
+    return schema, model, ops
+
+
+def _constant(model, subgraph, index):
+    data = model.buffers[subgraph.tensors[index].buffer].data
+    return data is not None and len(data) > 0
+
+
+def test_weights_are_constants_of_the_ops_that_use_them(files):
+    schema, model, ops = _structure(files["none"])
+    for signature in model.signatureDefs:  # no weight inputs left
+        assert all(not entry.name.decode().startswith("weight_") for entry in signature.inputs)
+    for name, subgraph, op in ops:
+        if name in ("RESHAPE", "TRANSPOSE"):  # nothing left to fold: they move activations
+            assert not _constant(model, subgraph, op.inputs[0])
+        if name == "BATCH_MATMUL":  # a matmul by a weight became FULLY_CONNECTED
+            assert not _constant(model, subgraph, op.inputs[1])
+    assert sum(name == "FULLY_CONNECTED" for name, _, _ in ops) > len(model.subgraphs)
+
+
+def test_dynamic_int8_is_hybrid_with_one_tied_table(files):
+    schema, model, ops = _structure(files["dynamic_int8"])
+    fully_connected = [(s, op) for name, s, op in ops if name == "FULLY_CONNECTED"]
+    for subgraph, op in fully_connected:
+        weight = subgraph.tensors[op.inputs[1]]
+        assert weight.type == schema.TensorType.INT8
+        assert len(weight.quantization.scale) == weight.shape[0]  # a scale per output channel
+        assert op.builtinOptions.asymmetricQuantizeInputs
+    lookups = [(s, op) for name, s, op in ops if name == "EMBEDDING_LOOKUP"]
+    assert lookups
+    heads = {s.tensors[op.inputs[1]].buffer for s, op in fully_connected}
+    assert any(s.tensors[op.inputs[1]].buffer in heads for s, op in lookups)  # the tied table, stored once
+    bound, reference = _logits(files["dynamic_int8"]), _logits(files["none"])
+    assert np.abs(bound - reference).max() / reference.std() < 0.1
+    assert (bound.argmax(-1) == reference.argmax(-1)).mean() > 0.9
+
+
+def test_float16_weights_behind_dequantize(files):
+    schema, model, ops = _structure(files["float16"])
+    dequantized = [s.tensors[op.inputs[0]] for name, s, op in ops if name == "DEQUANTIZE"]
+    assert dequantized and all(t.type == schema.TensorType.FLOAT16 for t in dequantized)
+    assert flatbuffer.weight_bytes(files["float16"].read_bytes()) < 0.6 * flatbuffer.weight_bytes(
+        files["none"].read_bytes())
+    bound, reference = _logits(files["float16"]), _logits(files["none"])
+    assert np.abs(bound - reference).max() < 0.01 * max(1.0, np.abs(reference).max())
+
+
+def test_wrong_weight_count_is_a_conversion_error(files):
+
+    import tensorflow as tf  # a one-op graph with one weight input
+
+    @tf.function(input_signature=[tf.TensorSpec([2], tf.float32, name="x"), tf.TensorSpec([2], tf.float32, name="weight_0")])
+    def add(x, w):
+        return {"y": x + w}
+
+    from llm_tflite.litert.rewrite import merge_signatures
+
+    graph = tf.lite.TFLiteConverter.from_concrete_functions([add.get_concrete_function()]).convert()
+    graph = merge_signatures({"run": (graph, ["x", "weight_0"], ["y"])})
+    with pytest.raises(ConversionError, match="takes 1 weights, 2 were given"):
+        bind_weights(graph, [lambda: np.ones(2, np.float32)] * 2)
+    bound = bind_weights(graph, [lambda: np.array([1.0, 2.0], np.float32)])
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_content=bound).get_signature_runner("run")
+    assert runner(x=np.array([10.0, 20.0], np.float32))["y"].tolist() == [11.0, 22.0]
