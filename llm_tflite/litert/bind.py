@@ -28,13 +28,17 @@ from typing import Callable, Sequence
 import numpy as np
 
 from llm_tflite.errors import ConversionError
-from llm_tflite.litert.flatbuffer import _schema, pack_model, unpack_model
+from llm_tflite.litert.flatbuffer import _schema, drop_unused_buffers, pack_model, unpack_model
 
 #: Formats ``bind_weights`` writes weights in.
 FORMATS = ("float32", "float16", "int8")
 #: Weights with fewer elements stay float32 (biases, norms), as TensorFlow's quantizer keeps them.
 MIN_QUANTIZED_ELEMENTS = 1024
 WEIGHT_PREFIX = "weight_"
+#: FULLY_CONNECTED versions as TensorFlow's converter writes them: float with keep_num_dims (5),
+#: hybrid int8 per-channel weights with asymmetrically quantized inputs (12). XNNPACK delegates
+#: by them: with version 1 it left hybrid ops to TFLite's kernel, which reads the weights at load.
+FC_FLOAT_VERSION, FC_HYBRID_VERSION = 5, 12
 
 
 def _builtin(code) -> int:
@@ -115,7 +119,8 @@ class _Binder:
                 or (options is not None and options.adjX)):
             return use.steps
         adj_y = bool(options is not None and options.adjY)
-        op.opcodeIndex = _opcode(self.schema, self.model, self.ops.FULLY_CONNECTED, version=1)
+        # the versions TensorFlow's converter gives these ops: the runtime and XNNPACK read them
+        op.opcodeIndex = _opcode(self.schema, self.model, self.ops.FULLY_CONNECTED, version=FC_FLOAT_VERSION)
         fc = self.schema.FullyConnectedOptionsT()
         fc.keepNumDims = True
         op.builtinOptionsType = self.schema.BuiltinOptions.FullyConnectedOptions
@@ -196,7 +201,8 @@ def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]
         for use in weight_uses:
             final_steps.setdefault(weight, []).append((use, binder.matmul_to_fully_connected(use)))
     embedding_lookup = _opcode(schema, model, ops.EMBEDDING_LOOKUP)
-    dequantize = _opcode(schema, model, ops.DEQUANTIZE, version=2)
+    dequantize = _opcode(schema, model, ops.DEQUANTIZE, version=3)  # float16 input
+    hybrid = _opcode(schema, model, ops.FULLY_CONNECTED, version=FC_HYBRID_VERSION)
     prepended: dict[int, list] = {}  # id(subgraph) -> DEQUANTIZE ops to run first
     # 2. bind, one weight at a time
     expanded: dict[tuple, int] = {}  # (subgraph, buffer key) -> its DEQUANTIZE output tensor
@@ -238,10 +244,12 @@ def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]
             tensor.name = (subgraph.name or b"") + f"/weight_{weight}{'_' * count[0]}{count[0] or ''}".encode()
             count[0] += 1
             tensor.type, tensor.buffer, tensor.shape, tensor.quantization = tensor_type, binder.buffers[key], shape, q
+            tensor.hasRank = True
             subgraph.tensors.append(tensor)
             index = len(subgraph.tensors) - 1
             if stored == "int8" and is_fc_weight:
                 op.builtinOptions.asymmetricQuantizeInputs = True  # a hybrid op: int8 weights, float input
+                op.opcodeIndex = hybrid
             elif stored == "int8":
                 # GATHER(table, ids) -> EMBEDDING_LOOKUP(ids, int8 table): a hybrid lookup (per-row scales)
                 ids = subgraph.tensors[op.inputs[1]]
@@ -257,6 +265,7 @@ def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]
                 if ekey not in expanded:
                     out = schema.TensorT()
                     out.name, out.type, out.shape, out.buffer = tensor.name + b"/float32", schema.TensorType.FLOAT32, shape, 0
+                    out.hasRank = True
                     subgraph.tensors.append(out)
                     dq = schema.OperatorT()
                     dq.opcodeIndex, dq.inputs, dq.outputs = dequantize, [index], [len(subgraph.tensors) - 1]
@@ -270,14 +279,84 @@ def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]
         if progress is not None:
             progress(weight + 1)
     # 3. drop the folded ops (their outputs are read by nobody now) and the weight inputs
-    for subgraph in model.subgraphs:
+    for index, subgraph in enumerate(model.subgraphs):
         subgraph.operators = prepended.get(id(subgraph), []) + list(subgraph.operators)
+        _fuse_bias_adds(binder, subgraph)
         _drop_dead_ops(subgraph)
-    used = {m.buffer for m in (model.metadata or [])} | {t.buffer for sg in model.subgraphs for t in sg.tensors}
-    for index, buffer in enumerate(model.buffers):
-        if index and index not in used:
-            model.buffers[index] = schema.BufferT()
+        _drop_unused_tensors(model, index)
+    drop_unused_buffers(model)
     return pack_model(model)
+
+
+def _fuse_bias_adds(binder, subgraph) -> None:
+    """``ADD(FULLY_CONNECTED(x, W), b)`` -> ``FULLY_CONNECTED(x, W, b)``, also across a ``RESHAPE``
+    between them when ``b`` matches the reshaped trailing dimensions (a multi-head projection's
+    ``[heads, head_dim]`` bias): what TensorFlow's converter does with constant weights."""
+    schema, ops, model = binder.schema, binder.ops, binder.model
+    readers: dict[int, list] = {}
+    for op in subgraph.operators:
+        for i in op.inputs:
+            readers.setdefault(i, []).append(op)
+    outputs = set(subgraph.outputs)
+
+    def only_reader(tensor):
+        found = readers.get(tensor, [])
+        return found[0] if len(found) == 1 and tensor not in outputs else None
+
+    for fc in list(subgraph.operators):
+        if binder.name(fc) != ops.FULLY_CONNECTED or len(fc.inputs) < 3 or fc.inputs[2] >= 0:
+            continue
+        if fc.builtinOptions is None or fc.builtinOptions.fusedActivationFunction:
+            continue
+        out = fc.outputs[0]
+        channels = int(subgraph.tensors[fc.inputs[1]].shape[0])
+        reshape, add = None, only_reader(out)
+        if add is not None and binder.name(add) == ops.RESHAPE and add.inputs[0] == out:
+            reshape, add = add, only_reader(add.outputs[0])
+        if add is None or binder.name(add) != ops.ADD or (add.builtinOptions and add.builtinOptions.fusedActivationFunction):
+            continue
+        through = reshape.outputs[0] if reshape else out
+        other = add.inputs[1] if add.inputs[0] == through else add.inputs[0]
+        bias = subgraph.tensors[other]
+        data = model.buffers[bias.buffer].data if bias.buffer else None
+        if (data is None or len(data) == 0 or bias.type != schema.TensorType.FLOAT32
+                or int(np.prod(bias.shape)) != channels):
+            continue
+        shape = [int(d) for d in subgraph.tensors[add.outputs[0]].shape]
+        if reshape is not None and [int(d) for d in bias.shape] != shape[len(shape) - len(bias.shape):]:
+            continue  # the bias must line up with the reshaped trailing dimensions
+        flat = schema.TensorT()
+        flat.name, flat.type, flat.buffer, flat.shape, flat.hasRank = bias.name + b"/bias", bias.type, bias.buffer, [channels], True
+        subgraph.tensors.append(flat)
+        fc.inputs = [fc.inputs[0], fc.inputs[1], len(subgraph.tensors) - 1]
+        if reshape is not None:
+            reshape.outputs = list(add.outputs)
+        else:
+            fc.outputs = list(add.outputs)
+        subgraph.operators = [op for op in subgraph.operators if op is not add]
+
+
+def _drop_unused_tensors(model, subgraph_index: int) -> None:
+    """Remove tensors nothing refers to (the weight inputs, folded intermediates) and renumber:
+    tools that read every tensor (ai-edge-quantizer's calibration) fail on unallocated ones."""
+    subgraph = model.subgraphs[subgraph_index]
+    used = set(subgraph.inputs) | set(subgraph.outputs)
+    for op in subgraph.operators:
+        used |= {i for i in list(op.inputs) + list(op.outputs) if i >= 0}
+    order = sorted(used)
+    new = {old: i for i, old in enumerate(order)}
+    subgraph.tensors = [subgraph.tensors[i] for i in order]
+    subgraph.inputs = [new[i] for i in subgraph.inputs]
+    subgraph.outputs = [new[i] for i in subgraph.outputs]
+    for op in subgraph.operators:
+        op.inputs = [new[i] if i >= 0 else i for i in op.inputs]
+        op.outputs = [new[i] for i in op.outputs]
+        if op.intermediates is not None and len(op.intermediates):
+            op.intermediates = [new[i] for i in op.intermediates if i in new]
+    for signature in model.signatureDefs:
+        if signature.subgraphIndex == subgraph_index:
+            for entry in list(signature.inputs) + list(signature.outputs):
+                entry.tensorIndex = new[entry.tensorIndex]
 
 
 def _drop_dead_ops(subgraph) -> None:

@@ -45,6 +45,24 @@ def unpack_model(tflite_model: bytes):
     return model
 
 
+def drop_unused_buffers(model) -> None:
+    """Remove the buffers of a ``ModelT`` that no tensor or metadata entry refers to, renumbering the
+    rest. Rewrites leave such entries behind (deduplicated or folded weights); LiteRT's loader,
+    given a file with them, read a good part of the weights' pages at every load (GPT-2 124M:
+    80 MiB more resident) although XNNPACK's cache held them packed."""
+    used = {0} | {m.buffer for m in (model.metadata or [])} | {t.buffer for sg in model.subgraphs for t in sg.tensors}
+    if len(used) == len(model.buffers):
+        return
+    order = sorted(used)
+    new = {old: i for i, old in enumerate(order)}
+    model.buffers = [model.buffers[i] for i in order]
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            tensor.buffer = new[tensor.buffer]
+    for entry in model.metadata or []:
+        entry.buffer = new[entry.buffer]
+
+
 def pack_model(model) -> bytes:
     """Serialize; identical quantization parameters and strings are written once and shared.
 

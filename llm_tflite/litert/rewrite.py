@@ -6,7 +6,7 @@ import hashlib
 
 import numpy as np
 
-from llm_tflite.litert.flatbuffer import _schema, pack_model, unpack_model
+from llm_tflite.litert.flatbuffer import _schema, drop_unused_buffers, pack_model, unpack_model
 
 
 def _load(tflite_model: bytes):
@@ -75,10 +75,7 @@ def dedupe_buffers(tflite_model: bytes) -> bytes:
                 tensor.buffer, changed = target, True
     if not changed:
         return tflite_model
-    used = {t.buffer for sg in model.subgraphs for t in sg.tensors} | {m.buffer for m in (model.metadata or [])}
-    for index, buffer in enumerate(model.buffers):
-        if index not in used and buffer.data is not None and len(buffer.data):
-            model.buffers[index] = schema.BufferT()
+    drop_unused_buffers(model)
     return _pack(model)
 
 
@@ -201,11 +198,8 @@ class SignatureMerger:
         merged.signatureDefs.append(signature)
 
     def result(self) -> bytes:
-        """The merged file; constant buffers no tensor uses any more are emptied."""
-        used = {t.buffer for sg in self.merged.subgraphs for t in sg.tensors}
-        for index, buffer in enumerate(self.merged.buffers):
-            if index not in used and buffer.data is not None and len(buffer.data):
-                self.merged.buffers[index] = self.schema.BufferT()
+        """The merged file, without the buffers no tensor uses any more."""
+        drop_unused_buffers(self.merged)
         return _pack(self.merged)
 
 
@@ -297,7 +291,8 @@ def share_tied_embeddings(tflite_model: bytes) -> bytes:
 
 
 def _drop_unused_buffers(schema, model) -> bytes:
-    """Empty the buffers no operator, subgraph input/output or metadata refers to any more."""
+    """Empty the buffers no operator, subgraph input/output or metadata refers to any more, then
+    drop every buffer no tensor refers to."""
     used = {m.buffer for m in (model.metadata or [])}
     for sg in model.subgraphs:
         referenced = {i for op in sg.operators for i in list(op.inputs) + list(op.outputs)}
@@ -306,4 +301,5 @@ def _drop_unused_buffers(schema, model) -> bytes:
     for index, buffer in enumerate(model.buffers):
         if index not in used and buffer.data is not None and len(buffer.data):
             model.buffers[index] = schema.BufferT()
+    drop_unused_buffers(model)
     return _pack(model)
