@@ -1,7 +1,7 @@
 """Conversion and generation at the seeds' size: peak memory and time per model and strategy.
 
     python benchmarks/scale.py [--models gpt2_base_en,...,palm_1b5] [--strategies dynamic_int8,...]
-        [--out build/scale] [--doc docs/performance.md] [--new-tokens 20]
+        [--runs MODEL:STRATEGY,...] [--out build/scale] [--doc docs/performance.md] [--new-tokens 20]
 
 For each model (``--random-weights``: speed and memory do not depend on trained weights) and
 strategy it runs ``llm-tflite convert`` under ``/usr/bin/time`` (peak RSS, wall time), then
@@ -50,6 +50,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=MODELS)
     parser.add_argument("--strategies", default=STRATEGIES)
+    parser.add_argument("--runs", help="model:strategy pairs instead of every model with every strategy")
     parser.add_argument("--out", default=str(ROOT / "build" / "scale"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "performance.md"))
     parser.add_argument("--new-tokens", type=int, default=20)
@@ -58,39 +59,46 @@ def main() -> int:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env_cli = [sys.executable, "-m", "llm_tflite"]
-    rows = []
-    for model in args.models.split(","):
-        for strategy in args.strategies.split(","):
-            path = out / f"{model}_{strategy}.tflite"
-            print(f"{model} {strategy}: converting", flush=True)
-            convert = timed([*env_cli, "-q", "convert", model, "--random-weights", "--quantize", strategy,
-                             "-o", str(path)])
-            row = {"model": model, "strategy": strategy, "convert_s": convert["wall_s"],
-                   "convert_rss": convert["peak_rss"], "code": convert["code"]}
-            if convert["code"] != 0:
-                row["error"] = (convert["stderr"].strip().splitlines() or ["?"])[-1]
-                print(f"  refused/failed: {row['error']}", flush=True)
-                rows.append(row)
-                continue
-            row["file_bytes"] = path.stat().st_size
-            row["kv_bytes"] = kv_cache_bytes(path)
-            for run in ("first", "later"):
-                generate = timed([*env_cli, "generate", str(path), args.prompt,
-                                  "--max-new-tokens", str(args.new_tokens)])
-                if generate["code"] != 0:
-                    row["error"] = (generate["stderr"].strip().splitlines() or ["?"])[-1]
-                    break
-                row[f"generate_{run}_s"], row[f"generate_{run}_rss"] = generate["wall_s"], generate["peak_rss"]
-                row["text"] = generate["stdout"].strip()[:120]
-            print(f"  {json.dumps({k: v for k, v in row.items() if k != 'text'})}", flush=True)
+    # rows of earlier runs are kept (a run of a few pairs updates those pairs in the table)
+    saved = out / "scale.json"
+    rows = json.loads(saved.read_text()) if saved.exists() else []
+    runs = ([tuple(pair.split(":")) for pair in args.runs.split(",")] if args.runs else
+            [(m, s) for m in args.models.split(",") for s in args.strategies.split(",")])
+    for model, strategy in runs:
+        path = out / f"{model}_{strategy}.tflite"
+        rows = [r for r in rows if (r["model"], r["strategy"]) != (model, strategy)]
+        print(f"{model} {strategy}: converting", flush=True)
+        convert = timed([*env_cli, "-q", "convert", model, "--random-weights", "--quantize", strategy,
+                         "-o", str(path)])
+        row = {"model": model, "strategy": strategy, "convert_s": convert["wall_s"],
+               "convert_rss": convert["peak_rss"], "code": convert["code"]}
+        if convert["code"] != 0:
+            row["error"] = (convert["stderr"].strip().splitlines() or ["?"])[-1]
+            print(f"  refused/failed: {row['error']}", flush=True)
             rows.append(row)
-            (out / "scale.json").write_text(json.dumps(rows, indent=1))
+            saved.write_text(json.dumps(rows, indent=1))
+            continue
+        row["file_bytes"] = path.stat().st_size
+        row["kv_bytes"] = kv_cache_bytes(path)
+        for run in ("first", "later"):
+            generate = timed([*env_cli, "generate", str(path), args.prompt,
+                              "--max-new-tokens", str(args.new_tokens)])
+            if generate["code"] != 0:
+                row["error"] = (generate["stderr"].strip().splitlines() or ["?"])[-1]
+                break
+            row[f"generate_{run}_s"], row[f"generate_{run}_rss"] = generate["wall_s"], generate["peak_rss"]
+            row["text"] = generate["stdout"].strip()[:120]
+        print(f"  {json.dumps({k: v for k, v in row.items() if k != 'text'})}", flush=True)
+        rows.append(row)
+        saved.write_text(json.dumps(rows, indent=1))
     write_doc(rows, args, pathlib.Path(args.doc))
     return 0
 
 
 def write_doc(rows, args, doc: pathlib.Path) -> None:
     gib, mb = 2**30, 1e6
+    order = {name: i for i, name in enumerate(MODELS.split(","))}
+    rows = sorted(rows, key=lambda r: (order.get(r["model"], len(order)), r["model"], r["strategy"]))
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} cores, "
              f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / gib:.0f} GiB), `--random-weights`, "
              f"default context (1,024), by `benchmarks/scale.py`. `generate`: {args.new_tokens} tokens after "

@@ -163,6 +163,43 @@ def release_pages(buf, start: int, end: int) -> None:
             buf.madvise(mmap.MADV_DONTNEED, aligned, end - aligned)
 
 
+def release_mapped_file(path: str) -> int:
+    """Drop this process's mapped pages of the file at ``path`` (every mapping of it, the native
+    runtime's included): the pages stay in the page cache and fault back in when read. Returns
+    the bytes of mappings advised; 0 where this is not supported (outside Linux).
+
+    The runtime maps the model and reads its tables and small constants at load; the kernel maps
+    whole page-cache folios (often megabytes) around each read, so a load could leave most of a
+    freshly written model's weights resident although XNNPACK's cache holds them packed.
+    """
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return 0
+    import ctypes
+
+    target = os.path.realpath(path)
+    ranges = []
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                parts = line.rstrip("\n").split(None, 5)
+                if len(parts) == 6 and parts[5] == target:
+                    start, end = (int(x, 16) for x in parts[0].split("-"))
+                    ranges.append((start, end))
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+        madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    except (OSError, AttributeError):
+        return 0
+    advised = 0
+    for start, end in ranges:
+        # later reads (embedding rows, small constants) fault in their own pages, not their neighbours'
+        madvise(start, end - start, mmap.MADV_RANDOM)
+        if madvise(start, end - start, mmap.MADV_DONTNEED) == 0:
+            advised += end - start
+    return advised
+
+
 def check_writable(path, *, directory: bool = False) -> None:
     """``OutputPathError`` now, before minutes of work, if ``path`` cannot be written.
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from llm_tflite.console import quiet_native, quiet_native_exit
 from llm_tflite.errors import ContextLengthError, ModelFileError, RuntimeFailure
+from llm_tflite.litert.flatbuffer import release_mapped_file
 
 #: ``observer(signature_name, inputs)`` sees every signature call's inputs, caches as arrays
 #: (calibration records them).
@@ -83,12 +84,16 @@ class PrefillDecodeEngine:
         except (ValueError, RuntimeError) as e:
             cache.discard()
             raise ModelFileError(f"the runtime cannot load {path!r}: {e}; re-convert it") from e
+        if data is None:
+            release_mapped_file(path)  # what the load read of the weights' pages (see its docstring)
         try:
             self._prepare(metadata, path)
             if cache.building:
                 # XNNPACK packs a signature's weights at its first run: pack them all before the file
                 # is shared, so a later load finds every signature's weights in it.
                 self._run_every_signature(path)
+                if data is None:
+                    release_mapped_file(path)  # packing read every weight
         except BaseException:
             cache.discard()
             raise
