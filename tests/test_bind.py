@@ -88,6 +88,23 @@ def test_weights_are_constants_of_the_ops_that_use_them(files):
     assert sum(name == "FULLY_CONNECTED" for name, _, _ in ops) > len(model.subgraphs)
 
 
+def test_no_unreferenced_buffers_and_biases_fused(files):
+    for name in ("none", "dynamic_int8", "float16"):
+        schema, model, ops = _structure(files[name])
+        referenced = {0} | {t.buffer for sg in model.subgraphs for t in sg.tensors} | {m.buffer for m in model.metadata}
+        assert referenced == set(range(len(model.buffers)))  # LiteRT's loader read weights' pages otherwise
+    schema, model, ops = _structure(files["none"])
+    for name, subgraph, op in ops:
+        if name != "ADD":
+            continue
+        producers = {o: (n, p) for n, s, p in ops if s is subgraph for o in p.outputs}
+        for i, j in ((op.inputs[0], op.inputs[1]), (op.inputs[1], op.inputs[0])):
+            # an FC output plus a constant of its width is a bias the FC should carry
+            if producers.get(i, (None,))[0] == "FULLY_CONNECTED" and _constant(model, subgraph, j):
+                width = int(subgraph.tensors[i].shape[-1])
+                assert int(np.prod(subgraph.tensors[j].shape)) != width, "bias ADD not fused"
+
+
 def test_dynamic_int8_is_hybrid_with_one_tied_table(files):
     schema, model, ops = _structure(files["dynamic_int8"])
     fully_connected = [(s, op) for name, s, op in ops if name == "FULLY_CONNECTED"]

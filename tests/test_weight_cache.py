@@ -132,3 +132,20 @@ def test_runners_in_threads_building_the_same_cache(tiny_tflite, tmp_path):
 def test_bad_setting(tiny_tflite, value):
     with pytest.raises(InvalidArgumentError, match="weight_cache must be"):
         InterpreterRunner(tiny_tflite, weight_cache=value)
+
+
+def test_release_mapped_file_keeps_the_data(tmp_path):
+    import mmap
+
+    from llm_tflite.litert.flatbuffer import release_mapped_file
+
+    path = tmp_path / "data.bin"
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    path.write_bytes(payload)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        assert bytes(mapped[:]) == payload  # every page touched
+        released = release_mapped_file(str(path))
+        if sys.platform.startswith("linux"):
+            assert released >= len(payload)
+        assert bytes(mapped[:]) == payload  # read back from the page cache, unchanged
+    assert release_mapped_file(str(tmp_path / "not-mapped.bin")) == 0

@@ -116,14 +116,16 @@ def decode_bytes_per_token(runner, position: int | None = None) -> dict:
     """Bytes a decode step at ``position`` reads: the weights as the runtime holds them, and the KV
     cache slots its signature attends over (a decode window's, or the whole cache)."""
     from llm_tflite.errors import LLMTFLiteError
-    from llm_tflite.litert.flatbuffer import weight_bytes
+    from llm_tflite.litert.flatbuffer import map_model_file, weight_bytes
+    from llm_tflite.litert.litertlm import is_litertlm, tflite_section
     from llm_tflite.plugins.registry import get_strategy
 
     try:
         expansion = get_strategy(runner.metadata["quantization"]).memory_expansion
     except LLMTFLiteError:  # a strategy from a plugin that is not installed here
         expansion = 1.0
-    weights = int(weight_bytes(runner._engine.model_data) * expansion)
+    data = map_model_file(runner.path)  # its tables only are read
+    weights = int(weight_bytes(tflite_section(data, repr(runner.path)) if is_litertlm(data) else data) * expansion)
     cache = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
                 for shape, dtype in runner._engine.cache_specs.values())
     window = None if position is None else runner._engine.decode_window(position)

@@ -88,12 +88,15 @@ class _Binder:
     def uses(self, weight_inputs: dict[int, list[tuple]]) -> dict[int, list[_Use]]:
         """Follow each weight input through RESHAPE/TRANSPOSE to the op that computes with it."""
         found: dict[int, list[_Use]] = {}
+        readers: dict[int, dict] = {}  # id(subgraph) -> tensor -> [(op, slot)]
         for weight, places in weight_inputs.items():
             for subgraph, tensor_index in places:
-                consumers = {}
-                for op in subgraph.operators:
-                    for slot, i in enumerate(op.inputs):
-                        consumers.setdefault(i, []).append((op, slot))
+                consumers = readers.get(id(subgraph))
+                if consumers is None:
+                    consumers = readers[id(subgraph)] = {}
+                    for op in subgraph.operators:
+                        for slot, i in enumerate(op.inputs):
+                            consumers.setdefault(i, []).append((op, slot))
                 stack = [(tensor_index, ())]
                 while stack:
                     index, steps = stack.pop()

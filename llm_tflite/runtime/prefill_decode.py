@@ -141,6 +141,7 @@ class PrefillDecodeEngine:
                 for name, length in self._signature_lengths().items():
                     self.call(name, dict(tokens=np.zeros((1, length), np.int32),
                                          input_pos=np.arange(length, dtype=np.int32), caches=state))
+            self._spare_state = state  # the first sequence's cache, not another one beside it
         except (RuntimeFailure, ValueError, RuntimeError) as e:
             raise ModelFileError(f"the runtime cannot run {path!r}: {e.__cause__ or e}; re-convert it") from e
 
