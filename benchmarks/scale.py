@@ -52,6 +52,8 @@ def main() -> int:
     parser.add_argument("--models", default=MODELS)
     parser.add_argument("--strategies", default=STRATEGIES)
     parser.add_argument("--runs", help="model:strategy pairs instead of every model with every strategy")
+    parser.add_argument("--regenerate", action="store_true",
+                        help="keep files converted before (and their conversion figures); measure generate again")
     parser.add_argument("--out", default=str(ROOT / "build" / "scale"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "performance.md"))
     parser.add_argument("--new-tokens", type=int, default=20)
@@ -67,12 +69,18 @@ def main() -> int:
             [(m, s) for m in args.models.split(",") for s in args.strategies.split(",")])
     for model, strategy in runs:
         path = out / f"{model}_{strategy}.tflite"
-        rows = [r for r in rows if (r["model"], r["strategy"]) != (model, strategy)]
-        print(f"{model} {strategy}: converting", flush=True)
-        convert = timed([*env_cli, "-q", "convert", model, "--random-weights", "--quantize", strategy,
-                         "-o", str(path)])
-        row = {"model": model, "strategy": strategy, "convert_s": convert["wall_s"],
-               "convert_rss": convert["peak_rss"], "code": convert["code"]}
+        earlier = next((r for r in rows if (r["model"], r["strategy"]) == (model, strategy)), None)
+        rows = [r for r in rows if r is not earlier]
+        if args.regenerate and earlier is not None and (earlier["code"] or path.exists()):
+            row = {k: earlier[k] for k in ("model", "strategy", "convert_s", "convert_rss", "code", "error")
+                   if k in earlier}
+            convert = {"code": row["code"], "stderr": row.get("error", "")}
+        else:
+            print(f"{model} {strategy}: converting", flush=True)
+            convert = timed([*env_cli, "-q", "convert", model, "--random-weights", "--quantize", strategy,
+                             "-o", str(path)])
+            row = {"model": model, "strategy": strategy, "convert_s": convert["wall_s"],
+                   "convert_rss": convert["peak_rss"], "code": convert["code"]}
         if convert["code"] != 0:
             row["error"] = (convert["stderr"].strip().splitlines() or ["?"])[-1]
             print(f"  refused/failed: {row['error']}", flush=True)

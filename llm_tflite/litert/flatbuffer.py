@@ -168,9 +168,11 @@ def release_mapped_file(path: str) -> int:
     runtime's included): the pages stay in the page cache and fault back in when read. Returns
     the bytes of mappings advised; 0 where this is not supported (outside Linux).
 
-    The runtime maps the model and reads its tables and small constants at load; the kernel maps
-    whole page-cache folios (often megabytes) around each read, so a load could leave most of a
-    freshly written model's weights resident although XNNPACK's cache holds them packed.
+    The runtime maps the model and reads its tables and small constants at load, and embedding
+    rows while generating; the kernel maps whole page-cache folios (often megabytes) around each
+    read, so a load could leave most of a freshly written model's weights resident although
+    XNNPACK's cache holds them packed. The mappings are also marked random-access and the
+    file's unmapped pages dropped from the page cache, so later reads map single pages.
     """
     import sys
 
@@ -197,6 +199,16 @@ def release_mapped_file(path: str) -> int:
         madvise(start, end - start, mmap.MADV_RANDOM)
         if madvise(start, end - start, mmap.MADV_DONTNEED) == 0:
             advised += end - start
+    # ... from a page cache without the large folios a freshly written or read file sits in (a
+    # fault maps its whole folio): the file's unmapped clean pages are dropped and come back singly
+    try:
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        pass
     return advised
 
 
