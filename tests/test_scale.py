@@ -106,8 +106,8 @@ def test_too_large_for_a_flatbuffer_is_refused_before_converting(tmp_path, monke
 
     # The shipped GPT-2 has 3.7M weights: 15 MB as float32, 4 MB as int8. A 6 MB limit stands in for 2 GiB.
     monkeypatch.setattr(flatbuffer, "FLATBUFFER_LIMIT", 6_000_000)
-    monkeypatch.setattr(converter_module.Converter, "_convert",
-                        lambda *a, **k: pytest.fail("conversion started for a model that cannot fit"))
+    monkeypatch.setattr(converter_module, "load_model",  # counted from its config.json, not loaded
+                        lambda *a, **k: pytest.fail("the model was loaded although its size is known"))
     output = tmp_path / "big.tflite"
     for strategy in ("none", "float16", "int4_blockwise"):
         with pytest.raises(ModelTooLargeError) as error:
@@ -117,3 +117,27 @@ def test_too_large_for_a_flatbuffer_is_refused_before_converting(tmp_path, monke
         assert "float16" not in message.split("fit:")[1] and "int4" not in message.split("fit:")[1]
         assert not output.exists()
     assert "the float32 file it quantizes" in message  # int4 starts from a float32 file
+
+
+def test_too_large_without_a_known_size_is_refused_after_loading(tiny_gpt2, tmp_path, monkeypatch):
+    from llm_tflite import Converter
+    from llm_tflite.export import converter as converter_module
+    from llm_tflite.litert import flatbuffer
+
+    # a Keras model object: its size is known only once it is loaded
+    monkeypatch.setattr(flatbuffer, "FLATBUFFER_LIMIT", 10_000)
+    monkeypatch.setattr(converter_module.Converter, "_convert",
+                        lambda *a, **k: pytest.fail("conversion started for a model that cannot fit"))
+    with pytest.raises(ModelTooLargeError, match=r"this model has 0\.\d million weights: with --quantize none"):
+        Converter().convert(tiny_gpt2, str(tmp_path / "big.tflite"))
+
+
+@pytest.mark.parametrize("name", ["gpt2_base_en", "gpt2_extra_large_en", "palm_400m", "palm_1b5"])
+def test_families_count_weights_from_a_config(name):
+    from llm_tflite.plugins.registry import get_family
+
+    preset = presets()[name].item
+    weights = get_family(preset.family).count_weights(preset.config)
+    expected = {"gpt2_base_en": 124_439_808, "gpt2_extra_large_en": 1_557_611_200,  # KerasHub's counts
+                "palm_400m": 444_609_536}.get(name) or _palm_weights(preset.config)
+    assert weights == expected

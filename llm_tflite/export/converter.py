@@ -56,14 +56,38 @@ def binds_weights(strategy) -> bool:
     return strategy.bind_format != "float32" or type(strategy).configure is QuantizationStrategy.configure
 
 
-def check_fits(lm, strategy, name: str = "this model") -> None:
+def weights_before_loading(model, family=None) -> int | None:
+    """Weights of a preset or local preset directory, counted from its configuration by its family
+    (``ModelFamily.count_weights``) without loading it; None when that cannot be known."""
+    import json
+
+    from llm_tflite.export.loading import is_preset_dir
+    from llm_tflite.plugins.registry import presets, resolve_family
+
+    if not isinstance(model, str):
+        return None
+    try:
+        fam = resolve_family(model, family)
+    except LLMTFLiteError:
+        return None  # loading says what is wrong
+    preset = presets().get(model)
+    config, source = (preset.item.config, preset.item.source) if preset else (None, model)
+    if config is None and isinstance(source, str) and is_preset_dir(source):
+        try:
+            with open(os.path.join(source, "config.json"), encoding="utf-8") as f:
+                config = json.load(f)["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return fam.count_weights(config) if isinstance(config, dict) else None
+
+
+def check_fits(weights: int, strategy, name: str = "this model") -> None:
     """``ModelTooLargeError`` now, before conversion, if the file (or the float32 file a strategy starts
     from) would pass the flatbuffer limit; it names the strategies that fit."""
     from llm_tflite.errors import ModelTooLargeError
     from llm_tflite.litert import flatbuffer
     from llm_tflite.plugins.registry import strategies
 
-    weights = int(lm.count_params())
     limit = flatbuffer.FLATBUFFER_LIMIT
     if _file_bytes(strategy, weights) <= limit:
         return
@@ -75,7 +99,7 @@ def check_fits(lm, strategy, name: str = "this model") -> None:
     what = ("the float32 file it quantizes" if strategy.quantizes_float_file and strategy.weight_bytes < 4
             else "its file")
     raise ModelTooLargeError(
-        f"{name} has {weights / 1e9:.2f} billion weights: with --quantize {strategy.name}, {what} would need about "
+        f"{name} has {f'{weights / 1e9:.2f} billion' if weights >= 1e9 else f'{weights / 1e6:.1f} million'} weights: with --quantize {strategy.name}, {what} would need about "
         f"{size(_file_bytes(strategy, weights))}, over the "
         f"{f'{limit / 2**30:g} GiB' if limit >= 2**30 else size(limit)} a .tflite flatbuffer can address. " + (f"Strategies that fit: {', '.join(fitting)}." if fitting else
                        "No registered strategy fits; use a smaller model.")
@@ -176,11 +200,16 @@ class Converter:
             A ``ConversionResult``.
         """
         check_writable(output)  # before minutes of work, not after
+        name = model if isinstance(model, str) else "this model"
+        weights = weights_before_loading(model, family)
+        if weights is not None:  # too large for the strategy: said before loading a 1.5B model
+            check_fits(weights, self.quantizer.strategy, name)
         steps = progress(total=4, desc="convert", unit="step")
         try:
             _stage(steps, "loading model")
             fam, lm = load_model(model, family=family, random_weights=random_weights)
-            check_fits(lm, self.quantizer.strategy, model if isinstance(model, str) else "this model")
+            if weights is None:
+                check_fits(int(lm.count_params()), self.quantizer.strategy, name)
             steps.update()
             _stage(steps, "tracing")
             try:

@@ -121,6 +121,12 @@ class ModelFamily:
         raise ModelFileError(f"family {self.name or '(unknown)'!r} cannot bundle a {kind!r} tokenizer for "
                              "LiteRT-LM; the family must implement litertlm_tokenizer")
 
+    def count_weights(self, config: dict) -> int | None:
+        """Weights of the architecture ``config`` (backbone arguments, as a preset's ``config.json``
+        holds them) describes, without building it; None if unknown. Lets conversion refuse a model
+        too large for a strategy before loading it (``ModelTooLargeError``)."""
+        return None
+
     def max_context_length(self, model) -> int:
         """Longest sequence the model's position encoding supports."""
         raise NotImplementedError

@@ -71,6 +71,16 @@ class GPT2Family(ModelFamily):
         tokenizer = model.preprocessor.tokenizer
         return {"type": "gpt2_bpe", "vocab": dict(tokenizer.vocabulary), "merges": list(tokenizer.merges)}
 
+    def count_weights(self, config: dict) -> int | None:
+        try:
+            d, layers, ff = int(config["hidden_dim"]), int(config["num_layers"]), int(config["intermediate_dim"])
+            vocab, positions = int(config["vocabulary_size"]), int(config["max_sequence_length"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        # per layer: two norms, query/key/value/output with biases, the MLP with biases
+        per_layer = 2 * 2 * d + 4 * (d * d + d) + (d * ff + ff) + (ff * d + d)
+        return vocab * d + positions * d + layers * per_layer + 2 * d
+
     def max_context_length(self, model) -> int:
         return int(model.backbone.max_sequence_length)
 

@@ -94,6 +94,18 @@ class PaLMFamily(ModelFamily):
             proto = restore_newline_pieces(proto, symbol, identity_normalizer=True)
         return kind, proto
 
+    def count_weights(self, config: dict) -> int | None:
+        try:
+            d, layers, ff = int(config["hidden_dim"]), int(config["num_layers"]), int(config["intermediate_dim"])
+            heads, kv_heads = int(config["num_query_heads"]), int(config["num_key_value_heads"])
+            head_dim = int(config.get("head_dim") or d // heads)
+            vocab = int(config["vocabulary_size"])
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            return None
+        # per layer (no biases): query/output, one key and value per kv head, SwiGLU (3 matrices), a norm
+        per_layer = 2 * d * heads * head_dim + 2 * d * kv_heads * head_dim + 3 * d * ff + d
+        return vocab * d + layers * per_layer + d  # tied embedding, final norm
+
     def max_context_length(self, model) -> int:
         return int(model.backbone.max_sequence_length)
 
