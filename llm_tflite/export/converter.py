@@ -91,18 +91,19 @@ def check_fits(weights: int, strategy, name: str = "this model") -> None:
     limit = flatbuffer.FLATBUFFER_LIMIT
     if _file_bytes(strategy, weights) <= limit:
         return
+
     def size(n: float) -> str:
         return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
 
+    count = f"{weights / 1e9:.2f} billion" if weights >= 1e9 else f"{weights / 1e6:.1f} million"
+    capacity = f"{limit / 2**30:g} GiB" if limit >= 2**30 else size(limit)
+    what = "the float32 file it quantizes" if strategy.quantizes_float_file and strategy.weight_bytes < 4 else "its file"
     fitting = [f"{s.name} (~{size(s.weight_bytes * weights)})"
                for s in (r.item for r in strategies().values()) if _file_bytes(s, weights) <= limit]
-    what = ("the float32 file it quantizes" if strategy.quantizes_float_file and strategy.weight_bytes < 4
-            else "its file")
+    advice = f"Strategies that fit: {', '.join(fitting)}." if fitting else "No registered strategy fits; use a smaller model."
     raise ModelTooLargeError(
-        f"{name} has {f'{weights / 1e9:.2f} billion' if weights >= 1e9 else f'{weights / 1e6:.1f} million'} weights: with --quantize {strategy.name}, {what} would need about "
-        f"{size(_file_bytes(strategy, weights))}, over the "
-        f"{f'{limit / 2**30:g} GiB' if limit >= 2**30 else size(limit)} a .tflite flatbuffer can address. " + (f"Strategies that fit: {', '.join(fitting)}." if fitting else
-                       "No registered strategy fits; use a smaller model.")
+        f"{name} has {count} weights: with --quantize {strategy.name}, {what} would need about "
+        f"{size(_file_bytes(strategy, weights))}, over the {capacity} a .tflite flatbuffer can address. {advice}"
     )
 
 
