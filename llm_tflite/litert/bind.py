@@ -326,8 +326,11 @@ def _fuse_bias_adds(binder, subgraph) -> None:
                 or int(np.prod(bias.shape)) != channels):
             continue
         shape = [int(d) for d in subgraph.tensors[add.outputs[0]].shape]
-        if reshape is not None and [int(d) for d in bias.shape] != shape[len(shape) - len(bias.shape):]:
+        bias_shape = [int(d) for d in bias.shape]
+        if reshape is not None and bias_shape != shape[len(shape) - len(bias_shape):]:
             continue  # the bias must line up with the reshaped trailing dimensions
+        if reshape is None and (not bias_shape or bias_shape[-1] != channels):
+            continue  # broadcast along the output channels only ([out], [1, 1, out])
         flat = schema.TensorT()
         flat.name, flat.type, flat.buffer, flat.shape, flat.hasRank = bias.name + b"/bias", bias.type, bias.buffer, [channels], True
         subgraph.tensors.append(flat)
