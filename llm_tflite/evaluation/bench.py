@@ -112,9 +112,8 @@ def read_bandwidth_apart(threads: int) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def decode_bytes_per_token(runner, position: int | None = None) -> dict:
-    """Bytes a decode step at ``position`` reads: the weights as the runtime holds them, and the KV
-    cache slots its signature attends over (a decode window's, or the whole cache)."""
+def held_weight_bytes(runner) -> int:
+    """Bytes of weights the runtime holds for ``runner``'s file (float16 and weight-only int8 expanded)."""
     from llm_tflite.errors import LLMTFLiteError
     from llm_tflite.litert.flatbuffer import map_model_file, weight_bytes
     from llm_tflite.litert.litertlm import is_litertlm, tflite_section
@@ -125,7 +124,14 @@ def decode_bytes_per_token(runner, position: int | None = None) -> dict:
     except LLMTFLiteError:  # a strategy from a plugin that is not installed here
         expansion = 1.0
     data = map_model_file(runner.path)  # its tables only are read
-    weights = int(weight_bytes(tflite_section(data, repr(runner.path)) if is_litertlm(data) else data) * expansion)
+    return int(weight_bytes(tflite_section(data, repr(runner.path)) if is_litertlm(data) else data) * expansion)
+
+
+def decode_bytes_per_token(runner, position: int | None = None, weights: int | None = None) -> dict:
+    """Bytes a decode step at ``position`` reads: the weights as the runtime holds them
+    (``held_weight_bytes``, unless given), and the KV cache slots its signature attends over (a
+    decode window's, or the whole cache)."""
+    weights = held_weight_bytes(runner) if weights is None else weights
     cache = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
                 for shape, dtype in runner._engine.cache_specs.values())
     window = None if position is None else runner._engine.decode_window(position)
@@ -152,7 +158,8 @@ def bench_file(path, prompt_lengths=PROMPT_LENGTHS, new_tokens=NEW_TOKENS, runs=
     late = [_late_decode(runner, new_tokens) for _ in range(runs)]
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     last_early = min(prompts) + new_tokens - 1
-    read, read_late = decode_bytes_per_token(runner, last_early), decode_bytes_per_token(runner)
+    weights = held_weight_bytes(runner)
+    read, read_late = decode_bytes_per_token(runner, last_early, weights), decode_bytes_per_token(runner, None, weights)
     bandwidth = read_bandwidth_apart(runner.num_threads)
     early, late_figures = _spread(new_tokens, decode), _spread(late[0][0], [t for _, t in late])
     bound, bound_late = bandwidth / read["total"], bandwidth / read_late["total"]

@@ -29,6 +29,7 @@ import numpy as np
 
 from llm_tflite.errors import ConversionError
 from llm_tflite.litert.flatbuffer import _schema, drop_unused_buffers, pack_model, unpack_model
+from llm_tflite.litert.rewrite import _builtin, _opcode
 
 #: Formats ``bind_weights`` writes weights in.
 FORMATS = ("float32", "float16", "int8")
@@ -36,23 +37,8 @@ FORMATS = ("float32", "float16", "int8")
 MIN_QUANTIZED_ELEMENTS = 1024
 WEIGHT_PREFIX = "weight_"
 #: FULLY_CONNECTED versions as TensorFlow's converter writes them: float with keep_num_dims (5),
-#: hybrid int8 per-channel weights with asymmetrically quantized inputs (12). XNNPACK delegates
-#: by them: with version 1 it left hybrid ops to TFLite's kernel, which reads the weights at load.
+#: hybrid int8 per-channel weights with asymmetrically quantized inputs (12).
 FC_FLOAT_VERSION, FC_HYBRID_VERSION = 5, 12
-
-
-def _builtin(code) -> int:
-    return max(code.builtinCode, code.deprecatedBuiltinCode)
-
-
-def _opcode(schema, model, builtin: int, version: int = 1) -> int:
-    for index, code in enumerate(model.operatorCodes):
-        if _builtin(code) == builtin and code.version == version:
-            return index
-    code = schema.OperatorCodeT()
-    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), version
-    model.operatorCodes.append(code)
-    return len(model.operatorCodes) - 1
 
 
 @dataclasses.dataclass
@@ -122,7 +108,6 @@ class _Binder:
                 or (options is not None and options.adjX)):
             return use.steps
         adj_y = bool(options is not None and options.adjY)
-        # the versions TensorFlow's converter gives these ops: the runtime and XNNPACK read them
         op.opcodeIndex = _opcode(self.schema, self.model, self.ops.FULLY_CONNECTED, version=FC_FLOAT_VERSION)
         fc = self.schema.FullyConnectedOptionsT()
         fc.keepNumDims = True

@@ -47,9 +47,7 @@ def unpack_model(tflite_model: bytes):
 
 def drop_unused_buffers(model) -> None:
     """Remove the buffers of a ``ModelT`` that no tensor or metadata entry refers to, renumbering the
-    rest. Rewrites leave such entries behind (deduplicated or folded weights); LiteRT's loader,
-    given a file with them, read a good part of the weights' pages at every load (GPT-2 124M:
-    80 MiB more resident) although XNNPACK's cache held them packed."""
+    rest: rewrites leave such entries behind (deduplicated, folded or bound weights)."""
     used = {0} | {m.buffer for m in (model.metadata or [])} | {t.buffer for sg in model.subgraphs for t in sg.tensors}
     if len(used) == len(model.buffers):
         return

@@ -21,18 +21,20 @@ def _builtin(code) -> int:
     return max(code.builtinCode, code.deprecatedBuiltinCode)
 
 
-def _embedding_lookup_code(schema, model) -> int:
-    """Index of the EMBEDDING_LOOKUP operator code, added to ``model`` if missing."""
-    ops = schema.BuiltinOperator
+def _opcode(schema, model, builtin: int, version: int = 1) -> int:
+    """Index of the operator code for ``builtin`` at ``version``, added to ``model`` if missing."""
     for index, code in enumerate(model.operatorCodes):
-        if _builtin(code) == ops.EMBEDDING_LOOKUP:
+        if _builtin(code) == builtin and code.version == version:
             return index
     code = schema.OperatorCodeT()
-    code.builtinCode = ops.EMBEDDING_LOOKUP
-    code.deprecatedBuiltinCode = min(ops.EMBEDDING_LOOKUP, 127)
-    code.version = 1
+    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), version
     model.operatorCodes.append(code)
     return len(model.operatorCodes) - 1
+
+
+def _embedding_lookup_code(schema, model) -> int:
+    """Index of the EMBEDDING_LOOKUP operator code, added to ``model`` if missing."""
+    return _opcode(schema, model, schema.BuiltinOperator.EMBEDDING_LOOKUP)
 
 
 def compact(tflite_model: bytes) -> bytes:
@@ -287,10 +289,10 @@ def share_tied_embeddings(tflite_model: bytes) -> bytes:
         subgraph.operators = [op for op in subgraph.operators if not any(op is r for r in remove)]
     if not changed:
         return tflite_model
-    return _drop_unused_buffers(schema, model)
+    return _repack_without_unread_buffers(schema, model)
 
 
-def _drop_unused_buffers(schema, model) -> bytes:
+def _repack_without_unread_buffers(schema, model) -> bytes:
     """Empty the buffers no operator, subgraph input/output or metadata refers to any more, then
     drop every buffer no tensor refers to."""
     used = {m.buffer for m in (model.metadata or [])}

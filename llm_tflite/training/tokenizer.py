@@ -93,10 +93,11 @@ def extend_bpe(vocab: dict[str, int], merges: list[str], vocab_size: int,
         >>> len(vocab), vocab["<|endoftext|>"]  # doctest: +SKIP
         (50257, 50256)
     """
-    specials = [t for t in special_tokens if t in vocab]
-    ordered = [t for t, _ in sorted(vocab.items(), key=lambda item: item[1]) if t not in specials]
     if vocab_size <= len(vocab):
         return dict(vocab), list(merges)
+    specials = [t for t in special_tokens if t in vocab]
+    ordered = [t for t, _ in sorted(vocab.items(), key=lambda item: item[1]) if t not in specials]
+
     def letters(text: str) -> bool:  # ASCII letters only: byte-level symbols of control bytes are "alphabetic"
         return text.isascii() and text.isalpha()
 
