@@ -137,6 +137,27 @@ def test_float16_weights_behind_dequantize(files):
     assert np.abs(bound - reference).max() < 0.01 * max(1.0, np.abs(reference).max())
 
 
+def test_float16_constants_expand_only_into_fully_connected_weights(files):
+    """XNNPACK packs a float16 matrix read only as a FULLY_CONNECTED weight once for every
+    signature; any other reader of a constant's DEQUANTIZE makes the runtime expand it to float32
+    once per signature (a tied GPT-2 table: 154 MB each). Embedding tables are gathered as float16
+    and only the rows are dequantized."""
+    schema, model, ops = _structure(files["float16"])
+    gathers = 0
+    for name, subgraph, op in ops:
+        if name == "GATHER" and len(subgraph.tensors[op.inputs[0]].shape) == 2:
+            gathers += 1
+            assert subgraph.tensors[op.inputs[0]].type == schema.TensorType.FLOAT16
+            assert _constant(model, subgraph, op.inputs[0])
+        if name == "DEQUANTIZE" and _constant(model, subgraph, op.inputs[0]):
+            readers = [(n, op2.inputs.tolist().index(op.outputs[0])) for n, s, op2 in ops
+                       if s is subgraph and op.outputs[0] in list(op2.inputs)]
+            assert readers and all(reader == ("FULLY_CONNECTED", 1) for reader in readers), readers
+        if name == "FULLY_CONNECTED" and _constant(model, subgraph, op.inputs[1]):
+            assert np.prod(subgraph.tensors[op.inputs[1]].shape) < 1024  # matrices are stored float16
+    assert gathers >= len(model.subgraphs)  # every signature embeds its tokens
+
+
 def test_wrong_weight_count_is_a_conversion_error(files):
 
     import tensorflow as tf  # a one-op graph with one weight input

@@ -11,7 +11,9 @@ at a time, in the format the quantization strategy asks for:
    constant (computed with numpy, shared by every signature that does the same);
 2. ``BATCH_MATMUL(x, W)`` with a constant 2-D ``W`` becomes ``FULLY_CONNECTED(x, Wᵀ)``, the op
    XNNPACK packs and caches (what the converter does for constant weights);
-3. each weight is stored as float32, as float16 behind a ``DEQUANTIZE``, or ("int8") as int8
+3. each weight is stored as float32, as float16 (matrices; a ``DEQUANTIZE`` turns them into
+   float32 -- the rows an embedding ``GATHER`` read, or the whole matrix, which XNNPACK packs
+   once for every signature when only ``FULLY_CONNECTED`` reads it), or ("int8") as int8
    with per-output-channel scales for ``FULLY_CONNECTED`` weights (hybrid ops that quantize
    their input on the fly: TensorFlow's dynamic-range quantization) and per-row scales for
    embedding tables read by ``EMBEDDING_LOOKUP`` -- a tied input/output embedding is one int8
@@ -192,6 +194,7 @@ def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]
     dequantize = _opcode(schema, model, ops.DEQUANTIZE, version=3)  # float16 input
     hybrid = _opcode(schema, model, ops.FULLY_CONNECTED, version=FC_HYBRID_VERSION)
     prepended: dict[int, list] = {}  # id(subgraph) -> DEQUANTIZE ops to run first
+    following: dict[int, list] = {}  # id(op) -> DEQUANTIZE ops to run right after it
     # 2. bind, one weight at a time
     expanded: dict[tuple, int] = {}  # (subgraph, buffer key) -> its DEQUANTIZE output tensor
     names: dict[tuple, list] = {}
@@ -208,7 +211,7 @@ def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]
             large = floating and array.size >= MIN_QUANTIZED_ELEMENTS
             if fmt == "int8" and large and (is_fc_weight or is_table):
                 stored = "int8"
-            elif fmt == "float16" and large:
+            elif fmt == "float16" and large and array.ndim >= 2:  # vectors (biases, norms) stay float32
                 stored = "float16"
             else:
                 stored = str(array.dtype)
@@ -248,6 +251,18 @@ def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]
                 op.opcodeIndex, op.inputs = embedding_lookup, [op.inputs[1], -1]
                 op.builtinOptionsType, op.builtinOptions = 0, None
                 use = dataclasses.replace(use, slot=1)
+            elif stored == "float16" and is_table:
+                # GATHER the float16 rows, then DEQUANTIZE them: a table that went through a constant
+                # DEQUANTIZE would be expanded to float32 by the runtime once per signature
+                gathered = subgraph.tensors[op.outputs[0]]
+                rows = schema.TensorT()
+                rows.name, rows.type, rows.hasRank = gathered.name + b"/float16", schema.TensorType.FLOAT16, True
+                rows.shape, rows.shapeSignature = gathered.shape, gathered.shapeSignature
+                subgraph.tensors.append(rows)
+                dq = schema.OperatorT()
+                dq.opcodeIndex, dq.inputs, dq.outputs = dequantize, [len(subgraph.tensors) - 1], [op.outputs[0]]
+                op.outputs = [len(subgraph.tensors) - 1]
+                following.setdefault(id(op), []).append(dq)
             elif stored == "float16":  # float16 storage, expanded to float32 by a DEQUANTIZE run first
                 ekey = (id(subgraph), key)
                 if ekey not in expanded:
@@ -268,7 +283,8 @@ def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]
             progress(weight + 1)
     # 3. drop the folded ops (their outputs are read by nobody now) and the weight inputs
     for index, subgraph in enumerate(model.subgraphs):
-        subgraph.operators = prepended.get(id(subgraph), []) + list(subgraph.operators)
+        subgraph.operators = prepended.get(id(subgraph), []) + [
+            after for op in subgraph.operators for after in [op, *following.get(id(op), [])]]
         _fuse_bias_adds(binder, subgraph)
         _drop_dead_ops(subgraph)
         _drop_unused_tensors(model, index)
