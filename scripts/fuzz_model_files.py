@@ -2,8 +2,8 @@
 
     .venv/bin/python scripts/fuzz_model_files.py [--cases 1200] [--seed 1] [-o build/fuzz]
 
-Converts the shipped GPT-2 and PaLM-style models (prefill_decode float32 and dynamic_int8,
-generate mode) into ``-o``, writes ``--cases`` damaged copies spread over them
+Converts the shipped GPT-2 and PaLM-style models (prefill_decode float32, dynamic_int8 and
+weight_only_int8, generate mode) into ``-o``, writes ``--cases`` damaged copies spread over them
 (truncations, bit flips in header, tables and buffers, overwritten tensor shapes, damaged
 metadata bytes, records re-signed with wrong contents), opens each in a subprocess under an
 8 GiB address-space limit (``tests/fuzz.py``) and counts the outcomes. Exit status 1 if any
@@ -28,6 +28,7 @@ import fuzz  # noqa: E402
 FILES = [  # (name, model, mode, quantization)
     ("gpt2_f32", "gpt2_tiny_shakespeare", "prefill_decode", "none"),
     ("gpt2_int8", "gpt2_tiny_shakespeare", "prefill_decode", "dynamic_int8"),
+    ("gpt2_w8", "gpt2_tiny_shakespeare", "prefill_decode", "weight_only_int8"),  # expanded by the runner
     ("gpt2_generate", "gpt2_tiny_shakespeare", "generate", "none"),
     ("palm_int8", "palm_tiny_shakespeare", "prefill_decode", "dynamic_int8"),
     ("palm_generate", "palm_tiny_shakespeare", "generate", "none"),
@@ -44,6 +45,7 @@ def main() -> int:
 
     out = pathlib.Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    os.environ["LLM_TFLITE_CACHE_DIR"] = str(out / "cache")  # every damaged file's caches, not the user's
     started = time.time()
     table: dict[tuple, collections.Counter] = {}
     totals: collections.Counter = collections.Counter()

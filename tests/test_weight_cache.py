@@ -149,3 +149,108 @@ def test_release_mapped_file_keeps_the_data(tmp_path):
             assert released >= len(payload)
         assert bytes(mapped[:]) == payload  # read back from the page cache, unchanged
     assert release_mapped_file(str(tmp_path / "not-mapped.bin")) == 0
+
+
+# -- weights behind a constant DEQUANTIZE (weight_only_int8): expanded once, not once per signature --
+
+@pytest.fixture(scope="module")
+def tiny_weight_only_int8(tiny_gpt2_dir, tmp_path_factory):
+    from llm_tflite import Converter
+
+    path = tmp_path_factory.mktemp("w8") / "tiny_w8.tflite"
+    Converter(quantize="weight_only_int8", prefill_lengths=(4, 16), decode_windows=(32,)).convert(
+        str(tiny_gpt2_dir), str(path))
+    return path
+
+
+def _logits(runner):
+    from conftest import shakespeare_text
+
+    return runner.logits(runner.encode(shakespeare_text()[:300])[:50])
+
+
+def _as_the_runtime_expands_it(path, monkeypatch):
+    """The runner without our expansion: LiteRT dequantizes the weights itself, per signature."""
+    with monkeypatch.context() as patch:
+        patch.setattr("llm_tflite.litert.expand.expansion_bytes", lambda data, where: 0)
+        return InterpreterRunner(path, weight_cache="memory")
+
+
+def test_weights_behind_dequantize_are_expanded_once_into_the_cache(tiny_weight_only_int8, tmp_path, monkeypatch,
+                                                                    caplog):
+    import numpy as np
+
+    from llm_tflite.litert.expand import expansion_bytes
+    from llm_tflite.litert.flatbuffer import map_model_file
+    from llm_tflite.litert.metadata import read_verified_metadata
+
+    assert expansion_bytes(map_model_file(str(tiny_weight_only_int8))) > 0
+    reference = _as_the_runtime_expands_it(tiny_weight_only_int8, monkeypatch)
+    with caplog.at_level(logging.INFO, logger="llm_tflite"):
+        runner = InterpreterRunner(tiny_weight_only_int8, weight_cache=tmp_path)
+    assert "expanding them to float32 once" in caplog.text
+    sha = read_metadata(tiny_weight_only_int8)["sha256"]
+    expanded = tmp_path / f"{sha[:32]}-float32.tflite"
+    assert sorted(f for f in _cache_files(tmp_path) if f.endswith(".tflite")) == [expanded.name]  # no temporary left
+    record = read_verified_metadata(map_model_file(str(expanded)), "expanded")
+    assert expansion_bytes(map_model_file(str(expanded))) == 0
+    assert {k: v for k, v in record.items() if k != "sha256"} == \
+        {k: v for k, v in read_metadata(tiny_weight_only_int8).items() if k != "sha256"}
+    assert runner.metadata["sha256"] == sha  # the runner still describes the user's file
+    # exactly the values LiteRT's DEQUANTIZE gives: logits bit for bit, and the same text
+    assert np.array_equal(_logits(runner), _logits(reference))
+    assert _greedy(runner) == _greedy(reference)
+    written = os.stat(expanded).st_mtime_ns
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="llm_tflite"):
+        again = InterpreterRunner(tiny_weight_only_int8, weight_cache=tmp_path)
+    assert "expanding" not in caplog.text and os.stat(expanded).st_mtime_ns == written
+    assert _greedy(again) == _greedy(reference)
+    before = _cache_files(tmp_path)
+    assert np.array_equal(_logits(InterpreterRunner(tiny_weight_only_int8, weight_cache="memory")), _logits(reference))
+    assert _cache_files(tmp_path) == before
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_expanded_model_is_rebuilt(tiny_weight_only_int8, tmp_path, damage):
+    expected = _greedy(InterpreterRunner(tiny_weight_only_int8, weight_cache="memory"))
+    InterpreterRunner(tiny_weight_only_int8, weight_cache=tmp_path)
+    (name,) = [f for f in _cache_files(tmp_path) if f.endswith(".tflite")]
+    path = tmp_path / name
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF  # inside a weight: only the checksum can tell
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else data)
+    code = (f"from llm_tflite import InterpreterRunner\n"
+            f"r = InterpreterRunner({str(tiny_weight_only_int8)!r}, weight_cache={str(tmp_path)!r})\n"
+            f"print(r.complete({PROMPT!r}, max_new_tokens=40).token_ids)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "rebuilding it" in result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(expected)
+    assert _greedy(InterpreterRunner(tiny_weight_only_int8, weight_cache=tmp_path)) == expected
+
+
+@pytest.mark.parametrize("damage", ["scales", "bytes"])
+def test_expanding_a_hostile_file_is_a_typed_error(tiny_weight_only_int8, damage):
+    # a file whose checksum is right but whose weights do not match their quantization or shape
+    import numpy as np
+
+    from llm_tflite.errors import ModelFileError
+    from llm_tflite.litert.expand import expand_dequantized
+    from llm_tflite.litert.flatbuffer import _schema, unpack_model
+    from llm_tflite.litert.metadata import pack_with_metadata
+
+    schema = _schema()
+    data = tiny_weight_only_int8.read_bytes()
+    model = unpack_model(data)
+    tensor = next(t for t in model.subgraphs[0].tensors
+                  if t.type == schema.TensorType.INT8 and t.quantization is not None and len(t.quantization.scale) > 1)
+    if damage == "scales":
+        tensor.quantization.scale = np.asarray(tensor.quantization.scale[:-1])
+        tensor.quantization.zeroPoint = np.asarray(tensor.quantization.zeroPoint[:-1])
+    else:
+        model.buffers[tensor.buffer].data = model.buffers[tensor.buffer].data[:-3]
+    hostile = pack_with_metadata(model, read_metadata(tiny_weight_only_int8))
+    with pytest.raises(ModelFileError, match="damaged, re-convert it"):
+        expand_dequantized(hostile)

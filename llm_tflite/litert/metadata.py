@@ -61,8 +61,12 @@ def _hash_range(digest, data, start: int, end: int, chunk: int = 32 << 20) -> No
 def add_metadata(tflite_model: bytes, record: dict) -> bytes:
     """Return ``tflite_model`` with ``record`` stored as its ``llm_tflite`` metadata, checksummed."""
     _check_flatbuffer(tflite_model, "the converter output")
+    return pack_with_metadata(unpack_model(tflite_model), record)
+
+
+def pack_with_metadata(model, record: dict) -> bytes:
+    """Serialize the ``ModelT`` ``model`` with ``record`` as its ``llm_tflite`` metadata, checksummed."""
     schema = _schema()
-    model = unpack_model(tflite_model)
     buffer = schema.BufferT()
     record = {k: v for k, v in record.items() if k != CHECKSUM_KEY}
     record = {"format": FORMAT_VERSION, **record, CHECKSUM_KEY: _UNSET_CHECKSUM}  # the checksum last

@@ -57,9 +57,12 @@ class PrefillDecodeEngine:
     A sequence's state is a dict of cache name -> ``TensorBuffer`` (``new_state``).
     """
 
-    def __init__(self, data: bytes | None, metadata: dict, num_threads, path, weight_cache: str = "memory"):
-        """``data``: the model's bytes (a bundle's section), or None to map the file at ``path``.
-        ``weight_cache``: where XNNPACK keeps packed weights (``llm_tflite.runtime.weight_cache``)."""
+    def __init__(self, data: bytes | None, metadata: dict, num_threads, path, weight_cache: str = "memory",
+                 model_path=None):
+        """``data``: the model's bytes (a bundle's section), or None to map the file at ``model_path``
+        (default ``path``, which names the model in messages; another file for an expanded copy:
+        ``llm_tflite.runtime.weight_cache.expanded_model``). ``weight_cache``: where XNNPACK keeps
+        packed weights (``llm_tflite.runtime.weight_cache``)."""
         from ai_edge_litert.compiled_model import CompiledModel
         from ai_edge_litert.cpu_options import CpuOptions
         from ai_edge_litert.options import Options
@@ -67,6 +70,7 @@ class PrefillDecodeEngine:
         from llm_tflite.runtime.weight_cache import WeightCache
 
         self.model_data = data  # the runtime reads the model from this buffer: keep it alive
+        mapped = os.fspath(model_path or path)
         environment = litert_environment()
         cache = WeightCache(weight_cache, metadata.get("sha256"))
         try:
@@ -75,7 +79,7 @@ class PrefillDecodeEngine:
                 # prefill and decode signatures share one packed copy (and a cache file is mapped, not rebuilt).
                 options = Options(cpu_options=CpuOptions(num_threads=num_threads, xnnpack_weight_cache_path=cache.path))
                 if data is None:  # mapped by the runtime: pages it never reads (packed weights) cost nothing
-                    self.model = CompiledModel.from_file(os.fspath(path), environment=environment, options=options)
+                    self.model = CompiledModel.from_file(mapped, environment=environment, options=options)
                 else:
                     self.model = CompiledModel.from_buffer(data, environment=environment, options=options)
                 signatures = self.model.get_signature_list()
@@ -85,7 +89,7 @@ class PrefillDecodeEngine:
             cache.discard()
             raise ModelFileError(f"the runtime cannot load {path!r}: {e}; re-convert it") from e
         if data is None:
-            release_mapped_file(path)  # what the load read of the weights' pages (see its docstring)
+            release_mapped_file(mapped)  # what the load read of the weights' pages (see its docstring)
         try:
             self._prepare(metadata, path)
             if cache.building:
@@ -93,7 +97,7 @@ class PrefillDecodeEngine:
                 # is shared, so a later load finds every signature's weights in it.
                 self._run_every_signature(path)
                 if data is None:
-                    release_mapped_file(path)  # packing read every weight
+                    release_mapped_file(mapped)  # packing read every weight
         except BaseException:
             cache.discard()
             raise

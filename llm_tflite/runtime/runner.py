@@ -164,11 +164,17 @@ class InterpreterRunner:
             self._engine = LiteRTLMEngine(self.path, num_threads, self.vocab_size,
                                           self.bos_id if self.add_bos else None, self.eos_id)
         elif self.export_mode == "prefill_decode":
+            from llm_tflite.litert.expand import expansion_bytes
             from llm_tflite.runtime.prefill_decode import PrefillDecodeEngine
+            from llm_tflite.runtime.weight_cache import expanded_model
 
             # A plain file is mapped by the runtime itself; a bundle's model section is handed over as bytes.
-            self._engine = PrefillDecodeEngine(data if self.is_bundle else None, self.metadata, num_threads,
-                                               self.path, self.weight_cache)
+            source, model_path, record = (data if self.is_bundle else None), None, self.metadata
+            added = expansion_bytes(data, repr(self.path))
+            expanded = added and expanded_model(data, self.metadata, self.weight_cache, repr(self.path), added)
+            if expanded:  # weight_only_int8: expanded once, not once per signature
+                source, model_path, record = expanded
+            self._engine = PrefillDecodeEngine(source, record, num_threads, self.path, self.weight_cache, model_path)
             self.vocab_size = self._engine.vocab_size
             self._check_token_ids()
         else:

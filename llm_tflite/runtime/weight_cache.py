@@ -13,10 +13,15 @@ the CPU (kernels differ by instruction set). A file is built under a unique temp
 renamed into place once the model has loaded, so concurrent loads (``serve --workers``, two
 commands at once) never see each other's half-written files.
 
-Settings (``InterpreterRunner(weight_cache=...)``): ``"auto"`` — the directory
-``$LLM_TFLITE_CACHE_DIR/xnnpack`` (default ``~/.cache/llm-tflite/xnnpack``, or under
-``$XDG_CACHE_HOME``), ``"memory"`` — nothing written, or a directory. The files are safe to
-delete at any time; the next load rebuilds its own.
+Files whose weights sit behind a constant ``DEQUANTIZE`` (``weight_only_int8``; see
+``llm_tflite.litert.expand``) would be expanded to float32 by the runtime once per signature;
+``expanded_model`` expands them once instead and keeps the float32 copy beside the packed
+weights (``expanded/``), so every later load maps it like any float32 model.
+
+Settings (``InterpreterRunner(weight_cache=...)``): ``"auto"`` — the directories
+``$LLM_TFLITE_CACHE_DIR/xnnpack`` and ``.../expanded`` (default ``~/.cache/llm-tflite/``, or
+under ``$XDG_CACHE_HOME``), ``"memory"`` — nothing written, or a directory for both. The files
+are safe to delete at any time; the next load rebuilds its own.
 """
 
 from __future__ import annotations
@@ -62,6 +67,75 @@ def _runtime_version() -> str:
         return "unknown"
 
 
+def _cache_dir(setting: str, kind: str) -> str:
+    return os.path.join(default_cache_dir(), kind) if setting == "auto" else os.fspath(setting)
+
+
+def _temporary_name(final: str) -> str:
+    """A name no concurrent load uses, in ``final``'s directory (``.tmp``: removed when stale)."""
+    return f"{final}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+
+
+def expanded_model(data, record: dict, setting: str, where: str,
+                   added: int) -> tuple[bytes | None, str | None, dict] | None:
+    """``data`` (a verified model) with the constant ``DEQUANTIZE`` weights the runtime would expand
+    once per signature expanded once (``llm_tflite.litert.expand``; ``added``: the float32 bytes
+    that adds): ``(None, path, record)`` of a cached float32 file, or ``(bytes, None, record)``
+    with ``setting="memory"`` or an unwritable directory; None when the float32 model would not
+    fit a flatbuffer (the runtime expands it then). ``record`` is the expanded model's (its own
+    checksum). A cached file is verified (checksum, the same record otherwise) before use and
+    rebuilt when it does not pass."""
+    from llm_tflite.errors import ModelFileError
+    from llm_tflite.litert.expand import expand_dequantized
+    from llm_tflite.litert.flatbuffer import FLATBUFFER_LIMIT, map_model_file, weight_bytes
+    from llm_tflite.litert.metadata import CHECKSUM_KEY, pack_with_metadata, read_verified_metadata
+
+    if weight_bytes(data) + added >= FLATBUFFER_LIMIT:
+        logger.warning("%s keeps its weights behind DEQUANTIZE; expanded to float32 (%.1f GB) they would not fit "
+                       "a .tflite, so LiteRT expands them once per signature: expect several times that in memory. "
+                       "Convert with --quantize dynamic_int8 to run it compactly", where, added / 1e9)
+        return None
+
+    def same_model(other: dict) -> bool:
+        return {k: v for k, v in other.items() if k != CHECKSUM_KEY} == \
+            {k: v for k, v in record.items() if k != CHECKSUM_KEY}
+
+    digest = record.get(CHECKSUM_KEY)
+    final = None
+    if setting != "memory" and digest is not None:
+        final = os.path.join(_cache_dir(setting, "expanded"), f"{digest[:32]}-float32.tflite")
+        if os.path.isfile(final):
+            try:
+                cached = read_verified_metadata(map_model_file(final), repr(final))
+                if same_model(cached):
+                    return None, final, cached
+                logger.warning("%s was expanded from another model; rebuilding it", final)
+            except ModelFileError as e:
+                logger.warning("%s; rebuilding it", e)
+    logger.info("%s keeps its weights behind DEQUANTIZE (%s): expanding them to float32 once, not once per "
+                "signature", where, record.get("quantization"))
+    expanded = pack_with_metadata(expand_dequantized(data), record)
+    expanded_record = read_verified_metadata(expanded, where)
+    if final is None:
+        return expanded, None, expanded_record
+    building = _temporary_name(final)
+    try:
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        WeightCache._remove_stale(os.path.dirname(final))
+        with open(building, "xb") as f:
+            f.write(expanded)
+        os.replace(building, final)
+    except OSError as e:
+        logger.warning("cannot keep the expanded model in %s (%s); it stays in memory this time (set %s to a "
+                       "writable directory, or weight_cache='memory')", os.path.dirname(final), e, CACHE_DIR_ENV)
+        try:
+            os.unlink(building)
+        except OSError:
+            pass
+        return expanded, None, expanded_record
+    return None, final, expanded_record
+
+
 class WeightCache:
     """The cache file one model load uses: ``path`` to give the runtime, ``commit()`` once it loaded.
 
@@ -74,7 +148,7 @@ class WeightCache:
         self.path = IN_MEMORY
         if setting == "memory" or model_digest is None:
             return
-        directory = os.path.join(default_cache_dir(), "xnnpack") if setting == "auto" else os.fspath(setting)
+        directory = _cache_dir(setting, "xnnpack")
         name = f"{model_digest[:32]}-litert{_runtime_version()}-{_cpu_fingerprint()}.xnnpack"
         final = os.path.join(directory, name)
         if os.path.isfile(final):
@@ -83,7 +157,7 @@ class WeightCache:
         try:
             os.makedirs(directory, exist_ok=True)
             self._remove_stale(directory)
-            building = f"{final}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+            building = _temporary_name(final)
             with open(building, "xb"):
                 pass  # the runtime fills it
         except OSError as e:
