@@ -190,7 +190,8 @@ def test_bench_reports_every_field(tiny_tflite):
     result = json.loads(out.stdout)
     assert {"file", "file_bytes", "quantization", "context_length", "load_s", "prefill", "new_tokens",
             "decode_tokens_per_s", "decode_early", "decode_late", "peak_rss_bytes", "bytes_read_per_token",
-            "read_bandwidth_bytes_per_s", "decode_bound_tokens_per_s", "decode_fraction_of_bound"} <= set(result)
+            "read_bandwidth_bytes_per_s", "decode_bound_tokens_per_s", "decode_fraction_of_bound",
+            "generate_decode_tokens_per_s", "decode_over_generate"} <= set(result)
     assert sorted(result["prefill"]) == ["16", "4"] and all(
         figures["time_to_first_token_s"] > 0 and figures["tokens_per_s"] > 0 for figures in result["prefill"].values())
     for phase in ("decode_early", "decode_late"):
@@ -206,8 +207,11 @@ def test_bench_reports_every_field(tiny_tflite):
     assert result["read_bandwidth_bytes_per_s"] > 1e8 and result["peak_rss_bytes"] > result["file_bytes"]
     assert result["decode_fraction_of_bound"] == pytest.approx(
         result["decode_tokens_per_s"] / result["decode_bound_tokens_per_s"])
+    assert result["generate_decode_tokens_per_s"] > 0 and result["decode_over_generate"] == pytest.approx(
+        result["decode_tokens_per_s"] / result["generate_decode_tokens_per_s"])
     out = cli("bench", tiny_tflite, "--new-tokens", "8", "--prompt-tokens", "4", "--runs", "1")
     assert out.returncode == 0 and "bound late:" in out.stdout and "decode at positions 4-12" in out.stdout, out.stderr
+    assert "plain generations" in out.stdout
 
 
 def test_generate_options_on_the_command_line(tiny_tflite):

@@ -132,6 +132,9 @@ def cmd_bench(args) -> int:
     for name, figures in (("early", early), ("late", late)):
         print(f"  decode at positions {figures['positions'][0]}-{figures['positions'][1]}: {figures['median']:.1f} "
               f"tokens/s (min {figures['min']:.1f}, max {figures['max']:.1f})")
+    print(f"  plain generations (runner.complete, same process, rounds between these): "
+          f"{result['generate_decode_tokens_per_s']:.1f} tokens/s; this loop / generate "
+          f"{result['decode_over_generate']:.2f}")
     for name, bound, fraction, read in (
             ("early", result["decode_bound_tokens_per_s"], result["decode_fraction_of_bound"], read),
             ("late", late["bound_tokens_per_s"], late["fraction_of_bound"], late["bytes_read_per_token"])):

@@ -41,29 +41,39 @@ def _prompt(runner, prompt_tokens: int, new_tokens: int) -> list[int]:
     return [int(t) for t in rng.integers(0, min(vocab, 255), size=prompt_tokens)]
 
 
-def _timed_run(runner, prompt, new_tokens) -> tuple[float, float]:
-    """Seconds to the first token (prefill of ``prompt`` and its argmax) and for ``new_tokens``
-    greedy decode steps after it."""
-    sequence = runner.sequence()
+def _timed_run(runner, prompt, new_tokens) -> tuple[float, float, int]:
+    """``(seconds to the first token, seconds for the decode steps after it, steps)``: greedy, through
+    the runner's own token loop (the one ``generate`` runs), never stopping at the end token, up to
+    ``new_tokens`` steps or the end of the context."""
+    from llm_tflite.runtime import sampling
+
     start = time.perf_counter()
-    token = int(np.argmax(sequence.feed(prompt)[-1]))
+    tokens = runner._sample_tokens(list(prompt), new_tokens + 1, sampling.make_sampler("greedy"), stops=set())
+    next(tokens)  # prefill and the first token
     first = time.perf_counter() - start
     start = time.perf_counter()
-    for _ in range(new_tokens):
-        token = int(np.argmax(sequence.feed([token])[-1]))
-    return first, time.perf_counter() - start
+    steps = sum(1 for _ in tokens)
+    return first, time.perf_counter() - start, steps
+
+
+def _generate_rate(runner, text: str, new_tokens: int) -> float:
+    """Decode tokens/s of plain generations (``runner.complete``: tokenizing, the loop, detokenizing,
+    stop checks) of ``new_tokens`` and of one token: ``(n - 1) / (t(n) - t(1))``."""
+    def timed(count):
+        start = time.perf_counter()
+        result = runner.complete(text, max_new_tokens=count, stop_token_ids=[])
+        return time.perf_counter() - start, result.completion_tokens
+
+    one = min(timed(1)[0] for _ in range(2))
+    seconds, made = timed(new_tokens)
+    return (made - 1) / max(seconds - one, 1e-9)
 
 
 def _late_decode(runner, new_tokens) -> tuple[int, float]:
     """``(steps, seconds)`` of up to ``new_tokens`` decode steps that end at the last slot of the context."""
-    sequence = runner.sequence()
     start_at = max(runner.context_length - new_tokens, 1)
-    token = int(np.argmax(sequence.feed(_prompt(runner, start_at, 0)[:start_at])[-1]))
-    steps = runner.context_length - sequence.position
-    start = time.perf_counter()
-    for _ in range(steps):
-        token = int(np.argmax(sequence.feed([token])[-1]))
-    return steps, time.perf_counter() - start
+    _, seconds, steps = _timed_run(runner, _prompt(runner, start_at, 0)[:start_at], new_tokens)
+    return steps, seconds
 
 
 def _prefill_decode_runner(path, num_threads=None):
@@ -147,13 +157,20 @@ def bench_file(path, prompt_lengths=PROMPT_LENGTHS, new_tokens=NEW_TOKENS, runs=
     runner = _prefill_decode_runner(path, num_threads)
     load_seconds = time.perf_counter() - start
     prompts = {len(p): p for p in (_prompt(runner, n, new_tokens) for n in prompt_lengths)}
-    _timed_run(runner, prompts[min(prompts)], 4)  # warm-up
-    prefill, decode = {}, []
+    shortest = min(prompts)
+    text = runner.decode(prompts[shortest]) or "ROMEO:"
+    _timed_run(runner, prompts[shortest], 4)  # warm-up
+    _generate_rate(runner, text, 4)
+    prefill, decode, generated = {}, [], []
     for length, prompt in prompts.items():
-        times = [_timed_run(runner, prompt, new_tokens if length == min(prompts) else 0) for _ in range(runs)]
+        times = []
+        for _ in range(runs):
+            times.append(_timed_run(runner, prompt, new_tokens if length == shortest else 0))
+            if length == shortest:  # plain generations, interleaved: what `generate` gets, same process
+                generated.append(_generate_rate(runner, text, new_tokens))
         prefill[str(length)] = {"time_to_first_token_s": _median([t[0] for t in times]),
                                 "tokens_per_s": length / _median([t[0] for t in times])}
-        if length == min(prompts):
+        if length == shortest:
             decode = [t[1] for t in times]
     late = [_late_decode(runner, new_tokens) for _ in range(runs)]
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -174,6 +191,9 @@ def bench_file(path, prompt_lengths=PROMPT_LENGTHS, new_tokens=NEW_TOKENS, runs=
         "new_tokens": new_tokens,
         "decode_tokens_per_s": early["median"],
         "decode_early": {**early, "positions": [min(prompts), min(prompts) + new_tokens]},
+        # runner.complete of as many tokens after the same prompt as text, in rounds between bench's
+        "generate_decode_tokens_per_s": _median(generated),
+        "decode_over_generate": early["median"] / _median(generated),
         "decode_late": {**late_figures, "positions": [runner.context_length - late[0][0], runner.context_length],
                         "bound_tokens_per_s": bound_late, "fraction_of_bound": late_figures["median"] / bound_late,
                         "bytes_read_per_token": read_late},
