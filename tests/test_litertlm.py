@@ -87,6 +87,29 @@ def test_bundle_holds_the_file_its_tokenizer_and_metadata_and_our_runner_reads_i
         assert bundled.complete(prompt, 24) == plain.complete(prompt, 24)
 
 
+def test_our_runner_maps_a_bundles_model_from_the_cache(tiny_tflite, tiny_bundle, tmp_path):
+    # The runtime maps whole files (or copies the bytes it is given): the section is kept in the
+    # cache once, byte for byte the bundled file, and later loads map it.
+    runner = InterpreterRunner(tiny_bundle, weight_cache=tmp_path)
+    name = f"{runner.metadata['sha256'][:32]}.tflite"
+    assert (tmp_path / name).read_bytes() == tiny_tflite.read_bytes()
+    assert runner._engine.model_data is None
+    written = (tmp_path / name).stat().st_mtime_ns
+    again = InterpreterRunner(tiny_bundle, weight_cache=tmp_path)
+    assert (tmp_path / name).stat().st_mtime_ns == written
+    assert again.complete(PROMPTS[0], 24) == InterpreterRunner(tiny_tflite).complete(PROMPTS[0], 24)
+    (tmp_path / name).write_bytes(tiny_tflite.read_bytes()[:-100])  # damaged: rebuilt, never run
+    code = (f"from llm_tflite import InterpreterRunner\n"
+            f"print(InterpreterRunner({str(tiny_bundle)!r}, weight_cache={str(tmp_path)!r}).complete("
+            f"{PROMPTS[0]!r}, 24).token_ids)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "rebuilding it" in result.stderr, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == str(again.complete(PROMPTS[0], 24).token_ids)
+    assert (tmp_path / name).read_bytes() == tiny_tflite.read_bytes()
+    in_memory = InterpreterRunner(tiny_bundle, weight_cache="memory")
+    assert in_memory._engine.model_data is not None
+
+
 def test_palm_bundle_carries_a_sentencepiece_model_that_encodes_like_ours_and_decodes_newlines(tiny_palm_tflite,
                                                                                                tmp_path):
     import sentencepiece

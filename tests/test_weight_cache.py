@@ -190,7 +190,7 @@ def test_weights_behind_dequantize_are_expanded_once_into_the_cache(tiny_weight_
         runner = InterpreterRunner(tiny_weight_only_int8, weight_cache=tmp_path)
     assert "expanding them to float32 once" in caplog.text
     sha = read_metadata(tiny_weight_only_int8)["sha256"]
-    expanded = tmp_path / f"{sha[:32]}-float32.tflite"
+    expanded = tmp_path / f"{sha[:32]}-float32.tflite"  # weight_cache=DIR: every cache file in DIR
     assert sorted(f for f in _cache_files(tmp_path) if f.endswith(".tflite")) == [expanded.name]  # no temporary left
     record = read_verified_metadata(map_model_file(str(expanded)), "expanded")
     assert expansion_bytes(map_model_file(str(expanded))) == 0

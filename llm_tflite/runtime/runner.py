@@ -166,14 +166,17 @@ class InterpreterRunner:
         elif self.export_mode == "prefill_decode":
             from llm_tflite.litert.expand import expansion_bytes
             from llm_tflite.runtime.prefill_decode import PrefillDecodeEngine
-            from llm_tflite.runtime.weight_cache import expanded_model
+            from llm_tflite.runtime.weight_cache import can_expand, model_file
 
-            # A plain file is mapped by the runtime itself; a bundle's model section is handed over as bytes.
-            source, model_path, record = (data if self.is_bundle else None), None, self.metadata
+            # The runtime maps a plain file itself. Weights it would expand once per signature
+            # (weight_only_int8) are expanded once, and a bundle's model section is kept, in a
+            # file of the cache it maps instead.
+            source, model_path, record = None, None, self.metadata
             added = expansion_bytes(data, repr(self.path))
-            expanded = added and expanded_model(data, self.metadata, self.weight_cache, repr(self.path), added)
-            if expanded:  # weight_only_int8: expanded once, not once per signature
-                source, model_path, record = expanded
+            expand = bool(added) and can_expand(data, added, repr(self.path))
+            if expand or self.is_bundle:
+                source, model_path, record = model_file(data, self.metadata, self.weight_cache, repr(self.path), expand)
+                data = None  # a bundle's section copy is not needed while the runtime loads the model
             self._engine = PrefillDecodeEngine(source, record, num_threads, self.path, self.weight_cache, model_path)
             self.vocab_size = self._engine.vocab_size
             self._check_token_ids()

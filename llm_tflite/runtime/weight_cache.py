@@ -15,11 +15,12 @@ commands at once) never see each other's half-written files.
 
 Files whose weights sit behind a constant ``DEQUANTIZE`` (``weight_only_int8``; see
 ``llm_tflite.litert.expand``) would be expanded to float32 by the runtime once per signature;
-``expanded_model`` expands them once instead and keeps the float32 copy beside the packed
-weights (``expanded/``), so every later load maps it like any float32 model.
+``model_file`` expands them once instead and keeps the float32 copy beside the packed weights
+(``models/``), so every later load maps it like any float32 model. A bundle's ``.tflite``
+section is kept there too: the runtime maps whole files, or copies a buffer it is given.
 
 Settings (``InterpreterRunner(weight_cache=...)``): ``"auto"`` — the directories
-``$LLM_TFLITE_CACHE_DIR/xnnpack`` and ``.../expanded`` (default ``~/.cache/llm-tflite/``, or
+``$LLM_TFLITE_CACHE_DIR/xnnpack`` and ``.../models`` (default ``~/.cache/llm-tflite/``, or
 under ``$XDG_CACHE_HOME``), ``"memory"`` — nothing written, or a directory for both. The files
 are safe to delete at any time; the next load rebuilds its own.
 """
@@ -76,25 +77,33 @@ def _temporary_name(final: str) -> str:
     return f"{final}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
 
 
-def expanded_model(data, record: dict, setting: str, where: str,
-                   added: int) -> tuple[bytes | None, str | None, dict] | None:
-    """``data`` (a verified model) with the constant ``DEQUANTIZE`` weights the runtime would expand
-    once per signature expanded once (``llm_tflite.litert.expand``; ``added``: the float32 bytes
-    that adds): ``(None, path, record)`` of a cached float32 file, or ``(bytes, None, record)``
-    with ``setting="memory"`` or an unwritable directory; None when the float32 model would not
-    fit a flatbuffer (the runtime expands it then). ``record`` is the expanded model's (its own
-    checksum). A cached file is verified (checksum, the same record otherwise) before use and
-    rebuilt when it does not pass."""
+def can_expand(data, added: int, where: str) -> bool:
+    """Whether ``data`` with ``added`` bytes of expanded float32 weights still fits a flatbuffer
+    (else a warning: LiteRT will expand them itself, once per signature)."""
+    from llm_tflite.litert.flatbuffer import FLATBUFFER_LIMIT, weight_bytes
+
+    if weight_bytes(data) + added < FLATBUFFER_LIMIT:
+        return True
+    logger.warning("%s keeps its weights behind DEQUANTIZE; expanded to float32 (%.1f GB) they would not fit "
+                   "a .tflite, so LiteRT expands them once per signature: expect several times that in memory. "
+                   "Convert with --quantize dynamic_int8 to run it compactly", where, added / 1e9)
+    return False
+
+
+def model_file(data, record: dict, setting: str, where: str, expand: bool) -> tuple[bytes | None, str | None, dict]:
+    """A file the runtime can map for the verified model ``data`` that it cannot map as it is: a
+    bundle's ``.tflite`` section (the runtime takes a whole file or a copy in bytes), and, with
+    ``expand``, the constant ``DEQUANTIZE`` weights it would expand once per signature expanded
+    once (``llm_tflite.litert.expand``). Kept in the cache's ``models/`` and verified (checksum,
+    the same record otherwise) at every use, rebuilt when it does not pass.
+
+    Returns ``(None, path, record)``, or ``(bytes, None, record)`` with ``setting="memory"`` or an
+    unwritable directory; ``record`` is the file's (an expanded model has its own checksum).
+    """
     from llm_tflite.errors import ModelFileError
     from llm_tflite.litert.expand import expand_dequantized
-    from llm_tflite.litert.flatbuffer import FLATBUFFER_LIMIT, map_model_file, weight_bytes
+    from llm_tflite.litert.flatbuffer import map_model_file
     from llm_tflite.litert.metadata import CHECKSUM_KEY, pack_with_metadata, read_verified_metadata
-
-    if weight_bytes(data) + added >= FLATBUFFER_LIMIT:
-        logger.warning("%s keeps its weights behind DEQUANTIZE; expanded to float32 (%.1f GB) they would not fit "
-                       "a .tflite, so LiteRT expands them once per signature: expect several times that in memory. "
-                       "Convert with --quantize dynamic_int8 to run it compactly", where, added / 1e9)
-        return None
 
     def same_model(other: dict) -> bool:
         return {k: v for k, v in other.items() if k != CHECKSUM_KEY} == \
@@ -103,37 +112,40 @@ def expanded_model(data, record: dict, setting: str, where: str,
     digest = record.get(CHECKSUM_KEY)
     final = None
     if setting != "memory" and digest is not None:
-        final = os.path.join(_cache_dir(setting, "expanded"), f"{digest[:32]}-float32.tflite")
+        final = os.path.join(_cache_dir(setting, "models"), f"{digest[:32]}{'-float32' if expand else ''}.tflite")
         if os.path.isfile(final):
             try:
                 cached = read_verified_metadata(map_model_file(final), repr(final))
                 if same_model(cached):
                     return None, final, cached
-                logger.warning("%s was expanded from another model; rebuilding it", final)
+                logger.warning("%s was made from another model; rebuilding it", final)
             except ModelFileError as e:
                 logger.warning("%s; rebuilding it", e)
-    logger.info("%s keeps its weights behind DEQUANTIZE (%s): expanding them to float32 once, not once per "
-                "signature", where, record.get("quantization"))
-    expanded = pack_with_metadata(expand_dequantized(data), record)
-    expanded_record = read_verified_metadata(expanded, where)
+    if expand:
+        logger.info("%s keeps its weights behind DEQUANTIZE (%s): expanding them to float32 once, not once per "
+                    "signature", where, record.get("quantization"))
+        model = pack_with_metadata(expand_dequantized(data), record)
+        record = read_verified_metadata(model, where)
+    else:
+        model = bytes(data)
     if final is None:
-        return expanded, None, expanded_record
+        return model, None, record
     building = _temporary_name(final)
     try:
         os.makedirs(os.path.dirname(final), exist_ok=True)
         WeightCache._remove_stale(os.path.dirname(final))
         with open(building, "xb") as f:
-            f.write(expanded)
+            f.write(model)
         os.replace(building, final)
     except OSError as e:
-        logger.warning("cannot keep the expanded model in %s (%s); it stays in memory this time (set %s to a "
+        logger.warning("cannot keep the model file in %s (%s); it stays in memory this time (set %s to a "
                        "writable directory, or weight_cache='memory')", os.path.dirname(final), e, CACHE_DIR_ENV)
         try:
             os.unlink(building)
         except OSError:
             pass
-        return expanded, None, expanded_record
-    return None, final, expanded_record
+        return model, None, record
+    return None, final, record
 
 
 class WeightCache:
