@@ -61,7 +61,7 @@ class PrefillDecodeEngine:
                  model_path=None):
         """``data``: the model's bytes (a bundle's section), or None to map the file at ``model_path``
         (default ``path``, which names the model in messages; another file for an expanded copy:
-        ``llm_tflite.runtime.weight_cache.expanded_model``). ``weight_cache``: where XNNPACK keeps
+        ``llm_tflite.runtime.weight_cache.model_file``). ``weight_cache``: where XNNPACK keeps
         packed weights (``llm_tflite.runtime.weight_cache``)."""
         from ai_edge_litert.compiled_model import CompiledModel
         from ai_edge_litert.cpu_options import CpuOptions
