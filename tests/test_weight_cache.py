@@ -254,3 +254,32 @@ def test_expanding_a_hostile_file_is_a_typed_error(tiny_weight_only_int8, damage
     hostile = pack_with_metadata(model, read_metadata(tiny_weight_only_int8))
     with pytest.raises(ModelFileError, match="damaged, re-convert it"):
         expand_dequantized(hostile)
+
+
+def test_float16_tables_dequantized_whole_are_expanded_once(tiny_gpt2_dir, tmp_path, monkeypatch):
+    # TensorFlow's converter (frozen weights: generate-mode and older files) dequantizes a float16
+    # embedding table whole before gathering from it: that table is expanded once, while the
+    # float16 matrices only FULLY_CONNECTED reads stay float16 (XNNPACK packs them from the file).
+    import numpy as np
+
+    from llm_tflite import Converter
+    from llm_tflite.litert.expand import expansion_bytes
+    from llm_tflite.litert.flatbuffer import map_model_file, operator_names
+    from llm_tflite.quantize.strategies import Float16
+
+    class FrozenFloat16(Float16):
+        name = "test_frozen_float16"
+        bind_format = "float32"  # converter options only: the weights are frozen into the graph
+
+    path = tmp_path / "frozen_f16.tflite"
+    Converter(quantize=FrozenFloat16(), prefill_lengths=(4, 16), decode_windows=(32,)).convert(
+        str(tiny_gpt2_dir), str(path))
+    added = expansion_bytes(map_model_file(str(path)))
+    assert added > 0
+    reference = _as_the_runtime_expands_it(path, monkeypatch)
+    runner = InterpreterRunner(path, weight_cache=tmp_path / "cache")
+    assert np.array_equal(_logits(runner), _logits(reference))
+    assert _greedy(runner) == _greedy(reference)
+    expanded = tmp_path / "cache" / f"{read_metadata(path)['sha256'][:32]}-float32.tflite"
+    data = expanded.read_bytes()
+    assert expansion_bytes(data) == 0 and "DEQUANTIZE" in operator_names(data)  # FC weights still float16
