@@ -106,6 +106,16 @@ def test_our_runner_maps_a_bundles_model_from_the_cache(tiny_tflite, tiny_bundle
     assert result.returncode == 0 and "rebuilding it" in result.stderr, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == str(again.complete(PROMPTS[0], 24).token_ids)
     assert (tmp_path / name).read_bytes() == tiny_tflite.read_bytes()
+    # another model with the same record but its own checksum (weights differ) is not this section
+    from llm_tflite.litert.flatbuffer import unpack_model
+    from llm_tflite.litert.metadata import pack_with_metadata, read_metadata
+
+    model = unpack_model(tiny_tflite.read_bytes())
+    weight = max(model.buffers, key=lambda b: 0 if b.data is None else len(b.data))
+    weight.data = weight.data[::-1].copy()
+    (tmp_path / name).write_bytes(pack_with_metadata(model, read_metadata(tiny_tflite)))
+    assert InterpreterRunner(tiny_bundle, weight_cache=tmp_path).complete(PROMPTS[0], 24) == again.complete(PROMPTS[0], 24)
+    assert (tmp_path / name).read_bytes() == tiny_tflite.read_bytes()
     in_memory = InterpreterRunner(tiny_bundle, weight_cache="memory")
     assert in_memory._engine.model_data is not None
 

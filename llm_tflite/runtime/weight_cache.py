@@ -77,6 +77,18 @@ def _temporary_name(final: str) -> str:
     return f"{final}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
 
 
+def _remove_stale(directory: str) -> None:
+    """Remove temporary files a killed process left in ``directory``."""
+    now = time.time()
+    for entry in os.scandir(directory):
+        if entry.name.endswith(".tmp"):
+            try:
+                if now - entry.stat().st_mtime > _STALE_SECONDS:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
+
+
 def can_expand(data, added: int, where: str) -> bool:
     """Whether ``data`` with ``added`` bytes of expanded float32 weights still fits a flatbuffer
     (else a warning: LiteRT will expand them itself, once per signature)."""
@@ -105,9 +117,10 @@ def model_file(data, record: dict, setting: str, where: str, expand: bool) -> tu
     from llm_tflite.litert.flatbuffer import map_model_file
     from llm_tflite.litert.metadata import CHECKSUM_KEY, pack_with_metadata, read_verified_metadata
 
-    def same_model(other: dict) -> bool:
-        return {k: v for k, v in other.items() if k != CHECKSUM_KEY} == \
-            {k: v for k, v in record.items() if k != CHECKSUM_KEY}
+    def same_model(other: dict) -> bool:  # an expanded model has its own checksum; a section has the bundle's
+        ignored = {CHECKSUM_KEY} if expand else set()
+        return {k: v for k, v in other.items() if k not in ignored} == \
+            {k: v for k, v in record.items() if k not in ignored}
 
     digest = record.get(CHECKSUM_KEY)
     final = None
@@ -133,7 +146,7 @@ def model_file(data, record: dict, setting: str, where: str, expand: bool) -> tu
     building = _temporary_name(final)
     try:
         os.makedirs(os.path.dirname(final), exist_ok=True)
-        WeightCache._remove_stale(os.path.dirname(final))
+        _remove_stale(os.path.dirname(final))
         with open(building, "xb") as f:
             f.write(model)
         os.replace(building, final)
@@ -168,7 +181,7 @@ class WeightCache:
             return
         try:
             os.makedirs(directory, exist_ok=True)
-            self._remove_stale(directory)
+            _remove_stale(directory)
             building = _temporary_name(final)
             with open(building, "xb"):
                 pass  # the runtime fills it
@@ -177,17 +190,6 @@ class WeightCache:
                            "(set %s to a writable directory, or weight_cache='memory')", directory, e, CACHE_DIR_ENV)
             return
         self.final, self.building, self.path = final, building, building
-
-    @staticmethod
-    def _remove_stale(directory: str) -> None:
-        now = time.time()
-        for entry in os.scandir(directory):
-            if entry.name.endswith(".tmp"):
-                try:
-                    if now - entry.stat().st_mtime > _STALE_SECONDS:
-                        os.unlink(entry.path)
-                except OSError:
-                    pass
 
     def commit(self) -> None:
         """The model loaded: move a freshly built file into place (atomically; a concurrent twin may win)."""
