@@ -47,9 +47,9 @@ def _shape_offsets(data: bytes) -> list[int]:
     """File offsets of the int32 dimensions of every tensor shape (where a flipped size hurts most)."""
     import flatbuffers
 
-    from llm_tflite.litert.flatbuffer import _schema
+    from llm_tflite.litert.flatbuffer import tflite_schema
 
-    model = _schema().Model.GetRootAs(data, 0)
+    model = tflite_schema().Model.GetRootAs(data, 0)
     offsets = []
     for s in range(model.SubgraphsLength()):
         subgraph = model.Subgraphs(s)

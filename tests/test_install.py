@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_runtime_only_install_runs_files_and_names_the_convert_extra(tmp_path):
     from llm_tflite import Converter
-    from llm_tflite.litert.litertlm import build_bundle
+    from llm_tflite.export.bundle import build_bundle
 
     shipped = tmp_path / "shipped.tflite"
     Converter(quantize="dynamic_int8").convert("gpt2_tiny_shakespeare", str(shipped))

@@ -19,7 +19,7 @@ def cmd_convert(args) -> int:
     if bundle:  # refused before minutes of work
         from llm_tflite.errors import InvalidArgumentError
         from llm_tflite.litert.flatbuffer import check_writable
-        from llm_tflite.litert.litertlm import find_builder
+        from llm_tflite.export.bundle import find_builder
 
         if args.mode != "prefill_decode":
             raise InvalidArgumentError("--format litertlm needs --mode prefill_decode: LiteRT-LM runs prefill_decode "
@@ -51,7 +51,7 @@ def cmd_convert(args) -> int:
         result = converter.convert(args.model, args.output, family=args.family, random_weights=args.random_weights)
         path, size_bytes = result.path, result.size_bytes
     else:
-        from llm_tflite.litert.litertlm import build_bundle
+        from llm_tflite.export.bundle import build_bundle
 
         directory = os.path.dirname(os.path.abspath(args.output))
         os.makedirs(directory, exist_ok=True)
@@ -77,7 +77,7 @@ def _report(args, path: str, size_bytes: int, meta: dict, summary: str) -> int:
 def cmd_bundle(args) -> int:
     import os
 
-    from llm_tflite.litert.litertlm import build_bundle
+    from llm_tflite.export.bundle import build_bundle
     from llm_tflite.litert.metadata import read_metadata
 
     path = build_bundle(args.file, args.output, max_num_tokens=args.max_num_tokens)

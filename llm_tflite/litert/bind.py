@@ -30,8 +30,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from llm_tflite.errors import ConversionError
-from llm_tflite.litert.flatbuffer import _schema, drop_unused_buffers, pack_model, unpack_model
-from llm_tflite.litert.rewrite import _builtin, _opcode
+from llm_tflite.litert.flatbuffer import (builtin_code, drop_unused_buffers, drop_unused_tensors, opcode_index,
+                                         pack_model, tflite_schema, unpack_model)
 
 #: Formats ``bind_weights`` writes weights in.
 FORMATS = ("float32", "float16", "int8")
@@ -56,14 +56,14 @@ class _Use:
 
 class _Binder:
     def __init__(self, model):
-        self.schema = _schema()
+        self.schema = tflite_schema()
         self.model = model
         self.ops = self.schema.BuiltinOperator
         self.buffers: dict[tuple, int] = {}  # (weight, steps, format) -> buffer index
         self.quantization: dict[tuple, object] = {}
 
     def name(self, op) -> int:
-        return _builtin(self.model.operatorCodes[op.opcodeIndex])
+        return builtin_code(self.model.operatorCodes[op.opcodeIndex])
 
     def constant(self, subgraph, index: int) -> np.ndarray | None:
         tensor = subgraph.tensors[index]
@@ -110,7 +110,7 @@ class _Binder:
                 or (options is not None and options.adjX)):
             return use.steps
         adj_y = bool(options is not None and options.adjY)
-        op.opcodeIndex = _opcode(self.schema, self.model, self.ops.FULLY_CONNECTED, version=FC_FLOAT_VERSION)
+        op.opcodeIndex = opcode_index(self.schema, self.model, self.ops.FULLY_CONNECTED, version=FC_FLOAT_VERSION)
         fc = self.schema.FullyConnectedOptionsT()
         fc.keepNumDims = True
         op.builtinOptionsType = self.schema.BuiltinOptions.FullyConnectedOptions
@@ -126,7 +126,7 @@ class _Binder:
 
 
 def _tensor_types() -> dict:
-    schema = _schema()
+    schema = tflite_schema()
     return {"float32": schema.TensorType.FLOAT32, "float16": schema.TensorType.FLOAT16, "int8": schema.TensorType.INT8,
             "int32": schema.TensorType.INT32, "int64": schema.TensorType.INT64, "uint32": schema.TensorType.UINT32,
             "bool": schema.TensorType.BOOL}
@@ -190,9 +190,9 @@ def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]
     for weight, weight_uses in uses.items():
         for use in weight_uses:
             final_steps.setdefault(weight, []).append((use, binder.matmul_to_fully_connected(use)))
-    embedding_lookup = _opcode(schema, model, ops.EMBEDDING_LOOKUP)
-    dequantize = _opcode(schema, model, ops.DEQUANTIZE, version=3)  # float16 input
-    hybrid = _opcode(schema, model, ops.FULLY_CONNECTED, version=FC_HYBRID_VERSION)
+    embedding_lookup = opcode_index(schema, model, ops.EMBEDDING_LOOKUP)
+    dequantize = opcode_index(schema, model, ops.DEQUANTIZE, version=3)  # float16 input
+    hybrid = opcode_index(schema, model, ops.FULLY_CONNECTED, version=FC_HYBRID_VERSION)
     prepended: dict[int, list] = {}  # id(subgraph) -> DEQUANTIZE ops to run first
     following: dict[int, list] = {}  # id(op) -> DEQUANTIZE ops to run right after it
     # 2. bind, one weight at a time
@@ -287,7 +287,7 @@ def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]
             after for op in subgraph.operators for after in [op, *following.get(id(op), [])]]
         _fuse_bias_adds(binder, subgraph)
         _drop_dead_ops(subgraph)
-        _drop_unused_tensors(model, index)
+        drop_unused_tensors(model, index)
     drop_unused_buffers(model)
     return pack_model(model)
 
@@ -341,29 +341,6 @@ def _fuse_bias_adds(binder, subgraph) -> None:
         else:
             fc.outputs = list(add.outputs)
         subgraph.operators = [op for op in subgraph.operators if op is not add]
-
-
-def _drop_unused_tensors(model, subgraph_index: int) -> None:
-    """Remove tensors nothing refers to (the weight inputs, folded intermediates) and renumber:
-    tools that read every tensor (ai-edge-quantizer's calibration) fail on unallocated ones."""
-    subgraph = model.subgraphs[subgraph_index]
-    used = set(subgraph.inputs) | set(subgraph.outputs)
-    for op in subgraph.operators:
-        used |= {i for i in list(op.inputs) + list(op.outputs) if i >= 0}
-    order = sorted(used)
-    new = {old: i for i, old in enumerate(order)}
-    subgraph.tensors = [subgraph.tensors[i] for i in order]
-    subgraph.inputs = [new[i] for i in subgraph.inputs]
-    subgraph.outputs = [new[i] for i in subgraph.outputs]
-    for op in subgraph.operators:
-        op.inputs = [new[i] if i >= 0 else i for i in op.inputs]
-        op.outputs = [new[i] for i in op.outputs]
-        if op.intermediates is not None and len(op.intermediates):
-            op.intermediates = [new[i] for i in op.intermediates if i in new]
-    for signature in model.signatureDefs:
-        if signature.subgraphIndex == subgraph_index:
-            for entry in list(signature.inputs) + list(signature.outputs):
-                entry.tensorIndex = new[entry.tensorIndex]
 
 
 def _drop_dead_ops(subgraph) -> None:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from llm_tflite.errors import ModelFileError
-from llm_tflite.litert.flatbuffer import _schema, drop_unused_buffers, unpack_model
+from llm_tflite.litert.flatbuffer import (builtin_code, drop_unused_buffers, drop_unused_tensors, tflite_schema,
+                                         unpack_model)
 
 
 def _expands(float16: bool, readers, fully_connected) -> bool:
@@ -32,7 +33,7 @@ def expansion_bytes(buf, where: str = "this file") -> int:
     """Bytes of float32 weights ``expand_dequantized`` would add to the flatbuffer ``buf`` (0: the
     file has no constant ``DEQUANTIZE`` the runtime expands per signature; load it as it is).
     Reads the tables only."""
-    schema = _schema()
+    schema = tflite_schema()
     try:
         model = schema.Model.GetRootAs(buf, 0)
         codes = [max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
@@ -99,13 +100,11 @@ def expand_dequantized(buf):
     """The ``ModelT`` of ``buf`` with every constant ``DEQUANTIZE`` the runtime would expand per
     signature folded into a float32 constant (one buffer per stored weight). ``buf`` is a file
     ``expansion_bytes`` accepted; ``ModelFileError`` if a weight does not match its shape."""
-    from llm_tflite.litert.bind import _drop_unused_tensors
-    from llm_tflite.litert.rewrite import _builtin
 
-    schema = _schema()
+    schema = tflite_schema()
     model = unpack_model(buf)
     ops = schema.BuiltinOperator
-    codes = [_builtin(code) for code in model.operatorCodes]
+    codes = [builtin_code(code) for code in model.operatorCodes]
     expanded: dict[int, int] = {}  # stored weight's buffer -> its float32 buffer
     for index, subgraph in enumerate(model.subgraphs):
         readers: dict[int, list[tuple]] = {}
@@ -128,6 +127,6 @@ def expand_dequantized(buf):
             out = subgraph.tensors[op.outputs[0]]
             out.buffer, out.quantization, out.type = expanded[source.buffer], None, schema.TensorType.FLOAT32
         subgraph.operators = kept
-        _drop_unused_tensors(model, index)  # the stored weights
+        drop_unused_tensors(model, index)  # the stored weights
     drop_unused_buffers(model)
     return model

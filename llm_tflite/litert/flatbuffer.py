@@ -14,7 +14,8 @@ TFLITE_IDENTIFIER = b"TFL3"
 FLATBUFFER_LIMIT = 2**31
 
 
-def _schema():
+def tflite_schema():
+    """The TFLite flatbuffer schema module (``ai_edge_litert``'s, or TensorFlow's as a fallback)."""
     try:
         from ai_edge_litert import schema_py_generated as schema
     except ImportError:  # pragma: no cover - TensorFlow-only installs
@@ -22,7 +23,8 @@ def _schema():
     return schema
 
 
-def _check_flatbuffer(buf: bytes, where: str) -> None:
+def check_flatbuffer(buf: bytes, where: str) -> None:
+    """``ModelFileError`` unless ``buf`` starts like a ``.tflite`` flatbuffer (its ``TFL3`` identifier)."""
     if len(buf) < 8 or buf[4:8] != TFLITE_IDENTIFIER:
         raise ModelFileError(
             f"{where} is not a TensorFlow Lite model (no TFL3 flatbuffer header); "
@@ -36,13 +38,29 @@ def unpack_model(tflite_model: bytes):
     Some writers (ai-edge-quantizer) keep large buffers outside the flatbuffer; repacking
     a ``ModelT`` would silently drop them, so they are materialised here.
     """
-    schema = _schema()
+    schema = tflite_schema()
     model = schema.ModelT.InitFromPackedBuf(bytearray(tflite_model), 0)
     for buffer in model.buffers or []:
         if getattr(buffer, "offset", 0) > 1 and getattr(buffer, "size", 0):
             buffer.data = np.frombuffer(tflite_model, np.uint8, count=buffer.size, offset=buffer.offset).copy()
             buffer.offset, buffer.size = 0, 0
     return model
+
+
+def builtin_code(code) -> int:
+    """The builtin operator of an ``OperatorCodeT`` (old files keep it in ``deprecatedBuiltinCode``)."""
+    return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+
+def opcode_index(schema, model, builtin: int, version: int = 1) -> int:
+    """Index of the operator code for ``builtin`` at ``version``, added to ``model`` if missing."""
+    for index, code in enumerate(model.operatorCodes):
+        if builtin_code(code) == builtin and code.version == version:
+            return index
+    code = schema.OperatorCodeT()
+    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), version
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
 
 
 def drop_unused_buffers(model) -> None:
@@ -61,6 +79,29 @@ def drop_unused_buffers(model) -> None:
         entry.buffer = new[entry.buffer]
 
 
+def drop_unused_tensors(model, subgraph_index: int) -> None:
+    """Remove tensors nothing refers to (the weight inputs, folded intermediates) and renumber:
+    tools that read every tensor (ai-edge-quantizer's calibration) fail on unallocated ones."""
+    subgraph = model.subgraphs[subgraph_index]
+    used = set(subgraph.inputs) | set(subgraph.outputs)
+    for op in subgraph.operators:
+        used |= {i for i in list(op.inputs) + list(op.outputs) if i >= 0}
+    order = sorted(used)
+    new = {old: i for i, old in enumerate(order)}
+    subgraph.tensors = [subgraph.tensors[i] for i in order]
+    subgraph.inputs = [new[i] for i in subgraph.inputs]
+    subgraph.outputs = [new[i] for i in subgraph.outputs]
+    for op in subgraph.operators:
+        op.inputs = [new[i] if i >= 0 else i for i in op.inputs]
+        op.outputs = [new[i] for i in op.outputs]
+        if op.intermediates is not None and len(op.intermediates):
+            op.intermediates = [new[i] for i in op.intermediates if i in new]
+    for signature in model.signatureDefs:
+        if signature.subgraphIndex == subgraph_index:
+            for entry in list(signature.inputs) + list(signature.outputs):
+                entry.tensorIndex = new[entry.tensorIndex]
+
+
 def pack_model(model) -> bytes:
     """Serialize; identical quantization parameters and strings are written once and shared.
 
@@ -71,7 +112,7 @@ def pack_model(model) -> bytes:
     """
     import flatbuffers
 
-    quantization_cls = _schema().QuantizationParametersT
+    quantization_cls = tflite_schema().QuantizationParametersT
     pack_one = quantization_cls.Pack
     packed: dict[tuple, int] = {}
 
@@ -107,7 +148,7 @@ def pack_model(model) -> bytes:
 
 def weight_bytes(tflite_model) -> int:
     """Bytes of the model's constant buffers (weights, inline or stored after the flatbuffer; not metadata)."""
-    model = _schema().Model.GetRootAs(tflite_model, 0)
+    model = tflite_schema().Model.GetRootAs(tflite_model, 0)
     metadata = {model.Metadata(i).Buffer() for i in range(model.MetadataLength())}
     total = 0
     for i in set(range(model.BuffersLength())) - metadata:
@@ -248,7 +289,7 @@ def write_atomic(path: str, data: bytes) -> None:
 
 def operator_names(tflite_model: bytes) -> set[str]:
     """Names of the operators a flatbuffer uses: builtin names, ``CUSTOM:<name>`` for custom/Flex ops."""
-    schema = _schema()
+    schema = tflite_schema()
     builtin_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     model = schema.Model.GetRootAs(tflite_model, 0)
     names = set()
@@ -282,7 +323,7 @@ def check_tensor_sizes(buf: bytes, where: str = "this file", limit: int = MAX_TE
     Runs on the flatbuffer before the native runtime sees it, so a damaged shape ends in a
     typed error instead of an allocation the kernel kills the process for.
     """
-    schema = _schema()
+    schema = tflite_schema()
     names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     try:
         model = schema.Model.GetRootAs(buf, 0)

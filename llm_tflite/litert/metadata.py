@@ -23,8 +23,9 @@ import os
 import numpy as np
 
 from llm_tflite.errors import ModelFileError
-from llm_tflite.litert.flatbuffer import (_check_flatbuffer, _schema, pack_model, read_model_file, release_pages,
+from llm_tflite.litert.flatbuffer import (check_flatbuffer, pack_model, read_model_file, release_pages, tflite_schema,
                                          unpack_model)
+from llm_tflite.litert.litertlm import model_bytes
 
 METADATA_NAME = "llm_tflite"
 #: Written by this version; 1 (no checksum) is still read.
@@ -60,13 +61,13 @@ def _hash_range(digest, data, start: int, end: int, chunk: int = 32 << 20) -> No
 
 def add_metadata(tflite_model: bytes, record: dict) -> bytes:
     """Return ``tflite_model`` with ``record`` stored as its ``llm_tflite`` metadata, checksummed."""
-    _check_flatbuffer(tflite_model, "the converter output")
+    check_flatbuffer(tflite_model, "the converter output")
     return pack_with_metadata(unpack_model(tflite_model), record)
 
 
 def pack_with_metadata(model, record: dict) -> bytes:
     """Serialize the ``ModelT`` ``model`` with ``record`` as its ``llm_tflite`` metadata, checksummed."""
-    schema = _schema()
+    schema = tflite_schema()
     buffer = schema.BufferT()
     record = {k: v for k, v in record.items() if k != CHECKSUM_KEY}
     record = {"format": FORMAT_VERSION, **record, CHECKSUM_KEY: _UNSET_CHECKSUM}  # the checksum last
@@ -85,8 +86,8 @@ def pack_with_metadata(model, record: dict) -> bytes:
 
 def _record_span(buf, where: str) -> tuple[int, int]:
     """Where the ``llm_tflite`` record's bytes lie in the flatbuffer ``buf``: ``(start, end)``."""
-    _check_flatbuffer(buf, where)
-    schema = _schema()
+    check_flatbuffer(buf, where)
+    schema = tflite_schema()
     try:
         model = schema.Model.GetRootAs(buf, 0)
         for i in range(model.MetadataLength()):
@@ -123,8 +124,6 @@ def read_metadata(path: str) -> dict:
         >>> read_metadata("model.tflite")["export_mode"]  # doctest: +SKIP
         'prefill_decode'
     """
-    from llm_tflite.litert.litertlm import model_bytes
-
     where = repr(os.fspath(path))
     return read_metadata_from_bytes(model_bytes(read_model_file(path), where), where)
 

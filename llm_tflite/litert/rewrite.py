@@ -6,35 +6,21 @@ import hashlib
 
 import numpy as np
 
-from llm_tflite.litert.flatbuffer import _schema, drop_unused_buffers, pack_model, unpack_model
+from llm_tflite.litert.flatbuffer import (builtin_code, drop_unused_buffers, opcode_index, pack_model, tflite_schema,
+                                         unpack_model)
 
 
 def _load(tflite_model: bytes):
-    return _schema(), unpack_model(tflite_model)
+    return tflite_schema(), unpack_model(tflite_model)
 
 
 def _pack(model) -> bytes:
     return pack_model(model)
 
 
-def _builtin(code) -> int:
-    return max(code.builtinCode, code.deprecatedBuiltinCode)
-
-
-def _opcode(schema, model, builtin: int, version: int = 1) -> int:
-    """Index of the operator code for ``builtin`` at ``version``, added to ``model`` if missing."""
-    for index, code in enumerate(model.operatorCodes):
-        if _builtin(code) == builtin and code.version == version:
-            return index
-    code = schema.OperatorCodeT()
-    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), version
-    model.operatorCodes.append(code)
-    return len(model.operatorCodes) - 1
-
-
 def _embedding_lookup_code(schema, model) -> int:
     """Index of the EMBEDDING_LOOKUP operator code, added to ``model`` if missing."""
-    return _opcode(schema, model, schema.BuiltinOperator.EMBEDDING_LOOKUP)
+    return opcode_index(schema, model, schema.BuiltinOperator.EMBEDDING_LOOKUP)
 
 
 def compact(tflite_model: bytes) -> bytes:
@@ -92,7 +78,7 @@ def gathers_to_embedding_lookups(tflite_model: bytes) -> bytes:
     changed = False
     for subgraph in model.subgraphs:
         for op in subgraph.operators:
-            if _builtin(model.operatorCodes[op.opcodeIndex]) != ops.GATHER or len(op.inputs) != 2:
+            if builtin_code(model.operatorCodes[op.opcodeIndex]) != ops.GATHER or len(op.inputs) != 2:
                 continue
             table, ids = (subgraph.tensors[i] for i in op.inputs)
             options = op.builtinOptions
@@ -139,7 +125,7 @@ class SignatureMerger:
     """
 
     def __init__(self):
-        self.schema = _schema()
+        self.schema = tflite_schema()
         self.merged = None
         self._digests: dict[bytes, int] = {}
 
@@ -249,7 +235,7 @@ def share_tied_embeddings(tflite_model: bytes) -> bytes:
     ops = schema.BuiltinOperator
     changed = False
     for subgraph in model.subgraphs:
-        codes = [_builtin(model.operatorCodes[op.opcodeIndex]) for op in subgraph.operators]
+        codes = [builtin_code(model.operatorCodes[op.opcodeIndex]) for op in subgraph.operators]
         heads = {}
         for op, code in zip(subgraph.operators, codes):
             if code == ops.FULLY_CONNECTED and len(op.inputs) > 1:
@@ -267,7 +253,8 @@ def share_tied_embeddings(tflite_model: bytes) -> bytes:
             table = subgraph.tensors[op.inputs[0]]
             head_index = heads.get(tuple(int(d) for d in table.shape))
             users = consumers.get(op.outputs[0], [])
-            if head_index is None or len(users) != 1 or _builtin(model.operatorCodes[users[0].opcodeIndex]) != ops.DEQUANTIZE:
+            if (head_index is None or len(users) != 1
+                    or builtin_code(model.operatorCodes[users[0].opcodeIndex]) != ops.DEQUANTIZE):
                 continue
             options = op.builtinOptions
             if options is not None and (options.axis != 0 or options.batchDims != 0):

@@ -3,10 +3,10 @@
 This module imports nothing from llm-tflite, so it also runs as a script in an environment
 that has only the builder: ``litert-lm-builder`` needs protobuf >= 6.31 and TensorFlow
 2.19 needs protobuf < 6, so next to TensorFlow the builder lives in its own small virtual
-environment (``scripts/setup.sh`` makes ``.venv/litertlm``) and ``llm_tflite.litert.litertlm``
+environment (``scripts/setup.sh`` makes ``.venv/litertlm``) and ``llm_tflite.export.bundle``
 runs this file there::
 
-    PYTHON_WITH_BUILDER litertlm_builder_worker.py SPEC.json
+    PYTHON_WITH_BUILDER bundle_worker.py SPEC.json
 
 ``SPEC.json``: ``{"model": PATH.tflite, "tokenizer": PATH, "tokenizer_kind": "hf" |
 "sentencepiece", "llm_metadata": PATH.textproto, "output": PATH.litertlm}``.
@@ -34,7 +34,7 @@ def build(spec: dict) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: litertlm_builder_worker.py SPEC.json", file=sys.stderr)
+        print("usage: bundle_worker.py SPEC.json", file=sys.stderr)
         return 2
     try:
         import litert_lm_builder  # noqa: F401

@@ -1,0 +1,146 @@
+"""Writing ``.litertlm`` bundles (``llm-tflite bundle``, ``convert --format litertlm``).
+
+``build_bundle`` packs one of our ``prefill_decode`` files with its tokenizer (the family's
+``litertlm_tokenizer`` hook) and an ``LlmMetadata`` (``llm_metadata_textproto``) through
+LiteRT-LM's official builder (``litert-lm-builder``): in this process when it imports here,
+otherwise in the small environment that ``scripts/setup.sh`` creates for it (its
+protobuf >= 6.31 cannot share an environment with TensorFlow 2.19's protobuf < 6), where
+``bundle_worker.py`` runs as a script. Reading bundles is ``llm_tflite.litert.litertlm``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from llm_tflite.errors import (InvalidArgumentError, ModelFileError, RuntimeFailure, UnknownFamilyError,
+                               UnsupportedRuntimeError)
+from llm_tflite.export import bundle_worker
+from llm_tflite.litert.flatbuffer import check_writable, read_model_file
+from llm_tflite.litert.litertlm import is_litertlm, tflite_section
+from llm_tflite.litert.metadata import read_verified_metadata
+
+LITERTLM_EXTRA = "pip install 'llm-tflite[litertlm]'"
+#: Where ``scripts/setup.sh`` puts the builder's own environment, inside the main one.
+HELPER_ENV = "litertlm"
+HELPER_VARIABLE = "LLM_TFLITE_LITERTLM_PYTHON"
+
+
+def llm_metadata_textproto(record: dict, *, max_num_tokens: int | None = None) -> str:
+    """LiteRT-LM's ``LlmMetadata`` for one of our files: start/stop tokens, context, greedy by default
+    (what ``InterpreterRunner.generate`` does without a sampler)."""
+    lines = []
+    if record.get("add_bos") and record.get("bos_id") is not None:
+        lines.append(f"start_token {{ token_ids {{ ids: {int(record['bos_id'])} }} }}")
+    if record.get("eos_id") is not None:
+        lines.append(f"stop_tokens {{ token_ids {{ ids: {int(record['eos_id'])} }} }}")
+    lines.append(f"max_num_tokens: {int(max_num_tokens or record['context_length'])}")
+    # k = 1 is greedy; the CPU engine implements only the TOP_P type (runtime/components/sampler_factory.cc)
+    lines.append("sampler_params { type: TOP_P k: 1 p: 1.0 temperature: 1.0 }")
+    lines.append("llm_model_type { generic_model {} }")
+    return "\n".join(lines) + "\n"
+
+
+def find_builder() -> list[str] | None:
+    """None: the builder imports in this process. Else the helper Python to run the worker with."""
+    try:
+        from litert_lm_builder import litertlm_builder  # noqa: F401
+
+        return None
+    except Exception:  # ImportError, or protobuf's VersionError next to TensorFlow 2.19
+        pass
+    configured = os.environ.get(HELPER_VARIABLE)
+    if configured:
+        if not os.access(configured, os.X_OK):
+            raise UnsupportedRuntimeError(f"{HELPER_VARIABLE}={configured!r} is not an executable Python; point it "
+                                          "at the python of an environment with litert-lm-builder")
+        return [configured]
+    helper = os.path.join(sys.prefix, HELPER_ENV, "bin", "python")
+    if os.access(helper, os.X_OK):
+        return [helper]
+    raise UnsupportedRuntimeError(
+        "writing .litertlm bundles needs LiteRT-LM's builder (litert-lm-builder), which needs protobuf >= 6.31 "
+        "and so cannot be installed next to TensorFlow 2.19. Either run `llm-tflite bundle` in an environment "
+        f"without TensorFlow ({LITERTLM_EXTRA}), or create the builder's own environment: "
+        f"`python -m venv {os.path.join(sys.prefix, HELPER_ENV)} && "
+        f"{helper} -m pip install litert-lm-builder` (scripts/setup.sh does this), or set {HELPER_VARIABLE}"
+    )
+
+
+def _run_builder(spec: dict) -> None:
+    command = find_builder()
+    if command is None:
+        try:
+            bundle_worker.build(spec)
+        except Exception as e:
+            raise RuntimeFailure(f"LiteRT-LM's builder failed: {type(e).__name__}: {e}") from e
+        return
+    spec_path = os.path.join(os.path.dirname(spec["output"]), "spec.json")
+    with open(spec_path, "w", encoding="utf-8") as f:
+        json.dump(spec, f)
+    done = subprocess.run([*command, bundle_worker.__file__, spec_path], capture_output=True, text=True)
+    if done.returncode == 3:
+        raise UnsupportedRuntimeError(f"{command[0]} has no litert-lm-builder: {command[0]} -m pip install "
+                                      "litert-lm-builder")
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise RuntimeFailure(f"LiteRT-LM's builder failed ({command[0]}):\n{tail}")
+
+
+def family_of(record: dict):
+    """The family that made the file (its tokenizer hook), or the base defaults if it is not installed."""
+    from llm_tflite.families.base import ModelFamily
+    from llm_tflite.plugins.registry import get_family
+
+    try:
+        return get_family(record["family"])
+    except UnknownFamilyError:
+        return ModelFamily()
+
+
+def build_bundle(model_path, output, *, max_num_tokens: int | None = None) -> str:
+    """Bundle a ``prefill_decode`` file with its tokenizer and ``LlmMetadata`` into ``output`` (``.litertlm``).
+
+    Args:
+        model_path: a ``.tflite`` file from ``llm-tflite convert`` (``--mode prefill_decode``).
+        output: the bundle to write; written through a temporary file, so a failure leaves none.
+        max_num_tokens: the engine's token budget (default: the file's context length).
+
+    Example:
+        >>> build_bundle("model.tflite", "model.litertlm")  # doctest: +SKIP
+        'model.litertlm'
+    """
+    model_path, output = os.fspath(model_path), os.fspath(output)
+    check_writable(output)
+    data = read_model_file(model_path)
+    if is_litertlm(data):
+        raise ModelFileError(f"{model_path!r} is already a .litertlm bundle")
+    record = read_verified_metadata(data, repr(model_path))
+    if record["export_mode"] != "prefill_decode":
+        raise ModelFileError(f"{model_path!r} is a generate-mode file; LiteRT-LM runs prefill_decode files: "
+                             "convert with --mode prefill_decode")
+    if record.get("kv_cache_layout") != "transposed":
+        raise ModelFileError(f"{model_path!r} was converted before llm-tflite wrote LiteRT-LM's KV-cache "
+                             "layout (its record has no kv_cache_layout); convert the model again")
+    if max_num_tokens is not None and not 1 <= max_num_tokens <= record["context_length"]:
+        raise InvalidArgumentError(f"max_num_tokens must be 1..{record['context_length']} (the file's context), "
+                                   f"got {max_num_tokens}")
+    kind, tokenizer = family_of(record).litertlm_tokenizer(record["tokenizer"])
+    directory = os.path.dirname(os.path.abspath(output))
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".litertlm-") as work:
+        tokenizer_path = os.path.join(work, "tokenizer.json" if kind == "hf" else "tokenizer.model")
+        with open(tokenizer_path, "wb") as f:
+            f.write(tokenizer)
+        metadata_path = os.path.join(work, "llm_metadata.textproto")
+        with open(metadata_path, "w", encoding="utf-8") as f:
+            f.write(llm_metadata_textproto(record, max_num_tokens=max_num_tokens))
+        partial = os.path.join(work, "model.litertlm")
+        _run_builder({"model": os.path.abspath(model_path), "tokenizer": tokenizer_path, "tokenizer_kind": kind,
+                      "llm_metadata": metadata_path, "output": partial})
+        tflite_section(read_model_file(partial), "the bundle just written")  # it reads back
+        os.replace(partial, output)
+    return output
