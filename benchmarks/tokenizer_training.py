@@ -1,5 +1,5 @@
 """Time byte-level BPE training in the shipped GPT-2's configuration (vocab 2,048, the first 90%
-of tiny Shakespeare) with ``llm_tflite.training.tokenizer.train_bpe`` (HF ``tokenizers``).
+of tiny Shakespeare) with ``llm_tflite.tokenizers.bpe_training.train_bpe`` (HF ``tokenizers``).
 
     .venv/bin/python benchmarks/tokenizer_training.py [--old PATH_TO_OLD_BPE_MODULE]
 
@@ -16,7 +16,7 @@ import pathlib
 import time
 
 from llm_tflite.training.data import split_heldout
-from llm_tflite.training.tokenizer import train_bpe
+from llm_tflite.tokenizers.bpe_training import train_bpe
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"

@@ -22,7 +22,7 @@ _LAZY = {
     "ConversionResult": "llm_tflite.export.converter",
     "Quantizer": "llm_tflite.quantize.base",
     "QuantizationStrategy": "llm_tflite.quantize.base",
-    "load_model": "llm_tflite.plugins.registry",
+    "load_model": "llm_tflite.families.loading",
     "finetune": "llm_tflite.training.finetune",
     "read_metadata": "llm_tflite.litert.metadata",
 }

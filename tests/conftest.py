@@ -44,7 +44,7 @@ def tiny_gpt2_dir(tmp_path_factory):
     import keras
     import keras_hub
 
-    from llm_tflite.training.tokenizer import train_bpe
+    from llm_tflite.tokenizers.bpe_training import train_bpe
 
     keras.utils.set_random_seed(1234)  # not 0: --random-weights initialises with seed 0
     vocab, merges = train_bpe(shakespeare_text()[:20000], 300)
@@ -93,13 +93,8 @@ def tiny_palm_dir(tmp_path_factory):
     """A PaLM-style preset directory: SentencePiece (unigram, 400 pieces) on 30k characters, random weights."""
     import keras
 
-    from llm_tflite.families.palm import (
-        PaLMBackbone,
-        PaLMCausalLM,
-        PaLMCausalLMPreprocessor,
-        PaLMTokenizer,
-        train_sentencepiece,
-    )
+    from llm_tflite.families.palm import PaLMBackbone, PaLMCausalLM, PaLMCausalLMPreprocessor, PaLMTokenizer
+    from llm_tflite.tokenizers.spm_training import train_sentencepiece
 
     keras.utils.set_random_seed(1234)
     text = shakespeare_text()[:30000]

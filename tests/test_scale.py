@@ -11,8 +11,8 @@ import pytest
 from llm_tflite.errors import ModelSourceError, ModelTooLargeError
 from llm_tflite.families.presets import DEFAULT_PRESET_DIR, PALM_PRESET_DIR, PALM_SIZES
 from llm_tflite.plugins.registry import presets
-from llm_tflite.runtime.tokenizers.bpe import BPETokenizer
-from llm_tflite.training.tokenizer import extend_bpe
+from llm_tflite.tokenizers.bpe import BPETokenizer
+from llm_tflite.tokenizers.bpe_training import extend_bpe
 
 
 def _palm_weights(config) -> int:
@@ -35,7 +35,7 @@ def test_palm_sizes_are_registered_with_palms_ratios():
 
 
 def test_palm_size_without_random_weights_says_what_to_do():
-    from llm_tflite.plugins.registry import load_model
+    from llm_tflite.families.loading import load_model
 
     with pytest.raises(ModelSourceError, match="--random-weights"):
         load_model("palm_1b5")
@@ -43,14 +43,14 @@ def test_palm_size_without_random_weights_says_what_to_do():
 
 @pytest.mark.slow
 def test_palm_400m_builds_with_a_full_size_tokenizer():
-    from llm_tflite.plugins.registry import load_model
+    from llm_tflite.families.loading import load_model
 
     fam, lm = load_model("palm_400m", random_weights=True)
     assert lm.count_params() == _palm_weights(PALM_SIZES["palm_400m"][1])
     tokenizer = lm.preprocessor.tokenizer
     assert tokenizer.vocabulary_size() == 256000
     spec = fam.tokenizer_spec(lm)
-    from llm_tflite.runtime.tokenizers import tokenizer_from_spec
+    from llm_tflite.tokenizers import tokenizer_from_spec
 
     runtime = tokenizer_from_spec(spec)
     rng = random.Random(0)
@@ -87,12 +87,12 @@ def test_extend_bpe_to_gpt2_size():
 
 @pytest.mark.slow
 def test_gpt2_base_random_weights_decode_to_visible_text():
-    from llm_tflite.plugins.registry import load_model
+    from llm_tflite.families.loading import load_model
 
     fam, lm = load_model("gpt2_base_en", random_weights=True)
     spec = fam.tokenizer_spec(lm)
     assert len(spec["vocab"]) == 50257 and fam.special_tokens(lm)["eos_id"] == 50256
-    from llm_tflite.runtime.tokenizers import tokenizer_from_spec
+    from llm_tflite.tokenizers import tokenizer_from_spec
 
     runtime = tokenizer_from_spec(spec)
     rng = random.Random(0)

@@ -7,8 +7,8 @@ import pytest
 
 from conftest import TANG_DIR, shakespeare_text
 from llm_tflite.evaluation.metrics import keras_tokenize
-from llm_tflite.runtime.tokenizers.bpe import BPETokenizer
-from llm_tflite.training.tokenizer import hf_tokenizer, train_bpe, write_tokenizer_json
+from llm_tflite.tokenizers.bpe import BPETokenizer
+from llm_tflite.tokenizers.bpe_training import hf_tokenizer, train_bpe, write_tokenizer_json
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ def cmd_eval(args) -> int:
             reference = reference_runner.logits
         elif args.reference:
             from llm_tflite.evaluation.metrics import keras_tokenize
-            from llm_tflite.plugins.registry import load_model
+            from llm_tflite.families.loading import load_model
 
             _, reference_lm = load_model(args.reference, family=args.family)
             sample = text[:2000]
@@ -55,7 +55,7 @@ def cmd_eval(args) -> int:
         loss["file_bytes"] = os.path.getsize(args.model)
     else:
         from llm_tflite.evaluation.metrics import keras_heldout_loss
-        from llm_tflite.plugins.registry import load_model
+        from llm_tflite.families.loading import load_model
 
         _, lm = load_model(args.model, family=args.family)
         loss = keras_heldout_loss(lm, text, sequence_length=args.window, max_tokens=args.max_tokens)

@@ -73,7 +73,8 @@ def compare(model, strategy_names, heldout_text: str, output_dir: str, *, calibr
     from llm_tflite.evaluation.bench import decode_speeds
     from llm_tflite.export.converter import DEFAULT_PREFILL_LENGTHS, Converter
     from llm_tflite.evaluation.metrics import tflite_heldout_loss
-    from llm_tflite.plugins.registry import get_strategy, load_model
+    from llm_tflite.families.loading import load_model
+    from llm_tflite.plugins.registry import get_strategy
     from llm_tflite.runtime.runner import InterpreterRunner
 
     from llm_tflite.litert.flatbuffer import check_writable

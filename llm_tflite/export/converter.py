@@ -14,7 +14,7 @@ from llm_tflite.console import import_tensorflow, logger, progress, quiet_native
 from llm_tflite.quantize.base import Quantizer
 from llm_tflite.runtime import sampling
 from llm_tflite.runtime.sampling import GENERATE_SAMPLERS
-from llm_tflite.plugins.registry import load_model
+from llm_tflite.families.loading import load_model
 
 EXPORT_MODES = ("prefill_decode", "generate")
 
@@ -61,7 +61,7 @@ def weights_before_loading(model, family=None) -> int | None:
     (``ModelFamily.count_weights``) without loading it; None when that cannot be known."""
     import json
 
-    from llm_tflite.export.loading import is_preset_dir
+    from llm_tflite.families.loading import is_preset_dir
     from llm_tflite.plugins.registry import presets, resolve_family
 
     if not isinstance(model, str):

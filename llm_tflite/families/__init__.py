@@ -1,1 +1,37 @@
-"""Model families: the ``ModelFamily`` interface (``base``), GPT-2, PaLM-style, named presets, TF building blocks."""
+"""Model families: the ``ModelFamily`` interface (``base``), GPT-2, PaLM-style, named presets, TF building blocks.
+
+What a family plugin may import from here (docs/plugins.md):
+
+- ``ModelFamily``, ``KVCacheSpec``, ``Preset``: the interface (also top-level ``llm_tflite`` names);
+- ``load_keras_preset``, ``is_preset_dir``, ``preset_class_name``: loading KerasHub presets
+  with errors that say what to do (``loading``);
+- ``causal_attention``, ``update_key_cache``, ``update_value_cache``, ``cache_shapes``: the
+  TensorFlow building blocks of ``forward_with_cache`` that convert to builtin ops only (``ops``);
+- ``keras_generate_function``: the ``--mode generate`` graph of ``generate_function`` (``generate_graph``).
+
+Importing this package does not import TensorFlow: the ``ops`` and ``generate_graph`` names load
+on first use.
+"""
+
+import importlib
+
+from llm_tflite.families.base import KVCacheSpec, ModelFamily, Preset
+from llm_tflite.families.loading import is_preset_dir, load_keras_preset, preset_class_name
+
+_LAZY = {
+    "cache_shapes": "ops",
+    "causal_attention": "ops",
+    "update_key_cache": "ops",
+    "update_value_cache": "ops",
+    "keras_generate_function": "generate_graph",
+}
+
+__all__ = sorted([
+    "KVCacheSpec", "ModelFamily", "Preset", "is_preset_dir", "load_keras_preset", "preset_class_name", *_LAZY,
+])
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)

@@ -106,7 +106,7 @@ class ModelFamily:
 
         kind = tokenizer_spec.get("type")
         if kind == "gpt2_bpe":
-            from llm_tflite.training.tokenizer import hf_tokenizer
+            from llm_tflite.tokenizers.bpe_training import hf_tokenizer
 
             try:
                 tokenizer = hf_tokenizer(tokenizer_spec["vocab"], tokenizer_spec["merges"])
@@ -142,10 +142,10 @@ class ModelFamily:
             tokens: int32 ``[1, L]``.
             input_pos: int32 ``[L]``, consecutive positions of ``tokens``.
             caches: list of ``(k, v)`` float32, one pair per layer: keys ``[1, heads, context, head_dim]``,
-                values ``[1, heads, head_dim, context]`` (``llm_tflite.families.ops.cache_shapes``).
+                values ``[1, heads, head_dim, context]`` (``llm_tflite.families.cache_shapes``).
 
         Returns:
-            ``(logits [1, L, vocab], new_caches)``; use ``llm_tflite.families.ops.update_key_cache`` / ``update_value_cache`` to write
+            ``(logits [1, L, vocab], new_caches)``; use ``llm_tflite.families.update_key_cache`` / ``update_value_cache`` to write
             the new keys/values so the file keeps builtin ops only.
         """
         raise NotImplementedError
@@ -165,7 +165,7 @@ class ModelFamily:
         """A ``tf.function`` of a scalar ``tf.string`` prompt -> ``tf.string`` text, for ``--mode generate``.
 
         ``settings``: ``temperature``, ``top_k``, ``top_p`` of a random sampler, fixed in the graph
-        (``llm_tflite.export.generate.keras_generate_function`` takes them as they are).
+        (``llm_tflite.families.generate_graph.keras_generate_function`` takes them as they are).
         """
         from llm_tflite.errors import ConversionError
 

@@ -7,7 +7,7 @@ import os
 
 from llm_tflite.families.base import KVCacheSpec, ModelFamily
 from llm_tflite.plugins.hookspecs import hookimpl
-from llm_tflite.export.loading import is_preset_dir, load_keras_preset, preset_class_name
+from llm_tflite.families.loading import is_preset_dir, load_keras_preset, preset_class_name
 
 
 class GPT2Family(ModelFamily):
@@ -57,7 +57,7 @@ class GPT2Family(ModelFamily):
             if config["vocabulary_size"] > tokenizer.vocabulary_size():
                 # a standard size (50,257 ids) borrowing the shipped 2,048-token tokenizer: grow it, so
                 # every id the model emits decodes to visible text
-                from llm_tflite.training.tokenizer import extend_bpe
+                from llm_tflite.tokenizers.bpe_training import extend_bpe
 
                 vocab, merges = extend_bpe(dict(tokenizer.vocabulary), list(tokenizer.merges), config["vocabulary_size"])
                 tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocab, merges=merges)
@@ -120,7 +120,7 @@ class GPT2Family(ModelFamily):
         return backbone.token_embedding(x, reverse=True), new_caches, x
 
     def generate_function(self, model, *, max_length, sampler, seed, **settings):
-        from llm_tflite.export.generate import keras_generate_function
+        from llm_tflite.families.generate_graph import keras_generate_function
 
         return keras_generate_function(self, model, max_length=max_length, sampler=sampler, seed=seed, **settings)
 

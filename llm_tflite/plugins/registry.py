@@ -1,4 +1,7 @@
-"""Look up what plugins registered: families, quantization strategies, presets."""
+"""Look up what plugins registered: families, quantization strategies, presets, samplers, filters.
+
+Lookup only: loading a model through them is ``llm_tflite.families.loading.load_model``.
+"""
 
 from __future__ import annotations
 
@@ -81,29 +84,3 @@ def resolve_family(source, family: str | None = None):
         )
     return claimants[0]
 
-
-def load_model(source, *, family: str | None = None, random_weights: bool = False):
-    """Load a Keras causal LM from a preset name, handle, local preset directory or model object.
-
-    Args:
-        source: ``"gpt2_tiny_shakespeare"``, ``"kaggle://keras/gpt2/keras/gpt2_base_en"``, a
-            directory written by ``save_to_preset``, or a Keras model.
-        family: the family name, when it cannot be told from ``source``.
-        random_weights: build the architecture with random weights (no download).
-
-    Returns:
-        ``(family, model)``.
-
-    Example:
-        >>> family, lm = load_model("gpt2_tiny_shakespeare")  # doctest: +SKIP
-    """
-    from llm_tflite.console import import_keras
-
-    fam = resolve_family(source, family)
-    import_keras()  # TensorFlow backend, start-up chatter silenced
-    config = None
-    if isinstance(source, str):
-        preset = presets().get(source)
-        if preset is not None:
-            source, config = preset.item.source, preset.item.config
-    return fam, fam.load(source, random_weights=random_weights, config=config)

@@ -84,8 +84,8 @@ def finetune(model, data, output_dir=None, *, family=None, text_field=None, held
 
     keras = import_keras()
 
-    from llm_tflite.evaluation.metrics import keras_heldout_loss, keras_tokenize
-    from llm_tflite.plugins.registry import load_model
+    from llm_tflite.families.loading import load_model
+    from llm_tflite.training.metrics import keras_heldout_loss, keras_tokenize
     from llm_tflite.training.train import StepLogger
 
     keras.utils.set_random_seed(seed)

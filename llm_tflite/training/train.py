@@ -116,8 +116,8 @@ def _gpt2_model(train_text: str, config: TrainConfig):
     """Tokenizer trained on ``train_text``, an untrained GPT2CausalLM, and the training token ids."""
     import keras_hub
 
-    from llm_tflite.runtime.tokenizers.bpe import BPETokenizer
-    from llm_tflite.training.tokenizer import train_bpe
+    from llm_tflite.tokenizers.bpe import BPETokenizer
+    from llm_tflite.tokenizers.bpe_training import train_bpe
 
     vocab, merges = train_bpe(train_text, config.vocab_size)
     ids = BPETokenizer(vocab, merges).encode(train_text)
@@ -139,13 +139,8 @@ def _palm_model(train_text: str, config: TrainConfig):
     """SentencePiece model trained on ``train_text``, an untrained PaLMCausalLM, and the training token ids."""
     import sentencepiece
 
-    from llm_tflite.families.palm import (
-        PaLMBackbone,
-        PaLMCausalLM,
-        PaLMCausalLMPreprocessor,
-        PaLMTokenizer,
-        train_sentencepiece,
-    )
+    from llm_tflite.families.palm import PaLMBackbone, PaLMCausalLM, PaLMCausalLMPreprocessor, PaLMTokenizer
+    from llm_tflite.tokenizers.spm_training import train_sentencepiece
 
     # SentencePiece trains on "sentences"; paragraphs keep their newlines.
     proto = train_sentencepiece((p + "\n\n" for p in train_text.split("\n\n")), config.vocab_size)
@@ -184,7 +179,7 @@ def train(data_path: str, output_dir: str, config: TrainConfig | None = None) ->
 
     keras = import_keras()
 
-    from llm_tflite.evaluation.metrics import keras_heldout_loss
+    from llm_tflite.training.metrics import keras_heldout_loss
 
     from llm_tflite.litert.flatbuffer import check_writable
 
@@ -263,7 +258,7 @@ def train(data_path: str, output_dir: str, config: TrainConfig | None = None) ->
     }
     final.save_to_preset(output_dir)
     if config.architecture == "gpt2":  # the same vocabulary for HF tokenizers and LiteRT-LM
-        from llm_tflite.training.tokenizer import write_tokenizer_json
+        from llm_tflite.tokenizers.bpe_training import write_tokenizer_json
 
         tokenizer = final.preprocessor.tokenizer
         write_tokenizer_json(dict(tokenizer.vocabulary), list(tokenizer.merges), os.path.join(output_dir, "tokenizer.json"))

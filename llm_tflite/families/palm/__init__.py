@@ -1,7 +1,8 @@
 """The PaLM-style decoder (Keras 3, built from KerasHub layers): one class per file.
 
 ``family.py`` is the built-in plugin that registers it; the Keras classes load lazily, so
-registering plugins does not import Keras.
+registering plugins does not import Keras. Training its SentencePiece model is
+``llm_tflite.tokenizers.spm_training.train_sentencepiece``.
 """
 
 import importlib
@@ -12,7 +13,6 @@ _CLASSES = {
     "PaLMCausalLMPreprocessor": "palm_causal_lm_preprocessor",
     "PaLMDecoderBlock": "palm_decoder_block",
     "PaLMTokenizer": "palm_tokenizer",
-    "train_sentencepiece": "palm_tokenizer",
 }
 
 __all__ = sorted(_CLASSES)

@@ -7,27 +7,8 @@ import os
 
 from llm_tflite.families.base import KVCacheSpec, ModelFamily
 from llm_tflite.plugins.hookspecs import hookimpl
-from llm_tflite.export.loading import is_preset_dir, load_keras_preset, preset_class_name
-
-
-def restore_newline_pieces(proto: bytes, symbol: str, *, identity_normalizer: bool = False) -> bytes:
-    """``proto`` with ``symbol`` replaced by ``\\n`` in every piece (``palm_tokenizer``: the trained
-    normalizer maps ``\\n`` to ``symbol``), so decoding yields newlines without string ops.
-
-    ``identity_normalizer``: also drop the normalizer (its only rule is ``\\n`` -> ``symbol``), so the
-    model encodes raw text with ``\\n`` to the same ids: the variant for engines that run the model as
-    it is (LiteRT-LM).
-    """
-    from sentencepiece import sentencepiece_model_pb2
-
-    model = sentencepiece_model_pb2.ModelProto()
-    model.ParseFromString(proto)
-    for piece in model.pieces:
-        piece.piece = piece.piece.replace(symbol, "\n")
-    if identity_normalizer:
-        model.normalizer_spec.name = "identity"
-        model.normalizer_spec.precompiled_charsmap = b""
-    return model.SerializeToString()
+from llm_tflite.families.loading import is_preset_dir, load_keras_preset, preset_class_name
+from llm_tflite.tokenizers.spm_training import NEWLINE_SYMBOL, restore_newline_pieces
 
 
 class PaLMFamily(ModelFamily):
@@ -69,7 +50,7 @@ class PaLMFamily(ModelFamily):
             backbone = PaLMBackbone(**{k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")})
             tokenizer = load_keras_preset(PaLMTokenizer, tokenizer_dir)
             if backbone.vocabulary_size > tokenizer.vocabulary_size():
-                from llm_tflite.families.palm.palm_tokenizer import extend_sentencepiece
+                from llm_tflite.tokenizers.spm_training import extend_sentencepiece
 
                 tokenizer = PaLMTokenizer(proto=extend_sentencepiece(tokenizer.proto, backbone.vocabulary_size))
             preprocessor = PaLMCausalLMPreprocessor(tokenizer, sequence_length=backbone.max_sequence_length)
@@ -80,8 +61,6 @@ class PaLMFamily(ModelFamily):
         return load_keras_preset(PaLMCausalLM, source)
 
     def tokenizer_spec(self, model) -> dict:
-        from llm_tflite.families.palm.palm_tokenizer import NEWLINE_SYMBOL
-
         proto = model.preprocessor.tokenizer.proto
         return {"type": "sentencepiece", "model": base64.b64encode(proto).decode("ascii"), "newline_symbol": NEWLINE_SYMBOL}
 
@@ -142,8 +121,7 @@ class PaLMFamily(ModelFamily):
         """Tokenizer in the graph through TF Text's fast SentencePiece ops (TFLite custom kernels, no Flex)."""
         import tensorflow_text as tf_text
 
-        from llm_tflite.export.generate import keras_generate_function
-        from llm_tflite.families.palm.palm_tokenizer import NEWLINE_SYMBOL
+        from llm_tflite.families.generate_graph import keras_generate_function
 
         proto = model.preprocessor.tokenizer.proto
         encoder = tf_text.FastSentencepieceTokenizer(proto)

@@ -35,7 +35,7 @@ class LlamaFamily(ModelFamily):
         import keras_hub
 
         from llm_tflite.errors import ModelSourceError
-        from llm_tflite.export.loading import load_keras_preset
+        from llm_tflite.families import load_keras_preset
 
         if not isinstance(source, str):
             return source
@@ -69,7 +69,7 @@ class LlamaFamily(ModelFamily):
     def forward_with_cache(self, model, tokens, input_pos, caches):
         import tensorflow as tf
 
-        from llm_tflite.families.ops import causal_attention, update_key_cache, update_value_cache
+        from llm_tflite.families import causal_attention, update_key_cache, update_value_cache
 
         backbone = model.backbone
         x = tf.gather(backbone.token_embedding.embeddings, tf.reshape(tokens, [-1]))[None]

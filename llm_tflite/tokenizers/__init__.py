@@ -1,4 +1,15 @@
-"""Tokenizers the runtime rebuilds from an artifact's metadata, without TensorFlow."""
+"""Tokenizers, in one place: the runtime encoders and how llm-tflite trains and grows them.
+
+The stage just above ``litert/``: it imports only ``errors``/``console`` and third-party
+libraries, the optional ones (HF ``tokenizers``, ``sentencepiece``, TensorFlow) lazily.
+
+- ``tokenizer_from_spec`` (here), ``bpe.BPETokenizer`` and ``spm.SentencePieceTokenizer``:
+  what ``InterpreterRunner`` rebuilds from a file's metadata, in pure Python (no TensorFlow).
+- ``bpe_training``: GPT-2-format byte-level BPE trained with HF ``tokenizers``
+  (``train_bpe``, ``extend_bpe``, ``hf_tokenizer``, ``write_tokenizer_json``).
+- ``spm_training``: unigram SentencePiece models as the PaLM-style family uses them
+  (``train_sentencepiece``, ``extend_sentencepiece``, the ``NEWLINE_SYMBOL`` convention).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +20,7 @@ def tokenizer_from_spec(spec: dict):
     """A tokenizer with ``encode(str) -> list[int]`` and ``decode_bytes(ids) -> bytes``."""
     kind = spec.get("type")
     if kind == "gpt2_bpe":
-        from llm_tflite.runtime.tokenizers.bpe import BPETokenizer
+        from llm_tflite.tokenizers.bpe import BPETokenizer
 
         vocab, merges = spec.get("vocab"), spec.get("merges")
         valid = (isinstance(vocab, dict) and all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
@@ -20,7 +31,7 @@ def tokenizer_from_spec(spec: dict):
         return BPETokenizer(vocab, merges)
     if kind == "sentencepiece":
         try:
-            from llm_tflite.runtime.tokenizers.spm import SentencePieceTokenizer
+            from llm_tflite.tokenizers.spm import SentencePieceTokenizer
         except ImportError as e:
             raise ModelFileError(
                 "this file's SentencePiece tokenizer needs the 'sentencepiece' package: pip install sentencepiece"

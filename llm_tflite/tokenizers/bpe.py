@@ -1,6 +1,6 @@
 """GPT-2 byte-level BPE in pure Python: the runtime encoder, no TensorFlow or Rust needed.
 
-Training lives in ``llm_tflite.training.tokenizer`` (HF ``tokenizers``).
+Training lives in ``llm_tflite.tokenizers.bpe_training`` (HF ``tokenizers``).
 
 The encoder follows OpenAI's reference ``encoder.py`` and matches
 ``keras_hub.models.GPT2Tokenizer`` token for token (``tests/test_tokenizers.py``).

@@ -1,4 +1,5 @@
-"""Loading KerasHub presets with errors that say what went wrong and what to do."""
+"""Loading models: ``load_model`` (any source, through the registered families) and KerasHub presets
+with errors that say what went wrong and what to do."""
 
 from __future__ import annotations
 
@@ -43,3 +44,31 @@ def load_keras_preset(task_cls, source: str):
             else "Check that the directory was written by save_to_preset with a matching KerasHub version."
         )
         raise ModelSourceError(f"could not load preset {source!r}: {type(e).__name__}: {first_line[:300]}. {hint}") from e
+
+
+def load_model(source, *, family: str | None = None, random_weights: bool = False):
+    """Load a Keras causal LM from a preset name, handle, local preset directory or model object.
+
+    Args:
+        source: ``"gpt2_tiny_shakespeare"``, ``"kaggle://keras/gpt2/keras/gpt2_base_en"``, a
+            directory written by ``save_to_preset``, or a Keras model.
+        family: the family name, when it cannot be told from ``source``.
+        random_weights: build the architecture with random weights (no download).
+
+    Returns:
+        ``(family, model)``.
+
+    Example:
+        >>> family, lm = load_model("gpt2_tiny_shakespeare")  # doctest: +SKIP
+    """
+    from llm_tflite.console import import_keras
+    from llm_tflite.plugins import registry  # here: importing llm_tflite loads no plugins
+
+    fam = registry.resolve_family(source, family)
+    import_keras()  # TensorFlow backend, start-up chatter silenced
+    config = None
+    if isinstance(source, str):
+        preset = registry.presets().get(source)
+        if preset is not None:
+            source, config = preset.item.source, preset.item.config
+    return fam, fam.load(source, random_weights=random_weights, config=config)

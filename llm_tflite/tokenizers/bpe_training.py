@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Iterable
 
-from llm_tflite.runtime.tokenizers.bpe import END_OF_TEXT, bytes_to_unicode
+from llm_tflite.tokenizers.bpe import END_OF_TEXT, bytes_to_unicode
 
 
 def _merges_of(tokenizer) -> list[str]:
