@@ -38,8 +38,8 @@ def app_server(tmp_path_factory):
 
     def counting_runner():
         runner = InterpreterRunner(path)
-        call = runner._engine.call
-        runner._engine.call = lambda name, inputs: calls.append(name) or call(name, inputs)
+        call = runner.engine.call
+        runner.engine.call = lambda name, inputs: calls.append(name) or call(name, inputs)
         return runner
 
     served = Server(create_app(path, workers=1, runner_factory=counting_runner))
@@ -74,8 +74,16 @@ def _type(page, text):
     page.keyboard.type(text)
 
 
-def _wait_for_suggestion(page) -> str:
-    page.wait_for_function("!document.getElementById('accept').disabled", timeout=60_000)
+def _finished(page) -> int:
+    """Requests the page has finished (``data-finished``, counted after a request's last event)."""
+    return int(page.evaluate("Number(document.body.dataset.finished || 0)"))
+
+
+def _wait_for_suggestion(page, finished_before: int) -> str:
+    """The suggestion of the request started after ``finished_before`` requests had finished: waits on
+    the page's own counter, which cannot be missed however fast the generation is."""
+    page.wait_for_function(f"Number(document.body.dataset.finished || 0) > {finished_before}", timeout=60_000)
+    assert not page.is_disabled("#accept"), page.inner_text("#message")
     return page.inner_text(".suggestion")
 
 
@@ -86,7 +94,7 @@ def test_type_slide_generate_accept_retry_copy_clear(page, app_server):
     page.locator("#window").fill("10")
     assert page.inner_text("#window-value") == "10"
     page.click("#generate")
-    suggestion = _wait_for_suggestion(page)
+    suggestion = _wait_for_suggestion(page, 0)
     assert suggestion.strip() and requests[-1]["window_words"] == 10 and requests[-1]["stream"] is True
     page.screenshot(path=str(SHOTS / "suggestion.png"))
 
@@ -97,11 +105,11 @@ def test_type_slide_generate_accept_retry_copy_clear(page, app_server):
     full_text = page.evaluate("document.getElementById('editor').textContent")
     assert full_text == "ROMEO: But soft, what light through yonder window breaks?" + suggestion
 
+    before = _finished(page)
     page.keyboard.press("Control+Enter")  # generate again from the keyboard
-    first = _wait_for_suggestion(page)
+    first = _wait_for_suggestion(page, before)
     page.click("#retry")
-    page.wait_for_function("document.getElementById('accept').disabled", timeout=10_000)
-    second = _wait_for_suggestion(page)
+    second = _wait_for_suggestion(page, before + 1)
     assert len(requests) == 3 and requests[2]["seed"] != requests[1]["seed"]
     assert first.strip() and second.strip()
     page.focus("#editor")
@@ -134,7 +142,7 @@ def test_phone_width_layout(browser, app_server):
     page.goto(app_server.url + "/")
     _type(page, "JULIET: O Romeo, Romeo, wherefore art thou")
     page.click("#generate")
-    _wait_for_suggestion(page)
+    _wait_for_suggestion(page, 0)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     for button in ("#generate", "#accept", "#retry", "#clear", "#copy"):
         box = page.locator(button).bounding_box()

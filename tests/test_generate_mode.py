@@ -78,11 +78,17 @@ def test_unknown_generate_sampler_fails_before_conversion(tiny_gpt2_dir, tmp_pat
     assert not (tmp_path / "x.tflite").exists()
 
 
-def test_seeded_top_k_is_reproducible(tiny_gpt2_dir, tmp_path):
-    path = tmp_path / "topk.tflite"
-    Converter(mode="generate", max_length=30, sampler="top_k", seed=3).convert(str(tiny_gpt2_dir), str(path))
-    runner = InterpreterRunner(path)
-    assert runner.generate("KING:") == runner.generate("KING:")
+def test_seeded_top_k_is_reproducible(tiny_gpt2_dir, tiny_generate_file, tmp_path):
+    """The seed fixed at export decides the text: the same in a fresh interpreter, another with another
+    seed, and neither is the greedy file's (so the sampler in the graph is not ignored)."""
+    texts = {}
+    for seed in (3, 4):
+        path = tmp_path / f"topk_{seed}.tflite"
+        Converter(mode="generate", max_length=30, sampler="top_k", seed=seed).convert(str(tiny_gpt2_dir), str(path))
+        texts[seed] = InterpreterRunner(path).generate("KING:")
+        assert InterpreterRunner(path).generate("KING:") == texts[seed]  # a second interpreter, same text
+    greedy = InterpreterRunner(tiny_generate_file).generate("KING:")  # max_length 40: longer than these
+    assert texts[3] != texts[4] and not any(greedy.startswith(text) for text in texts.values())
 
 
 def test_sampler_settings_are_fixed_at_export(tiny_gpt2_dir, tiny_generate_file, tmp_path):

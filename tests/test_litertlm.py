@@ -11,8 +11,8 @@ import pytest
 
 from llm_tflite import InterpreterRunner
 from llm_tflite.errors import InvalidArgumentError, ModelFileError, UnsupportedRuntimeError
-from llm_tflite.litert import litertlm
-from llm_tflite.litert.litertlm import build_bundle, sections
+from llm_tflite.export.bundle import HELPER_VARIABLE, build_bundle
+from llm_tflite.litert.litertlm import sections
 
 import litert_lm  # noqa: E402  (llm-tflite[all] and [litertlm] install it)
 
@@ -93,7 +93,7 @@ def test_our_runner_maps_a_bundles_model_from_the_cache(tiny_tflite, tiny_bundle
     runner = InterpreterRunner(tiny_bundle, weight_cache=tmp_path)
     name = f"{runner.metadata['sha256'][:32]}.tflite"
     assert (tmp_path / name).read_bytes() == tiny_tflite.read_bytes()
-    assert runner._engine.model_data is None
+    assert runner.engine.model_data is None
     written = (tmp_path / name).stat().st_mtime_ns
     again = InterpreterRunner(tiny_bundle, weight_cache=tmp_path)
     assert (tmp_path / name).stat().st_mtime_ns == written
@@ -117,7 +117,7 @@ def test_our_runner_maps_a_bundles_model_from_the_cache(tiny_tflite, tiny_bundle
     assert InterpreterRunner(tiny_bundle, weight_cache=tmp_path).complete(PROMPTS[0], 24) == again.complete(PROMPTS[0], 24)
     assert (tmp_path / name).read_bytes() == tiny_tflite.read_bytes()
     in_memory = InterpreterRunner(tiny_bundle, weight_cache="memory")
-    assert in_memory._engine.model_data is not None
+    assert in_memory.engine.model_data is not None
 
 
 def test_palm_bundle_carries_a_sentencepiece_model_that_encodes_like_ours_and_decodes_newlines(tiny_palm_tflite,
@@ -183,7 +183,7 @@ def test_bundling_refuses_what_litert_lm_cannot_run(tiny_generate_file, tiny_bun
 
 def test_without_a_builder_the_error_says_how_to_get_one(tiny_tflite, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "prefix", str(tmp_path))  # no helper environment there
-    monkeypatch.delenv(litertlm.HELPER_VARIABLE, raising=False)
+    monkeypatch.delenv(HELPER_VARIABLE, raising=False)
     monkeypatch.setitem(sys.modules, "litert_lm_builder", None)  # and none in this process
     with pytest.raises(UnsupportedRuntimeError, match=r"llm-tflite\[litertlm\]") as error:
         build_bundle(tiny_tflite, tmp_path / "x.litertlm")

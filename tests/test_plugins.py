@@ -225,6 +225,15 @@ def test_a_plugin_sampler_is_used_by_name(registered, tiny_tflite):
     logits = runner.logits(runner.encode("ROMEO:"))[-1]
     assert result.token_ids[0] == int(logits.argmin())
     assert "test_lowest" in registry.samplers()
+    # deterministic = True: output the filter rejects is not generated again (the same text would come)
+
+    class RejectsOutput:
+        def find(self, text):
+            return None if text == "ROMEO:" else text
+
+    filtered = runner.complete("ROMEO:", 6, "test_lowest", filter=RejectsOutput(), seed=1)
+    assert filtered.finish_reason == "filtered" and filtered.attempts == 1
+    assert runner.complete("ROMEO:", 6, "random", filter=RejectsOutput(), seed=1).attempts == 3  # FILTER_TRIES
 
 
 class FilterPlugin:

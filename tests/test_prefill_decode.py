@@ -30,7 +30,7 @@ def test_decode_windows_give_the_logits_of_the_full_decode(tiny_gpt2_dir, tiny_t
     assert read_metadata(plain)["decode_windows"] == []
     windowed, full = InterpreterRunner(tiny_tflite), InterpreterRunner(plain)
     used = []
-    windowed._engine.call = lambda name, inputs, call=windowed._engine.call: used.append(name) or call(name, inputs)
+    windowed.engine.call = lambda name, inputs, call=windowed.engine.call: used.append(name) or call(name, inputs)
     a, b = windowed.sequence(), full.sequence()
     a.feed([5]), b.feed([5])
     for position in range(1, 127):
@@ -61,8 +61,8 @@ def test_greedy_64_tokens_matches_keras_generate(tiny_gpt2, tiny_tflite):
 def test_runs_where_tensorflow_is_never_imported(tiny_tflite):
     script = textwrap.dedent(f"""
         import importlib, pkgutil, sys
-        import llm_tflite.litert, llm_tflite.runtime
-        for package in (llm_tflite.litert, llm_tflite.runtime):  # every module of the runtime side
+        import llm_tflite.litert, llm_tflite.runtime, llm_tflite.tokenizers
+        for package in (llm_tflite.litert, llm_tflite.runtime, llm_tflite.tokenizers):  # every module of the runtime side
             for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
                 importlib.import_module(module.name)
         from llm_tflite import InterpreterRunner

@@ -79,6 +79,20 @@ def test_num_beams_and_length_penalty(runner):
     assert wide.completion_tokens <= 12 and wide.finish_reason in ("length", "stop")
 
 
+def test_token_level_offers_the_text_level_samplers(runner):
+    """generate_ids takes the searches complete takes (plumbing: both reach the engine's loops, whose tokens
+    the KerasHub comparison below checks); unknown names are listed."""
+    ids = runner.encode(PROMPT)
+    assert list(runner.generate_ids(ids, 12, "beam", num_beams=3)) == runner.complete(
+        PROMPT, 12, "beam", num_beams=3).token_ids
+    assert list(runner.generate_ids(ids, 12, "top_k", seed=4, top_k=5)) == runner.complete(
+        PROMPT, 12, "top_k", seed=4, top_k=5).token_ids
+    with pytest.raises(InvalidArgumentError, match="unknown sampler 'bream'; choose one of beam, contrastive, greedy"):
+        runner.generate_ids(ids, 4, "bream")
+    with pytest.raises(InvalidArgumentError, match="sampler='beam' takes"):
+        runner.generate_ids(ids, 4, "beam", top_p=0.5)
+
+
 class _ToySequence:
     """Token 2 ends text; from the start it is likelier (0.6) than token 0 (0.4), which then repeats."""
 
@@ -169,6 +183,9 @@ def test_beam_and_contrastive_equal_keras_hub_on_the_shipped_gpt2(prompt, tmp_pa
     assert runner.complete(prompt, 32, "beam", num_beams=5).token_ids == beam
     contrastive = _keras_ids(lm, keras_hub.samplers.ContrastiveSampler(k=5, alpha=0.6), ids, 32, runner.eos_id)
     assert runner.complete(prompt, 32, "contrastive", top_k=5, penalty_alpha=0.6).token_ids == contrastive
+    # token level offers the same searches as text level (generate_ids once knew only per-token samplers)
+    assert list(runner.generate_ids(ids, 32, "beam", num_beams=5)) == beam
+    assert list(runner.generate_ids(ids, 32, "contrastive", top_k=5, penalty_alpha=0.6)) == contrastive
     greedy = _keras_ids(lm, keras_hub.samplers.GreedySampler(), ids, 32, runner.eos_id)
     assert runner.complete(prompt, 32).token_ids == greedy
 
@@ -265,7 +282,8 @@ def test_autocomplete_retries_filtered_output_three_times_then_gives_up(runner, 
 
 def test_autocomplete_rejects_bad_language_without_a_model_call(runner, cursing_sampler, monkeypatch):
     calls = []
-    monkeypatch.setattr(type(runner), "sequence", lambda self, observer=None: calls.append(1))
+    monkeypatch.setattr(runner.engine, "tokens", lambda *args: calls.append(1))
+    monkeypatch.setattr(runner.engine, "sequence", lambda *args, **kwargs: calls.append(1))
     result = runner.autocomplete("you bastard, say", sampler="test_cursing")
     assert result.reason == "bad_language" and result.suggestion is None and result.attempts == 0
     assert calls == [] and cursing_sampler.generations == 0
@@ -305,6 +323,6 @@ def test_generate_mode_never_returns_the_prompt(tiny_generate_file, tiny_tflite)
 
 def test_generate_mode_text_its_tokenizer_cannot_round_trip(tiny_generate_file, monkeypatch):
     runner = InterpreterRunner(tiny_generate_file)
-    monkeypatch.setattr(runner._engine, "generate", lambda prompt: "something else entirely")
+    monkeypatch.setattr(runner.engine, "generate", lambda prompt: "something else entirely")
     with pytest.raises(RuntimeFailure, match="cannot be told apart from the prompt"):
         runner.generate("ROMEO:")

@@ -140,14 +140,14 @@ def test_bad_requests_get_typed_errors(server, body, status, kind):
 def _slow_factory(path, delay, calls):
     def make():
         runner = InterpreterRunner(path)
-        call = runner._engine.call
+        call = runner.engine.call
 
         def slow(name, inputs):
             calls.append(name)
             time.sleep(delay)
             return call(name, inputs)
 
-        runner._engine.call = slow
+        runner.engine.call = slow
         return runner
 
     return make
@@ -210,3 +210,47 @@ def test_serve_command_refuses_bad_options_and_warns_when_not_on_loopback(tiny_t
     from llm_tflite.cli.serve import _loopback
 
     assert _loopback("127.0.0.1") and _loopback("localhost") and _loopback("::1") and not _loopback("0.0.0.0")
+
+
+class _RejectsEveryOutput:
+    """A filter that passes the prompt and rejects any generated text: every try is filtered."""
+
+    def __init__(self, prompt):
+        self.prompt = prompt
+
+    def find(self, text):
+        return None if text == self.prompt or not text.strip() else text.split()[0]
+
+
+@pytest.mark.parametrize("sampler, tries", [("greedy", 1), ("top_k", 3)])  # 3: runner.FILTER_TRIES
+def test_server_stream_and_runner_share_the_retry_rule(tiny_tflite, monkeypatch, sampler, tries):
+    """One retry rule: a deterministic sampler gets one try (a retry would repeat its text), a random one
+    FILTER_TRIES; the server's stream and runner.autocomplete make the same number of generations."""
+    from llm_tflite.runtime import filters
+    from llm_tflite.serve.app import create_app
+
+    text = "one two three"
+    monkeypatch.setattr(filters, "resolve_filter", lambda value: _RejectsEveryOutput(text))
+    generations = []
+
+    def counting_runner():
+        runner = InterpreterRunner(tiny_tflite)
+        tokens = runner.engine.tokens
+        runner.engine.tokens = lambda *args: generations.append(1) or tokens(*args)
+        return runner
+
+    served = Server(create_app(tiny_tflite, runner_factory=counting_runner))
+    try:
+        status, streamed = post(served.url + "/v1/autocomplete", {"text": text, "sampler": sampler, "seed": 5,
+                                                                  "max_new_tokens": 6, "stream": True})
+        server_generations = len(generations)
+        runner = counting_runner()
+        generations.clear()
+        result = runner.autocomplete(text, sampler=sampler, seed=5, max_new_tokens=6)
+    finally:
+        served.stop()
+    assert status == 200
+    sent = [json.loads(e) for e in events(streamed)]
+    assert sent[-1]["error"]["type"] == "no_suggestion" == result.reason
+    assert [e["retry"] for e in sent if "retry" in e] == list(range(1, tries + 1))  # each filtered try dropped
+    assert server_generations == len(generations) == result.attempts == tries

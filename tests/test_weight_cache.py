@@ -31,7 +31,7 @@ def test_first_load_writes_one_file_later_loads_map_it(tiny_tflite, tmp_path):
     files = _cache_files(tmp_path)
     assert len(files) == 1 and files[0].endswith(".xnnpack"), files  # no temporary file left
     assert files[0].startswith(read_metadata(tiny_tflite)["sha256"][:32])
-    assert first._engine.weight_cache_path == str(tmp_path / files[0])
+    assert first.engine.weight_cache_path == str(tmp_path / files[0])
     assert _greedy(first) == expected
     written = os.stat(tmp_path / files[0])
     second = InterpreterRunner(tiny_tflite, weight_cache=tmp_path)
@@ -47,14 +47,14 @@ def test_first_load_writes_one_file_later_loads_map_it(tiny_tflite, tmp_path):
 def test_memory_writes_nothing(tiny_tflite, weight_cache_dir):
     before = _cache_files(weight_cache_dir / "xnnpack")
     runner = InterpreterRunner(tiny_tflite, weight_cache="memory")
-    assert runner._engine.weight_cache_path == ":memory:"
+    assert runner.engine.weight_cache_path == ":memory:"
     assert _cache_files(weight_cache_dir / "xnnpack") == before
 
 
 def test_auto_uses_the_cache_directory_setting(tiny_tflite, weight_cache_dir):
     runner = InterpreterRunner(tiny_tflite)  # weight_cache="auto": $LLM_TFLITE_CACHE_DIR/xnnpack
-    assert os.path.dirname(runner._engine.weight_cache_path) == str(weight_cache_dir / "xnnpack")
-    assert os.path.isfile(runner._engine.weight_cache_path)
+    assert os.path.dirname(runner.engine.weight_cache_path) == str(weight_cache_dir / "xnnpack")
+    assert os.path.isfile(runner.engine.weight_cache_path)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_unwritable_directory_falls_back_to_memory_with_a_warning(tiny_tflite, t
     blocked.write_text("")
     with caplog.at_level(logging.WARNING, logger="llm_tflite"):
         runner = InterpreterRunner(tiny_tflite, weight_cache=blocked / "sub")
-    assert runner._engine.weight_cache_path == ":memory:"
+    assert runner.engine.weight_cache_path == ":memory:"
     assert "cannot write the weight cache" in caplog.text and "LLM_TFLITE_CACHE_DIR" in caplog.text
     assert _greedy(runner) == _greedy(InterpreterRunner(tiny_tflite, weight_cache="memory"))
 
@@ -238,10 +238,10 @@ def test_expanding_a_hostile_file_is_a_typed_error(tiny_weight_only_int8, damage
 
     from llm_tflite.errors import ModelFileError
     from llm_tflite.litert.expand import expand_dequantized
-    from llm_tflite.litert.flatbuffer import _schema, unpack_model
+    from llm_tflite.litert.flatbuffer import tflite_schema, unpack_model
     from llm_tflite.litert.metadata import pack_with_metadata
 
-    schema = _schema()
+    schema = tflite_schema()
     data = tiny_weight_only_int8.read_bytes()
     model = unpack_model(data)
     tensor = next(t for t in model.subgraphs[0].tensors

@@ -10,9 +10,9 @@ from llm_tflite.console import logger
 
 
 def _sampler_settings(args) -> dict:
-    names = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty",
-             "num_beams", "length_penalty", "penalty_alpha")
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    from llm_tflite.runtime import sampling
+
+    return {name: getattr(args, name) for name in sampling.SETTINGS if getattr(args, name, None) is not None}
 
 
 def _filter(args):
@@ -67,7 +67,7 @@ def cmd_autocomplete(args) -> int:
 
 def _add_generation_options(p, *, default_sampler, default_max_new_tokens, filter_default: str) -> None:
     from llm_tflite.runtime import sampling
-    from llm_tflite.runtime.litertlm_backend import BACKENDS
+    from llm_tflite.runtime.engine import BACKENDS
     from llm_tflite.runtime.runner import CONTEXT_OVERFLOW
 
     p.add_argument("--max-new-tokens", type=int, default=default_max_new_tokens,

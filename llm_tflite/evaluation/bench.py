@@ -45,10 +45,8 @@ def _timed_run(runner, prompt, new_tokens) -> tuple[float, float, int]:
     """``(seconds to the first token, seconds for the decode steps after it, steps)``: greedy, through
     the runner's own token loop (the one ``generate`` runs), never stopping at the end token, up to
     ``new_tokens`` steps or the end of the context."""
-    from llm_tflite.runtime import sampling
-
     start = time.perf_counter()
-    tokens = runner._sample_tokens(list(prompt), new_tokens + 1, sampling.make_sampler("greedy"), stops=set())
+    tokens = runner.generate_ids(list(prompt), new_tokens + 1, "greedy", stop_token_ids=[])
     next(tokens)  # prefill and the first token
     first = time.perf_counter() - start
     start = time.perf_counter()
@@ -143,8 +141,8 @@ def decode_bytes_per_token(runner, position: int | None = None, weights: int | N
     decode window's, or the whole cache)."""
     weights = held_weight_bytes(runner) if weights is None else weights
     cache = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
-                for shape, dtype in runner._engine.cache_specs.values())
-    window = None if position is None else runner._engine.decode_window(position)
+                for shape, dtype in runner.engine.cache_specs.values())
+    window = None if position is None else runner.engine.decode_window(position)
     cache = cache * window // runner.context_length if window else cache
     return {"weights": weights, "kv_cache": cache, "total": weights + cache}
 
@@ -256,7 +254,7 @@ def decode_speeds(paths, prompt_tokens=32, new_tokens=64, rounds=5) -> dict:
 def bench_keras(model, prompt_tokens, new_tokens, runs=3, random_weights=False) -> dict:
     """Keras ``generate`` (greedy, XLA) tokens/s of ``model`` in this process: the baseline."""
     from llm_tflite.families.base import without_preprocessor
-    from llm_tflite.plugins.registry import load_model
+    from llm_tflite.families.loading import load_model
 
     _, lm = load_model(model, random_weights=random_weights)  # Keras on TensorFlow, quietly, before KerasHub
     import keras_hub

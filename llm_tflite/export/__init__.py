@@ -1,1 +1,1 @@
-"""Keras causal LM -> ``.tflite``: the ``Converter``, the two export modes, loading presets."""
+"""Keras causal LM -> ``.tflite``: the ``Converter``, the two export modes, ``.litertlm`` bundles."""

@@ -63,7 +63,7 @@ class TextCalibration:
                     logits = sequence.feed(ids[:length])[-1]
                     for _ in range(DECODE_STEPS):  # greedy steps: the decode signature's real inputs
                         logits = sequence.feed([int(np.argmax(logits))])[-1]
-                yield _every_decode_signature(calls, runner._engine)
+                yield _every_decode_signature(calls, runner.engine)
                 calls.clear()
                 bar.update()
         finally:

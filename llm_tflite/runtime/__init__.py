@@ -1,2 +1,2 @@
-"""Running files: ``InterpreterRunner``, its engines, samplers and tokenizers. Never imports TensorFlow
-for ``prefill_decode`` files (a test enforces it)."""
+"""Running files: ``InterpreterRunner``, its engines (``engine.py``), samplers and searches. Never imports
+TensorFlow for ``prefill_decode`` files (a test enforces it)."""

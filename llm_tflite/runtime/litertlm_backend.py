@@ -13,8 +13,9 @@ import threading
 from typing import Iterator
 
 from llm_tflite.errors import InvalidArgumentError, ModelFileError, RuntimeFailure, UnsupportedRuntimeError
+from llm_tflite.runtime import sampling
+from llm_tflite.runtime.engine import Chunk, Engine, ModelFile, Request
 
-BACKENDS = ("interpreter", "litert-lm")
 #: Samplers the engine can run, and the settings each takes.
 SAMPLERS = {"greedy": set(), "random": {"temperature"}, "top_k": {"top_k", "temperature"},
             "top_p": {"top_p", "top_k", "temperature"}}
@@ -33,7 +34,7 @@ def import_litert_lm(what: str = "backend='litert-lm'"):
     return litert_lm
 
 
-class LiteRTLMEngine:
+class LiteRTLMEngine(Engine):
     """One ``litert_lm.Engine`` on a bundle; generations take turns (one session at a time).
 
     Args:
@@ -41,14 +42,40 @@ class LiteRTLMEngine:
         num_threads: CPU threads (default: the engine's).
         vocab_size: the model's vocabulary (the ``random`` sampler's k).
         start_id, stop_id: the start token the engine must add (None: none) and its stop token.
+        tokenizer, context_length: the bundle's tokenizer (ours) and context, from its record.
     """
 
+    kind = "litert-lm"
+
+    @classmethod
+    def check_container(cls, path: str, container, is_bundle: bool) -> None:
+        from llm_tflite.litert.litertlm import check_engine_sections
+
+        if not is_bundle:
+            raise ModelFileError(f"backend='litert-lm' runs .litertlm bundles; {path!r} is not one: "
+                                 f"llm-tflite bundle {path} -o MODEL.litertlm")
+        check_engine_sections(container, repr(path))
+
+    @classmethod
+    def open(cls, model: ModelFile, *, num_threads: int, weight_cache: str) -> "LiteRTLMEngine":
+        record = model.metadata
+        start = record.get("bos_id") if record.get("add_bos", False) else None
+        engine = cls(model.path, num_threads, model.tokenizer.vocab_size, start, record.get("eos_id"),
+                     tokenizer=model.tokenizer, context_length=int(record["context_length"]))
+        # LiteRT-LM's SentencePiece detokenizer drops the first piece's leading space (see ``tokens``)
+        engine.sentencepiece = record["tokenizer"]["type"] == "sentencepiece"
+        return engine
+
     def __init__(self, path: str, num_threads: int | None, vocab_size: int, start_id: int | None = None,
-                 stop_id: int | None = None):
+                 stop_id: int | None = None, *, tokenizer=None, context_length: int | None = None):
         from llm_tflite.console import quiet_native
 
         litert_lm = import_litert_lm()
         self._litert_lm, self.vocab_size = litert_lm, vocab_size
+        self.tokenizer, self.token_budget = tokenizer, context_length
+        self._stops = {stop_id} - {None}
+        self._piece_ids = None  # a piece's bytes -> its id
+        self.sentencepiece = False
         self._lock = threading.Lock()
         try:
             with quiet_native():
@@ -64,8 +91,9 @@ class LiteRTLMEngine:
                                  f"disagrees with the model's record (start {start_id}, stop {stop_id}); the bundle "
                                  "is damaged: bundle the model again with `llm-tflite bundle`")
 
-    def check(self, sampler, settings: dict, stop_token_ids: set, default_stops: set) -> None:
+    def check(self, sampler, settings: dict, seed, stop_token_ids: set) -> None:
         """``InvalidArgumentError`` now for what the engine cannot do."""
+        sampling.check_known(settings)
         if not isinstance(sampler, str) or sampler not in SAMPLERS:
             raise InvalidArgumentError(f"backend='litert-lm' samples with {', '.join(SAMPLERS)}; sampler={sampler!r} "
                                        "runs in our loop: use backend='interpreter'")
@@ -73,13 +101,51 @@ class LiteRTLMEngine:
         if extra:
             raise InvalidArgumentError(f"backend='litert-lm' with sampler={sampler!r} takes {sorted(SAMPLERS[sampler])}, "
                                        f"not {sorted(extra)}; use backend='interpreter' for them")
-        if stop_token_ids != default_stops:
+        if stop_token_ids != self._stops:
             raise InvalidArgumentError("backend='litert-lm' stops at the bundle's stop tokens; stop_token_ids "
                                        "needs backend='interpreter'")
+        sampling.make_sampler(sampler, seed=seed, **settings)  # the same value checks as our loop
+
+    def unsupported(self, what: str) -> Exception:
+        return InvalidArgumentError(f"{what} runs in our own loop; this runner uses backend='litert-lm', "
+                                    "which offers generate, complete, stream and autocomplete")
+
+    def tokens(self, request: Request, ids: list[int], limit: int, prompt: str | None, seed):
+        """LiteRT-LM's decode steps as ``Chunk``s of the token each one decoded.
+
+        The engine streams text, one step at a time; a step's text is looked up among our
+        tokenizer's pieces, so results carry token ids and the text reads as our loop's (a
+        SentencePiece engine drops the leading space of the first piece). A step that is not
+        one piece (bytes of a character split over tokens) keeps the engine's text and our
+        tokenizer's reading of it. The engine's first SentencePiece step is ambiguous when both
+        ``X`` and ``▁X`` are pieces: it is read as ``▁X``, the piece that follows a word.
+        """
+        tokenizer = self.tokenizer
+        if self._piece_ids is None:
+            self._piece_ids = {}
+            for i in range(tokenizer.vocab_size):
+                piece = tokenizer.decode_bytes([i])
+                if piece:
+                    self._piece_ids.setdefault(piece, i)
+        count = 0
+        pieces = self.pieces(prompt, limit, request.sampler, request.settings, seed)
+        try:
+            for text in pieces:
+                count += 1
+                data = text.encode("utf-8")
+                token = self._piece_ids.get(data)
+                if count == 1 and self.sentencepiece:  # "▁I" reached us as "I"; "I" and "▁I" may both exist
+                    token = self._piece_ids.get(b" " + data, token)
+                chunk = (Chunk(tokenizer.decode_bytes([token]).decode("utf-8"), [token]) if token is not None
+                         else Chunk(text, tokenizer.encode(text) if text else []))
+                yield chunk, "length" if count == limit else None
+                if count == limit:
+                    return
+            yield None, "stop"
+        finally:
+            pieces.close()
 
     def sampler_config(self, sampler: str, settings: dict, seed: int | None):
-        from llm_tflite.runtime import sampling
-
         temperature = float(settings.get("temperature", sampling.TEMPERATURE))
         if sampler == "greedy":
             top_k, top_p, temperature = 1, 1.0, 1.0

@@ -24,6 +24,7 @@ import numpy as np
 from llm_tflite.console import quiet_native, quiet_native_exit
 from llm_tflite.errors import ContextLengthError, ModelFileError, RuntimeFailure
 from llm_tflite.litert.flatbuffer import release_mapped_file
+from llm_tflite.runtime.engine import ModelFile, SequenceEngine
 
 #: ``observer(signature_name, inputs)`` sees every signature call's inputs, caches as arrays
 #: (calibration records them).
@@ -51,11 +52,32 @@ def litert_environment():
         return _environment
 
 
-class PrefillDecodeEngine:
+class PrefillDecodeEngine(SequenceEngine):
     """The compiled model of a ``prefill_decode`` file and its signatures; stateless between calls.
 
     A sequence's state is a dict of cache name -> ``TensorBuffer`` (``new_state``).
     """
+
+    kind = "prefill_decode"
+
+    @classmethod
+    def open(cls, model: ModelFile, *, num_threads: int, weight_cache: str) -> "PrefillDecodeEngine":
+        """The engine of a verified file; the runtime maps a plain file itself. Weights it would
+        expand once per signature (weight_only_int8) are expanded once, and a bundle's model section
+        is kept, in a file of the cache it maps instead."""
+        from llm_tflite.litert.expand import expansion_bytes
+        from llm_tflite.runtime.weight_cache import can_expand, model_file
+
+        where = repr(model.path)
+        source, model_path, record = None, None, model.metadata
+        added = expansion_bytes(model.data, where)
+        expand = bool(added) and can_expand(model.data, added, where)
+        if expand or model.is_bundle:
+            source, model_path, record = model_file(model.data, model.metadata, weight_cache, where, expand)
+            model.data = None  # a bundle's section copy is not needed while the runtime loads the model
+        engine = cls(source, record, num_threads, model.path, weight_cache, model_path)
+        engine.check_token_ids(model.tokenizer, model.metadata, model.path)
+        return engine
 
     def __init__(self, data: bytes | None, metadata: dict, num_threads, path, weight_cache: str = "memory",
                  model_path=None):
@@ -105,8 +127,23 @@ class PrefillDecodeEngine:
         #: The packed-weights cache file this engine maps (``:memory:`` when none).
         self.weight_cache_path = cache.final or cache.path
 
+    def check_token_ids(self, tokenizer, metadata: dict, path) -> None:
+        """The tokenizer and special tokens must fit the logits the graph produces."""
+        if tokenizer.vocab_size > self.vocab_size:
+            raise ModelFileError(f"{path!r}: its tokenizer has {tokenizer.vocab_size} tokens but the model "
+                                 f"scores {self.vocab_size}; the file is inconsistent, re-convert it")
+        for name in ("bos_id", "eos_id"):
+            value = metadata.get(name)
+            if value is not None and value >= self.vocab_size:
+                raise ModelFileError(f"{path!r}: {name} {value} is outside the vocabulary of {self.vocab_size}; "
+                                     "re-convert it")
+
+    def sequence(self, observer=None, *, what: str = "sequence") -> "Sequence":
+        """A fresh ``Sequence`` on this engine."""
+        return Sequence(self, observer)
+
     def _prepare(self, metadata: dict, path) -> None:
-        self.context_length = int(metadata["context_length"])
+        self.context_length = self.token_budget = int(metadata["context_length"])
         self.prefill_lengths = sorted(int(n) for n in metadata.get("prefill_lengths", []))
         self.decode_windows = sorted(int(w) for w in metadata.get("decode_windows", []))
         missing = [s for s in self._signature_lengths() if s not in self.input_details]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import re
+from typing import NamedTuple
 
 #: Why generation ended.
 FINISH_REASONS = ("stop", "length", "context", "filtered")
@@ -65,6 +66,18 @@ class AutocompleteResult:
     prompt: str
     attempts: int
     filtered: str | None = None
+
+
+class AutocompleteEvent(NamedTuple):
+    """One step of ``InterpreterRunner.autocomplete_stream``.
+
+    ``kind`` is ``piece`` (``value``: text to add to the suggestion), ``retry`` (``value``: ``n``,
+    the ``n``-th try was filtered and dropped; clear the suggestion) or ``result`` (``value``: the
+    ``AutocompleteResult``; always the last event).
+    """
+
+    kind: str
+    value: object
 
 
 class TextPipeline:

@@ -46,6 +46,16 @@ TEMPERATURE, TOP_K, TOP_P = 1.0, 50, 0.9
 NUM_BEAMS, LENGTH_PENALTY = 5, 0.0
 CONTRASTIVE_K, PENALTY_ALPHA = 5, 0.6
 
+#: Settings of the per-token samplers, and their types: the one list the runner, CLI and server read.
+SAMPLER_SETTINGS = {"temperature": float, "top_k": int, "top_p": float, "min_p": float, "repetition_penalty": float,
+                    "frequency_penalty": float, "presence_penalty": float}
+#: Settings only the searches take (``top_k`` and ``temperature`` they share with the samplers).
+SEARCH_SETTINGS = {"num_beams": int, "length_penalty": float, "penalty_alpha": float}
+SETTINGS = {**SAMPLER_SETTINGS, **SEARCH_SETTINGS}
+#: What each search takes.
+SEARCH_TAKES = {"beam": ("num_beams", "length_penalty", "temperature"),
+                "contrastive": ("top_k", "penalty_alpha", "temperature")}
+
 
 def _is_integer(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -188,6 +198,62 @@ class Sampler(TokenSampler):
             return int(np.argmax(self.penalized(logits, history)))
         probs = self.probabilities(logits, history)
         return int(self.rng.choice(probs.size, p=probs))
+
+
+def is_deterministic(sampler) -> bool:
+    """True when the same prompt always gives the same tokens with ``sampler`` (a retry cannot help):
+    ``greedy``, the searches, and a sampler (or a plugin's sampler class, by name) that says so."""
+    if isinstance(sampler, str):
+        if sampler in ("greedy",) + SEARCHES:
+            return True
+        if sampler in SAMPLERS:
+            return False
+        from llm_tflite.plugins.registry import samplers
+
+        sampler = getattr(samplers().get(sampler), "item", None)
+    return bool(getattr(sampler, "deterministic", False))
+
+
+def check_known(settings: dict) -> None:
+    """``InvalidArgumentError`` for a setting no sampler takes."""
+    unknown = set(settings) - set(SETTINGS)
+    if unknown:
+        raise InvalidArgumentError(f"unknown sampler settings {sorted(unknown)}")
+
+
+def check_names(sampler, settings: dict) -> None:
+    """``InvalidArgumentError`` for a setting ``sampler`` does not take."""
+    check_known(settings)
+    if isinstance(sampler, str) and sampler in SEARCHES:
+        extra = set(settings) - set(SEARCH_TAKES[sampler])
+        if extra:
+            raise InvalidArgumentError(f"sampler={sampler!r} takes {sorted(SEARCH_TAKES[sampler])}, not {sorted(extra)}")
+        return
+    misplaced = set(settings) & set(SEARCH_SETTINGS)
+    if misplaced:
+        raise InvalidArgumentError(f"{sorted(misplaced)} apply to sampler='beam' or 'contrastive', not {sampler!r}")
+
+
+def _check_search_values(settings: dict) -> None:
+    Sampler("random", temperature=settings.get("temperature", TEMPERATURE))  # validates it
+    beams, k = settings.get("num_beams", NUM_BEAMS), settings.get("top_k", CONTRASTIVE_K)
+    if not _is_integer(beams) or beams < 1 or not _is_integer(k) or k < 1:
+        raise InvalidArgumentError("num_beams and top_k must be integers >= 1")
+    alpha = settings.get("penalty_alpha", PENALTY_ALPHA)
+    if not _is_number(alpha) or not 0 <= alpha <= 1:
+        raise InvalidArgumentError(f"penalty_alpha must be a number in [0, 1], got {alpha!r}")
+    length_penalty = settings.get("length_penalty", LENGTH_PENALTY)
+    if not _is_number(length_penalty) or not math.isfinite(length_penalty):
+        raise InvalidArgumentError(f"length_penalty must be a finite number, got {length_penalty!r}")
+
+
+def check_settings(sampler, settings: dict, seed=None) -> None:
+    """Validate a sampler (or search) and its given settings now, not mid-stream; raises ``InvalidArgumentError``."""
+    check_names(sampler, settings)
+    if isinstance(sampler, str) and sampler in SEARCHES:
+        _check_search_values(settings)
+    else:
+        make_sampler(sampler, seed=seed, **settings)
 
 
 def make_sampler(name, **settings) -> TokenSampler:

@@ -37,6 +37,9 @@ class Limits:
     max_body_bytes: int = 64 * 1024
     max_prompt_chars: int = 8_000
     max_tokens: int = 256
+    #: most candidates a search may keep per step (``num_beams``, contrastive ``top_k``): each is a copy
+    #: of the KV cache
+    max_search_width: int = 8
     wait_seconds: float = 30.0
     max_waiting: int | None = None  # default: 4 per worker
 
@@ -101,6 +104,228 @@ def _sse(data) -> bytes:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
 
 
+@dataclasses.dataclass
+class AppState:
+    """What every handler reads: the runners, the limits and the model's name (``app.state.llm``)."""
+
+    pool: RunnerPool
+    limits: Limits
+    model_id: str
+    created: int
+
+
+def _state(request) -> AppState:
+    return request.app.state.llm
+
+
+async def _borrow(state: AppState):
+    from starlette.concurrency import run_in_threadpool
+
+    try:
+        return await run_in_threadpool(state.pool.take)
+    except Overloaded as e:
+        raise RequestError(503, "overloaded", f"the server is busy ({e}); retry later") from None
+
+
+async def _run(state: AppState, fn):
+    """``fn(runner)`` in a thread, on a runner borrowed for the call."""
+    from starlette.concurrency import run_in_threadpool
+
+    runner = await _borrow(state)
+    try:
+        return await run_in_threadpool(fn, runner)
+    finally:
+        state.pool.give_back(runner)
+
+
+async def _next(stream):
+    """The stream's next item, computed in a thread; a client that leaves meanwhile is noticed after
+    this token (shielded), so the stream is never closed while a thread runs it."""
+    import anyio
+    from starlette.concurrency import run_in_threadpool
+
+    with anyio.CancelScope(shield=True):
+        return await run_in_threadpool(next, stream, None)
+
+
+def _event_stream(request, make_stream, render):
+    """Server-sent events from a runner's stream (``TextStream`` or ``AutocompleteStream``): ``render``
+    maps each item, and the stream's result (``None``: the client left) at the end, to a list of events.
+    A client that leaves stops the generation."""
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import StreamingResponse
+
+    state = _state(request)
+
+    async def events():
+        runner = await _borrow(state)
+        stream = None
+        try:
+            stream = await run_in_threadpool(make_stream, runner)
+            while not await request.is_disconnected():
+                item = await _next(stream)
+                if item is None:
+                    for event in render(None, stream.result):
+                        yield _sse(event)
+                    return
+                for event in render(item, None):
+                    yield _sse(event)
+        except LLMTFLiteError as e:
+            yield _sse({"error": {"type": type(e).__name__, "message": str(e)}})
+        finally:
+            if stream is not None:
+                stream.close()
+            state.pool.give_back(runner)
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _sampler_args(body: dict, limits: Limits) -> dict:
+    """``max_new_tokens``, ``sampler``, ``seed`` and every sampler setting the runner takes (``sampling.SETTINGS``)."""
+    from llm_tflite.runtime import sampling
+
+    args = {
+        "max_new_tokens": _field(body, "max_new_tokens", int, None, low=1, high=limits.max_tokens),
+        "sampler": _field(body, "sampler", str, "top_k"),
+        "seed": _field(body, "seed", int, None, low=0, high=2**63 - 1),
+    }
+    for name, kind in sampling.SETTINGS.items():
+        args[name] = _field(body, name, kind, None, low=1, high=100_000) if kind is int else _field(body, name, kind)
+    width = args["num_beams"] if args["sampler"] == "beam" else args["top_k"] if args["sampler"] == "contrastive" else None
+    if width is not None and width > limits.max_search_width:
+        raise RequestError(400, "invalid_request", f"a search keeps at most {limits.max_search_width} candidates "
+                           f"per step here (num_beams / top_k), got {width}")
+    return args
+
+
+# -- routes -------------------------------------------------------------------------
+async def index(request):
+    from starlette.responses import FileResponse
+
+    return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html")
+
+
+async def health(request):
+    from starlette.responses import JSONResponse
+
+    pool = _state(request).pool
+    return JSONResponse({"status": "ok", "workers": len(pool.runners), "busy": pool.busy})
+
+
+async def models(request):
+    from starlette.responses import JSONResponse
+
+    state = _state(request)
+    meta = {k: v for k, v in state.pool.runners[0].metadata.items() if k not in ("tokenizer", "sha256")}
+    return JSONResponse({"object": "list", "data": [
+        {"id": state.model_id, "object": "model", "created": state.created, "owned_by": "llm-tflite",
+         "metadata": meta}]})
+
+
+def _suggestion_json(result) -> dict:
+    return {"suggestion": result.suggestion, "words": result.words, "finish_reason": result.finish_reason,
+            "prompt": result.prompt}
+
+
+async def autocomplete(request):
+    """The runner's autocomplete; streamed, its events become server-sent events."""
+    from starlette.responses import JSONResponse
+
+    state = _state(request)
+    body = await _json_body(request, state.limits)
+    text = _prompt(body, "text", state.limits)
+    window = _field(body, "window_words", int, 20, low=1, high=1000)
+    args = _sampler_args(body, state.limits)
+    if args["max_new_tokens"] is None:
+        args["max_new_tokens"] = min(32, state.limits.max_tokens)
+    if body.get("stream"):
+        def render(event, result):
+            if event is None:  # the result was the last event
+                return []
+            if event.kind == "piece":
+                return [{"text": event.value}]
+            if event.kind == "retry":
+                return [{"retry": event.value}]
+            if event.value.reason:
+                return [{"error": {"type": event.value.reason, "message": _REASONS[event.value.reason]}}]
+            return [_suggestion_json(event.value)]
+
+        return _event_stream(request, lambda runner: runner.autocomplete_stream(text, window, **args), render)
+    result = await _run(state, lambda runner: runner.autocomplete(text, window, **args))
+    if result.reason:
+        return _error(422, result.reason, _REASONS[result.reason])
+    return JSONResponse(_suggestion_json(result))
+
+
+def _completion_args(body: dict, limits: Limits) -> tuple[str, int, str, dict]:
+    """``(prompt, max_tokens, sampler, runner keywords)`` of an OpenAI completions request."""
+    prompt = _prompt(body, "prompt", limits)
+    if _field(body, "n", int, 1) != 1:
+        raise RequestError(400, "invalid_request", "only n=1 is supported")
+    max_tokens = _field(body, "max_tokens", int, 16, low=1, high=limits.max_tokens)
+    temperature = _field(body, "temperature", float, 1.0, low=0.0, high=2.0)
+    top_p = _field(body, "top_p", float, 1.0, low=0.0, high=1.0)
+    seed = _field(body, "seed", int, None, low=0, high=2**63 - 1)
+    stop = body.get("stop")
+    if stop is not None and not (isinstance(stop, str) or (isinstance(stop, list) and len(stop) <= 4
+                                                            and all(isinstance(s, str) for s in stop))):
+        raise RequestError(400, "invalid_request", "'stop' must be a string or a list of up to 4 strings")
+    kwargs = dict(seed=seed, stop=stop, context_overflow="error")
+    if temperature == 0:
+        sampler = "greedy"
+    else:
+        sampler = "random"
+        kwargs.update(temperature=temperature, top_p=top_p if top_p < 1 else None)
+    return prompt, max_tokens, sampler, kwargs
+
+
+async def completions(request):
+    """OpenAI's completions API."""
+    from starlette.responses import JSONResponse
+
+    state = _state(request)
+    body = await _json_body(request, state.limits)
+    prompt, max_tokens, sampler, kwargs = _completion_args(body, state.limits)
+    completion_id = f"cmpl-{uuid.uuid4().hex[:24]}"
+
+    def chunk(text, finish_reason=None):
+        return {"id": completion_id, "object": "text_completion", "created": int(time.time()),
+                "model": state.model_id,
+                "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}]}
+
+    if body.get("stream"):
+        def render(piece, result):
+            if piece is not None:
+                return [chunk(piece)]
+            return [] if result is None else [chunk("", _OPENAI_FINISH[result.finish_reason]), "[DONE]"]
+
+        return _event_stream(request, lambda runner: runner.stream(prompt, max_tokens, sampler, **kwargs), render)
+    result = await _run(state, lambda runner: runner.complete(prompt, max_tokens, sampler, **kwargs))
+    response = chunk(result.text, _OPENAI_FINISH[result.finish_reason])
+    response["usage"] = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                         "total_tokens": result.prompt_tokens + result.completion_tokens}
+    return JSONResponse(response)
+
+
+def _handle(endpoint):
+    """``endpoint`` with our errors turned into JSON error responses."""
+    async def wrapped(request):
+        try:
+            return await endpoint(request)
+        except RequestError as e:
+            return _error(e.status, e.kind, e.message)
+        except ContextLengthError as e:
+            return _error(400, "context", str(e))
+        except LLMTFLiteError as e:
+            return _error(400, type(e).__name__, str(e))
+
+    return wrapped
+
+
+ROUTES = (("/", index, ["GET"]), ("/health", health, ["GET"]), ("/v1/models", models, ["GET"]),
+          ("/v1/autocomplete", autocomplete, ["POST"]), ("/v1/completions", completions, ["POST"]))
+
+
 def create_app(path, *, workers: int = 1, limits: Limits | None = None, runner_factory=None):
     """The Starlette app serving ``path`` with ``workers`` runners.
 
@@ -109,8 +334,6 @@ def create_app(path, *, workers: int = 1, limits: Limits | None = None, runner_f
         >>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
     """
     from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.responses import FileResponse, JSONResponse, StreamingResponse
     from starlette.routing import Route
 
     from llm_tflite.runtime.runner import InterpreterRunner
@@ -120,200 +343,9 @@ def create_app(path, *, workers: int = 1, limits: Limits | None = None, runner_f
     threads = max(1, (os.cpu_count() or 1) // workers)
     make = runner_factory or (lambda: InterpreterRunner(path, num_threads=threads))
     pool = RunnerPool(make, workers, limits.wait_seconds, limits.max_waiting or 4 * workers)
-    first = pool.runners[0]
-    model_id = os.path.splitext(os.path.basename(os.fspath(path)))[0]
-    created = int(time.time())
-
-    async def next_piece(stream):
-        """The stream's next piece, computed in a thread; a client that leaves meanwhile is noticed
-        after this token (shielded), so the stream is never closed while a thread runs it."""
-        import anyio
-
-        with anyio.CancelScope(shield=True):
-            return await run_in_threadpool(next, stream, None)
-
-    async def borrow():
-        try:
-            return await run_in_threadpool(pool.take)
-        except Overloaded as e:
-            raise RequestError(503, "overloaded", f"the server is busy ({e}); retry later") from None
-
-    async def run(fn, *args, **kwargs):
-        runner = await borrow()
-        try:
-            return await run_in_threadpool(fn, runner, *args, **kwargs)
-        finally:
-            pool.give_back(runner)
-
-    async def pieces(request, stream):
-        """The stream's pieces until it ends or the client leaves (then the stream is closed)."""
-        try:
-            while not await request.is_disconnected():
-                piece = await next_piece(stream)
-                if piece is None:
-                    return
-                yield piece
-        finally:
-            stream.close()
-
-    def streaming(make_stream, render, finish):
-        """Server-sent events from a runner's ``TextStream``; a client that leaves stops the generation."""
-
-        async def events(request):
-            runner = await borrow()
-            try:
-                stream = await run_in_threadpool(make_stream, runner)
-                async for piece in pieces(request, stream):
-                    yield _sse(render(piece))
-                if stream.result is not None:  # None: the client left
-                    for event in finish(stream.result):
-                        yield _sse(event)
-            except LLMTFLiteError as e:
-                yield _sse({"error": {"type": type(e).__name__, "message": str(e)}})
-            finally:
-                pool.give_back(runner)
-
-        return events
-
-    def handle(endpoint):
-        async def wrapped(request):
-            try:
-                return await endpoint(request)
-            except RequestError as e:
-                return _error(e.status, e.kind, e.message)
-            except ContextLengthError as e:
-                return _error(400, "context", str(e))
-            except LLMTFLiteError as e:
-                return _error(400, type(e).__name__, str(e))
-
-        return wrapped
-
-    # -- routes ---------------------------------------------------------------------
-    async def index(request):
-        return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html")
-
-    async def health(request):
-        return JSONResponse({"status": "ok", "workers": len(pool.runners), "busy": pool.busy})
-
-    async def models(request):
-        meta = {k: v for k, v in first.metadata.items() if k not in ("tokenizer", "sha256")}
-        return JSONResponse({"object": "list", "data": [
-            {"id": model_id, "object": "model", "created": created, "owned_by": "llm-tflite", "metadata": meta}]})
-
-    def _generation_args(body: dict) -> dict:
-        args = {
-            "max_new_tokens": _field(body, "max_new_tokens", int, None, low=1, high=limits.max_tokens),
-            "sampler": _field(body, "sampler", str, "top_k"),
-            "seed": _field(body, "seed", int, None, low=0, high=2**63 - 1),
-        }
-        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
-            args[name] = _field(body, name, float, None)
-        args["top_k"] = _field(body, "top_k", int, None, low=1, high=100_000)
-        return args
-
-    async def autocomplete(request):
-        body = await _json_body(request, limits)
-        text = _prompt(body, "text", limits)
-        window = _field(body, "window_words", int, 20, low=1, high=1000)
-        args = _generation_args(body)
-        if args["max_new_tokens"] is None:
-            args["max_new_tokens"] = min(32, limits.max_tokens)
-        if body.get("stream"):
-            return await _autocomplete_stream(request, text, window, args)
-        result = await run(lambda runner: runner.autocomplete(text, window, **args))
-        if result.reason:
-            return _error(422, result.reason, _REASONS[result.reason])
-        return JSONResponse({"suggestion": result.suggestion, "words": result.words,
-                             "finish_reason": result.finish_reason, "prompt": result.prompt})
-
-    async def _autocomplete_stream(request, text, window, args):
-        from llm_tflite.runtime.autocomplete import window_text
-        from llm_tflite.runtime.runner import FILTER_TRIES
-
-        prompt = window_text(text, window)
-        seed = args.pop("seed")
-        max_new_tokens = args.pop("max_new_tokens")
-        sampler = args.pop("sampler")
-        settings = {k: v for k, v in args.items() if v is not None}
-
-        async def events():
-            runner = await borrow()
-            try:
-                for attempt in range(FILTER_TRIES):
-                    attempt_seed = None if seed is None else seed + attempt
-                    stream = await run_in_threadpool(
-                        lambda: runner.stream(prompt, max_new_tokens, sampler, seed=attempt_seed, filter=True,
-                                              context_overflow="truncate", **settings))
-                    shown = ""
-                    async for piece in pieces(request, stream):
-                        shown += piece
-                        yield _sse({"text": piece})
-                    result = stream.result
-                    if result is None:  # the client left
-                        return
-                    if result.finish_reason == "filtered" and not result.token_ids:  # the runner refused the text
-                        yield _sse({"error": {"type": "bad_language", "message": _REASONS["bad_language"]}})
-                        return
-                    if result.finish_reason != "filtered" and shown.strip():
-                        yield _sse({"suggestion": shown, "words": shown.split(), "finish_reason": result.finish_reason,
-                                    "prompt": result.prompt})
-                        return
-                    if result.finish_reason != "filtered":
-                        break
-                    yield _sse({"retry": attempt + 1})
-                yield _sse({"error": {"type": "no_suggestion", "message": _REASONS["no_suggestion"]}})
-            except LLMTFLiteError as e:
-                yield _sse({"error": {"type": type(e).__name__, "message": str(e)}})
-            finally:
-                pool.give_back(runner)
-
-        return StreamingResponse(events(), media_type="text/event-stream")
-
-    async def completions(request):
-        body = await _json_body(request, limits)
-        prompt = _prompt(body, "prompt", limits)
-        if _field(body, "n", int, 1) != 1:
-            raise RequestError(400, "invalid_request", "only n=1 is supported")
-        max_tokens = _field(body, "max_tokens", int, 16, low=1, high=limits.max_tokens)
-        temperature = _field(body, "temperature", float, 1.0, low=0.0, high=2.0)
-        top_p = _field(body, "top_p", float, 1.0, low=0.0, high=1.0)
-        seed = _field(body, "seed", int, None, low=0, high=2**63 - 1)
-        stop = body.get("stop")
-        if stop is not None and not (isinstance(stop, str) or (isinstance(stop, list) and len(stop) <= 4
-                                                                and all(isinstance(s, str) for s in stop))):
-            raise RequestError(400, "invalid_request", "'stop' must be a string or a list of up to 4 strings")
-        kwargs = dict(seed=seed, stop=stop, context_overflow="error")
-        if temperature == 0:
-            sampler = "greedy"
-        else:
-            sampler = "random"
-            kwargs.update(temperature=temperature, top_p=top_p if top_p < 1 else None)
-        completion_id = f"cmpl-{uuid.uuid4().hex[:24]}"
-
-        def chunk(text, finish_reason=None):
-            return {"id": completion_id, "object": "text_completion", "created": int(time.time()), "model": model_id,
-                    "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}]}
-
-        if body.get("stream"):
-            events = streaming(lambda runner: runner.stream(prompt, max_tokens, sampler, **kwargs),
-                               lambda piece: chunk(piece),
-                               lambda result: [chunk("", _OPENAI_FINISH[result.finish_reason]), "[DONE]"])
-            return StreamingResponse(events(request), media_type="text/event-stream")
-        result = await run(lambda runner: runner.complete(prompt, max_tokens, sampler, **kwargs))
-        response = chunk(result.text, _OPENAI_FINISH[result.finish_reason])
-        response["usage"] = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-                             "total_tokens": result.prompt_tokens + result.completion_tokens}
-        return JSONResponse(response)
-
-    routes = [
-        Route("/", handle(index)),
-        Route("/health", handle(health)),
-        Route("/v1/models", handle(models)),
-        Route("/v1/autocomplete", handle(autocomplete), methods=["POST"]),
-        Route("/v1/completions", handle(completions), methods=["POST"]),
-    ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=[Route(route, _handle(endpoint), methods=methods) for route, endpoint, methods in ROUTES])
     app.state.pool = pool
+    app.state.llm = AppState(pool, limits, os.path.splitext(os.path.basename(os.fspath(path)))[0], int(time.time()))
     return app
 
 
