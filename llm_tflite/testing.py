@@ -40,6 +40,19 @@ def run_parity_test(lm, tflite_path, prompts=PARITY_PROMPTS, tolerance=1e-4) -> 
     return worst
 
 
+def run_cached_parity_test(lm, tflite_path, prompt_ids, step_ids, tolerance=1e-4) -> float:
+    """The file's logits over ``prompt_ids`` (prefill signatures) and then ``step_ids`` one at a time
+    (decode signatures, reading the cache) equal Keras's logits of the whole sequence within
+    ``tolerance`` (max abs / std). Returns the error."""
+    sequence = InterpreterRunner(tflite_path).sequence()
+    got = np.concatenate([sequence.feed(list(prompt_ids))] + [sequence.feed([int(t)]) for t in step_ids])
+    expected = keras_logits_fn(lm)(list(prompt_ids) + list(step_ids))
+    assert got.shape == expected.shape
+    error = float(np.abs(got - expected).max() / expected.std())
+    assert error < tolerance, f"normalised max abs error {error:.2e} over {len(prompt_ids)} + {len(step_ids)} tokens"
+    return error
+
+
 def keras_greedy_ids(lm, prompt_ids, max_new_tokens, eos_id) -> list[int]:
     """``lm.generate`` with ``GreedySampler`` on token ids; the new ids up to the end token."""
     import keras_hub

@@ -40,7 +40,7 @@ def test_hook_is_documented(hook):
 def test_plugin_tutorial_follows_the_example_plugin():
     doc = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
     assert "## Write a family plugin" in doc
-    plugin = ROOT / "plugins" / "llm-tflite-llama"
+    plugin = ROOT / "plugins" / "llm-tflite-mistral"
     assert (plugin / "pyproject.toml").read_text(encoding="utf-8").count("[project.entry-points.llm_tflite]") == 1
     assert list((plugin / "tests").glob("test_*.py")), "the example plugin has no tests"
 

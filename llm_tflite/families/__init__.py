@@ -1,4 +1,5 @@
-"""Model families: the ``ModelFamily`` interface (``base``), GPT-2, PaLM-style, named presets, TF building blocks.
+"""Model families: the ``ModelFamily`` interface (``base``), the decoder kit (``decoder``), GPT-2, PaLM-style,
+Gemma 3, Qwen 3, Llama 3.x, named presets, TF building blocks.
 
 What a family plugin may import from here (docs/plugins.md):
 
@@ -7,7 +8,9 @@ What a family plugin may import from here (docs/plugins.md):
   with errors that say what to do (``loading``);
 - ``causal_attention``, ``update_key_cache``, ``update_value_cache``, ``cache_shapes``: the
   TensorFlow building blocks of ``forward_with_cache`` that convert to builtin ops only (``ops``);
-- ``keras_generate_function``: the ``--mode generate`` graph of ``generate_function`` (``generate_graph``).
+- ``keras_generate_function``: the ``--mode generate`` graph of ``generate_function`` (``generate_graph``);
+- ``DecoderFamily``, ``Block``, ``Attention``, ``gated_mlp``, ``keras_rope``: the kit of decoder parts
+  a family maps its KerasHub layers to (``decoder``).
 
 Importing this package does not import TensorFlow: the ``ops`` and ``generate_graph`` names load
 on first use.
@@ -16,6 +19,7 @@ on first use.
 import importlib
 
 from llm_tflite.families.base import KVCacheSpec, ModelFamily, Preset
+from llm_tflite.families.decoder import Attention, Block, DecoderFamily, gated_mlp, keras_rope
 from llm_tflite.families.loading import is_preset_dir, load_keras_preset, preset_class_name
 
 _LAZY = {
@@ -27,7 +31,8 @@ _LAZY = {
 }
 
 __all__ = sorted([
-    "KVCacheSpec", "ModelFamily", "Preset", "is_preset_dir", "load_keras_preset", "preset_class_name", *_LAZY,
+    "Attention", "Block", "DecoderFamily", "KVCacheSpec", "ModelFamily", "Preset", "gated_mlp", "is_preset_dir",
+    "keras_rope", "load_keras_preset", "preset_class_name", *_LAZY,
 ])
 
 

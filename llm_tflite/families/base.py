@@ -109,7 +109,8 @@ class ModelFamily:
             from llm_tflite.tokenizers.bpe_training import hf_tokenizer
 
             try:
-                tokenizer = hf_tokenizer(tokenizer_spec["vocab"], tokenizer_spec["merges"])
+                tokenizer = hf_tokenizer(tokenizer_spec["vocab"], tokenizer_spec["merges"],
+                                         tokenizer_spec.get("special_tokens", ["<|endoftext|>"]))
             except ImportError as e:
                 from llm_tflite.errors import UnsupportedRuntimeError
 

@@ -54,11 +54,19 @@ def update_value_cache(cache: tf.Tensor, value: tf.Tensor, input_pos: tf.Tensor)
                                     tf.stack([zero, zero, zero, input_pos[0]]))
 
 
-def causal_attention(query, key_cache, value_cache, input_pos):
+def causal_attention(query, key_cache, value_cache, input_pos, *, scale: float | None = None,
+                     soft_cap: float | None = None, sliding_window: int | None = None):
     """Scaled dot-product attention of ``query`` ``[1, L, H, D]`` over cached keys at positions <= its own.
 
     ``key_cache`` ``[1, kv_heads, C, D]``, ``value_cache`` ``[1, kv_heads, D, C]``. Multi-query and
     grouped-query attention (fewer key heads than query heads) repeat the key/value heads.
+
+    Args:
+        scale: what the query is multiplied by (default ``1 / sqrt(D)``; Gemma's
+            ``query_head_dim_normalize=False`` uses ``1 / sqrt(hidden / heads)``).
+        soft_cap: Gemma 2's attention logit soft-capping, ``cap * tanh(scores / cap)``.
+        sliding_window: a local layer's window: a query at position ``p`` sees keys at
+            ``p - window + 1 .. p`` only (Gemma 3's local layers).
     """
     window = _window[0]
     if window is not None and window < key_cache.shape[2]:  # the slots a decode window may see
@@ -68,10 +76,16 @@ def causal_attention(query, key_cache, value_cache, input_pos):
     if kv_heads != num_heads:
         key_cache = tf.repeat(key_cache, num_heads // kv_heads, axis=1)
         value_cache = tf.repeat(value_cache, num_heads // kv_heads, axis=1)
-    query = query * tf.constant(1.0 / head_dim**0.5, query.dtype)
+    query = query * tf.constant(1.0 / head_dim**0.5 if scale is None else scale, query.dtype)
     scores = tf.einsum("bqhd,bhkd->bhqk", query, key_cache)
+    if soft_cap is not None:
+        cap = tf.constant(soft_cap, scores.dtype)
+        scores = tf.tanh(scores / cap) * cap
     context = key_cache.shape[2]
-    visible = tf.range(context)[None, :] <= input_pos[:, None]  # [L, C]
+    slots = tf.range(context)[None, :]
+    visible = slots <= input_pos[:, None]  # [L, C]
+    if sliding_window is not None and sliding_window < context:
+        visible = tf.logical_and(visible, slots > input_pos[:, None] - sliding_window)
     scores = tf.where(visible[None, None], scores, tf.constant(-1e9, scores.dtype))
     probs = tf.nn.softmax(scores, axis=-1)
     return tf.einsum("bhqk,bhdk->bqhd", probs, value_cache)

@@ -22,6 +22,9 @@ from llm_tflite.errors import PluginError
 DEFAULT_PLUGINS = (
     "llm_tflite.families.gpt2",
     "llm_tflite.families.palm.family",
+    "llm_tflite.families.gemma3",
+    "llm_tflite.families.qwen3",
+    "llm_tflite.families.llama3",
     "llm_tflite.quantize.strategies",
     "llm_tflite.families.presets",
     "llm_tflite.runtime.builtin_plugin",

@@ -20,15 +20,16 @@ def tokenizer_from_spec(spec: dict):
     """A tokenizer with ``encode(str) -> list[int]`` and ``decode_bytes(ids) -> bytes``."""
     kind = spec.get("type")
     if kind == "gpt2_bpe":
-        from llm_tflite.tokenizers.bpe import BPETokenizer
+        from llm_tflite.tokenizers.bpe import END_OF_TEXT, BPETokenizer
 
         vocab, merges = spec.get("vocab"), spec.get("merges")
         valid = (isinstance(vocab, dict) and all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
                                                  and 0 <= v < 1 << 24 for k, v in vocab.items())
                  and isinstance(merges, list) and all(isinstance(m, str) and m.count(" ") == 1 for m in merges))
-        if not valid:
+        special = spec.get("special_tokens", [END_OF_TEXT])  # files before special tokens were recorded: GPT-2's
+        if not valid or not (isinstance(special, list) and all(isinstance(t, str) for t in special)):
             raise ModelFileError("this file's BPE tokenizer (vocab/merges) is damaged; convert the model again")
-        return BPETokenizer(vocab, merges)
+        return BPETokenizer(vocab, merges, special)
     if kind == "sentencepiece":
         try:
             from llm_tflite.tokenizers.spm import SentencePieceTokenizer

@@ -124,3 +124,22 @@ def extend_sentencepiece(proto: bytes, vocab_size: int) -> bytes:
                 piece.piece, piece.score, piece.type = word + suffix, score, piece.NORMAL
                 score -= 1e-4
     raise ValueError(f"cannot grow the SentencePiece model to {vocab_size} pieces from {len(normal)}")
+
+
+def train_byte_fallback_sentencepiece(texts, vocab_size: int, *, user_defined=("<start_of_turn>", "<end_of_turn>")) -> bytes:
+    """A unigram SentencePiece model the way Gemma's is made: byte fallback (any text encodes), no
+    normalization (``\\n`` is a piece of its own), and Gemma's special pieces ``<pad>`` 0, ``<eos>`` 1,
+    ``<bos>`` 2, ``<unk>`` 3, then ``user_defined`` (its chat turn markers). For random-weight models
+    of Gemma's shapes (``llm_tflite.families.gemma3``): grown with ``extend_sentencepiece``.
+    """
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="unigram",
+        character_coverage=1.0, byte_fallback=True, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, split_by_whitespace=True, max_sentence_length=1 << 16,
+        user_defined_symbols=["\n", *user_defined], pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>", num_threads=2, minloglevel=2,
+    )
+    return model.getvalue()

@@ -1,0 +1,206 @@
+"""A kit of decoder parts, and the decoder loop that composes them.
+
+Today's decoders (Gemma 3, Qwen 3, Llama 3.x and their kin) differ in a handful of
+choices: the norm (RMSNorm, Gemma's ``1 + w``), where norms sit (pre only, or also after
+attention and the MLP), query/key norms, RoPE (base, scaling, per layer), grouped-query
+attention, the attention scale and logit soft-cap, local sliding-window layers next to
+global ones, the MLP's gate (SwiGLU, GeGLU), the embedding scale and a tied or separate
+head. A family describes its model with ``Block`` and ``Attention`` records of those
+choices, made from its KerasHub backbone's own layers (so norms, projections and RoPE
+compute exactly what KerasHub computes), and ``DecoderFamily`` runs them over the external
+KV caches of ``families.ops``: a new family is the mapping from its backbone to the kit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from llm_tflite.families.base import KVCacheSpec, ModelFamily
+
+Layer = Callable  # a Keras layer (or any function) of one tensor
+
+
+@dataclasses.dataclass
+class Attention:
+    """One layer's attention: projections ``[1, L, hidden] -> [1, L, heads, head_dim]`` and back.
+
+    Attributes:
+        query, key, value, output: the projections (KerasHub's ``EinsumDense`` layers).
+        rope: ``rope(x, start)`` rotates ``x`` ``[1, L, heads, head_dim]`` for positions from ``start``
+            (KerasHub's ``RotaryEmbedding`` layer of this layer: its base and scaling).
+        query_norm, key_norm: norms over ``head_dim`` before RoPE (Gemma 3, Qwen 3), or None.
+        scale: query scale (None: ``1 / sqrt(head_dim)``).
+        soft_cap: attention logit soft-cap (Gemma 2), or None.
+        sliding_window: a local layer's window in tokens, or None (global).
+    """
+
+    query: Layer
+    key: Layer
+    value: Layer
+    output: Layer
+    rope: Callable
+    query_norm: Layer | None = None
+    key_norm: Layer | None = None
+    scale: float | None = None
+    soft_cap: float | None = None
+    sliding_window: int | None = None
+
+
+@dataclasses.dataclass
+class Block:
+    """One decoder layer: ``x + post_attention_norm(attention(attention_norm(x)))``, then the same
+    with the MLP (the post norms are Gemma's; None skips them)."""
+
+    attention_norm: Layer
+    attention: Attention
+    mlp_norm: Layer
+    mlp: Layer
+    post_attention_norm: Layer | None = None
+    post_mlp_norm: Layer | None = None
+
+
+def gated_mlp(gate: Layer, up: Layer, down: Layer, activation: Callable) -> Callable:
+    """``down(activation(gate(x)) * up(x))``: SwiGLU with ``silu``, GeGLU with tanh-approximated ``gelu``."""
+    return lambda x: down(activation(gate(x)) * up(x))
+
+
+def keras_rope(layer) -> Callable:
+    """``rope(x, start)`` of a KerasHub ``RotaryEmbedding`` layer (any of its scaling variants)."""
+    return lambda x, start: layer(x, start_index=start)
+
+
+def run_blocks(blocks: list[Block], x, input_pos, caches):
+    """The decoder layers over ``x`` ``[1, L, hidden]`` at ``input_pos``; returns ``(x, new_caches)``."""
+    from llm_tflite.families.ops import causal_attention, update_key_cache, update_value_cache
+
+    start = input_pos[0]  # positions are consecutive from here
+    new_caches = []
+    for block, (key_cache, value_cache) in zip(blocks, caches):
+        attention = block.attention
+        h = block.attention_norm(x)
+        query, key = attention.query(h), attention.key(h)
+        if attention.query_norm is not None:
+            query, key = attention.query_norm(query), attention.key_norm(key)
+        query, key = attention.rope(query, start), attention.rope(key, start)
+        key_cache = update_key_cache(key_cache, key, input_pos)
+        value_cache = update_value_cache(value_cache, attention.value(h), input_pos)
+        context = causal_attention(query, key_cache, value_cache, input_pos, scale=attention.scale,
+                                   soft_cap=attention.soft_cap, sliding_window=attention.sliding_window)
+        attended = attention.output(context)
+        if block.post_attention_norm is not None:
+            attended = block.post_attention_norm(attended)
+        x = x + attended
+        mlp = block.mlp(block.mlp_norm(x))
+        if block.post_mlp_norm is not None:
+            mlp = block.post_mlp_norm(mlp)
+        x = x + mlp
+        new_caches.append((key_cache, value_cache))
+    return x, new_caches
+
+
+class DecoderFamily(ModelFamily):
+    """A family of KerasHub decoders run by the kit: subclasses give the KerasHub classes, the
+    ``blocks`` of a model and, where it differs, ``embed``; the rest is here.
+
+    Class attributes:
+        causal_lm: name of the ``keras_hub.models`` task class (``Gemma3CausalLM``).
+        backbone_class: name of its backbone class, as preset directories' ``config.json`` say.
+        preset_prefixes: KerasHub preset names this family claims (``("gemma3_",)``).
+    """
+
+    causal_lm = ""
+    backbone_class = ""
+    preset_prefixes: tuple = ()
+    #: positions the family's published models were trained for (the context a file may have)
+    max_positions = 8192
+
+    # -- what a subclass writes -----------------------------------------------------------
+    def blocks(self, model) -> list[Block]:
+        raise NotImplementedError
+
+    def random_tokenizer(self, vocabulary_size: int):
+        """A KerasHub tokenizer of ``vocabulary_size`` ids for a random-weight model of a preset's
+        architecture (no download): the shipped small tokenizer grown to that size."""
+        raise NotImplementedError
+
+    def tokenizer_spec(self, model) -> dict:
+        raise NotImplementedError
+
+    def embed(self, model, tokens):
+        """Token embeddings ``[1, L, hidden]`` (Gemma scales them by ``sqrt(hidden)``)."""
+        import tensorflow as tf
+
+        # a 1-D lookup, so weight quantizers can treat it as an EMBEDDING_LOOKUP table
+        return tf.gather(model.backbone.token_embedding.embeddings, tf.reshape(tokens, [-1]))[None]
+
+    # -- the rest -------------------------------------------------------------------------
+    def load(self, source, *, random_weights=False, config=None):
+        import json
+        import os
+
+        import keras
+        import keras_hub
+
+        from llm_tflite.errors import ModelSourceError
+        from llm_tflite.families.loading import is_preset_dir, load_keras_preset
+
+        task = getattr(keras_hub.models, self.causal_lm)
+        if not isinstance(source, str):
+            if getattr(source, "preprocessor", None) is None:
+                raise ModelSourceError(f"this {type(source).__name__} has no preprocessor, so its tokenizer is "
+                                       f"unknown; build it with keras_hub.models.{self.causal_lm}(backbone=..., "
+                                       f"preprocessor=keras_hub.models.{self.causal_lm}Preprocessor(...))")
+            return source
+        if not random_weights:
+            return load_keras_preset(task, source)
+        preprocessor = None
+        if is_preset_dir(source):  # its own architecture and tokenizer, new weights
+            with open(os.path.join(source, "config.json"), encoding="utf-8") as f:
+                config = json.load(f)["config"]
+            preprocessor = load_keras_preset(getattr(keras_hub.models, self.causal_lm + "Preprocessor"), source)
+        if config is None:
+            raise ModelSourceError(f"no architecture is known for {source!r} without downloading it; use one of "
+                                   "the registered presets (llm-tflite plugins) or a local preset directory")
+        keras.utils.set_random_seed(0)
+        backbone = getattr(keras_hub.models, self.backbone_class)(
+            **{k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")})
+        if preprocessor is None:
+            preprocessor = getattr(keras_hub.models, self.causal_lm + "Preprocessor")(
+                self.random_tokenizer(int(config["vocabulary_size"])), sequence_length=1024)
+        return task(backbone=backbone, preprocessor=preprocessor)
+
+    def max_context_length(self, model) -> int:
+        return self.max_positions
+
+    def owns(self, source) -> bool:
+        from llm_tflite.families.loading import is_preset_dir, preset_class_name
+
+        if isinstance(source, str):
+            if is_preset_dir(source):
+                return preset_class_name(source) == self.backbone_class
+            # a preset name, or a handle whose path names one ("kaggle://keras/gemma3/keras/gemma3_1b/3")
+            parts = source.lower().split("://", 1)[-1].split("/")
+            return any(part.startswith(self.preset_prefixes) for part in parts)
+        return any(c.__name__ == self.causal_lm for c in type(source).__mro__)
+
+    def kv_cache_spec(self, model) -> KVCacheSpec:
+        backbone = model.backbone
+        head_dim = getattr(backbone, "head_dim", None) or backbone.hidden_dim // backbone.num_query_heads
+        return KVCacheSpec(num_layers=backbone.num_layers, num_kv_heads=backbone.num_key_value_heads,
+                           head_dim=int(head_dim))
+
+    def forward_with_cache(self, model, tokens, input_pos, caches):
+        logits, new_caches, _ = self.forward_with_hidden_states(model, tokens, input_pos, caches)
+        return logits, new_caches
+
+    def forward_with_hidden_states(self, model, tokens, input_pos, caches):
+        backbone = model.backbone
+        x, new_caches = run_blocks(self.blocks(model), self.embed(model, tokens), input_pos, caches)
+        x = backbone.layer_norm(x)  # what KerasHub's call_with_cache returns as hidden_states
+        return backbone.token_embedding(x, reverse=True), new_caches, x  # tied or separate head, soft-capped
+
+    def generate_function(self, model, *, max_length, sampler, seed, **settings):
+        from llm_tflite.families.generate_graph import keras_generate_function
+
+        return keras_generate_function(self, model, max_length=max_length, sampler=sampler, seed=seed, **settings)

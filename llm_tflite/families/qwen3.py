@@ -1,0 +1,84 @@
+"""The Qwen 3 family: ``keras_hub.models.Qwen3CausalLM``, run by the decoder kit.
+
+Qwen's choices: RMSNorm, query/key norms, grouped-query attention, SwiGLU, RoPE base 1M, a
+tied head up to 4B; no start token.
+"""
+
+from __future__ import annotations
+
+from llm_tflite.families.decoder import Attention, Block, DecoderFamily, gated_mlp, keras_rope
+from llm_tflite.plugins.hookspecs import hookimpl
+
+#: Qwen's special tokens (ids at the end of the vocabulary of a random-weight model).
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+class Qwen3Family(DecoderFamily):
+    name = "qwen3"
+    description = "Qwen 3 decoders (keras_hub.models.Qwen3CausalLM): query/key norms, grouped-query attention, SwiGLU"
+    causal_lm = "Qwen3CausalLM"
+    backbone_class = "Qwen3Backbone"
+    preset_prefixes = ("qwen3_",)
+    max_positions = 40960
+
+    def random_tokenizer(self, vocabulary_size: int):
+        import keras_hub
+
+        from llm_tflite.families.presets import borrowed_bpe
+
+        vocabulary, merges = borrowed_bpe(vocabulary_size, SPECIAL_TOKENS)
+        return keras_hub.models.Qwen3Tokenizer(vocabulary=vocabulary, merges=merges)
+
+    def tokenizer_spec(self, model) -> dict:
+        return bpe_spec(model.preprocessor.tokenizer)
+
+    def special_tokens(self, model) -> dict:
+        tokenizer = model.preprocessor.tokenizer
+        return {"bos_id": None, "eos_id": int(tokenizer.end_token_id), "add_bos": False}
+
+    def count_weights(self, config: dict) -> int | None:
+        return count_llama_like(config, query_key_norms=True, tied=True)
+
+    def blocks(self, model) -> list[Block]:
+        blocks = []
+        for layer in model.backbone.transformer_layers:
+            attention = layer._self_attention_layer
+            blocks.append(Block(
+                attention_norm=layer._self_attention_layernorm,
+                attention=Attention(
+                    query=attention._query_dense, key=attention._key_dense, value=attention._value_dense,
+                    output=attention._output_dense, rope=keras_rope(attention.rotary_embedding_layer),
+                    query_norm=attention._query_dense_layer_norm, key_norm=attention._key_dense_layer_norm,
+                    scale=attention._inv_norm_factor, sliding_window=attention.sliding_window_size or None),
+                mlp_norm=layer._feedforward_layernorm,
+                mlp=gated_mlp(layer._feedforward_gate_dense, layer._feedforward_intermediate_dense,
+                              layer._feedforward_output_dense, layer.activation),
+            ))
+        return blocks
+
+
+def bpe_spec(tokenizer) -> dict:
+    """The runtime spec of a KerasHub byte-level BPE tokenizer (Qwen 3, Llama 3): GPT-2's format, with
+    the special tokens that decode to nothing."""
+    return {"type": "gpt2_bpe", "vocab": dict(tokenizer.vocabulary), "merges": list(tokenizer.merges),
+            "special_tokens": list(tokenizer.special_tokens)}
+
+
+def count_llama_like(config: dict, *, query_key_norms: bool, tied: bool) -> int | None:
+    """Weights of a Llama-shaped decoder (RMSNorm, grouped-query attention, SwiGLU, no biases);
+    ``tied``: the backbone's default for ``tie_word_embeddings``."""
+    try:
+        d, ff, layers = int(config["hidden_dim"]), int(config["intermediate_dim"]), int(config["num_layers"])
+        heads, kv = int(config["num_query_heads"]), int(config["num_key_value_heads"])
+        head_dim = int(config.get("head_dim") or d // heads)
+        vocab = int(config["vocabulary_size"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    per_layer = (2 * heads + 2 * kv) * head_dim * d + 2 * d + 3 * d * ff + (2 * head_dim if query_key_norms else 0)
+    heads_out = 1 if config.get("tie_word_embeddings", tied) else 2
+    return heads_out * vocab * d + layers * per_layer + d
+
+
+@hookimpl
+def register_families(register):
+    register(Qwen3Family())

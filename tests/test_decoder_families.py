@@ -1,0 +1,177 @@
+"""Gemma 3, Qwen 3 and Llama 3.x through the decoder kit: tiny random models of each family against
+KerasHub (cached logits, greedy tokens), every strategy, LiteRT-LM's engine; the presets' shapes."""
+
+import numpy as np
+import pytest
+
+from llm_tflite import Converter, InterpreterRunner, load_model
+from llm_tflite.plugins.registry import get_family
+from llm_tflite.testing import run_cached_parity_test, run_greedy_test, run_prefill_decode_file_test
+
+#: Small shapes that still exercise each family's choices (widths of 128, so int4 blocks of 128 fit):
+#: grouped-query attention everywhere; Gemma's
+#: local windows (5 of 6 layers, a window shorter than the test's 96 tokens), its other query scale and
+#: both soft-caps; Llama 3.1's RoPE scaling (from 64 positions, so the 96 tokens reach the scaled range).
+TINY = {
+    "gemma3": dict(vocabulary_size=4096, image_size=None, num_layers=6, num_query_heads=4, num_key_value_heads=2,
+                   hidden_dim=128, intermediate_dim=256, head_dim=32, query_head_dim_normalize=False,
+                   use_query_key_norm=True, use_post_ffw_norm=True, use_post_attention_norm=True,
+                   attention_logit_soft_cap=50.0, final_logit_soft_cap=30.0, use_sliding_window_attention=True,
+                   sliding_window_size=24, layer_norm_epsilon=1e-6),
+    "qwen3": dict(vocabulary_size=2304, num_layers=2, num_query_heads=4, num_key_value_heads=2, head_dim=32,
+                  hidden_dim=128, intermediate_dim=256, rope_max_wavelength=1000000, tie_word_embeddings=True,
+                  sliding_window_size=None),
+    "llama3": dict(vocabulary_size=2304, num_layers=2, num_query_heads=4, num_key_value_heads=2, hidden_dim=128,
+                   intermediate_dim=256, rope_max_wavelength=500000, rope_frequency_adjustment_factor=32.0,
+                   rope_low_freq_factor=1.0, rope_high_freq_factor=4.0, rope_pretraining_sequence_length=64,
+                   layer_norm_epsilon=1e-5, tie_word_embeddings=False),
+}
+FAMILIES = sorted(TINY)
+PROMPT = "ROMEO:\nBut soft, what light through yonder window breaks? It is the east, and Juliet is the sun."
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """family name -> (Keras model, its float32 file); built once per family."""
+    built = {}
+
+    def get(name):
+        if name not in built:
+            family = get_family(name)
+            lm = family.load(f"tiny_{name}", random_weights=True, config=TINY[name])
+            assert lm.backbone.count_params() == family.count_weights(TINY[name])
+            path = tmp_path_factory.mktemp(name) / f"{name}.tflite"
+            Converter(context_length=128, prefill_lengths=(8, 32)).convert(lm, str(path), family=name)
+            built[name] = lm, path
+        return built[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_cached_logits_equal_keras_hub(tiny, name):
+    """A 64-token prompt (prefill signatures) and 32 cached steps (decode signatures) give KerasHub's logits."""
+    lm, path = tiny(name)
+    meta = run_prefill_decode_file_test(path, num_layers=TINY[name]["num_layers"])
+    assert meta["family"] == name and meta["kv_cache"]["num_kv_heads"] == 2
+    ids = [int(i) for i in np.random.default_rng(7).integers(10, TINY[name]["vocabulary_size"] - 10, 96)]
+    assert run_cached_parity_test(lm, path, ids[:64], ids[64:]) < 1e-4
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_greedy_tokens_equal_keras_hub(tiny, name):
+    """24 greedy tokens equal KerasHub's: lm.generate where it runs on token ids, else its forward pass
+    over the whole text, once per token (Gemma 3's generate needs its preprocessor's image inputs)."""
+    from llm_tflite.evaluation.metrics import keras_logits_fn
+
+    lm, path = tiny(name)
+    if name != "gemma3":
+        run_greedy_test(lm, path, PROMPT, max_new_tokens=24, compare_text=False)
+        return
+    runner = InterpreterRunner(path)
+    ids = runner.encode(PROMPT)
+    expected, forward = [], keras_logits_fn(lm)
+    for _ in range(24):
+        token = int(forward(ids + expected)[-1].argmax())
+        if token == runner.eos_id:
+            break
+        expected.append(token)
+    assert list(runner.generate_ids(ids, 24, "greedy")) == expected
+
+
+def test_the_kit_is_what_differs(tiny):
+    """Each family's choices reach its blocks: Gemma's five local layers to one global, post norms,
+    soft-cap and query scale; Qwen's query/key norms; Llama's plain attention."""
+    family = get_family("gemma3")
+    lm, _ = tiny("gemma3")
+    blocks = family.blocks(lm)
+    assert [b.attention.sliding_window for b in blocks] == [24, 24, 24, 24, 24, None]
+    assert blocks[0].post_attention_norm is not None and blocks[0].attention.soft_cap == 50.0
+    assert abs(blocks[0].attention.scale - 1 / (128 / 4) ** 0.5) < 1e-12  # query_head_dim_normalize=False
+    qwen = get_family("qwen3").blocks(tiny("qwen3")[0])[0]
+    assert qwen.attention.query_norm is not None and qwen.post_attention_norm is None
+    assert get_family("llama3").blocks(tiny("llama3")[0])[0].attention.query_norm is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["dynamic_int8", "int4_blockwise", "int4_blockwise_128", "float16"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_strategy_converts_and_agrees_with_float(tiny, tmp_path, name, strategy):
+    """Quantized files generate, and their next-token choice agrees with the float file's far above chance
+    (1 in 2,304+). Random weights give nearly flat logits, so int4's noise flips many argmaxes here:
+    the quality figures of trained models are `compare`'s (docs/quantization.md)."""
+    lm, float_path = tiny(name)
+    path = tmp_path / f"{name}_{strategy}.tflite"
+    Converter(quantize=strategy, context_length=128, prefill_lengths=(8, 32)).convert(lm, str(path), family=name)
+    runner, reference = InterpreterRunner(path), InterpreterRunner(float_path)
+    ids = runner.encode(PROMPT)
+    agree = np.mean(runner.logits(ids).argmax(-1) == reference.logits(ids).argmax(-1))
+    assert agree >= (0.9 if strategy in ("float16", "dynamic_int8") else 0.25), agree
+    assert runner.complete(PROMPT, 16, stop_token_ids=[]).completion_tokens == 16
+
+
+def _same_step(text: str, token_bytes: bytes) -> bool:
+    """The engine's text of one decode step against our token's bytes: equal, or U+FFFD where the token
+    is part of a character (the engine shows each step as text; our loop waits for whole characters)."""
+    try:
+        return text == token_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        return text == "\ufffd"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FAMILIES)
+def test_litert_lm_engine_decodes_our_greedy_tokens(tiny, tmp_path, name):
+    import litert_lm
+
+    from llm_tflite.export.bundle import build_bundle
+
+    _, path = tiny(name)
+    bundle = build_bundle(path, tmp_path / f"{name}.litertlm")
+    runner = InterpreterRunner(bundle)
+    ours = list(runner.generate_ids(runner.encode(PROMPT), 32, stop_token_ids=[]))
+    engine = litert_lm.Engine(str(bundle))
+    try:
+        start = [runner.bos_id] if runner.add_bos else []
+        assert start + engine.tokenize(PROMPT) == runner.encode(PROMPT)
+        with engine.create_session(apply_prompt_template=False, max_output_tokens=32,
+                                   sampler_config=litert_lm.SamplerConfig(top_k=1)) as session:
+            session.run_prefill([PROMPT])
+            steps = [r.texts[0] for r in session.run_decode_async()]
+    finally:
+        engine.close()
+    expected = [runner.tokenizer.decode_bytes([t]) for t in ours]
+    if runner.metadata["tokenizer"]["type"] == "sentencepiece" and expected[0].startswith(b" "):
+        expected[0] = expected[0][1:]  # SentencePiece drops the space that opens a text
+    if len(steps) == len(expected):  # one text per decode step: token for token
+        assert all(map(_same_step, steps, expected)), (steps, expected)
+    else:  # the engine held back steps that were parts of characters and sent them together
+        assert "".join(steps) == b"".join(expected).decode("utf-8", errors="replace"), (steps, expected)
+
+
+@pytest.mark.parametrize("preset, family", [("gemma3_270m", "gemma3"), ("gemma3_instruct_1b", "gemma3"),
+                                            ("qwen3_0.6b_en", "qwen3"), ("qwen3_1.7b_en", "qwen3"),
+                                            ("llama3.2_1b", "llama3"), ("llama3.2_3b", "llama3")])
+def test_presets_carry_the_published_shapes(preset, family):
+    """Each preset's architecture counts the weights KerasHub's own preset metadata states."""
+    import keras_hub
+
+    from llm_tflite.plugins.registry import presets
+
+    registered = presets()[preset].item
+    assert registered.family == family
+    published = getattr(keras_hub.models, get_family(family).backbone_class).presets[preset]["metadata"]["params"]
+    assert get_family(family).count_weights(registered.config) == published
+
+
+def test_families_claim_their_sources():
+    assert get_family("gemma3").owns("gemma3_instruct_1b") and get_family("qwen3").owns("qwen3_0.6b_en")
+    assert get_family("llama3").owns("llama3.2_1b") and not get_family("llama3").owns("gemma3_1b")
+    assert get_family("llama3").owns("kaggle://keras/llama3/keras/llama3.2_1b/1")
+
+
+def test_offline_preset_without_random_weights_says_what_to_do():
+    from llm_tflite.errors import ModelSourceError
+
+    with pytest.raises(ModelSourceError, match="--random-weights"):
+        load_model("qwen3_0.6b_en")
