@@ -79,6 +79,23 @@ def test_greedy_tokens_equal_keras_hub(tiny, name):
     assert list(runner.generate_ids(ids, 24, "greedy")) == expected
 
 
+@pytest.mark.parametrize("name", FAMILIES)
+def test_dynamic_int8_stores_every_matrix_as_int8(tiny, tmp_path, name):
+    """No float32 matrix is left in a dynamic_int8 file: TensorFlow's converter would push an RMSNorm's
+    scale into the next matmul's weight (a MUL over the whole weight at every call, stored float32)."""
+    from llm_tflite.litert.flatbuffer import tflite_schema
+
+    lm, _ = tiny(name)
+    path = tmp_path / "int8.tflite"
+    Converter(quantize="dynamic_int8", context_length=128, prefill_lengths=(8,)).convert(lm, str(path), family=name)
+    schema = tflite_schema()
+    model = schema.Model.GetRootAs(path.read_bytes(), 0)
+    subgraph = model.Subgraphs(0)
+    tensors = [subgraph.Tensors(t) for t in range(subgraph.TensorsLength())]
+    weights = [t for t in tensors if b"weight_" in t.Name() and t.ShapeLength() == 2]  # the bound weights
+    assert weights and [t.Name() for t in weights if t.Type() == schema.TensorType.FLOAT32] == []
+
+
 def test_the_kit_is_what_differs(tiny):
     """Each family's choices reach its blocks: Gemma's five local layers to one global, post norms,
     soft-cap and query scale; Qwen's query/key norms; Llama's plain attention."""

@@ -304,6 +304,11 @@ class Converter:
             converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
             if weights is None:
                 self.quantizer.configure(converter, self.calibration)
+            else:
+                # With the weights as inputs, FULLY_CONNECTED(x * norm_scale, W) would become
+                # FULLY_CONNECTED(x, W * norm_scale): a MUL over the whole weight at every call, and
+                # a weight bind_weights cannot store as int8 (RMSNorm families: Gemma's head, Qwen's MLP).
+                converter._experimental_disable_fuse_mul_and_fc = True
             yield key, self._run_converter(converter), input_names(spec) + extra, output_names(spec, self.hidden_states)
             del fn, converter
 

@@ -138,13 +138,22 @@ def _apply(array: np.ndarray, steps) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _int8_rows(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 with one scale per row (output channel): TensorFlow's dynamic-range scheme."""
+def _int8_rows(array: np.ndarray, block_bytes: int = 64 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 with one scale per row (output channel): TensorFlow's dynamic-range scheme.
+
+    Computed ``block_bytes`` of rows at a time, so a 2 GB embedding table needs its int8 copy
+    beside it, not two float temporaries of its size."""
     rows = array.reshape(array.shape[0], -1)
-    scale = np.abs(rows).max(axis=1) / 127.0
-    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    values = np.clip(np.round(rows / scale[:, None]), -127, 127).astype(np.int8).reshape(array.shape)
-    return values, scale
+    scale = np.empty(rows.shape[0], np.float32)
+    values = np.empty(rows.shape, np.int8)
+    step = max(1, block_bytes // max(1, rows.shape[1] * rows.itemsize))
+    for start in range(0, rows.shape[0], step):
+        block = rows[start : start + step]
+        block_scale = np.abs(block).max(axis=1) / 127.0
+        block_scale = np.where(block_scale > 0, block_scale, 1.0).astype(np.float32)
+        scale[start : start + step] = block_scale
+        values[start : start + step] = np.clip(np.round(block / block_scale[:, None]), -127, 127).astype(np.int8)
+    return values.reshape(array.shape), scale
 
 
 def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]], fmt: str = "float32",

@@ -39,7 +39,9 @@ def unpack_model(tflite_model: bytes):
     a ``ModelT`` would silently drop them, so they are materialised here.
     """
     schema = tflite_schema()
-    model = schema.ModelT.InitFromPackedBuf(bytearray(tflite_model), 0)
+    # the buffers' arrays are read-only views into these bytes: immutable ones need no copy
+    packed = tflite_model if isinstance(tflite_model, bytes) else bytearray(tflite_model)
+    model = schema.ModelT.InitFromPackedBuf(packed, 0)
     for buffer in model.buffers or []:
         if getattr(buffer, "offset", 0) > 1 and getattr(buffer, "size", 0):
             buffer.data = np.frombuffer(tflite_model, np.uint8, count=buffer.size, offset=buffer.offset).copy()
@@ -103,7 +105,15 @@ def drop_unused_tensors(model, subgraph_index: int) -> None:
 
 
 def pack_model(model) -> bytes:
+    """``pack_into_bytearray`` as ``bytes``."""
+    return bytes(pack_into_bytearray(model))
+
+
+def pack_into_bytearray(model) -> bytearray:
     """Serialize; identical quantization parameters and strings are written once and shared.
+
+    Memory: the model's arrays and the builder, sized for them up front (growing by doubling
+    copies the file each time); the result is the builder's own bytes.
 
     Each signature's subgraph has its own tensor for a shared weight, and per-channel
     scales and zero points (12 bytes per output channel) would otherwise be repeated per
@@ -136,14 +146,32 @@ def pack_model(model) -> bytes:
                 shared_strings[key] = flatbuffers.Builder.CreateString(self, s, encoding, errors)
             return shared_strings[key]
 
+        def CreateNumpyVector(self, x):
+            """The array's bytes straight into the builder: flatbuffers' own makes two copies of
+            them first (three for int8, which it byteswaps)."""
+            if not isinstance(x, np.ndarray) or x.ndim > 1 or x.dtype.kind not in "biuf" or \
+                    (x.itemsize > 1 and x.dtype.byteorder == ">"):
+                return flatbuffers.Builder.CreateNumpyVector(self, x)
+            self.StartVector(x.itemsize, x.size, x.dtype.alignment)
+            self.head -= x.nbytes
+            np.frombuffer(self.Bytes, np.uint8, count=x.nbytes, offset=self.head)[:] = \
+                np.ascontiguousarray(x).reshape(-1).view(np.uint8)
+            self.vectorNumElems = x.size
+            return self.EndVector()
+
     shared_strings: dict = {}
-    builder = SharingBuilder(1 << 20)
+    arrays = sum(b.data.nbytes for b in model.buffers or [] if isinstance(b.data, np.ndarray))
+    # sized for the weights up front: growing by doubling copies the whole file each time
+    builder = SharingBuilder(min(arrays + (8 << 20), flatbuffers.Builder.MAX_BUFFER_SIZE))
     quantization_cls.Pack = pack_shared
     try:
         builder.Finish(model.Pack(builder), file_identifier=TFLITE_IDENTIFIER)
     finally:
         quantization_cls.Pack = pack_one
-    return bytes(builder.Output())
+    packed, head = builder.Bytes, builder.Head()
+    del builder
+    del packed[:head]  # the unused front (a flatbuffer is built backwards): O(1) for a bytearray
+    return packed
 
 
 def weight_bytes(tflite_model) -> int:

@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from llm_tflite.errors import ModelFileError
-from llm_tflite.litert.flatbuffer import (check_flatbuffer, pack_model, read_model_file, release_pages, tflite_schema,
+from llm_tflite.litert.flatbuffer import (check_flatbuffer, pack_into_bytearray, read_model_file, release_pages, tflite_schema,
                                          unpack_model)
 from llm_tflite.litert.litertlm import model_bytes
 
@@ -77,7 +77,7 @@ def pack_with_metadata(model, record: dict) -> bytes:
     entry.name = METADATA_NAME
     entry.buffer = len(model.buffers) - 1
     model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_NAME.encode()] + [entry]
-    packed = bytearray(pack_model(model))
+    packed = pack_into_bytearray(model)
     field_at = packed.rfind(_checksum_field(_UNSET_CHECKSUM))
     value_at = field_at + len(_checksum_field("")) - 1
     packed[value_at : value_at + 64] = _digest(packed, field_at).encode()
