@@ -9,7 +9,7 @@ What a family plugin may import from here (docs/plugins.md):
 - ``causal_attention``, ``update_key_cache``, ``update_value_cache``, ``cache_shapes``: the
   TensorFlow building blocks of ``forward_with_cache`` that convert to builtin ops only (``ops``);
 - ``keras_generate_function``: the ``--mode generate`` graph of ``generate_function`` (``generate_graph``);
-- ``DecoderFamily``, ``Block``, ``Attention``, ``gated_mlp``, ``keras_rope``: the kit of decoder parts
+- ``DecoderFamily``, ``Block``, ``Attention``, ``gated_mlp``, ``keras_rope``, ``llama_style_block``: the kit of decoder parts
   a family maps its KerasHub layers to (``decoder``).
 
 Importing this package does not import TensorFlow: the ``ops`` and ``generate_graph`` names load
@@ -19,7 +19,7 @@ on first use.
 import importlib
 
 from llm_tflite.families.base import KVCacheSpec, ModelFamily, Preset
-from llm_tflite.families.decoder import Attention, Block, DecoderFamily, gated_mlp, keras_rope
+from llm_tflite.families.decoder import Attention, Block, DecoderFamily, gated_mlp, keras_rope, llama_style_block
 from llm_tflite.families.loading import is_preset_dir, load_keras_preset, preset_class_name
 
 _LAZY = {
@@ -32,7 +32,7 @@ _LAZY = {
 
 __all__ = sorted([
     "Attention", "Block", "DecoderFamily", "KVCacheSpec", "ModelFamily", "Preset", "gated_mlp", "is_preset_dir",
-    "keras_rope", "load_keras_preset", "preset_class_name", *_LAZY,
+    "keras_rope", "llama_style_block", "load_keras_preset", "preset_class_name", *_LAZY,
 ])
 
 

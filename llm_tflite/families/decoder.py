@@ -65,6 +65,24 @@ def gated_mlp(gate: Layer, up: Layer, down: Layer, activation: Callable) -> Call
     return lambda x: down(activation(gate(x)) * up(x))
 
 
+def llama_style_block(layer, **attention) -> Block:
+    """The ``Block`` of a KerasHub decoder layer laid out as Llama's (Llama, Qwen and their kin:
+    ``_self_attention_layernorm``, ``_self_attention_layer`` with ``_query_dense`` ... ``_output_dense``
+    and ``rotary_embedding_layer``, ``_feedforward_layernorm``, a gated MLP); ``attention``: the
+    ``Attention`` fields where the family differs (query/key norms, a sliding window)."""
+    self_attention = layer._self_attention_layer
+    return Block(
+        attention_norm=layer._self_attention_layernorm,
+        attention=Attention(
+            query=self_attention._query_dense, key=self_attention._key_dense, value=self_attention._value_dense,
+            output=self_attention._output_dense, rope=keras_rope(self_attention.rotary_embedding_layer),
+            scale=self_attention._inv_norm_factor, **attention),
+        mlp_norm=layer._feedforward_layernorm,
+        mlp=gated_mlp(layer._feedforward_gate_dense, layer._feedforward_intermediate_dense,
+                      layer._feedforward_output_dense, layer.activation),
+    )
+
+
 def keras_rope(layer) -> Callable:
     """``rope(x, start)`` of a KerasHub ``RotaryEmbedding`` layer (any of its scaling variants)."""
     return lambda x, start: layer(x, start_index=start)

@@ -6,7 +6,7 @@ frequency scaling (3.1 and 3.2), a separate head in KerasHub's presets.
 
 from __future__ import annotations
 
-from llm_tflite.families.decoder import Attention, Block, DecoderFamily, gated_mlp, keras_rope
+from llm_tflite.families.decoder import Block, DecoderFamily, llama_style_block
 from llm_tflite.families.qwen3 import bpe_spec, count_llama_like
 from llm_tflite.plugins.hookspecs import hookimpl
 
@@ -36,20 +36,7 @@ class Llama3Family(DecoderFamily):
         return count_llama_like(config, query_key_norms=False, tied=False)
 
     def blocks(self, model) -> list[Block]:
-        blocks = []
-        for layer in model.backbone.transformer_layers:
-            attention = layer._self_attention_layer
-            blocks.append(Block(
-                attention_norm=layer._self_attention_layernorm,
-                attention=Attention(
-                    query=attention._query_dense, key=attention._key_dense, value=attention._value_dense,
-                    output=attention._output_dense, rope=keras_rope(attention.rotary_embedding_layer),
-                    scale=attention._inv_norm_factor),
-                mlp_norm=layer._feedforward_layernorm,
-                mlp=gated_mlp(layer._feedforward_gate_dense, layer._feedforward_intermediate_dense,
-                              layer._feedforward_output_dense, layer.activation),
-            ))
-        return blocks
+        return [llama_style_block(layer) for layer in model.backbone.transformer_layers]
 
 
 @hookimpl

@@ -6,7 +6,7 @@ tied head up to 4B; no start token.
 
 from __future__ import annotations
 
-from llm_tflite.families.decoder import Attention, Block, DecoderFamily, gated_mlp, keras_rope
+from llm_tflite.families.decoder import Block, DecoderFamily, llama_style_block
 from llm_tflite.plugins.hookspecs import hookimpl
 
 #: Qwen's special tokens (ids at the end of the vocabulary of a random-weight model).
@@ -40,21 +40,10 @@ class Qwen3Family(DecoderFamily):
         return count_llama_like(config, query_key_norms=True, tied=True)
 
     def blocks(self, model) -> list[Block]:
-        blocks = []
-        for layer in model.backbone.transformer_layers:
-            attention = layer._self_attention_layer
-            blocks.append(Block(
-                attention_norm=layer._self_attention_layernorm,
-                attention=Attention(
-                    query=attention._query_dense, key=attention._key_dense, value=attention._value_dense,
-                    output=attention._output_dense, rope=keras_rope(attention.rotary_embedding_layer),
-                    query_norm=attention._query_dense_layer_norm, key_norm=attention._key_dense_layer_norm,
-                    scale=attention._inv_norm_factor, sliding_window=attention.sliding_window_size or None),
-                mlp_norm=layer._feedforward_layernorm,
-                mlp=gated_mlp(layer._feedforward_gate_dense, layer._feedforward_intermediate_dense,
-                              layer._feedforward_output_dense, layer.activation),
-            ))
-        return blocks
+        return [llama_style_block(layer, query_norm=layer._self_attention_layer._query_dense_layer_norm,
+                                  key_norm=layer._self_attention_layer._key_dense_layer_norm,
+                                  sliding_window=layer._self_attention_layer.sliding_window_size or None)
+                for layer in model.backbone.transformer_layers]
 
 
 def bpe_spec(tokenizer) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import pathlib
 
-from llm_tflite.families import Attention, Block, DecoderFamily, gated_mlp, keras_rope
+from llm_tflite.families import Block, DecoderFamily, llama_style_block
 
 TINY_PRESET = "mistral_tiny_random"
 TINY_CONFIG = {
@@ -41,11 +41,13 @@ class MistralFamily(DecoderFamily):
     def random_tokenizer(self, vocabulary_size: int):
         import keras_hub
 
-        from llm_tflite.tokenizers.spm_training import extend_sentencepiece
+        from llm_tflite.errors import ModelSourceError
 
-        # the shipped 1,000 pieces, grown with joins of its own word pieces for larger shapes
-        return keras_hub.models.MistralTokenizer(proto=extend_sentencepiece(TOKENIZER_MODEL.read_bytes(),
-                                                                            vocabulary_size))
+        tokenizer = keras_hub.models.MistralTokenizer(proto=TOKENIZER_MODEL.read_bytes())
+        if vocabulary_size != tokenizer.vocabulary_size():
+            raise ModelSourceError(f"the shipped tokenizer has {tokenizer.vocabulary_size()} pieces, not "
+                                   f"{vocabulary_size}: random weights are for {TINY_PRESET!r}")
+        return tokenizer
 
     def tokenizer_spec(self, model) -> dict:
         # The core's runtime SentencePiece tokenizer reads this; no plugin code runs at inference.
@@ -53,17 +55,6 @@ class MistralFamily(DecoderFamily):
         return {"type": "sentencepiece", "model": base64.b64encode(proto).decode("ascii")}
 
     def blocks(self, model) -> list[Block]:
-        blocks = []
-        for layer in model.backbone.transformer_layers:
-            attention = layer._self_attention_layer
-            blocks.append(Block(
-                attention_norm=layer._self_attention_layernorm,
-                attention=Attention(
-                    query=attention._query_dense, key=attention._key_dense, value=attention._value_dense,
-                    output=attention._output_dense, rope=keras_rope(attention.rotary_embedding_layer),
-                    scale=attention._inv_norm_factor, sliding_window=layer.sliding_window),
-                mlp_norm=layer._feedforward_layernorm,
-                mlp=gated_mlp(layer._feedforward_gate_dense, layer._feedforward_intermediate_dense,
-                              layer._feedforward_output_dense, layer.activation),
-            ))
-        return blocks
+        # Mistral's decoder layers are laid out as Llama's; every layer attends over its window
+        return [llama_style_block(layer, sliding_window=layer.sliding_window)
+                for layer in model.backbone.transformer_layers]
