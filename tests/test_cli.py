@@ -245,3 +245,14 @@ def test_autocomplete_command(tiny_tflite):
     assert rejected.returncode == 0 and rejected.stdout == "" and "no suggestion (bad_language)" in rejected.stderr
     unfiltered = cli("autocomplete", tiny_tflite, "what the fuck", "--no-filter", "--json")
     assert json.loads(unfiltered.stdout)["reason"] in (None, "no_suggestion")
+
+
+def test_every_sampler_setting_has_an_option():
+    """The one list of sampler settings (sampling.SETTINGS) is what generate and autocomplete take."""
+    from llm_tflite.cli.main import build_parser
+    from llm_tflite.runtime import sampling
+
+    parser = build_parser()
+    for command in ("generate", "autocomplete"):
+        args = parser.parse_args([command, "m.tflite", "text"])
+        assert set(sampling.SETTINGS) <= set(vars(args)), command
