@@ -11,10 +11,11 @@ from llm_tflite.testing import run_cached_parity_test, run_greedy_test, run_pref
 #: Small shapes that still exercise each family's choices (widths of 128, so int4 blocks of 128 fit):
 #: grouped-query attention everywhere; Gemma's
 #: local windows (5 of 6 layers, a window shorter than the test's 96 tokens), its other query scale and
-#: both soft-caps; Llama 3.1's RoPE scaling (from 64 positions, so the 96 tokens reach the scaled range).
+#: both soft-caps, a head_dim (64) other than width / heads; Llama 3.1's
+#: frequency-dependent RoPE scaling with a pretraining length of 64.
 TINY = {
     "gemma3": dict(vocabulary_size=4096, image_size=None, num_layers=6, num_query_heads=4, num_key_value_heads=2,
-                   hidden_dim=128, intermediate_dim=256, head_dim=32, query_head_dim_normalize=False,
+                   hidden_dim=128, intermediate_dim=256, head_dim=64, query_head_dim_normalize=False,
                    use_query_key_norm=True, use_post_ffw_norm=True, use_post_attention_norm=True,
                    attention_logit_soft_cap=50.0, final_logit_soft_cap=30.0, use_sliding_window_attention=True,
                    sliding_window_size=24, layer_norm_epsilon=1e-6),
@@ -104,7 +105,9 @@ def test_the_kit_is_what_differs(tiny):
     blocks = family.blocks(lm)
     assert [b.attention.sliding_window for b in blocks] == [24, 24, 24, 24, 24, None]
     assert blocks[0].post_attention_norm is not None and blocks[0].attention.soft_cap == 50.0
-    assert abs(blocks[0].attention.scale - 1 / (128 / 4) ** 0.5) < 1e-12  # query_head_dim_normalize=False
+    # KerasHub's Gemma3DecoderBlock gives its attention query_head_dim_normalize=True whatever the backbone
+    # says, and the kit reads the attention layer: 1/sqrt(head_dim) (parity above checks it is KerasHub's)
+    assert abs(blocks[0].attention.scale - 1 / 64 ** 0.5) < 1e-12
     qwen = get_family("qwen3").blocks(tiny("qwen3")[0])[0]
     assert qwen.attention.query_norm is not None and qwen.post_attention_norm is None
     assert get_family("llama3").blocks(tiny("llama3")[0])[0].attention.query_norm is None
@@ -187,8 +190,14 @@ def test_families_claim_their_sources():
     assert get_family("llama3").owns("kaggle://keras/llama3/keras/llama3.2_1b/1")
 
 
-def test_offline_preset_without_random_weights_says_what_to_do():
+def test_offline_preset_without_random_weights_says_what_to_do(monkeypatch):
     from llm_tflite.errors import ModelSourceError
 
+    import keras_hub
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")  # what a download gives here, without trying one when online
+
+    monkeypatch.setattr(keras_hub.models.Qwen3CausalLM, "from_preset", offline)
     with pytest.raises(ModelSourceError, match="--random-weights"):
         load_model("qwen3_0.6b_en")

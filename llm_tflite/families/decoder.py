@@ -99,7 +99,9 @@ def run_blocks(blocks: list[Block], x, input_pos, caches):
         h = block.attention_norm(x)
         query, key = attention.query(h), attention.key(h)
         if attention.query_norm is not None:
-            query, key = attention.query_norm(query), attention.key_norm(key)
+            query = attention.query_norm(query)
+        if attention.key_norm is not None:
+            key = attention.key_norm(key)
         query, key = attention.rope(query, start), attention.rope(key, start)
         key_cache = update_key_cache(key_cache, key, input_pos)
         value_cache = update_value_cache(value_cache, attention.value(h), input_pos)

@@ -18,7 +18,7 @@ class Qwen3Family(DecoderFamily):
     description = "Qwen 3 decoders (keras_hub.models.Qwen3CausalLM): query/key norms, grouped-query attention, SwiGLU"
     causal_lm = "Qwen3CausalLM"
     backbone_class = "Qwen3Backbone"
-    preset_prefixes = ("qwen3_",)
+    preset_prefixes = ("qwen3_0", "qwen3_1", "qwen3_3", "qwen3_4", "qwen3_8")  # not qwen3_5_*, qwen3_moe_*, ...
     max_positions = 40960
 
     def random_tokenizer(self, vocabulary_size: int):
@@ -50,7 +50,7 @@ def bpe_spec(tokenizer) -> dict:
     """The runtime spec of a KerasHub byte-level BPE tokenizer (Qwen 3, Llama 3): GPT-2's format, with
     the special tokens that decode to nothing."""
     return {"type": "gpt2_bpe", "vocab": dict(tokenizer.vocabulary), "merges": list(tokenizer.merges),
-            "special_tokens": list(tokenizer.special_tokens)}
+            "special_tokens": sorted(tokenizer.special_tokens)}  # KerasHub keeps a set
 
 
 def count_llama_like(config: dict, *, query_key_norms: bool, tied: bool) -> int | None:

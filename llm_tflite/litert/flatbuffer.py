@@ -150,7 +150,7 @@ def pack_into_bytearray(model) -> bytearray:
             """The array's bytes straight into the builder: flatbuffers' own makes two copies of
             them first (three for int8, which it byteswaps)."""
             if not isinstance(x, np.ndarray) or x.ndim > 1 or x.dtype.kind not in "biuf" or \
-                    (x.itemsize > 1 and x.dtype.byteorder == ">"):
+                    (x.itemsize > 1 and x.dtype.str[0] == ">"):
                 return flatbuffers.Builder.CreateNumpyVector(self, x)
             self.StartVector(x.itemsize, x.size, x.dtype.alignment)
             self.head -= x.nbytes
