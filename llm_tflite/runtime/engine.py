@@ -111,8 +111,8 @@ class Engine:
         """Raise ``unsupported(what)`` unless this engine gives token-level access (``sequence``)."""
         raise self.unsupported(what)
 
-    def sequence(self, observer=None, *, what: str = "sequence"):
-        raise self.unsupported(what)
+    def sequence(self, observer=None):
+        raise self.unsupported("sequence")
 
     def unsupported(self, what: str) -> Exception:
         """The error for a token-level call (``sequence``, ``generate_ids``, ``logits``) this engine cannot serve."""
@@ -128,7 +128,7 @@ class SequenceEngine(Engine):
     def require_sequences(self, what: str) -> None:
         pass
 
-    def sequence(self, observer=None, *, what: str = "sequence"):
+    def sequence(self, observer=None):
         raise NotImplementedError
 
     def check(self, sampler, settings: dict, seed, stop_token_ids: set) -> None:
@@ -168,12 +168,13 @@ class SequenceEngine(Engine):
         sequence = self.sequence()
         logits = sequence.feed(ids)[-1]
         room = self.context_length - sequence.position + 1  # the last token is never fed
-        tokens = beam_search(sequence, logits, max_new_tokens=min(limit, room),
+        cap = min(limit, room)
+        tokens = beam_search(sequence, logits, max_new_tokens=cap,
                              num_beams=request.settings.get("num_beams", sampling.NUM_BEAMS),
                              temperature=request.settings.get("temperature", sampling.TEMPERATURE),
                              length_penalty=request.settings.get("length_penalty", sampling.LENGTH_PENALTY),
                              stop_ids=request.stop_token_ids)
-        reason = ("length" if len(tokens) == limit else "context") if len(tokens) == min(limit, room) else "stop"
+        reason = "stop" if len(tokens) < cap else "length" if cap == limit else "context"
         for i, token in enumerate(tokens):
             yield token, reason if i == len(tokens) - 1 else None
         if not tokens:

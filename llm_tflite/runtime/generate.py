@@ -69,10 +69,10 @@ class GenerateEngine(Engine):
     def open(cls, model: ModelFile, *, num_threads: int, weight_cache: str) -> "GenerateEngine":
         return cls(bytes(model.data), model.metadata, num_threads, model.path, model.tokenizer)
 
-    def __init__(self, data: bytes, metadata: dict, num_threads, path, tokenizer=None):
+    def __init__(self, data: bytes, metadata: dict, num_threads, path, tokenizer):
         self.metadata, self.tokenizer, self.path = metadata, tokenizer, path
         self.token_budget = int(metadata["max_length"])
-        self.vocab_size = tokenizer.vocab_size if tokenizer is not None else None
+        self.vocab_size = tokenizer.vocab_size
         with quiet_native():  # TensorFlow's import and the XNNPACK delegate announce themselves
             try:
                 interpreter = _interpreter(data, num_threads)

@@ -60,14 +60,13 @@ class LiteRTLMEngine(Engine):
     def open(cls, model: ModelFile, *, num_threads: int, weight_cache: str) -> "LiteRTLMEngine":
         record = model.metadata
         start = record.get("bos_id") if record.get("add_bos", False) else None
-        engine = cls(model.path, num_threads, model.tokenizer.vocab_size, start, record.get("eos_id"),
-                     tokenizer=model.tokenizer, context_length=int(record["context_length"]))
-        # LiteRT-LM's SentencePiece detokenizer drops the first piece's leading space (see ``tokens``)
-        engine.sentencepiece = record["tokenizer"]["type"] == "sentencepiece"
-        return engine
+        return cls(model.path, num_threads, model.tokenizer.vocab_size, start, record.get("eos_id"),
+                   tokenizer=model.tokenizer, context_length=int(record["context_length"]),
+                   sentencepiece=record["tokenizer"]["type"] == "sentencepiece")
 
     def __init__(self, path: str, num_threads: int | None, vocab_size: int, start_id: int | None = None,
-                 stop_id: int | None = None, *, tokenizer=None, context_length: int | None = None):
+                 stop_id: int | None = None, *, tokenizer=None, context_length: int | None = None,
+                 sentencepiece: bool = False):
         from llm_tflite.console import quiet_native
 
         litert_lm = import_litert_lm()
@@ -75,7 +74,8 @@ class LiteRTLMEngine(Engine):
         self.tokenizer, self.token_budget = tokenizer, context_length
         self._stops = {stop_id} - {None}
         self._piece_ids = None  # a piece's bytes -> its id
-        self.sentencepiece = False
+        #: LiteRT-LM's SentencePiece detokenizer drops the first piece's leading space (see ``tokens``)
+        self.sentencepiece = sentencepiece
         self._lock = threading.Lock()
         try:
             with quiet_native():

@@ -138,7 +138,7 @@ class PrefillDecodeEngine(SequenceEngine):
                 raise ModelFileError(f"{path!r}: {name} {value} is outside the vocabulary of {self.vocab_size}; "
                                      "re-convert it")
 
-    def sequence(self, observer=None, *, what: str = "sequence") -> "Sequence":
+    def sequence(self, observer=None) -> "Sequence":
         """A fresh ``Sequence`` on this engine."""
         return Sequence(self, observer)
 
