@@ -177,3 +177,34 @@ def test_wrong_weight_count_is_a_conversion_error(files):
 
     runner = Interpreter(model_content=bound).get_signature_runner("run")
     assert runner(x=np.array([10.0, 20.0], np.float32))["y"].tolist() == [11.0, 22.0]
+
+
+@pytest.mark.parametrize("source", ["tiny_gpt2_dir", "tiny_palm_dir"])
+def test_signatures_convert_unfrozen_to_the_same_bytes(request, source, monkeypatch):
+    """Weight-input graphs skip freezing (whose Grappler pass allocates every weight-shaped
+    placeholder: a second copy of the weights per signature) and convert to the same bytes."""
+    import tensorflow as tf
+    from tensorflow.python.framework import convert_to_constants
+
+    from llm_tflite import load_model
+    from llm_tflite.export.converter import skip_freezing
+    from llm_tflite.export.prefill_decode import model_variables, signature_function
+
+    family, lm = load_model(str(request.getfixturevalue(source)))
+    weights = model_variables(lm)
+    fn = signature_function(family, lm, family.kv_cache_spec(lm), 32, 4, False, None, weights)
+
+    def convert(unfrozen):
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
+        converter._experimental_disable_fuse_mul_and_fc = True
+        if unfrozen:
+            skip_freezing(converter, fn, tf)
+        return converter.convert()
+
+    frozen = convert(False)
+    freezes = []
+    real = convert_to_constants.convert_variables_to_constants_v2_as_graph
+    monkeypatch.setattr(convert_to_constants, "convert_variables_to_constants_v2_as_graph",
+                        lambda *a, **k: freezes.append(1) or real(*a, **k))
+    assert convert(True) == frozen
+    assert not freezes
