@@ -47,3 +47,36 @@ def test_time_limit_stops_training(tiny_gpt2_dir):
     result = finetune(str(tiny_gpt2_dir), TANG_DIR / "poet.tang.0.json", text_field="paragraphs",
                       heldout_fraction=0, max_minutes=0.001, batch_size=4, sequence_length=32)
     assert 1 <= result.steps < 50 and result.before is None
+
+
+@pytest.mark.parametrize("architecture", ["gemma3", "qwen3", "llama3"])
+def test_train_a_small_model_of_a_kit_family(architecture, tmp_path):
+    """``llm-tflite train --architecture gemma3|qwen3|llama3``: a tokenizer of the family's kind, a
+    model of its shape that learns, a preset that loads as that family, and a float32 file whose
+    held-out loss is the Keras model's."""
+    import math
+
+    from conftest import shakespeare_text
+    from llm_tflite import load_model
+    from llm_tflite.evaluation.metrics import tflite_heldout_loss
+    from llm_tflite.training.data import split_heldout
+    from llm_tflite.training.train import TrainConfig, train
+
+    data = tmp_path / "input.txt"
+    data.write_text(shakespeare_text()[:60000], encoding="utf-8")
+    config = TrainConfig.for_architecture(architecture, vocab_size=512, num_layers=2, num_heads=4, hidden_dim=64,
+                                          intermediate_dim=128, sequence_length=64, batch_size=8, steps=60,
+                                          warmup_steps=5, learning_rate=1e-2, min_learning_rate=1e-3)
+    record = train(str(data), str(tmp_path / "preset"), config)
+    assert record["steps_done"] == 60 and record["config"]["architecture"] == architecture
+    # uniform over the vocabulary would be ln(512) = 6.24 nats per token; 60 steps learn the letters
+    assert record["heldout"]["nats_per_token"] < math.log(512) - 1.0
+    family, lm = load_model(str(tmp_path / "preset"))
+    assert family.name == architecture and lm.backbone.count_params() == record["parameters"]
+    assert lm.preprocessor.tokenizer.vocabulary_size() == 512
+    path = tmp_path / "model.tflite"
+    Converter(context_length=64, prefill_lengths=(16, 64)).convert(str(tmp_path / "preset"), str(path))
+    heldout = split_heldout(data.read_text(encoding="utf-8"), 1 - config.train_fraction)[1]
+    figures = tflite_heldout_loss(InterpreterRunner(path), heldout, window=64)
+    assert figures["tokens"] == record["heldout"]["tokens"]
+    assert abs(figures["nats_per_token"] - record["heldout"]["nats_per_token"]) < 1e-4

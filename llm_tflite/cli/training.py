@@ -45,19 +45,23 @@ def cmd_finetune(args) -> int:
 def add_commands(cli) -> None:
     from llm_tflite.training.train import ARCHITECTURES, TrainConfig
 
-    p = cli.add_parser("train", help="train a small GPT-2 or PaLM-style model (tokenizer + model) from scratch")
+    p = cli.add_parser("train", help="train a small model (tokenizer + model) from scratch: GPT-2, PaLM-style, "
+                       "Gemma 3, Qwen 3 or Llama 3 architecture")
     p.add_argument("--data", required=True, help="UTF-8 text file; its first 90%% trains, the rest is held out")
     p.add_argument("-o", "--output", required=True, help="preset directory to write")
     p.add_argument("--architecture", choices=ARCHITECTURES, default="gpt2",
-                   help="gpt2 (byte-level BPE + GPT2CausalLM) or palm (SentencePiece + PaLMCausalLM; "
-                   "changes the other defaults too)")
-    palm = TrainConfig.for_architecture("palm")
+                   help="gpt2 (byte-level BPE + GPT2CausalLM), palm (SentencePiece + PaLMCausalLM), or gemma3, "
+                   "qwen3, llama3 (a small model of that family; palm and these change some defaults too)")
+    others = {name: TrainConfig.for_architecture(name) for name in ARCHITECTURES if name != "gpt2"}
     for field in dataclasses.fields(TrainConfig):
         if field.name == "architecture":
             continue
         default = f"default: {field.default}"
-        if getattr(palm, field.name) != field.default:
-            default += f"; palm: {getattr(palm, field.name)}"
+        by_value: dict = {}
+        for name, config in others.items():
+            if getattr(config, field.name) != field.default:
+                by_value.setdefault(getattr(config, field.name), []).append(name)
+        default += "".join(f"; {', '.join(names)}: {value}" for value, names in by_value.items())
         p.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=type(field.default),
                        help=f"{TrainConfig.HELP[field.name]} ({default})")
     p.set_defaults(func=cmd_train)

@@ -144,6 +144,10 @@ class DecoderFamily(ModelFamily):
         architecture (no download): the shipped small tokenizer grown to that size."""
         raise NotImplementedError
 
+    def train_tokenizer(self, text: str, vocabulary_size: int):
+        """A KerasHub tokenizer of the family's kind trained on ``text`` (``llm-tflite train``)."""
+        raise NotImplementedError
+
     def tokenizer_spec(self, model) -> dict:
         raise NotImplementedError
 

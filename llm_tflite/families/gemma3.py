@@ -33,6 +33,14 @@ class Gemma3Family(DecoderFamily):
             proto = extend_sentencepiece(f.read(), vocabulary_size)
         return keras_hub.models.Gemma3Tokenizer(proto=proto, has_vision_tokens=False)
 
+    def train_tokenizer(self, text: str, vocabulary_size: int):
+        import keras_hub
+
+        from llm_tflite.tokenizers.spm_training import train_byte_fallback_sentencepiece
+
+        proto = train_byte_fallback_sentencepiece([p + "\n\n" for p in text.split("\n\n")], vocabulary_size)
+        return keras_hub.models.Gemma3Tokenizer(proto=proto, has_vision_tokens=False)
+
     def tokenizer_spec(self, model) -> dict:
         return {"type": "sentencepiece", "model": base64.b64encode(model.preprocessor.tokenizer.proto).decode("ascii")}
 

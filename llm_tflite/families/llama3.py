@@ -29,6 +29,14 @@ class Llama3Family(DecoderFamily):
         vocabulary, merges = borrowed_bpe(vocabulary_size, SPECIAL_TOKENS)
         return keras_hub.models.Llama3Tokenizer(vocabulary=vocabulary, merges=merges)
 
+    def train_tokenizer(self, text: str, vocabulary_size: int):
+        import keras_hub
+
+        from llm_tflite.tokenizers.bpe_training import train_bpe
+
+        vocabulary, merges = train_bpe(text, vocabulary_size, special_tokens=SPECIAL_TOKENS)
+        return keras_hub.models.Llama3Tokenizer(vocabulary=vocabulary, merges=merges)
+
     def tokenizer_spec(self, model) -> dict:
         return bpe_spec(model.preprocessor.tokenizer)
 

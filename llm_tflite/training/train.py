@@ -19,7 +19,10 @@ from llm_tflite.families.base import without_preprocessor
 from llm_tflite.training.data import split_heldout
 
 
-ARCHITECTURES = ("gpt2", "palm")
+#: The kit families (``llm_tflite.families.decoder``): a small model of the family's own shape,
+#: with a tokenizer of its kind trained on the text.
+KIT_ARCHITECTURES = ("gemma3", "qwen3", "llama3")
+ARCHITECTURES = ("gpt2", "palm") + KIT_ARCHITECTURES
 
 
 @dataclasses.dataclass
@@ -33,7 +36,7 @@ class TrainConfig:
     vocab_size: int = 2048
     num_layers: int = 4
     num_heads: int = 4
-    num_key_value_heads: int = 1  # PaLM-style only (multi-query attention)
+    num_key_value_heads: int = 1  # not GPT-2 (one K/V head per query head)
     hidden_dim: int = 256
     intermediate_dim: int = 1024
     sequence_length: int = 256
@@ -50,10 +53,11 @@ class TrainConfig:
 
     #: One line per field, for ``llm-tflite train --help``.
     HELP = {
-        "vocab_size": "tokenizer vocabulary size (byte-level BPE for gpt2, SentencePiece unigram for palm)",
+        "vocab_size": "tokenizer vocabulary size (byte-level BPE for gpt2, qwen3, llama3; SentencePiece unigram "
+                      "for palm, with byte fallback for gemma3)",
         "num_layers": "decoder blocks",
         "num_heads": "attention (query) heads",
-        "num_key_value_heads": "palm only: key/value heads (1 = multi-query attention)",
+        "num_key_value_heads": "not gpt2: key/value heads (1 = multi-query attention)",
         "hidden_dim": "width of the residual stream",
         "intermediate_dim": "width of the feed-forward layer",
         "sequence_length": "tokens per training sample (also the model's position limit)",
@@ -74,10 +78,13 @@ class TrainConfig:
         """Defaults of the shipped model of that architecture, with ``overrides``."""
         if architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
-        if architecture != "palm" and overrides.get("num_key_value_heads") not in (None, 1):
-            raise ValueError("num_key_value_heads applies to the palm architecture only (GPT-2 has one K/V head per "
-                             "query head); use --architecture palm or drop --num-key-value-heads")
-        defaults = {"palm": {"intermediate_dim": 768, "dropout": 0.15, "steps": 1400}}.get(architecture, {})
+        if architecture == "gpt2" and overrides.get("num_key_value_heads") not in (None, 1):
+            raise ValueError("num_key_value_heads does not apply to gpt2 (one K/V head per query head); use another "
+                             "--architecture or drop --num-key-value-heads")
+        kit = {"num_key_value_heads": 2, "intermediate_dim": 768, "dropout": 0.0}  # grouped-query, gated MLP
+        defaults = {"palm": {"intermediate_dim": 768, "dropout": 0.15, "steps": 1400},
+                    **{name: kit for name in KIT_ARCHITECTURES},
+                    "gemma3": {**kit, "num_layers": 6}}.get(architecture, {})  # five local layers, one global
         return cls(**{"architecture": architecture, **defaults, **overrides})
 
 
@@ -159,6 +166,45 @@ def _palm_model(train_text: str, config: TrainConfig):
     return PaLMCausalLM(backbone=backbone, preprocessor=preprocessor), ids
 
 
+def _kit_backbone_config(architecture: str, config: TrainConfig, vocabulary_size: int) -> dict:
+    """Backbone arguments of a small model of a kit family: the family's own choices (Gemma's norms
+    and local windows, Qwen's query/key norms, RoPE bases) at ``config``'s size."""
+    if config.hidden_dim % config.num_heads or config.num_heads % config.num_key_value_heads:
+        raise ValueError(f"hidden_dim ({config.hidden_dim}) must divide into num_heads ({config.num_heads}), and "
+                         f"num_heads into num_key_value_heads ({config.num_key_value_heads})")
+    head_dim = config.hidden_dim // config.num_heads
+    common = dict(vocabulary_size=vocabulary_size, num_layers=config.num_layers, num_query_heads=config.num_heads,
+                  num_key_value_heads=config.num_key_value_heads, hidden_dim=config.hidden_dim,
+                  intermediate_dim=config.intermediate_dim, dropout=config.dropout)
+    return {**common, **{
+        # five local layers (half the training length) to each global one, as Gemma 3 has
+        "gemma3": dict(image_size=None, head_dim=head_dim, query_head_dim_normalize=True, use_query_key_norm=True,
+                       use_post_ffw_norm=True, use_post_attention_norm=True, use_sliding_window_attention=True,
+                       sliding_window_size=max(config.sequence_length // 2, 1), layer_norm_epsilon=1e-6),
+        "qwen3": dict(head_dim=head_dim, rope_max_wavelength=1000000, layer_norm_epsilon=1e-6,
+                      tie_word_embeddings=True, sliding_window_size=None),
+        "llama3": dict(rope_max_wavelength=500000, layer_norm_epsilon=1e-5, tie_word_embeddings=False),
+    }[architecture]}
+
+
+def _kit_model(train_text: str, config: TrainConfig):
+    """A tokenizer of the family's kind trained on ``train_text``, an untrained model of the family
+    (``config.architecture``: gemma3, qwen3, llama3), and the training token ids."""
+    import keras_hub
+
+    from llm_tflite.plugins.registry import get_family
+    from llm_tflite.training.metrics import keras_tokenize
+
+    family = get_family(config.architecture)
+    tokenizer = family.train_tokenizer(train_text, config.vocab_size)
+    ids = keras_tokenize(tokenizer, train_text)
+    backbone = getattr(keras_hub.models, family.backbone_class)(
+        **_kit_backbone_config(config.architecture, config, int(tokenizer.vocabulary_size())))
+    preprocessor = getattr(keras_hub.models, family.causal_lm + "Preprocessor")(
+        tokenizer, sequence_length=config.sequence_length)
+    return getattr(keras_hub.models, family.causal_lm)(backbone=backbone, preprocessor=preprocessor), ids
+
+
 def train(data_path: str, output_dir: str, config: TrainConfig | None = None) -> dict:
     """Train a tokenizer and a small causal LM on ``data_path``; write a KerasHub preset.
 
@@ -166,7 +212,8 @@ def train(data_path: str, output_dir: str, config: TrainConfig | None = None) ->
         data_path: a UTF-8 text file; its first ``train_fraction`` is used for training.
         output_dir: the KerasHub preset directory to write.
         config: hyper-parameters (default: the shipped GPT-2's); ``config.architecture`` picks
-            ``gpt2`` (byte-level BPE + GPT2CausalLM) or ``palm`` (SentencePiece + PaLMCausalLM).
+            ``gpt2`` (byte-level BPE + GPT2CausalLM), ``palm`` (SentencePiece + PaLMCausalLM) or a
+            kit family, ``gemma3`` / ``qwen3`` / ``llama3`` (its tokenizer kind + its KerasHub model).
 
     Returns:
         The training record (also written to ``output_dir/training.json``).
@@ -200,19 +247,23 @@ def train(data_path: str, output_dir: str, config: TrainConfig | None = None) ->
     started = time.time()
     logger.info("training the %s tokenizer (vocab %d) on %s characters", config.architecture, config.vocab_size,
                 f"{len(train_text):,}")
-    build = {"gpt2": _gpt2_model, "palm": _palm_model}[config.architecture]
+    build = {"gpt2": _gpt2_model, "palm": _palm_model}.get(config.architecture, _kit_model)
     final, ids = build(train_text, config)
     ids = np.asarray(ids, np.int32)
     bos = final.preprocessor.tokenizer.start_token_id
     logger.info("%s training tokens (%.2f characters per token)", f"{len(ids):,}", len(train_text) / len(ids))
 
-    # Each sample: BOS + T-1 tokens from a random offset; targets are the next tokens.
+    # Each sample: BOS + T-1 tokens from a random offset (T tokens where the family has no BOS:
+    # Qwen); targets are the next tokens.
     rng = np.random.default_rng(config.seed)
     T, B = config.sequence_length, config.batch_size
     starts = rng.integers(0, len(ids) - T, size=config.steps * B)
     offsets = starts[:, None] + np.arange(T)[None, :]
-    targets = ids[offsets]
-    inputs = np.concatenate([np.full((len(starts), 1), bos, np.int32), targets[:, :-1]], axis=1)
+    if bos is None:
+        inputs, targets = ids[offsets], ids[offsets + 1]
+    else:
+        targets = ids[offsets]
+        inputs = np.concatenate([np.full((len(starts), 1), bos, np.int32), targets[:, :-1]], axis=1)
 
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0,
