@@ -112,3 +112,118 @@ def run_prefill_decode_file_test(tflite_path, num_layers) -> dict:
         assert set(sig["outputs"]) == caches | {"logits"}, name
     assert all(len(t["shape"]) <= 5 for t in interpreter.get_tensor_details())
     return meta
+
+
+#: Tiny Hugging Face configurations of the core decoder families (``write_hf_checkpoint``): grouped-query
+#: attention, Gemma's local windows (5 of 6 layers), Llama 3.1's RoPE scaling, Qwen's query/key norms.
+HF_TINY = {
+    "gemma3": {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "vocab_size": 4096,
+               "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 6, "num_attention_heads": 4,
+               "num_key_value_heads": 2, "head_dim": 32, "query_pre_attn_scalar": 32, "rms_norm_eps": 1e-6,
+               "sliding_window": 24, "layer_types": ["sliding_attention"] * 5 + ["full_attention"],
+               "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "final_logit_softcapping": None,
+               "attn_logit_softcapping": None, "hidden_activation": "gelu_pytorch_tanh",
+               "max_position_embeddings": 32768, "tie_word_embeddings": True, "bos_token_id": 2,
+               "eos_token_id": 1, "pad_token_id": 0, "torch_dtype": "float32"},
+    "qwen3": {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 2304, "hidden_size": 128,
+              "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "head_dim": 32, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": True,
+              "use_sliding_window": False, "sliding_window": None, "max_position_embeddings": 40960,
+              "hidden_act": "silu", "torch_dtype": "float32"},
+    "llama3": {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 2304, "hidden_size": 128,
+               "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+               "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "tie_word_embeddings": False,
+               "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                "original_max_position_embeddings": 64},
+               "max_position_embeddings": 131072, "hidden_act": "silu", "torch_dtype": "float32"},
+}
+
+
+def hf_weight_shapes(family: str, config: dict) -> dict[str, tuple]:
+    """Names and shapes of a Hugging Face checkpoint's tensors (``transformers``' ``state_dict``) for a
+    core decoder family: ``model.embed_tokens.weight``, ``model.layers.{i}.self_attn.q_proj.weight``, ..."""
+    hidden, inter, vocab = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    head_dim = config.get("head_dim") or hidden // heads
+    norms = ["input_layernorm", "post_attention_layernorm"]
+    if family == "gemma3":
+        norms += ["pre_feedforward_layernorm", "post_feedforward_layernorm"]
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
+    for i in range(config["num_hidden_layers"]):
+        layer = f"model.layers.{i}."
+        shapes.update({layer + f"{norm}.weight": (hidden,) for norm in norms})
+        shapes.update({layer + "self_attn.q_proj.weight": (heads * head_dim, hidden),
+                       layer + "self_attn.k_proj.weight": (kv_heads * head_dim, hidden),
+                       layer + "self_attn.v_proj.weight": (kv_heads * head_dim, hidden),
+                       layer + "self_attn.o_proj.weight": (hidden, heads * head_dim),
+                       layer + "mlp.gate_proj.weight": (inter, hidden), layer + "mlp.up_proj.weight": (inter, hidden),
+                       layer + "mlp.down_proj.weight": (hidden, inter)})
+        if family in ("gemma3", "qwen3"):
+            shapes.update({layer + "self_attn.q_norm.weight": (head_dim,), layer + "self_attn.k_norm.weight": (head_dim,)})
+    if not config.get("tie_word_embeddings", family != "llama3"):
+        shapes["lm_head.weight"] = (vocab, hidden)
+    return shapes
+
+
+def write_hf_checkpoint(directory, family: str, config: dict | None = None, *, seed: int = 0,
+                        added_tokens: tuple[str, ...] = (), tokenizer_size: int | None = None) -> str:
+    """Write a random-weight Hugging Face checkpoint of a core decoder family into ``directory``, in
+    the layout ``save_pretrained`` writes: ``config.json``, ``model.safetensors`` (float32), and the
+    family's tokenizer files (``tokenizer.model`` for Gemma 3, built from the shipped Gemma-style
+    SentencePiece model; ``tokenizer.json`` for Qwen 3 and Llama 3, from the shipped byte-level BPE
+    with the family's special tokens; ``tokenizer_config.json``). ``added_tokens``: extra special
+    tokens a fine-tune added (BPE families), given the tokenizer's last ids; ``tokenizer_size``: ids
+    in the tokenizer, when the embedding has more rows (default: ``vocab_size``). Returns the path.
+    """
+    import json
+    import os
+
+    from safetensors.numpy import save_file
+
+    config = dict(config or HF_TINY[family])
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for name, shape in hf_weight_shapes(family, config).items():
+        if len(shape) == 1:  # norms: Gemma stores w of (1 + w); the others w itself
+            tensors[name] = (rng.normal(0, 0.1, shape) + (0 if family == "gemma3" else 1)).astype(np.float32)
+        else:
+            tensors[name] = rng.normal(0, 0.05 if "embed" in name else shape[1] ** -0.5, shape).astype(np.float32)
+    save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    tokenizer_config = _write_hf_tokenizer(directory, family, tokenizer_size or config["vocab_size"], added_tokens)
+    with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump(tokenizer_config, f, indent=2)
+    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+    return os.fspath(directory)
+
+
+def _write_hf_tokenizer(directory, family: str, vocab_size: int, added_tokens) -> dict:
+    import os
+
+    if family == "gemma3":
+        from llm_tflite.families.presets import GEMMA_TOKENIZER
+        from llm_tflite.tokenizers.spm_training import extend_sentencepiece
+
+        if added_tokens:
+            raise ValueError("added_tokens: BPE families only")
+        with open(GEMMA_TOKENIZER, "rb") as f:
+            proto = extend_sentencepiece(f.read(), vocab_size)
+        with open(os.path.join(directory, "tokenizer.model"), "wb") as f:
+            f.write(proto)
+        return {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
+                "add_bos_token": True, "tokenizer_class": "GemmaTokenizer"}
+    from llm_tflite.families.presets import borrowed_bpe
+    from llm_tflite.tokenizers.bpe_training import hf_tokenizer
+
+    specials = {"qwen3": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+                "llama3": ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                           "<|eot_id|>")}[family]
+    vocabulary, merges = borrowed_bpe(vocab_size - len(added_tokens), specials)
+    for token in added_tokens:
+        vocabulary[token] = len(vocabulary)
+    hf_tokenizer(vocabulary, merges, specials + tuple(added_tokens)).save(os.path.join(directory, "tokenizer.json"))
+    if family == "qwen3":
+        return {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": None,
+                "tokenizer_class": "Qwen2Tokenizer"}
+    return {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "tokenizer_class": "PreTrainedTokenizerFast"}

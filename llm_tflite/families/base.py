@@ -110,7 +110,8 @@ class ModelFamily:
 
             try:
                 tokenizer = hf_tokenizer(tokenizer_spec["vocab"], tokenizer_spec["merges"],
-                                         tokenizer_spec.get("special_tokens", ["<|endoftext|>"]))
+                                         tokenizer_spec.get("special_tokens", ["<|endoftext|>"]),
+                                         tokenizer_spec.get("added_tokens", ()))
             except ImportError as e:
                 from llm_tflite.errors import UnsupportedRuntimeError
 

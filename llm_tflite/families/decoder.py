@@ -132,6 +132,10 @@ class DecoderFamily(ModelFamily):
     causal_lm = ""
     backbone_class = ""
     preset_prefixes: tuple = ()
+    #: ``model_type`` values of Hugging Face checkpoints (``config.json``) the family reads through
+    #: KerasHub's Transformers loader, and lower-case prefixes of their hub names (``hf://google/gemma-3-1b-it``)
+    hf_model_types: tuple = ()
+    hf_name_prefixes: tuple = ()
     #: positions the family's published models were trained for (the context a file may have)
     max_positions = 8192
 
@@ -167,7 +171,7 @@ class DecoderFamily(ModelFamily):
         import keras_hub
 
         from llm_tflite.errors import ModelSourceError
-        from llm_tflite.families.loading import is_preset_dir, load_keras_preset
+        from llm_tflite.families.loading import hf_model_type, is_preset_dir, load_keras_preset
 
         task = getattr(keras_hub.models, self.causal_lm)
         if not isinstance(source, str):
@@ -179,6 +183,9 @@ class DecoderFamily(ModelFamily):
         if not random_weights:
             return load_keras_preset(task, source)
         preprocessor = None
+        if hf_model_type(source) is not None:  # a Hugging Face checkpoint: KerasHub reads its architecture
+            keras.utils.set_random_seed(0)
+            return load_keras_preset(task, source, load_weights=False)
         if is_preset_dir(source):  # its own architecture and tokenizer, new weights
             with open(os.path.join(source, "config.json"), encoding="utf-8") as f:
                 config = json.load(f)["config"]
@@ -198,11 +205,16 @@ class DecoderFamily(ModelFamily):
         return self.max_positions
 
     def owns(self, source) -> bool:
-        from llm_tflite.families.loading import is_preset_dir, preset_class_name
+        from llm_tflite.families.loading import hf_model_type, is_preset_dir, preset_class_name
 
         if isinstance(source, str):
             if is_preset_dir(source):
+                model_type = hf_model_type(source)
+                if model_type is not None:
+                    return model_type in self.hf_model_types
                 return preset_class_name(source) == self.backbone_class
+            if source.startswith("hf://"):  # "hf://Qwen/Qwen3-0.6B": the hub name says which model it is
+                return source.lower().rstrip("/").rsplit("/", 1)[-1].startswith(self.hf_name_prefixes)
             # a preset name, or a handle whose path names one ("kaggle://keras/gemma3/keras/gemma3_1b/3")
             parts = source.lower().split("://", 1)[-1].split("/")
             return any(part.startswith(self.preset_prefixes) for part in parts)

@@ -21,6 +21,8 @@ class Gemma3Family(DecoderFamily):
     causal_lm = "Gemma3CausalLM"
     backbone_class = "Gemma3Backbone"
     preset_prefixes = ("gemma3_",)
+    hf_model_types = ("gemma3_text",)  # the text models (270M, 1B); 4B and up are multimodal ("gemma3")
+    hf_name_prefixes = ("gemma-3-",)
     max_positions = 32768  # the 270M and 1B models; the larger ones hold 131,072
 
     def random_tokenizer(self, vocabulary_size: int):

@@ -19,6 +19,8 @@ class Llama3Family(DecoderFamily):
     causal_lm = "Llama3CausalLM"
     backbone_class = "Llama3Backbone"
     preset_prefixes = ("llama3",)
+    hf_model_types = ("llama",)
+    hf_name_prefixes = ("llama-3", "meta-llama-3")
     max_positions = 131072  # Llama 3.1 and 3.2; Llama 3 (8B) was trained with 8,192
 
     def random_tokenizer(self, vocabulary_size: int):

@@ -22,18 +22,36 @@ def preset_class_name(path: str) -> str | None:
         return None
 
 
-def load_keras_preset(task_cls, source: str):
-    """``task_cls.from_preset(source)``, turning download and file errors into ``ModelSourceError``."""
+def hf_model_type(path: str) -> str | None:
+    """The ``model_type`` of a local Hugging Face checkpoint directory (``config.json`` with
+    ``model_type``, as ``transformers`` writes it), or None for anything else."""
+    if not isinstance(path, str) or not is_preset_dir(path):
+        return None
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or "registered_name" in config or not isinstance(config.get("model_type"), str):
+        return None
+    return config["model_type"]
+
+
+def load_keras_preset(task_cls, source: str, **kwargs):
+    """``task_cls.from_preset(source, **kwargs)``, turning download and file errors into
+    ``ModelSourceError``. ``source``: a KerasHub preset (name, handle or directory) or a Hugging Face
+    checkpoint (``hf://ORG/NAME`` or a local directory in its layout), which KerasHub's Transformers
+    loader reads."""
     if "://" not in source and (os.path.sep in source or source.startswith(".")):
         if not os.path.exists(source):
             raise ModelSourceError(f"no such preset directory: {source!r}")
         if not is_preset_dir(source):
             raise ModelSourceError(
-                f"{source!r} is not a KerasHub preset directory (no config.json); save one with "
-                "causal_lm.save_to_preset(dir)"
+                f"{source!r} is neither a KerasHub preset directory nor a Hugging Face checkpoint (no "
+                "config.json); save one with causal_lm.save_to_preset(dir) or model.save_pretrained(dir)"
             )
     try:
-        return task_cls.from_preset(source)
+        return task_cls.from_preset(source, **kwargs)
     except Exception as e:  # kagglehub/HF raise many types; none helps a user on its own
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = (
@@ -41,6 +59,9 @@ def load_keras_preset(task_cls, source: str):
             "or for benchmarks convert a registered preset name (llm-tflite plugins) with "
             "--random-weights, which downloads nothing."
             if not os.path.isdir(source)
+            else "Check that the checkpoint is complete: config.json, model.safetensors (or its shards and "
+            "model.safetensors.index.json) and the tokenizer files (tokenizer.json, or tokenizer.model for Gemma)."
+            if hf_model_type(source) is not None
             else "Check that the directory was written by save_to_preset with a matching KerasHub version."
         )
         raise ModelSourceError(f"could not load preset {source!r}: {type(e).__name__}: {first_line[:300]}. {hint}") from e
@@ -51,7 +72,8 @@ def load_model(source, *, family: str | None = None, random_weights: bool = Fals
 
     Args:
         source: ``"gpt2_tiny_shakespeare"``, ``"kaggle://keras/gpt2/keras/gpt2_base_en"``, a
-            directory written by ``save_to_preset``, or a Keras model.
+            directory written by ``save_to_preset``, a Hugging Face checkpoint (``"hf://Qwen/Qwen3-0.6B"``
+            or a local directory in its layout, read by KerasHub's Transformers loader), or a Keras model.
         family: the family name, when it cannot be told from ``source``.
         random_weights: build the architecture with random weights (no download).
 
@@ -64,7 +86,17 @@ def load_model(source, *, family: str | None = None, random_weights: bool = Fals
     from llm_tflite.console import import_keras
     from llm_tflite.plugins import registry  # here: importing llm_tflite loads no plugins
 
-    fam = registry.resolve_family(source, family)
+    try:
+        fam = registry.resolve_family(source, family)
+    except ModelSourceError as e:
+        model_type = hf_model_type(source)
+        if model_type is None:
+            raise
+        readers = {t: name for name, r in registry.families().items() for t in getattr(r.item, "hf_model_types", ())}
+        raise ModelSourceError(
+            f"{source!r} is a Hugging Face checkpoint of model_type {model_type!r}, which no registered family "
+            f"reads; the families read: {', '.join(f'{t} ({n})' for t, n in sorted(readers.items()))}. A family "
+            "plugin can add it (docs/plugins.md)") from e
     import_keras()  # TensorFlow backend, start-up chatter silenced
     config = None
     if isinstance(source, str):

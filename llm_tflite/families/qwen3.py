@@ -19,6 +19,8 @@ class Qwen3Family(DecoderFamily):
     causal_lm = "Qwen3CausalLM"
     backbone_class = "Qwen3Backbone"
     preset_prefixes = ("qwen3_0", "qwen3_1", "qwen3_3", "qwen3_4", "qwen3_8")  # not qwen3_5_*, qwen3_moe_*, ...
+    hf_model_types = ("qwen3",)
+    hf_name_prefixes = ("qwen3-",)
     max_positions = 40960
 
     def random_tokenizer(self, vocabulary_size: int):
@@ -56,9 +58,11 @@ class Qwen3Family(DecoderFamily):
 
 def bpe_spec(tokenizer) -> dict:
     """The runtime spec of a KerasHub byte-level BPE tokenizer (Qwen 3, Llama 3): GPT-2's format, with
-    the special tokens that decode to nothing."""
+    the special tokens that decode to nothing and the tokens kept whole in a text (KerasHub's
+    ``unsplittable_tokens``: the special ones and a checkpoint's added tokens)."""
     return {"type": "gpt2_bpe", "vocab": dict(tokenizer.vocabulary), "merges": list(tokenizer.merges),
-            "special_tokens": sorted(tokenizer.special_tokens)}  # KerasHub keeps a set
+            "special_tokens": sorted(tokenizer.special_tokens),  # KerasHub keeps a set
+            "added_tokens": sorted(tokenizer.unsplittable_tokens or ())}
 
 
 def count_llama_like(config: dict, *, query_key_norms: bool, tied: bool) -> int | None:

@@ -27,9 +27,11 @@ def tokenizer_from_spec(spec: dict):
                                                  and 0 <= v < 1 << 24 for k, v in vocab.items())
                  and isinstance(merges, list) and all(isinstance(m, str) and m.count(" ") == 1 for m in merges))
         special = spec.get("special_tokens", [END_OF_TEXT])  # files before special tokens were recorded: GPT-2's
-        if not valid or not (isinstance(special, list) and all(isinstance(t, str) for t in special)):
+        added = spec.get("added_tokens", [])  # files before added tokens were recorded: none
+        if not valid or not all(isinstance(tokens, list) and all(isinstance(t, str) and t for t in tokens)
+                                for tokens in (special, added)):
             raise ModelFileError("this file's BPE tokenizer (vocab/merges) is damaged; convert the model again")
-        return BPETokenizer(vocab, merges, special)
+        return BPETokenizer(vocab, merges, special, added)
     if kind == "sentencepiece":
         try:
             from llm_tflite.tokenizers.spm import SentencePieceTokenizer

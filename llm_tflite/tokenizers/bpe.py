@@ -43,7 +43,10 @@ class BPETokenizer:
     Args:
         vocab: token string -> id, as in GPT-2's ``vocab.json``.
         merges: merge rules ``"a b"``, highest priority first.
-        special_tokens: tokens matched verbatim before BPE (e.g. ``<|endoftext|>``).
+        special_tokens: control tokens (``<|endoftext|>``), which decode to nothing.
+        added_tokens: tokens ``encode`` finds in the text and keeps whole, before BPE (KerasHub's
+            ``unsplittable_tokens``: a checkpoint's added tokens, ``<|im_end|>``, ``<tool_call>``).
+            Files written before they were recorded have none: their text never held one.
 
     Example:
         >>> tok = BPETokenizer(json.load(open("vocab.json")), open("merges.txt").read().split("\n")[1:])  # doctest: +SKIP
@@ -51,7 +54,7 @@ class BPETokenizer:
         True
     """
 
-    def __init__(self, vocab: dict[str, int], merges: list[str], special_tokens=(END_OF_TEXT,)):
+    def __init__(self, vocab: dict[str, int], merges: list[str], special_tokens=(END_OF_TEXT,), added_tokens=()):
         # The record's own vocab and merges, not copies, and merge ranks keyed by the merge strings
         # themselves: a 50,257-token vocabulary costs a runner about 15 MB less.
         self.vocab = vocab if isinstance(vocab, dict) else dict(vocab)
@@ -63,6 +66,10 @@ class BPETokenizer:
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
         self.special_tokens = {t: self.vocab[t] for t in special_tokens if t in self.vocab}
+        self.added_tokens = {t: self.vocab[t] for t in added_tokens if t in self.vocab}
+        # longest first, so "<tool_call>" is not cut short by a shorter token it starts with
+        self._added = (regex.compile("(" + "|".join(map(regex.escape, sorted(self.added_tokens, key=len, reverse=True)))
+                                     + ")") if self.added_tokens else None)
         self._cache: dict[str, list[int]] = {}
 
     @property
@@ -95,11 +102,15 @@ class BPETokenizer:
         return ids
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` (special tokens are not parsed)."""
+        """Token ids of ``text``: its added tokens whole, the rest byte-level BPE."""
         ids: list[int] = []
-        for piece in GPT2_PATTERN.findall(text):
-            word = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
-            ids.extend(self._bpe(word))
+        for i, part in enumerate(self._added.split(text) if self._added is not None else [text]):
+            if i % 2:  # the split's captured separators: added tokens
+                ids.append(self.added_tokens[part])
+                continue
+            for piece in GPT2_PATTERN.findall(part):
+                word = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
+                ids.extend(self._bpe(word))
         return ids
 
     def decode_bytes(self, ids) -> bytes:

@@ -62,14 +62,17 @@ def train_bpe(text: str | Iterable[str], vocab_size: int,
     return vocab, merges
 
 
-def hf_tokenizer(vocab: dict[str, int], merges: list[str], special_tokens=(END_OF_TEXT,)):
-    """A ``tokenizers.Tokenizer`` for a GPT-2-format ``vocab``/``merges`` (what ``tokenizer.json`` holds)."""
+def hf_tokenizer(vocab: dict[str, int], merges: list[str], special_tokens=(END_OF_TEXT,), added_tokens=()):
+    """A ``tokenizers.Tokenizer`` for a GPT-2-format ``vocab``/``merges`` (what ``tokenizer.json`` holds):
+    ``special_tokens`` are added as special tokens, the other ``added_tokens`` as plain added ones
+    (kept whole, decoded as text)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
     tokenizer = Tokenizer(models.BPE(vocab=dict(vocab), merges=[tuple(m.split(" ")) for m in merges]))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.add_special_tokens([AddedToken(t, special=True) for t in special_tokens if t in vocab])
+    tokenizer.add_tokens([AddedToken(t, special=False) for t in added_tokens if t in vocab and t not in special_tokens])
     return tokenizer
 
 

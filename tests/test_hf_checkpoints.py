@@ -1,0 +1,130 @@
+"""Hugging Face checkpoints (``config.json`` + ``model.safetensors`` + tokenizer files, as
+``save_pretrained`` writes them) of each core decoder family, written here with random weights and
+read through KerasHub's own Transformers loader: the family is told from ``model_type``, and the
+converted file's logits equal KerasHub's loading of the same directory."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from llm_tflite import Converter, InterpreterRunner, load_model
+from llm_tflite.errors import ModelSourceError
+from llm_tflite.plugins.registry import resolve_family
+from llm_tflite.testing import HF_TINY, run_cached_parity_test, write_hf_checkpoint
+
+FAMILIES = sorted(HF_TINY)
+TEXT = "ROMEO:\nBut soft, what light through yonder window breaks? It is the east."
+
+
+def _keras_hub_load(directory, family):
+    import keras_hub
+
+    task = {"gemma3": "Gemma3CausalLM", "qwen3": "Qwen3CausalLM", "llama3": "Llama3CausalLM"}[family]
+    return getattr(keras_hub.models, task).from_preset(str(directory))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_checkpoint_converts_with_keras_hubs_logits(family, tmp_path):
+    directory = write_hf_checkpoint(tmp_path / "ckpt", family)
+    assert sorted(os.listdir(directory)) == sorted(
+        ["config.json", "model.safetensors", "tokenizer_config.json",
+         "tokenizer.model" if family == "gemma3" else "tokenizer.json"])
+    fam, ours = load_model(directory)
+    assert fam.name == family
+    path = tmp_path / f"{family}.tflite"
+    result = Converter(context_length=128, prefill_lengths=(8, 32)).convert(directory, str(path))
+    assert result.metadata["family"] == family
+    lm = _keras_hub_load(directory, family)  # KerasHub on its own, not through llm-tflite
+    assert lm.backbone.count_params() == ours.backbone.count_params()
+    ids = [int(i) for i in np.random.default_rng(7).integers(10, HF_TINY[family]["vocab_size"] - 10, 96)]
+    assert run_cached_parity_test(lm, path, ids[:64], ids[64:]) < 1e-4
+    # the file's tokenizer is the checkpoint's, as KerasHub reads it
+    from llm_tflite.training.metrics import keras_tokenize
+
+    runner = InterpreterRunner(path)
+    start = [runner.bos_id] if runner.add_bos else []
+    assert runner.encode(TEXT) == start + [int(i) for i in keras_tokenize(lm.preprocessor.tokenizer, TEXT)]
+
+
+def test_fine_tuned_checkpoint_with_added_tokens_and_a_resized_vocabulary(tmp_path):
+    """A fine-tune that added special tokens and padded the embedding past the tokenizer (as
+    ``resize_token_embeddings(pad_to_multiple_of=64)`` does): the tokens stay whole, the logits KerasHub's."""
+    config = {**HF_TINY["qwen3"], "vocab_size": 2368}  # tokenizer: 2304 ids
+    added = ("<tool_call>", "</tool_call>")
+    directory = write_hf_checkpoint(tmp_path / "ckpt", "qwen3", config, added_tokens=added, tokenizer_size=2304)
+    tokenizer_json = json.loads((tmp_path / "ckpt" / "tokenizer.json").read_text())
+    ids = {t["content"]: t["id"] for t in tokenizer_json["added_tokens"]}
+    assert ids["<tool_call>"] == 2302 and ids["</tool_call>"] == 2303
+    path = tmp_path / "qwen3.tflite"
+    Converter(context_length=64, prefill_lengths=(8,)).convert(directory, str(path))
+    lm = _keras_hub_load(directory, "qwen3")
+    runner = InterpreterRunner(path)
+    assert runner.metadata["model"]["vocabulary_size"] == 2368
+    text = "<tool_call>{\"name\": \"get_weather\"}</tool_call>"
+    encoded = runner.encode(text)
+    assert encoded[0] == 2302 and encoded[-1] == 2303
+    from llm_tflite.training.metrics import keras_tokenize
+
+    assert encoded == [int(i) for i in keras_tokenize(lm.preprocessor.tokenizer, text)]
+    assert runner.tokenizer.decode(encoded) == text
+    assert run_cached_parity_test(lm, path, encoded, [2367, 5, 2302]) < 1e-4
+
+
+def test_random_weights_keep_the_checkpoints_architecture_and_tokenizer(tmp_path):
+    directory = write_hf_checkpoint(tmp_path / "ckpt", "llama3")
+    _, loaded = load_model(directory)
+    _, random = load_model(directory, random_weights=True)
+    assert random.backbone.count_params() == loaded.backbone.count_params()
+    assert random.preprocessor.tokenizer.vocabulary == loaded.preprocessor.tokenizer.vocabulary
+    embedding = lambda lm: np.asarray(lm.backbone.token_embedding.embeddings)  # noqa: E731
+    assert not np.allclose(embedding(random), embedding(loaded))
+
+
+@pytest.mark.parametrize("handle, family", [("hf://google/gemma-3-270m-it", "gemma3"),
+                                            ("hf://google/gemma-3-1b-pt", "gemma3"),
+                                            ("hf://Qwen/Qwen3-0.6B", "qwen3"),
+                                            ("hf://meta-llama/Llama-3.2-1B-Instruct", "llama3"),
+                                            ("hf://meta-llama/Meta-Llama-3-8B", "llama3")])
+def test_hub_names_pick_the_family(handle, family):
+    assert resolve_family(handle).name == family
+
+
+def test_unknown_model_type_and_incomplete_checkpoints_say_what_to_do(tmp_path):
+    other = tmp_path / "phi"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"architectures": ["Phi3ForCausalLM"], "model_type": "phi3"}))
+    with pytest.raises(ModelSourceError, match=r"model_type 'phi3'.*families read: .*gemma3_text \(gemma3\)"):
+        load_model(str(other))
+    directory = write_hf_checkpoint(tmp_path / "ckpt", "qwen3")
+    os.remove(os.path.join(directory, "model.safetensors"))
+    with pytest.raises(ModelSourceError, match="checkpoint is complete: config.json, model.safetensors"):
+        load_model(directory)
+
+
+def test_cli_converts_a_checkpoint_directory(tmp_path):
+    directory = write_hf_checkpoint(tmp_path / "ckpt", "gemma3")
+    out = tmp_path / "gemma3.litertlm"
+    run = subprocess.run([sys.executable, "-m", "llm_tflite", "convert", directory, "--quantize", "dynamic_int8",
+                          "--context-length", "64", "--prefill-lengths", "8", "-o", str(out)],
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "LLM_TFLITE_NO_PROGRESS": "1"})
+    assert run.returncode == 0, run.stderr
+    assert "gemma3" in run.stdout and out.exists()
+    runner = InterpreterRunner(out)
+    assert runner.metadata["family"] == "gemma3" and len(list(runner.generate_ids(runner.encode(TEXT), 4))) >= 1
+
+
+def test_example_brings_a_checkpoint_end_to_end(tmp_path):
+    """examples/hf_checkpoint.py, as README shows it: convert, generate, bundle."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, os.path.join(root, "examples", "hf_checkpoint.py"), "--tiny", "llama3",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "LLM_TFLITE_NO_PROGRESS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("llama3 model: ") and lines[1].startswith("greedy: ")
+    assert lines[2] == f"LiteRT-LM bundle: {tmp_path / 'model.litertlm'}" and (tmp_path / "model.litertlm").exists()
