@@ -139,6 +139,13 @@ HF_TINY = {
 }
 
 
+#: The pre-tokenizer patterns of the published Qwen 3 and Llama 3 ``tokenizer.json`` files.
+HF_SPLIT_PATTERNS = {
+    "qwen3": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+    "llama3": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+}
+
+
 def hf_weight_shapes(family: str, config: dict) -> dict[str, tuple]:
     """Names and shapes of a Hugging Face checkpoint's tensors (``transformers``' ``state_dict``) for a
     core decoder family: ``model.embed_tokens.weight``, ``model.layers.{i}.self_attn.q_proj.weight``, ..."""
@@ -213,6 +220,8 @@ def _write_hf_tokenizer(directory, family: str, vocab_size: int, added_tokens) -
             f.write(proto)
         return {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
                 "add_bos_token": True, "tokenizer_class": "GemmaTokenizer"}
+    from tokenizers import Regex, normalizers, pre_tokenizers
+
     from llm_tflite.families.presets import borrowed_bpe
     from llm_tflite.tokenizers.bpe_training import hf_tokenizer
 
@@ -222,7 +231,15 @@ def _write_hf_tokenizer(directory, family: str, vocab_size: int, added_tokens) -
     vocabulary, merges = borrowed_bpe(vocab_size - len(added_tokens), specials)
     for token in added_tokens:
         vocabulary[token] = len(vocabulary)
-    hf_tokenizer(vocabulary, merges, specials + tuple(added_tokens)).save(os.path.join(directory, "tokenizer.json"))
+    tokenizer = hf_tokenizer(vocabulary, merges, specials, added_tokens)
+    # the published tokenizers' own splitting (not GPT-2's): digits one by one (Qwen) or in threes
+    # (Llama 3), letters with the punctuation before them, newlines apart; Qwen normalizes to NFC
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(HF_SPLIT_PATTERNS[family]), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    if family == "qwen3":
+        tokenizer.normalizer = normalizers.NFC()
+    tokenizer.save(os.path.join(directory, "tokenizer.json"))
     if family == "qwen3":
         return {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": None,
                 "tokenizer_class": "Qwen2Tokenizer"}

@@ -42,12 +42,66 @@ def test_checkpoint_converts_with_keras_hubs_logits(family, tmp_path):
     assert lm.backbone.count_params() == ours.backbone.count_params()
     ids = [int(i) for i in np.random.default_rng(7).integers(10, HF_TINY[family]["vocab_size"] - 10, 96)]
     assert run_cached_parity_test(lm, path, ids[:64], ids[64:]) < 1e-4
-    # the file's tokenizer is the checkpoint's, as KerasHub reads it
-    from llm_tflite.training.metrics import keras_tokenize
 
+
+#: English, code, digits, Chinese, emoji (with a skin-tone modifier), Arabic, and each family's turn markers.
+MULTILINGUAL = ("ROMEO: But soft! It's 1234567 apples, x=3.14;\n\ndef f(x):\n    return x ** 2  # code\n"
+                "你好，世界！今天天气很好。🙂👍🏽 مرحبا بالعالم  café ﬁ")
+TURNS = {"gemma3": "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n",
+         "qwen3": "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+         "llama3": "<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"}
+
+
+def _library(directory, family):
+    """``(encode, decode)`` of the real library on the checkpoint's own tokenizer file."""
+    if family == "gemma3":
+        import sentencepiece
+
+        sp = sentencepiece.SentencePieceProcessor(model_file=os.path.join(directory, "tokenizer.model"))
+        return sp.encode, sp.decode
+    from tokenizers import Tokenizer
+
+    hf = Tokenizer.from_file(os.path.join(directory, "tokenizer.json"))
+    return (lambda text: hf.encode(text, add_special_tokens=False).ids,
+            lambda ids: hf.decode(ids, skip_special_tokens=True))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_file_tokenizes_as_the_real_library_on_multilingual_text(family, tmp_path):
+    """The file carries the checkpoint's tokenizer and runs it on the real library (``tokenizers`` /
+    ``sentencepiece``): the same ids, the same text back, turn markers whole."""
+    directory = write_hf_checkpoint(tmp_path / "ckpt", family)
+    path = tmp_path / f"{family}.tflite"
+    Converter(context_length=64, prefill_lengths=(8,)).convert(directory, str(path))
     runner = InterpreterRunner(path)
-    start = [runner.bos_id] if runner.add_bos else []
-    assert runner.encode(TEXT) == start + [int(i) for i in keras_tokenize(lm.preprocessor.tokenizer, TEXT)]
+    encode, decode = _library(directory, family)
+    for text in (MULTILINGUAL, TURNS[family] + MULTILINGUAL):
+        ids = runner.tokenizer.encode(text)
+        assert ids == encode(text)
+        assert runner.tokenizer.decode(ids) == decode(ids)
+    assert runner.tokenizer.decode(runner.tokenizer.encode(MULTILINGUAL)) == MULTILINGUAL
+    turn = runner.tokenizer.encode(TURNS[family])
+    assert len(turn) < len(TURNS[family]) // 2  # the markers are single tokens
+    if family != "gemma3":
+        assert runner.metadata["tokenizer"]["type"] == "hf_tokenizer"
+
+
+@pytest.mark.slow
+def test_litert_lm_reads_the_checkpoints_tokenizer(tmp_path):
+    import litert_lm
+
+    directory = write_hf_checkpoint(tmp_path / "ckpt", "qwen3")
+    from llm_tflite.export.bundle import build_bundle
+
+    Converter(context_length=64, prefill_lengths=(8,)).convert(directory, str(tmp_path / "qwen3.tflite"))
+    bundle = build_bundle(tmp_path / "qwen3.tflite", tmp_path / "qwen3.litertlm")
+    runner = InterpreterRunner(bundle)
+    engine = litert_lm.Engine(str(bundle))
+    try:
+        for text in (MULTILINGUAL, TURNS["qwen3"]):
+            assert engine.tokenize(text) == runner.tokenizer.encode(text)
+    finally:
+        engine.close()
 
 
 def test_fine_tuned_checkpoint_with_added_tokens_and_a_resized_vocabulary(tmp_path):
@@ -67,10 +121,8 @@ def test_fine_tuned_checkpoint_with_added_tokens_and_a_resized_vocabulary(tmp_pa
     text = "<tool_call>{\"name\": \"get_weather\"}</tool_call>"
     encoded = runner.encode(text)
     assert encoded[0] == 2302 and encoded[-1] == 2303
-    from llm_tflite.training.metrics import keras_tokenize
-
-    assert encoded == [int(i) for i in keras_tokenize(lm.preprocessor.tokenizer, text)]
-    assert runner.tokenizer.decode(encoded) == text
+    encode, decode = _library(directory, "qwen3")
+    assert encoded == encode(text) and runner.tokenizer.decode(encoded) == decode(encoded) == text
     assert run_cached_parity_test(lm, path, encoded, [2367, 5, 2302]) < 1e-4
 
 

@@ -108,8 +108,11 @@ def test_compare_rejects_unknown_strategy_before_converting(tmp_path):
 def test_compare_writes_table_csv_and_plot(tiny_gpt2_dir, tmp_path):
     out_dir = tmp_path / "cmp"
     out = cli("compare", tiny_gpt2_dir, "--strategies", "float16,dynamic_int8", "--data", SHAKESPEARE,
-              "--heldout-fraction", "0.1", "--max-tokens", "400", "-o", out_dir)
+              "--heldout-fraction", "0.1", "--max-tokens", "400", "--context-length", "48", "-o", out_dir)
     assert out.returncode == 0, out.stderr
+    from llm_tflite import read_metadata
+
+    assert read_metadata(str(out_dir / "dynamic_int8.tflite"))["context_length"] == 48  # also the evaluation window
     rows = list(csv.DictReader(open(out_dir / "results.csv", encoding="utf-8")))
     assert [r["strategy"] for r in rows] == ["none", "float16", "dynamic_int8"]
     by_name = {r["strategy"]: r for r in rows}

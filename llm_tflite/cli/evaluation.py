@@ -88,7 +88,8 @@ def cmd_compare(args) -> int:
             raise DataError("full_int8 needs calibration text: pass --calibration PATH, or --heldout-fraction so "
                             "the text before the held-out part calibrates")
     results = compare(args.model, names, text, args.output, calibration=calibration, family=args.family,
-                      random_weights=args.random_weights, max_tokens=args.max_tokens)
+                      random_weights=args.random_weights, max_tokens=args.max_tokens,
+                      context_length=args.context_length)
     paths = write_reports(results, args.output, f"{args.model}: {len(results)} strategies")
     if args.json:
         print_json({"results": [dataclasses.asdict(r) for r in results], "reports": paths})
@@ -125,6 +126,8 @@ def add_commands(cli) -> None:
     p.add_argument("--calibration", help="calibration text file or folder (full_int8)")
     p.add_argument("--calibration-samples", type=int, default=32, help="calibration samples cut from that text")
     p.add_argument("--max-tokens", type=int, help="evaluate only the first N held-out tokens")
+    p.add_argument("--context-length", type=int, help="the files' context, also the evaluation window (default: "
+                   "the model's, at most 1024; give a model trained on shorter windows its training length)")
     add_family(p)
     p.add_argument("--random-weights", action="store_true", help="the architecture with random weights (no download)")
     p.add_argument("-o", "--output", required=True, help="directory for the .tflite files and results.{md,csv,png}")

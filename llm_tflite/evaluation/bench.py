@@ -37,8 +37,7 @@ def _spread(tokens: int, seconds: list[float]) -> dict:
 def _prompt(runner, prompt_tokens: int, new_tokens: int) -> list[int]:
     prompt_tokens = max(1, min(prompt_tokens, runner.context_length - new_tokens - 1))
     rng = np.random.default_rng(0)
-    vocab = len(runner.tokenizer.vocab) if hasattr(runner.tokenizer, "vocab") else 256
-    return [int(t) for t in rng.integers(0, min(vocab, 255), size=prompt_tokens)]
+    return [int(t) for t in rng.integers(0, min(runner.tokenizer.vocab_size, 255), size=prompt_tokens)]
 
 
 def _timed_run(runner, prompt, new_tokens) -> tuple[float, float, int]:

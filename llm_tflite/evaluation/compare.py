@@ -52,7 +52,8 @@ def resolve_strategies(spec: str) -> list[str]:
 
 
 def compare(model, strategy_names, heldout_text: str, output_dir: str, *, calibration=None, family=None,
-            random_weights=False, max_tokens=None, prefill_lengths=None) -> list[StrategyResult]:
+            random_weights=False, max_tokens=None, prefill_lengths=None,
+            context_length=None) -> list[StrategyResult]:
     """Convert ``model`` with each strategy into ``output_dir`` and evaluate it on ``heldout_text``.
 
     Args:
@@ -62,6 +63,9 @@ def compare(model, strategy_names, heldout_text: str, output_dir: str, *, calibr
         output_dir: where ``<strategy>.tflite`` and the reports go.
         calibration: for strategies that calibrate (a path or ``TextCalibration``).
         max_tokens: evaluate only the first N held-out tokens (quicker, noisier).
+        context_length: the files' context, which is also the evaluation window (default: the
+            converter's, the model's own up to 1,024; a model trained on shorter windows is
+            best measured at its training length).
 
     Returns:
         One ``StrategyResult`` per strategy; a strategy that fails gets its error recorded
@@ -92,6 +96,7 @@ def compare(model, strategy_names, heldout_text: str, output_dir: str, *, calibr
             logger.info("[%s] converting", name)
             needs = get_strategy(name).needs_calibration
             Converter(quantize=name, prefill_lengths=prefill_lengths or DEFAULT_PREFILL_LENGTHS,
+                      context_length=context_length,
                       calibration=calibration if needs else None).convert(lm, path, family=fam.name)
             result.file_bytes = os.path.getsize(path)
             runner = InterpreterRunner(path)

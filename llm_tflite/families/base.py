@@ -96,7 +96,8 @@ class ModelFamily:
         bytes)`` or ``("sentencepiece", model proto bytes)``.
 
         ``tokenizer_spec`` is what ``tokenizer_spec`` stored in the file. The default handles the
-        built-in types (``gpt2_bpe`` -> HF byte-level BPE, ``sentencepiece`` -> its model); override it
+        built-in types (``gpt2_bpe`` -> HF byte-level BPE, ``hf_tokenizer`` -> its ``tokenizer.json``,
+        ``sentencepiece`` -> its model); override it
         for another tokenizer, or when the engine must see a variant of it (the PaLM-style family
         restores newlines in its SentencePiece model). It runs without TensorFlow.
         """
@@ -105,18 +106,14 @@ class ModelFamily:
         from llm_tflite.errors import ModelFileError
 
         kind = tokenizer_spec.get("type")
+        if kind == "hf_tokenizer":  # a checkpoint's own tokenizer.json: the engine reads it as it is
+            return "hf", tokenizer_spec["json"].encode("utf-8")
         if kind == "gpt2_bpe":
             from llm_tflite.tokenizers.bpe_training import hf_tokenizer
 
-            try:
-                tokenizer = hf_tokenizer(tokenizer_spec["vocab"], tokenizer_spec["merges"],
-                                         tokenizer_spec.get("special_tokens", ["<|endoftext|>"]),
-                                         tokenizer_spec.get("added_tokens", ()))
-            except ImportError as e:
-                from llm_tflite.errors import UnsupportedRuntimeError
-
-                raise UnsupportedRuntimeError("bundling a BPE tokenizer needs the 'tokenizers' package: "
-                                              "pip install 'llm-tflite[litertlm]'") from e
+            tokenizer = hf_tokenizer(tokenizer_spec["vocab"], tokenizer_spec["merges"],
+                                     tokenizer_spec.get("special_tokens", ["<|endoftext|>"]),
+                                     tokenizer_spec.get("added_tokens", ()))
             return "hf", tokenizer.to_str().encode("utf-8")
         if kind == "sentencepiece":
             return "sentencepiece", base64.b64decode(tokenizer_spec["model"])

@@ -171,7 +171,7 @@ class DecoderFamily(ModelFamily):
         import keras_hub
 
         from llm_tflite.errors import ModelSourceError
-        from llm_tflite.families.loading import hf_model_type, is_preset_dir, load_keras_preset
+        from llm_tflite.families.loading import attach_hf_tokenizer, is_hf_source, is_preset_dir, load_keras_preset
 
         task = getattr(keras_hub.models, self.causal_lm)
         if not isinstance(source, str):
@@ -180,12 +180,15 @@ class DecoderFamily(ModelFamily):
                                        f"unknown; build it with keras_hub.models.{self.causal_lm}(backbone=..., "
                                        f"preprocessor=keras_hub.models.{self.causal_lm}Preprocessor(...))")
             return source
+        if is_hf_source(source):  # a Hugging Face checkpoint: KerasHub's Transformers loader reads it
+            if random_weights:
+                keras.utils.set_random_seed(0)
+            lm = load_keras_preset(task, source, load_weights=not random_weights)
+            attach_hf_tokenizer(lm, source)
+            return lm
         if not random_weights:
             return load_keras_preset(task, source)
         preprocessor = None
-        if hf_model_type(source) is not None:  # a Hugging Face checkpoint: KerasHub reads its architecture
-            keras.utils.set_random_seed(0)
-            return load_keras_preset(task, source, load_weights=False)
         if is_preset_dir(source):  # its own architecture and tokenizer, new weights
             with open(os.path.join(source, "config.json"), encoding="utf-8") as f:
                 config = json.load(f)["config"]

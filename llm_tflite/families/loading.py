@@ -37,6 +37,31 @@ def hf_model_type(path: str) -> str | None:
     return config["model_type"]
 
 
+#: The attribute of a KerasHub tokenizer that holds the ``tokenizer.json`` text of the Hugging Face
+#: checkpoint it was loaded from (``attach_hf_tokenizer``): the tokenizer the file then carries.
+HF_TOKENIZER_ATTRIBUTE = "llm_tflite_tokenizer_json"
+
+
+def is_hf_source(source) -> bool:
+    return isinstance(source, str) and (source.startswith("hf://") or hf_model_type(source) is not None)
+
+
+def attach_hf_tokenizer(causal_lm, source: str) -> None:
+    """Keep the checkpoint's own ``tokenizer.json`` with the model KerasHub loaded from it: KerasHub
+    splits text with GPT-2's pattern whatever the checkpoint says (Qwen and Llama 3 split digits
+    and punctuation their own way), so the file carries the checkpoint's tokenizer, run at run time
+    by Hugging Face ``tokenizers`` itself. Nothing happens where there is none (Gemma's
+    ``tokenizer.model`` is SentencePiece's own file already)."""
+    try:
+        from keras_hub.src.utils.preset_utils import get_file
+
+        with open(get_file(source, "tokenizer.json"), encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, ValueError, UnicodeDecodeError):  # FileNotFoundError too: no tokenizer.json
+        return
+    setattr(causal_lm.preprocessor.tokenizer, HF_TOKENIZER_ATTRIBUTE, text)
+
+
 def load_keras_preset(task_cls, source: str, **kwargs):
     """``task_cls.from_preset(source, **kwargs)``, turning download and file errors into
     ``ModelSourceError``. ``source``: a KerasHub preset (name, handle or directory) or a Hugging Face

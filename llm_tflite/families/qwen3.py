@@ -57,9 +57,21 @@ class Qwen3Family(DecoderFamily):
 
 
 def bpe_spec(tokenizer) -> dict:
-    """The runtime spec of a KerasHub byte-level BPE tokenizer (Qwen 3, Llama 3): GPT-2's format, with
-    the special tokens that decode to nothing and the tokens kept whole in a text (KerasHub's
-    ``unsplittable_tokens``: the special ones and a checkpoint's added tokens)."""
+    """The runtime spec of a KerasHub byte-level BPE tokenizer (Qwen 3, Llama 3): the Hugging Face
+    checkpoint's own ``tokenizer.json`` when it was loaded from one (``attach_hf_tokenizer``);
+    otherwise GPT-2's format, with the special tokens that decode to nothing and the tokens kept
+    whole in a text (KerasHub's ``unsplittable_tokens``: the special ones and added tokens)."""
+    from llm_tflite.errors import ModelFileError
+    from llm_tflite.families.loading import HF_TOKENIZER_ATTRIBUTE
+    from llm_tflite.tokenizers.bpe import HFTokenizer
+
+    text = getattr(tokenizer, HF_TOKENIZER_ATTRIBUTE, None)
+    if text is not None:
+        try:
+            HFTokenizer.from_json(text)
+            return {"type": "hf_tokenizer", "json": text}
+        except ModelFileError:  # not byte-level BPE: KerasHub's reading of it below
+            pass
     return {"type": "gpt2_bpe", "vocab": dict(tokenizer.vocabulary), "merges": list(tokenizer.merges),
             "special_tokens": sorted(tokenizer.special_tokens),  # KerasHub keeps a set
             "added_tokens": sorted(tokenizer.unsplittable_tokens or ())}

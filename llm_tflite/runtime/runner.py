@@ -1,7 +1,8 @@
 """Run an llm-tflite ``.tflite`` file: tokenize, prefill, decode, sample, detokenize.
 
 For ``prefill_decode`` files this module imports neither TensorFlow nor Keras: it needs
-``ai_edge_litert`` (or, failing that, ``tf.lite``), numpy and the pure-Python tokenizers.
+``ai_edge_litert`` (or, failing that, ``tf.lite``), numpy and the tokenizer libraries (``tokenizers``,
+``sentencepiece``).
 Every option is documented, with its default and an example, in ``docs/runner.md``.
 """
 

@@ -1,10 +1,11 @@
 """Tokenizers, in one place: the runtime encoders and how llm-tflite trains and grows them.
 
 The stage just above ``litert/``: it imports only ``errors``/``console`` and third-party
-libraries, the optional ones (HF ``tokenizers``, ``sentencepiece``, TensorFlow) lazily.
+libraries, the optional ones (TensorFlow) lazily.
 
-- ``tokenizer_from_spec`` (here), ``bpe.BPETokenizer`` and ``spm.SentencePieceTokenizer``:
-  what ``InterpreterRunner`` rebuilds from a file's metadata, in pure Python (no TensorFlow).
+- ``tokenizer_from_spec`` (here): what ``InterpreterRunner`` rebuilds from a file's metadata, on
+  the real libraries, without TensorFlow: ``bpe.BPETokenizer`` / ``bpe.HFTokenizer`` (Hugging Face
+  ``tokenizers``) and ``spm.SentencePieceTokenizer`` (``sentencepiece``).
 - ``bpe_training``: GPT-2-format byte-level BPE trained with HF ``tokenizers``
   (``train_bpe``, ``extend_bpe``, ``hf_tokenizer``, ``write_tokenizer_json``).
 - ``spm_training``: unigram SentencePiece models as the PaLM-style family uses them
@@ -32,6 +33,12 @@ def tokenizer_from_spec(spec: dict):
                                 for tokens in (special, added)):
             raise ModelFileError("this file's BPE tokenizer (vocab/merges) is damaged; convert the model again")
         return BPETokenizer(vocab, merges, special, added)
+    if kind == "hf_tokenizer":
+        from llm_tflite.tokenizers.bpe import HFTokenizer
+
+        if not isinstance(spec.get("json"), str):
+            raise ModelFileError("this file's tokenizer.json is missing; convert the model again")
+        return HFTokenizer.from_json(spec["json"])
     if kind == "sentencepiece":
         try:
             from llm_tflite.tokenizers.spm import SentencePieceTokenizer

@@ -1,21 +1,25 @@
-"""GPT-2 byte-level BPE in pure Python: the runtime encoder, no TensorFlow or Rust needed.
+"""Byte-level BPE at run time, on Hugging Face ``tokenizers`` (Rust; no TensorFlow).
 
-Training lives in ``llm_tflite.tokenizers.bpe_training`` (HF ``tokenizers``).
+Two ways a file carries one:
 
-The encoder follows OpenAI's reference ``encoder.py`` and matches
-``keras_hub.models.GPT2Tokenizer`` token for token (``tests/test_tokenizers.py``).
+- ``{"type": "gpt2_bpe", "vocab", "merges", "special_tokens"?, "added_tokens"?}``: GPT-2's format
+  (what KerasHub's byte-pair tokenizers hold), split with GPT-2's pattern as KerasHub splits it;
+  ``BPETokenizer``.
+- ``{"type": "hf_tokenizer", "json": <tokenizer.json>}``: a Hugging Face checkpoint's own
+  ``tokenizer.json`` (its normalizer and pre-tokenizer: Qwen's and Llama 3's split digits and
+  punctuation their own way); ``HFTokenizer.from_json``. Byte-level ones only (``ByteLevel``
+  decoder), so every id has bytes and streams can wait for whole characters.
+
+Training lives in ``llm_tflite.tokenizers.bpe_training``.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 
-import regex
+from llm_tflite.errors import ModelFileError
 
-# The pre-tokenisation pattern of GPT-2 (and of KerasHub's BytePairTokenizer).
-GPT2_PATTERN = regex.compile(
-    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-)
 END_OF_TEXT = "<|endoftext|>"
 
 
@@ -37,95 +41,100 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars)))
 
 
-class BPETokenizer:
-    """Byte-level BPE tokenizer in the GPT-2 format (``vocab`` + ``merges``).
+@functools.lru_cache(maxsize=None)
+def _byte_decoder() -> dict[str, int]:
+    return {c: b for b, c in bytes_to_unicode().items()}
 
-    Args:
-        vocab: token string -> id, as in GPT-2's ``vocab.json``.
-        merges: merge rules ``"a b"``, highest priority first.
-        special_tokens: control tokens (``<|endoftext|>``), which decode to nothing.
-        added_tokens: tokens ``encode`` finds in the text and keeps whole, before BPE (KerasHub's
-            ``unsplittable_tokens``: a checkpoint's added tokens, ``<|im_end|>``, ``<tool_call>``).
-            Files written before they were recorded have none: their text never held one.
+
+class HFTokenizer:
+    """A byte-level BPE ``tokenizers.Tokenizer``: ``encode(str) -> ids`` as the library encodes
+    (no special tokens added: the runner adds the start token), ``decode_bytes(ids)`` the bytes
+    of the ids, control tokens (``silent``) giving none.
 
     Example:
-        >>> tok = BPETokenizer(json.load(open("vocab.json")), open("merges.txt").read().split("\n")[1:])  # doctest: +SKIP
-        >>> tok.decode(tok.encode("To be")) == "To be"  # doctest: +SKIP
+        >>> tok = HFTokenizer.from_json(open("tokenizer.json").read())  # doctest: +SKIP
+        >>> tok.decode(tok.encode("1234 你好")) == "1234 你好"  # doctest: +SKIP
         True
     """
 
-    def __init__(self, vocab: dict[str, int], merges: list[str], special_tokens=(END_OF_TEXT,), added_tokens=()):
-        # The record's own vocab and merges, not copies, and merge ranks keyed by the merge strings
-        # themselves: a 50,257-token vocabulary costs a runner about 15 MB less.
-        self.vocab = vocab if isinstance(vocab, dict) else dict(vocab)
-        self.merges = merges if isinstance(merges, list) else list(merges)
-        self.id_to_token: list[str | None] = [None] * (max(self.vocab.values(), default=-1) + 1)
-        for token, i in self.vocab.items():
-            self.id_to_token[i] = token
-        self.ranks = {m: i for i, m in enumerate(self.merges)}
-        self.byte_encoder = bytes_to_unicode()
-        self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
-        self.special_tokens = {t: self.vocab[t] for t in special_tokens if t in self.vocab}
-        self.added_tokens = {t: self.vocab[t] for t in added_tokens if t in self.vocab}
-        # longest first, so "<tool_call>" is not cut short by a shorter token it starts with
-        self._added = (regex.compile("(" + "|".join(map(regex.escape, sorted(self.added_tokens, key=len, reverse=True)))
-                                     + ")") if self.added_tokens else None)
-        self._cache: dict[str, list[int]] = {}
+    def __init__(self, tokenizer, silent: set[int]):
+        self.tokenizer = tokenizer
+        self.silent = set(silent)
+        self._added = {i: t.content.encode("utf-8") for i, t in tokenizer.get_added_tokens_decoder().items()}
+        self._bytes: dict[int, bytes] = {}
+
+    @classmethod
+    def from_json(cls, text: str) -> "HFTokenizer":
+        """From a ``tokenizer.json``'s text; ``ModelFileError`` unless it is a byte-level BPE."""
+        from tokenizers import Tokenizer
+
+        try:
+            spec = json.loads(text)
+            decoder = spec.get("decoder") or {}
+            kinds = {d.get("type") for d in decoder.get("decoders", [decoder])}
+            if spec.get("model", {}).get("type") != "BPE" or "ByteLevel" not in kinds:
+                raise ValueError("not a byte-level BPE (BPE model, ByteLevel decoder)")
+            tokenizer = Tokenizer.from_str(text)
+        except Exception as e:  # json, the library's own parse errors
+            raise ModelFileError(f"this file's tokenizer.json is not usable ({str(e)[:200]}); convert the model "
+                                 "again") from e
+        return cls(tokenizer, {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special})
 
     @property
     def vocab_size(self) -> int:
-        return len(self.id_to_token)  # ids run 0..vocab_size-1
-
-    def _bpe(self, word: str) -> list[int]:
-        cached = self._cache.get(word)
-        if cached is not None:
-            return cached
-        parts = list(word)
-        while len(parts) > 1:
-            pairs = [(self.ranks.get(f"{a} {b}", 1 << 60), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
-            rank, i = min(pairs)
-            if rank == 1 << 60:
-                break
-            first, second = parts[i], parts[i + 1]
-            merged, j = [], 0
-            while j < len(parts):
-                if j < len(parts) - 1 and parts[j] == first and parts[j + 1] == second:
-                    merged.append(first + second)
-                    j += 2
-                else:
-                    merged.append(parts[j])
-                    j += 1
-            parts = merged
-        ids = [self.vocab[p] for p in parts if p in self.vocab]
-        if len(self._cache) < 100_000:
-            self._cache[word] = ids
-        return ids
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``: its added tokens whole, the rest byte-level BPE."""
-        ids: list[int] = []
-        for i, part in enumerate(self._added.split(text) if self._added is not None else [text]):
-            if i % 2:  # the split's captured separators: added tokens
-                ids.append(self.added_tokens[part])
-                continue
-            for piece in GPT2_PATTERN.findall(part):
-                word = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
-                ids.extend(self._bpe(word))
-        return ids
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def _token_bytes(self, i: int) -> bytes:
+        if i in self.silent:
+            return b""
+        if i in self._added:
+            return self._added[i]
+        token = self.tokenizer.id_to_token(i)
+        if token is None:
+            return b""
+        decoder = _byte_decoder()
+        return bytes(decoder[c] for c in token if c in decoder)
 
     def decode_bytes(self, ids) -> bytes:
-        """Raw bytes of ``ids``; unknown ids and special tokens decode to nothing."""
+        """Raw bytes of ``ids``; unknown ids and control tokens decode to nothing."""
         out = bytearray()
         for i in ids:
             i = int(i)
-            token = self.id_to_token[i] if 0 <= i < len(self.id_to_token) else None
-            if token is None or token in self.special_tokens:
-                continue
-            out.extend(self.byte_decoder[c] for c in token)
+            piece = self._bytes.get(i)
+            if piece is None:
+                piece = self._bytes[i] = self._token_bytes(i)
+            out += piece
         return bytes(out)
 
     def decode(self, ids) -> str:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
-    def to_dict(self) -> dict:
-        return {"type": "gpt2_bpe", "vocab": self.vocab, "merges": self.merges}
+
+class BPETokenizer(HFTokenizer):
+    """GPT-2's format (``vocab`` + ``merges``), split with GPT-2's pattern, as KerasHub's byte-pair
+    tokenizers split it (``tests/test_tokenizers.py``: token for token).
+
+    Args:
+        vocab: token string -> id, as in GPT-2's ``vocab.json``.
+        merges: merge rules ``"a b"``, highest priority first.
+        special_tokens: control tokens (``<|endoftext|>``), which decode to nothing.
+        added_tokens: tokens ``encode`` finds in the text and keeps whole (KerasHub's
+            ``unsplittable_tokens``: a checkpoint's added tokens, ``<|im_end|>``, ``<tool_call>``).
+            Files written before they were recorded have none: their text never held one.
+
+    Example:
+        >>> tok = BPETokenizer(json.load(open("vocab.json")), open("merges.txt").read().split("\\n")[1:])  # doctest: +SKIP
+        >>> tok.decode(tok.encode("To be")) == "To be"  # doctest: +SKIP
+        True
+    """
+
+    def __init__(self, vocab: dict[str, int], merges: list[str], special_tokens=(END_OF_TEXT,), added_tokens=()):
+        from llm_tflite.tokenizers.bpe_training import hf_tokenizer
+
+        added = [t for t in added_tokens if t in vocab]
+        special = [t for t in special_tokens if t in vocab]
+        tokenizer = hf_tokenizer(vocab, merges, [t for t in special if t in added], added)
+        super().__init__(tokenizer, {vocab[t] for t in special})

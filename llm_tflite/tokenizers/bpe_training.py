@@ -3,7 +3,7 @@
 ``tokenizers``' ``BpeTrainer`` (Rust) with GPT-2's byte-level pre-tokenizer learns the
 merges; we lay out the vocabulary as GPT-2 does (the 256 byte symbols in byte order, then
 one token per merge in merge order, special tokens last), so KerasHub's ``GPT2Tokenizer``,
-our pure-Python ``BPETokenizer`` (the TensorFlow-free runtime encoder) and an HF
+our runtime ``BPETokenizer`` (HF ``tokenizers`` too, without TensorFlow) and an HF
 ``tokenizer.json`` all read the same ``vocab`` and ``merges``.
 """
 
