@@ -62,6 +62,8 @@ class HFTokenizer:
         self.silent = set(silent)
         self._added = {i: t.content.encode("utf-8") for i, t in tokenizer.get_added_tokens_decoder().items()}
         self._bytes: dict[int, bytes] = {}
+        # ids run 0..vocab_size-1 (the highest id + 1, should the vocabulary have gaps)
+        self.vocab_size = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1) + 1
 
     @classmethod
     def from_json(cls, text: str) -> "HFTokenizer":
@@ -79,10 +81,6 @@ class HFTokenizer:
             raise ModelFileError(f"this file's tokenizer.json is not usable ({str(e)[:200]}); convert the model "
                                  "again") from e
         return cls(tokenizer, {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special})
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
