@@ -178,8 +178,9 @@ def write_hf_checkpoint(directory, family: str, config: dict | None = None, *, s
     the layout ``save_pretrained`` writes: ``config.json``, ``model.safetensors`` (float32), and the
     family's tokenizer files (``tokenizer.model`` for Gemma 3, built from the shipped Gemma-style
     SentencePiece model; ``tokenizer.json`` for Qwen 3 and Llama 3, from the shipped byte-level BPE
-    with the family's special tokens; ``tokenizer_config.json``). ``added_tokens``: extra special
-    tokens a fine-tune added (BPE families), given the tokenizer's last ids; ``tokenizer_size``: ids
+    with the family's special tokens, split as the published ones split text; ``tokenizer_config.json``).
+    ``added_tokens``: tokens a fine-tune added (BPE families; added as ``tokenizers`` adds
+    non-special tokens: kept whole, decoded as text), given the tokenizer's last ids; ``tokenizer_size``: ids
     in the tokenizer, when the embedding has more rows (default: ``vocab_size``). Returns the path.
     """
     import json

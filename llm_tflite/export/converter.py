@@ -63,7 +63,7 @@ def skip_freezing(converter, fn, tf) -> None:
     Freezing runs Grappler, whose graph item allocates a fake feed tensor of every placeholder's
     shape, all at once: with the weights as placeholders, a second copy of them for each
     signature (Qwen 3 0.6B: +2.5 GiB for a 0.3 MB decode signature). The converted bytes are the
-    same (tests/test_convert.py). TensorFlow 2.19's ``TFLiteFrozenGraphConverterV2`` (pinned)."""
+    same (``tests/test_bind.py::test_signatures_convert_unfrozen_to_the_same_bytes``). TensorFlow 2.19's ``TFLiteFrozenGraphConverterV2`` (pinned)."""
     graph_def = fn.graph.as_graph_def()
     if fn.captured_inputs or graph_def.library.function:
         return

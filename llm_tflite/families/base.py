@@ -108,13 +108,10 @@ class ModelFamily:
         kind = tokenizer_spec.get("type")
         if kind == "hf_tokenizer":  # a checkpoint's own tokenizer.json: the engine reads it as it is
             return "hf", tokenizer_spec["json"].encode("utf-8")
-        if kind == "gpt2_bpe":
-            from llm_tflite.tokenizers.bpe_training import hf_tokenizer
+        if kind == "gpt2_bpe":  # the runtime's own tokenizer, so both engines read text alike
+            from llm_tflite.tokenizers import tokenizer_from_spec
 
-            tokenizer = hf_tokenizer(tokenizer_spec["vocab"], tokenizer_spec["merges"],
-                                     tokenizer_spec.get("special_tokens", ["<|endoftext|>"]),
-                                     tokenizer_spec.get("added_tokens", ()))
-            return "hf", tokenizer.to_str().encode("utf-8")
+            return "hf", tokenizer_from_spec(tokenizer_spec).to_json().encode("utf-8")
         if kind == "sentencepiece":
             return "sentencepiece", base64.b64decode(tokenizer_spec["model"])
         raise ModelFileError(f"family {self.name or '(unknown)'!r} cannot bundle a {kind!r} tokenizer for "

@@ -58,10 +58,13 @@ class Qwen3Family(DecoderFamily):
 
 def bpe_spec(tokenizer) -> dict:
     """The runtime spec of a KerasHub byte-level BPE tokenizer (Qwen 3, Llama 3): the Hugging Face
-    checkpoint's own ``tokenizer.json`` when it was loaded from one (``attach_hf_tokenizer``);
-    otherwise GPT-2's format, with the special tokens that decode to nothing and the tokens kept
-    whole in a text (KerasHub's ``unsplittable_tokens``: the special ones and added tokens)."""
-    from llm_tflite.errors import ModelFileError
+    checkpoint's own ``tokenizer.json`` when it was loaded from one (``attach_hf_tokenizer``; its
+    padding and truncation settings dropped); otherwise GPT-2's format, with the special tokens
+    that decode to nothing and the tokens kept whole in a text (KerasHub's ``unsplittable_tokens``:
+    the special ones and added tokens)."""
+    import json
+
+    from llm_tflite.errors import ConversionError, ModelFileError
     from llm_tflite.families.loading import HF_TOKENIZER_ATTRIBUTE
     from llm_tflite.tokenizers.bpe import HFTokenizer
 
@@ -69,9 +72,13 @@ def bpe_spec(tokenizer) -> dict:
     if text is not None:
         try:
             HFTokenizer.from_json(text)
-            return {"type": "hf_tokenizer", "json": text}
-        except ModelFileError:  # not byte-level BPE: KerasHub's reading of it below
-            pass
+        except ModelFileError as e:  # KerasHub would read it as byte-level BPE: wrong ids, silently
+            raise ConversionError(f"the checkpoint's tokenizer.json cannot be carried: {e}. This family reads "
+                                  "byte-level BPE tokenizers (Qwen 3, Llama 3), not SentencePiece-style ones "
+                                  "(Llama 2 and others that share model_type 'llama')") from e
+        spec = json.loads(text)
+        spec["padding"] = spec["truncation"] = None
+        return {"type": "hf_tokenizer", "json": json.dumps(spec, ensure_ascii=False)}
     return {"type": "gpt2_bpe", "vocab": dict(tokenizer.vocabulary), "merges": list(tokenizer.merges),
             "special_tokens": sorted(tokenizer.special_tokens),  # KerasHub keeps a set
             "added_tokens": sorted(tokenizer.unsplittable_tokens or ())}

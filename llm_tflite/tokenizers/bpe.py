@@ -46,6 +46,68 @@ def _byte_decoder() -> dict[str, int]:
     return {c: b for b, c in bytes_to_unicode().items()}
 
 
+def hf_tokenizer(vocab: dict[str, int], merges: list[str], special_tokens=(END_OF_TEXT,), added_tokens=()):
+    """A ``tokenizers.Tokenizer`` for a GPT-2-format ``vocab``/``merges`` (what ``tokenizer.json`` holds):
+    ``special_tokens`` are added as special tokens, the other ``added_tokens`` as plain added ones
+    (kept whole, decoded as text)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.BPE(vocab=dict(vocab), merges=[tuple(m.split(" ")) for m in merges]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(t, special=True) for t in special_tokens if t in vocab])
+    tokenizer.add_tokens([AddedToken(t, special=False) for t in added_tokens if t in vocab and t not in special_tokens])
+    return tokenizer
+
+
+
+#: What a file's ``tokenizer.json`` may hold (it is untrusted data): the parts byte-level BPE
+#: tokenizers use (GPT-2, Qwen, Llama 3), nothing that pads, truncates, samples or strips.
+ALLOWED_NORMALIZERS = {None, "NFC", "NFKC", "NFD", "NFKD"}
+ALLOWED_PRE_TOKENIZERS = {"ByteLevel", "Split", "Digits", "Sequence"}
+MAX_TOKENIZER_JSON = 64 << 20  # bytes; Qwen 3's is 11 MB
+MAX_ID = 1 << 24
+
+
+def _checked_tokenizer_json(text: str) -> dict:
+    """The parsed ``tokenizer.json``, or ``ValueError`` saying what it holds that we do not run."""
+    if len(text) > MAX_TOKENIZER_JSON:
+        raise ValueError(f"{len(text):,} characters, more than {MAX_TOKENIZER_JSON:,}")
+    spec = json.loads(text)
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        raise ValueError("not a BPE model")
+    if model.get("dropout") not in (None, 0, 0.0):
+        raise ValueError("BPE dropout (encoding would be random)")
+    if (spec.get("decoder") or {}).get("type") != "ByteLevel":
+        raise ValueError("not byte-level (its decoder is not ByteLevel)")
+    normalizer = spec.get("normalizer")
+    normalizers = (normalizer.get("normalizers") or [] if normalizer and normalizer.get("type") == "Sequence"
+                   else [normalizer])
+    if any((n or {}).get("type") not in ALLOWED_NORMALIZERS for n in normalizers):
+        raise ValueError(f"normalizer {normalizer!r:.200} is not one llm-tflite runs")
+    pre = spec.get("pre_tokenizer") or {}
+    pres = pre.get("pretokenizers") or [] if pre.get("type") == "Sequence" else [pre]
+    if not pres or any(p.get("type") not in ALLOWED_PRE_TOKENIZERS - {"Sequence"} for p in pres) \
+            or not any(p.get("type") == "ByteLevel" for p in pres):
+        raise ValueError(f"pre-tokenizer {pre!r:.200} is not a byte-level one llm-tflite runs")
+    ids = list(model["vocab"].values()) + [t.get("id") for t in spec.get("added_tokens") or []]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < MAX_ID for i in ids):
+        raise ValueError(f"token ids outside 0..{MAX_ID - 1}")
+    return spec
+
+
+def _library_tokenizer(build):
+    """``build()`` (a ``tokenizers.Tokenizer``), its errors -- Rust panics included, which are not
+    ``Exception`` -- turned into ``ValueError``."""
+    try:
+        return build()
+    except BaseException as e:  # pyo3's PanicException derives from BaseException
+        if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
+            raise
+        raise ValueError(f"{type(e).__name__}: {str(e)[:200]}") from e
+
+
 class HFTokenizer:
     """A byte-level BPE ``tokenizers.Tokenizer``: ``encode(str) -> ids`` as the library encodes
     (no special tokens added: the runner adds the start token), ``decode_bytes(ids)`` the bytes
@@ -58,6 +120,8 @@ class HFTokenizer:
     """
 
     def __init__(self, tokenizer, silent: set[int]):
+        tokenizer.no_truncation()  # a checkpoint's training settings, not how text is read
+        tokenizer.no_padding()
         self.tokenizer = tokenizer
         self.silent = set(silent)
         self._added = {i: t.content.encode("utf-8") for i, t in tokenizer.get_added_tokens_decoder().items()}
@@ -67,19 +131,15 @@ class HFTokenizer:
 
     @classmethod
     def from_json(cls, text: str) -> "HFTokenizer":
-        """From a ``tokenizer.json``'s text; ``ModelFileError`` unless it is a byte-level BPE."""
+        """From a ``tokenizer.json``'s text (untrusted: checked first); ``ModelFileError`` unless it
+        is a byte-level BPE of the parts llm-tflite runs."""
         from tokenizers import Tokenizer
 
         try:
-            spec = json.loads(text)
-            decoder = spec.get("decoder") or {}
-            kinds = {d.get("type") for d in decoder.get("decoders", [decoder])}
-            if spec.get("model", {}).get("type") != "BPE" or "ByteLevel" not in kinds:
-                raise ValueError("not a byte-level BPE (BPE model, ByteLevel decoder)")
-            tokenizer = Tokenizer.from_str(text)
-        except Exception as e:  # json, the library's own parse errors
-            raise ModelFileError(f"this file's tokenizer.json is not usable ({str(e)[:200]}); convert the model "
-                                 "again") from e
+            _checked_tokenizer_json(text)
+            tokenizer = _library_tokenizer(lambda: Tokenizer.from_str(text))
+        except ValueError as e:  # json's errors are ValueErrors too
+            raise ModelFileError(f"this file's tokenizer.json is not usable: {str(e)[:300]}") from e
         return cls(tokenizer, {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special})
 
     def encode(self, text: str) -> list[int]:
@@ -94,7 +154,9 @@ class HFTokenizer:
         if token is None:
             return b""
         decoder = _byte_decoder()
-        return bytes(decoder[c] for c in token if c in decoder)
+        if all(c in decoder for c in token):
+            return bytes(decoder[c] for c in token)
+        return token.encode("utf-8")  # not byte-mapped: its own text, as ``tokenizers`` decodes it
 
     def decode_bytes(self, ids) -> bytes:
         """Raw bytes of ``ids``; unknown ids and control tokens decode to nothing."""
@@ -130,9 +192,15 @@ class BPETokenizer(HFTokenizer):
     """
 
     def __init__(self, vocab: dict[str, int], merges: list[str], special_tokens=(END_OF_TEXT,), added_tokens=()):
-        from llm_tflite.tokenizers.bpe_training import hf_tokenizer
-
         added = [t for t in added_tokens if t in vocab]
         special = [t for t in special_tokens if t in vocab]
-        tokenizer = hf_tokenizer(vocab, merges, [t for t in special if t in added], added)
+        try:
+            tokenizer = _library_tokenizer(lambda: hf_tokenizer(vocab, merges, [t for t in special if t in added], added))
+        except ValueError as e:  # a merge of tokens the vocabulary lacks, ...
+            raise ModelFileError(f"this file's BPE tokenizer (vocab/merges) is damaged ({str(e)[:200]}); convert "
+                                 "the model again") from e
         super().__init__(tokenizer, {vocab[t] for t in special})
+
+    def to_json(self) -> str:
+        """This tokenizer as a ``tokenizer.json`` (what a ``.litertlm`` bundle carries for LiteRT-LM)."""
+        return self.tokenizer.to_str()

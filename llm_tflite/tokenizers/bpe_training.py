@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Iterable
 
-from llm_tflite.tokenizers.bpe import END_OF_TEXT, bytes_to_unicode
+from llm_tflite.tokenizers.bpe import END_OF_TEXT, bytes_to_unicode, hf_tokenizer  # noqa: F401 (re-exported)
 
 
 def _merges_of(tokenizer) -> list[str]:
@@ -60,20 +60,6 @@ def train_bpe(text: str | Iterable[str], vocab_size: int,
     for token in special_tokens:
         vocab[token] = len(vocab)
     return vocab, merges
-
-
-def hf_tokenizer(vocab: dict[str, int], merges: list[str], special_tokens=(END_OF_TEXT,), added_tokens=()):
-    """A ``tokenizers.Tokenizer`` for a GPT-2-format ``vocab``/``merges`` (what ``tokenizer.json`` holds):
-    ``special_tokens`` are added as special tokens, the other ``added_tokens`` as plain added ones
-    (kept whole, decoded as text)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
-    tokenizer = Tokenizer(models.BPE(vocab=dict(vocab), merges=[tuple(m.split(" ")) for m in merges]))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens([AddedToken(t, special=True) for t in special_tokens if t in vocab])
-    tokenizer.add_tokens([AddedToken(t, special=False) for t in added_tokens if t in vocab and t not in special_tokens])
-    return tokenizer
 
 
 def write_tokenizer_json(vocab: dict[str, int], merges: list[str], path) -> None:
