@@ -245,3 +245,24 @@ def _write_hf_tokenizer(directory, family: str, vocab_size: int, added_tokens) -
         return {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": None,
                 "tokenizer_class": "Qwen2Tokenizer"}
     return {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "tokenizer_class": "PreTrainedTokenizerFast"}
+
+
+def engine_steps_agreeing(steps: list[str], runner, token_ids: list[int]) -> int:
+    """How many of LiteRT-LM's decode steps (the text it reports for each) are our tokens
+    ``token_ids``, read with ``runner``'s tokenizer. The engine shows each step as text: a token
+    that is part of a character shows as U+FFFD, SentencePiece drops the space that opens a text,
+    and where the engine held steps back and sent them together, agreement means the same text."""
+    expected = [runner.tokenizer.decode_bytes([t]) for t in token_ids]
+    if runner.metadata["tokenizer"]["type"] == "sentencepiece" and expected and expected[0].startswith(b" "):
+        expected[0] = expected[0][1:]
+
+    def same(text: str, token_bytes: bytes) -> bool:
+        try:
+            return text == token_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            return text == "\ufffd"
+
+    if len(steps) == len(expected):  # one text per decode step: token for token
+        return sum(map(same, steps, expected))
+    joined = b"".join(expected).decode("utf-8", errors="replace")
+    return len(expected) if "".join(steps) == joined else 0

@@ -6,7 +6,8 @@ import pytest
 
 from llm_tflite import Converter, InterpreterRunner, load_model
 from llm_tflite.plugins.registry import get_family
-from llm_tflite.testing import run_cached_parity_test, run_greedy_test, run_prefill_decode_file_test
+from llm_tflite.testing import (engine_steps_agreeing, run_cached_parity_test, run_greedy_test,
+                                run_prefill_decode_file_test)
 
 #: Small shapes that still exercise each family's choices (widths of 128, so int4 blocks of 128 fit):
 #: grouped-query attention everywhere; Gemma's
@@ -130,15 +131,6 @@ def test_every_strategy_converts_and_agrees_with_float(tiny, tmp_path, name, str
     assert runner.complete(PROMPT, 16, stop_token_ids=[]).completion_tokens == 16
 
 
-def _same_step(text: str, token_bytes: bytes) -> bool:
-    """The engine's text of one decode step against our token's bytes: equal, or U+FFFD where the token
-    is part of a character (the engine shows each step as text; our loop waits for whole characters)."""
-    try:
-        return text == token_bytes.decode("utf-8")
-    except UnicodeDecodeError:
-        return text == "\ufffd"
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 def test_litert_lm_engine_decodes_our_greedy_tokens(tiny, tmp_path, name):
@@ -160,13 +152,7 @@ def test_litert_lm_engine_decodes_our_greedy_tokens(tiny, tmp_path, name):
             steps = [r.texts[0] for r in session.run_decode_async()]
     finally:
         engine.close()
-    expected = [runner.tokenizer.decode_bytes([t]) for t in ours]
-    if runner.metadata["tokenizer"]["type"] == "sentencepiece" and expected[0].startswith(b" "):
-        expected[0] = expected[0][1:]  # SentencePiece drops the space that opens a text
-    if len(steps) == len(expected):  # one text per decode step: token for token
-        assert all(map(_same_step, steps, expected)), (steps, expected)
-    else:  # the engine held back steps that were parts of characters and sent them together
-        assert "".join(steps) == b"".join(expected).decode("utf-8", errors="replace"), (steps, expected)
+    assert engine_steps_agreeing(steps, runner, ours) == len(ours) == 32, (steps, ours)
 
 
 @pytest.mark.parametrize("preset, family", [("gemma3_270m", "gemma3"), ("gemma3_instruct_1b", "gemma3"),
