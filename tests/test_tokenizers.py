@@ -140,6 +140,8 @@ def _tokenizer_json(**changes):
     ({"added_tokens": [{"id": 4_000_000_000, "content": "<x>", "single_word": False, "lstrip": False,
                         "rstrip": False, "normalized": False, "special": True}]}, "token ids outside"),
     ({"model": {"type": "Unigram", "vocab": [["a", 0.0]]}}, "not a BPE model"),
+    ({"normalizer": ["NFC"]}, "not usable"),  # a list where an object belongs
+    ({"pre_tokenizer": {"type": "Sequence", "pretokenizers": ["ByteLevel"]}}, "not usable"),
 ])
 def test_a_files_tokenizer_json_is_checked_before_it_runs(changes, message):
     """tokenizer.json is untrusted: settings that would change what text reads as are dropped, parts

@@ -138,7 +138,7 @@ class HFTokenizer:
         try:
             _checked_tokenizer_json(text)
             tokenizer = _library_tokenizer(lambda: Tokenizer.from_str(text))
-        except ValueError as e:  # json's errors are ValueErrors too
+        except (ValueError, TypeError, AttributeError) as e:  # json's errors; a list where a dict belongs
             raise ModelFileError(f"this file's tokenizer.json is not usable: {str(e)[:300]}") from e
         return cls(tokenizer, {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special})
 
