@@ -61,3 +61,11 @@ class DataError(LLMTFLiteError, ValueError):
 
 class PluginError(LLMTFLiteError):
     """A plugin failed to load or raised inside a hook."""
+
+
+class ChatTemplateError(LLMTFLiteError):
+    """A chat template cannot be compiled or rendered: broken, hostile, or past its limits of size and time."""
+
+
+class ConversationFileError(ModelFileError):
+    """A saved conversation (its messages and KV cache) is damaged, or was saved from another model file."""

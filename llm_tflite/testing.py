@@ -199,11 +199,24 @@ def write_hf_checkpoint(directory, family: str, config: dict | None = None, *, s
             tensors[name] = rng.normal(0, 0.05 if "embed" in name else shape[1] ** -0.5, shape).astype(np.float32)
     save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
     tokenizer_config = _write_hf_tokenizer(directory, family, tokenizer_size or config["vocab_size"], added_tokens)
+    tokenizer_config["chat_template"] = family_chat_template(family)  # as instruction-tuned checkpoints carry it
     with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
         json.dump(tokenizer_config, f, indent=2)
     with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
     return os.fspath(directory)
+
+
+def family_chat_template(family: str) -> str:
+    """The published chat template of a core family's instruction-tuned models (its Hugging Face
+    ``tokenizer_config.json``'s ``chat_template``), as the package ships it."""
+    import os
+
+    from llm_tflite.plugins.registry import get_family
+
+    name = get_family(family).chat_template_file
+    with open(os.path.join(os.path.dirname(__file__), "families", "chat_templates", name), encoding="utf-8") as f:
+        return f.read()
 
 
 def _write_hf_tokenizer(directory, family: str, vocab_size: int, added_tokens) -> dict:

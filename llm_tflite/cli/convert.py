@@ -50,6 +50,7 @@ def cmd_convert(args) -> int:
         top_k=args.top_k,
         top_p=args.top_p,
         hidden_states=args.hidden_states,
+        chat_template=args.chat_template,
         calibration=calibration,
     )
     if not bundle:
@@ -122,6 +123,8 @@ def add_commands(cli) -> None:
     p.add_argument("--temperature", type=float, default=sampling.TEMPERATURE, help="generate: a random sampler's temperature")
     p.add_argument("--top-k", type=int, default=sampling.TOP_K, help="generate: k of the top_k sampler")
     p.add_argument("--top-p", type=float, default=sampling.TOP_P, help="generate: p of the top_p sampler")
+    p.add_argument("--chat-template", help="a Jinja chat template file the file carries for chat "
+                   "(default: the checkpoint's own, or the family's: Gemma 3, Qwen 3, Llama 3.x)")
     p.add_argument("--hidden-states", action="store_true",
                    help="prefill_decode: also output the last hidden states, which contrastive search needs")
     p.add_argument("--calibration", help="text file or folder for strategies that calibrate (full_int8)")

@@ -65,6 +65,96 @@ def cmd_autocomplete(args) -> int:
     return 0
 
 
+CHAT_HELP = """commands: /reset (forget the turns), /system TEXT (set the system prompt), /save FILE,
+/load FILE (the conversation with its KV cache), /quit (or Ctrl+D)"""
+
+
+def _chat_turn(conversation, text: str, kwargs: dict, stream: bool) -> None:
+    reply = conversation.stream(text, **kwargs)
+    if stream:
+        for piece in reply:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    else:
+        print("".join(reply))
+    sys.stdout.flush()
+
+
+def cmd_chat(args) -> int:
+    from llm_tflite.errors import LLMTFLiteError
+    from llm_tflite.runtime.chat import Conversation
+    from llm_tflite.runtime.runner import InterpreterRunner
+
+    runner = InterpreterRunner(args.file, num_threads=args.threads, backend=args.backend)
+    conversation = runner.conversation(system=args.system)
+    if args.load:
+        conversation = Conversation.load(runner, args.load)
+    kwargs = dict(seed=args.seed, stop=args.stop, filter=_filter(args), max_new_tokens=args.max_new_tokens,
+                  sampler=args.sampler, json_schema=_json_schema(args), **_sampler_settings(args))
+    if args.message is not None:  # one shot, for scripts
+        for message in args.message:
+            if args.json:
+                result = conversation.send(message, **kwargs)
+                print_json({"reply": result.text, "finish_reason": result.finish_reason,
+                            "prompt_tokens": result.prompt_tokens, "cached_tokens": result.cached_tokens,
+                            "completion_tokens": result.completion_tokens})
+            else:
+                _chat_turn(conversation, message, kwargs, args.stream)
+        if args.save:
+            conversation.save(args.save)
+        return 0
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"chatting with {args.file}; {CHAT_HELP}", file=sys.stderr)
+    while True:
+        if interactive:
+            sys.stderr.write("> ")
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line:
+            break
+        text = line.rstrip("\n")
+        command, _, rest = text.partition(" ")
+        try:
+            if command == "/quit":
+                break
+            if command == "/reset":
+                conversation.reset()
+            elif command == "/system":
+                conversation.set_system(rest)
+                conversation.cache.clear()
+            elif command == "/save" and rest:
+                conversation.save(rest)
+                print(f"saved to {rest}", file=sys.stderr)
+            elif command == "/load" and rest:
+                conversation = Conversation.load(runner, rest)
+                print(f"loaded {rest}: {len(conversation.messages)} messages", file=sys.stderr)
+            elif command.startswith("/"):
+                print(CHAT_HELP, file=sys.stderr)
+            elif text.strip():
+                _chat_turn(conversation, text, kwargs, args.stream or interactive)
+        except LLMTFLiteError as e:  # a bad command or turn: say so and go on
+            print(f"error: {e}", file=sys.stderr)
+    if args.save:
+        conversation.save(args.save)
+    return 0
+
+
+def _json_schema(args):
+    if not args.json_schema:
+        return None
+    if args.json_schema == "object":
+        return {"type": "object"}
+    from llm_tflite.errors import InvalidArgumentError
+
+    try:
+        with open(args.json_schema, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise InvalidArgumentError(f"cannot read the JSON schema {args.json_schema!r}: {e}") from e
+
+
 def _add_generation_options(p, *, default_sampler, default_max_new_tokens, filter_default: str) -> None:
     from llm_tflite.runtime import sampling
     from llm_tflite.runtime.engine import BACKENDS
@@ -170,6 +260,21 @@ def add_commands(cli) -> None:
     p.add_argument("--no-filter", action="store_true", help="turn the profanity filter off")
     add_json(p)
     p.set_defaults(func=cmd_autocomplete)
+
+    p = cli.add_parser("chat", help="chat with an instruction-tuned file in the terminal (its chat template, "
+                       "the KV cache kept between turns)", description=CHAT_HELP)
+    p.add_argument("file", help="a .tflite file with a chat template (Gemma 3, Qwen 3, Llama 3.x, or "
+                   "convert --chat-template) or a .litertlm bundle of one")
+    p.add_argument("--message", action="append", help="send this message and print the reply, no prompt "
+                   "(repeatable: one turn each)")
+    p.add_argument("--system", help="the system prompt")
+    p.add_argument("--save", help="write the conversation (messages and KV cache) here at the end")
+    p.add_argument("--load", help="continue a conversation saved with --save or /save")
+    p.add_argument("--json-schema", help="constrain replies to JSON: 'object', or a JSON schema file")
+    _add_generation_options(p, default_sampler="greedy", default_max_new_tokens=None, filter_default="off")
+    p.add_argument("--stream", action="store_true", help="print replies as they are generated (always in a terminal)")
+    add_json(p)
+    p.set_defaults(func=cmd_chat)
 
     from llm_tflite.cli.common import int_list
     from llm_tflite.evaluation.bench import NEW_TOKENS, PROMPT_LENGTHS

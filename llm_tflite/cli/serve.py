@@ -29,11 +29,13 @@ def cmd_serve(args) -> int:
     for name in ("workers", "max_body_bytes", "max_prompt_chars", "max_tokens"):
         if getattr(args, name) < 1:
             raise InvalidArgumentError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.chat_cache < 0:
+        raise InvalidArgumentError("--chat-cache must be 0 or more")
     if not 0 < args.queue_timeout <= 3600 or not 0 < args.port < 65536:
         raise InvalidArgumentError("--queue-timeout must be in (0, 3600] seconds and --port in 1..65535")
 
     limits = Limits(max_body_bytes=args.max_body_bytes, max_prompt_chars=args.max_prompt_chars,
-                    max_tokens=args.max_tokens, wait_seconds=args.queue_timeout)
+                    max_tokens=args.max_tokens, wait_seconds=args.queue_timeout, chat_cache=args.chat_cache)
     app = create_app(args.file, workers=args.workers, limits=limits)
     if not _loopback(args.host):
         logger.warning("serving on %s: other machines can reach this server; it has no authentication", args.host)
@@ -44,7 +46,7 @@ def cmd_serve(args) -> int:
 
 
 def add_commands(cli) -> None:
-    p = cli.add_parser("serve", help="serve the autocomplete app and an OpenAI-style completions API for a file")
+    p = cli.add_parser("serve", help="serve the autocomplete app and an OpenAI-style API (completions, chat) for a file")
     p.add_argument("file", help="the .tflite file to serve")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (other than loopback: reachable by "
                    "other machines)")
@@ -55,4 +57,7 @@ def add_commands(cli) -> None:
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="largest request body")
     p.add_argument("--max-prompt-chars", type=int, default=8000, help="longest prompt or text")
     p.add_argument("--max-tokens", type=int, default=256, help="most new tokens a request may ask for")
+    p.add_argument("--chat-cache", type=int, default=4,
+                   help="conversations whose KV caches each worker keeps, so a client sending its history again "
+                   "prefills only new tokens (each holds one KV cache of the model's context)")
     p.set_defaults(func=cmd_serve)

@@ -29,19 +29,48 @@ HELPER_ENV = "litertlm"
 HELPER_VARIABLE = "LLM_TFLITE_LITERTLM_PYTHON"
 
 
-def llm_metadata_textproto(record: dict, *, max_num_tokens: int | None = None) -> str:
+def llm_metadata_textproto(record: dict, *, max_num_tokens: int | None = None, model_type: str = "generic_model") -> str:
     """LiteRT-LM's ``LlmMetadata`` for one of our files: start/stop tokens, context, greedy by default
     (what ``InterpreterRunner.generate`` does without a sampler)."""
     lines = []
+    chat = record.get("chat")
     if record.get("add_bos") and record.get("bos_id") is not None:
         lines.append(f"start_token {{ token_ids {{ ids: {int(record['bos_id'])} }} }}")
-    if record.get("eos_id") is not None:
-        lines.append(f"stop_tokens {{ token_ids {{ ids: {int(record['eos_id'])} }} }}")
+    stops = [] if record.get("eos_id") is None else [int(record["eos_id"])]
+    stops += [int(i) for i in (chat or {}).get("stop_token_ids", []) if int(i) not in stops]
+    lines += [f"stop_tokens {{ token_ids {{ ids: {i} }} }}" for i in stops]
     lines.append(f"max_num_tokens: {int(max_num_tokens or record['context_length'])}")
+    if chat is not None:  # LiteRT-LM renders it (minja) for its Conversation API, as our runner does
+        lines.append(f"jinja_prompt_template: {textproto_string(TEXT_CONTENT_PREAMBLE + chat['template'])}")
     # k = 1 is greedy; the CPU engine implements only the TOP_P type (runtime/components/sampler_factory.cc)
     lines.append("sampler_params { type: TOP_P k: 1 p: 1.0 temperature: 1.0 }")
-    lines.append("llm_model_type { generic_model {} }")
+    # the engine's model type picks how its Conversation API hands messages to the template
+    # (the family's ``litertlm_model_type``: Qwen's template reads content as a string)
+    lines.append(f"llm_model_type {{ {model_type if chat is not None else 'generic_model'} {{}} }}")
     return "\n".join(lines) + "\n"
+
+
+#: Put before a template in a bundle: LiteRT-LM's Conversation API hands a message's content to the
+#: template as a list of parts (``[{"type": "text", "text": ...}]``), while most published templates
+#: (Qwen 3's, Llama 3's) read a string, as our runner gives them (``check_messages``). Rendered by
+#: Jinja2 and by LiteRT-LM's minijinja alike, it changes nothing for string content.
+TEXT_CONTENT_PREAMBLE = (
+    "{%- set _text = namespace(messages=[]) -%}"
+    "{%- for m in messages -%}"
+    "{%- set _text.messages = _text.messages + [{'role': m.role, 'content': (m.content if m.content is string "
+    "else (m.content | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('')))}] -%}"
+    "{%- endfor -%}"
+    "{%- set messages = _text.messages -%}"
+)
+
+
+def textproto_string(text: str) -> str:
+    """``text`` as a protobuf text-format string literal (UTF-8, octal escapes for all but printable ASCII)."""
+    out = []
+    for byte in text.encode("utf-8"):
+        char = chr(byte)
+        out.append("\\" + char if char in "\"\\" else char if 32 <= byte < 127 else f"\\{byte:03o}")
+    return '"' + "".join(out) + '"'
 
 
 def find_builder() -> list[str] | None:
@@ -128,7 +157,8 @@ def build_bundle(model_path, output, *, max_num_tokens: int | None = None) -> st
     if max_num_tokens is not None and not 1 <= max_num_tokens <= record["context_length"]:
         raise InvalidArgumentError(f"max_num_tokens must be 1..{record['context_length']} (the file's context), "
                                    f"got {max_num_tokens}")
-    kind, tokenizer = family_of(record).litertlm_tokenizer(record["tokenizer"])
+    family = family_of(record)
+    kind, tokenizer = family.litertlm_tokenizer(record["tokenizer"])
     directory = os.path.dirname(os.path.abspath(output))
     os.makedirs(directory, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory, prefix=".litertlm-") as work:
@@ -137,7 +167,8 @@ def build_bundle(model_path, output, *, max_num_tokens: int | None = None) -> st
             f.write(tokenizer)
         metadata_path = os.path.join(work, "llm_metadata.textproto")
         with open(metadata_path, "w", encoding="utf-8") as f:
-            f.write(llm_metadata_textproto(record, max_num_tokens=max_num_tokens))
+            f.write(llm_metadata_textproto(record, max_num_tokens=max_num_tokens,
+                                           model_type=getattr(family, "litertlm_model_type", "generic_model")))
         partial = os.path.join(work, "model.litertlm")
         _run_builder({"model": os.path.abspath(model_path), "tokenizer": tokenizer_path, "tokenizer_kind": kind,
                       "llm_metadata": metadata_path, "output": partial})

@@ -9,11 +9,12 @@ import tempfile
 
 from llm_tflite.litert.flatbuffer import check_writable, non_builtin_ops, write_atomic
 from llm_tflite.litert.metadata import FORMAT_VERSION, add_metadata
-from llm_tflite.errors import ConversionError, LLMTFLiteError
+from llm_tflite.errors import ConversionError, InvalidArgumentError, LLMTFLiteError, ModelSourceError
 from llm_tflite.console import import_tensorflow, logger, progress, quiet_native
 from llm_tflite.quantize.base import Quantizer
 from llm_tflite.runtime import sampling
 from llm_tflite.runtime.sampling import GENERATE_SAMPLERS
+from llm_tflite.tokenizers.chat_template import ChatTemplate
 from llm_tflite.families.loading import load_model
 
 EXPORT_MODES = ("prefill_decode", "generate")
@@ -122,6 +123,22 @@ def check_fits(weights: int, strategy, name: str = "this model") -> None:
     )
 
 
+def _chat_template_text(value) -> str | None:
+    """A chat template given as Jinja text (it holds ``{{`` or ``{%``), or as the path of a file holding it."""
+    if value is None:
+        return None
+    if isinstance(value, os.PathLike) or (isinstance(value, str) and "{{" not in value and "{%" not in value):
+        try:
+            with open(value, encoding="utf-8") as f:
+                value = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModelSourceError(f"cannot read the chat template file {os.fspath(value)!r}: {e}") from e
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"chat_template must be Jinja text or a file's path, not {type(value).__name__}")
+    ChatTemplate(value)  # compiles, within the limits every file's template meets
+    return value
+
+
 @dataclasses.dataclass
 class ConversionResult:
     """Where a conversion wrote its file, how big it is, and the metadata inside."""
@@ -150,6 +167,8 @@ class Converter:
         hidden_states: ``prefill_decode`` mode: also output the last hidden states (contrastive search).
         calibration: for strategies that need it (``full_int8``): a text file or folder, or a
             ``llm_tflite.quantize.calibration.TextCalibration``.
+        chat_template: a Jinja chat template (text, or the path of a ``.jinja`` file) the file carries
+            instead of the model's own (``docs/chat.md``); default: the checkpoint's or the family's.
 
     Example:
         >>> Converter(quantize="dynamic_int8").convert("gpt2_tiny_shakespeare", "model.tflite")  # doctest: +SKIP
@@ -159,7 +178,7 @@ class Converter:
                  prefill_lengths=DEFAULT_PREFILL_LENGTHS, decode_windows="auto", max_length=100, sampler="greedy",
                  seed=None,
                  temperature=sampling.TEMPERATURE, top_k=sampling.TOP_K, top_p=sampling.TOP_P,
-                 calibration=None, hidden_states=False):
+                 calibration=None, hidden_states=False, chat_template=None):
         if mode not in EXPORT_MODES:
             raise ValueError(f"unknown export mode {mode!r}; choose one of {', '.join(EXPORT_MODES)}")
         self.mode = mode
@@ -194,14 +213,13 @@ class Converter:
         self.context_length = context_length
         self.prefill_lengths = tuple(sorted(set(int(n) for n in prefill_lengths)))
         if decode_windows != "auto" and not all(isinstance(w, int) and w >= 1 for w in decode_windows):
-            from llm_tflite.errors import InvalidArgumentError
-
             raise InvalidArgumentError(f"decode_windows must be 'auto' or positive integers, got {decode_windows!r}")
         self.decode_windows = decode_windows if decode_windows == "auto" else tuple(sorted(set(decode_windows)))
         self.max_length = max_length
         self.sampler = sampler
         self.seed = seed
         self.calibration = calibration
+        self.chat_template = _chat_template_text(chat_template)
 
     def convert(self, model, output, *, family=None, random_weights=False) -> ConversionResult:
         """Load ``model``, convert it, quantize it and write ``output`` atomically.
@@ -271,6 +289,15 @@ class Converter:
             **fam.special_tokens(lm),
             "model": fam.model_config(lm),
         }
+        chat = fam.chat_format(lm)
+        if self.chat_template is not None:
+            special = fam.special_tokens(lm)
+            chat = {**(chat or {"bos_token": None, "eos_token": None,
+                                "stop_token_ids": [] if special.get("eos_id") is None else [special["eos_id"]]}),
+                    "template": self.chat_template}
+        if chat is not None:
+            ChatTemplate(chat["template"])  # a template that does not compile fails the conversion, not the app
+            record["chat"] = chat
         if self.mode == "prefill_decode":
             spec = fam.kv_cache_spec(lm)
             record.update(

@@ -91,6 +91,46 @@ class ModelFamily:
             "add_bos": bool(model.preprocessor.add_start_token),
         }
 
+    #: The family's documented chat template (a file in ``llm_tflite/families/chat_templates``, a
+    #: Hugging Face ``chat_template``), used when a model brings none of its own; None: no chat.
+    chat_template_file: str | None = None
+    #: Tokens that end a chat turn, beside the end token (``<end_of_turn>``, ``<|im_end|>``).
+    end_of_turn_tokens: tuple = ()
+    #: LiteRT-LM's ``LlmModelType`` for the family's bundles with a chat template: how its Conversation
+    #: API hands messages to the template (``generic_model``, ``gemma3``, ``qwen3``, ...).
+    litertlm_model_type: str = "generic_model"
+
+    def chat_format(self, model) -> dict | None:
+        """How the model chats, for the file's record: ``{"template", "bos_token", "eos_token",
+        "stop_token_ids"}``, or None when it has no chat template.
+
+        The template is the Hugging Face checkpoint's own (``chat_template`` in its
+        ``tokenizer_config.json``, or ``chat_template.jinja``) when the model was loaded from one,
+        else the family's ``chat_template_file``. Chat stops at the end token, ``end_of_turn_tokens``
+        and the checkpoint's ``generation_config.json`` end tokens.
+        """
+        import os
+
+        from llm_tflite.families.loading import HF_CHAT_ATTRIBUTE
+
+        tokenizer = getattr(getattr(model, "preprocessor", None), "tokenizer", None)
+        found = dict(getattr(tokenizer, HF_CHAT_ATTRIBUTE, None) or {})
+        special = self.special_tokens(model)
+        if not found.get("template"):
+            if not self.chat_template_file:
+                return None
+            path = os.path.join(os.path.dirname(__file__), "chat_templates", self.chat_template_file)
+            with open(path, encoding="utf-8") as f:
+                found["template"] = f.read()
+            found["bos_token"] = _token_text(tokenizer, special.get("bos_id"))
+            found["eos_token"] = _token_text(tokenizer, special.get("eos_id"))
+        stops = set(found.get("stop_token_ids") or ())
+        stops |= {i for i in (_token_id(tokenizer, t) for t in self.end_of_turn_tokens) if i is not None}
+        if special.get("eos_id") is not None:
+            stops.add(int(special["eos_id"]))
+        return {"template": found["template"], "bos_token": found.get("bos_token"),
+                "eos_token": found.get("eos_token"), "stop_token_ids": sorted(stops)}
+
     def litertlm_tokenizer(self, tokenizer_spec: dict) -> tuple[str, bytes]:
         """The tokenizer a ``.litertlm`` bundle carries for LiteRT-LM's engine: ``("hf", tokenizer.json
         bytes)`` or ``("sentencepiece", model proto bytes)``.
@@ -184,3 +224,19 @@ class ModelFamily:
             return {}
         config = {a: getattr(backbone, a) for a in self.MODEL_CONFIG_ATTRIBUTES if hasattr(backbone, a)}
         return {**config, "parameters": int(backbone.count_params())}
+
+
+def _token_id(tokenizer, text: str) -> int | None:
+    """The id of the token spelled ``text`` in a KerasHub tokenizer, or None when it has none."""
+    try:
+        i = int(tokenizer.token_to_id(text))
+        return i if tokenizer.id_to_token(i) == text else None
+    except Exception:  # KeyError, or a tokenizer without these methods
+        return None
+
+
+def _token_text(tokenizer, i) -> str | None:
+    try:
+        return None if i is None else str(tokenizer.id_to_token(int(i)))
+    except Exception:
+        return None

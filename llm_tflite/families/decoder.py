@@ -171,7 +171,7 @@ class DecoderFamily(ModelFamily):
         import keras_hub
 
         from llm_tflite.errors import ModelSourceError
-        from llm_tflite.families.loading import attach_hf_tokenizer, is_hf_source, is_preset_dir, load_keras_preset
+        from llm_tflite.families.loading import attach_hf_chat, attach_hf_tokenizer, is_hf_source, is_preset_dir, load_keras_preset
 
         task = getattr(keras_hub.models, self.causal_lm)
         if not isinstance(source, str):
@@ -185,6 +185,7 @@ class DecoderFamily(ModelFamily):
                 keras.utils.set_random_seed(0)
             lm = load_keras_preset(task, source, load_weights=not random_weights)
             attach_hf_tokenizer(lm, source)
+            attach_hf_chat(lm, source)
             return lm
         if not random_weights:
             return load_keras_preset(task, source)

@@ -24,6 +24,8 @@ class Gemma3Family(DecoderFamily):
     hf_model_types = ("gemma3_text",)  # the text models (270M, 1B); 4B and up are multimodal ("gemma3")
     hf_name_prefixes = ("gemma-3-",)
     max_positions = 32768  # the 270M and 1B models; the larger ones hold 131,072
+    chat_template_file = "gemma3.jinja"  # the instruction-tuned models' (Hugging Face tokenizer_config.json)
+    end_of_turn_tokens = ("<end_of_turn>",)
 
     def random_tokenizer(self, vocabulary_size: int):
         import keras_hub

@@ -22,6 +22,8 @@ class Llama3Family(DecoderFamily):
     hf_model_types = ("llama",)
     hf_name_prefixes = ("llama-3", "meta-llama-3")
     max_positions = 131072  # Llama 3.1 and 3.2; Llama 3 (8B) was trained with 8,192
+    chat_template_file = "llama3.jinja"  # the instruction-tuned models' (Hugging Face tokenizer_config.json)
+    end_of_turn_tokens = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")
 
     def random_tokenizer(self, vocabulary_size: int):
         import keras_hub

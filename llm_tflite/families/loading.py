@@ -62,6 +62,55 @@ def attach_hf_tokenizer(causal_lm, source: str) -> None:
     setattr(causal_lm.preprocessor.tokenizer, HF_TOKENIZER_ATTRIBUTE, text)
 
 
+#: The attribute of a KerasHub tokenizer that holds the chat format of the Hugging Face checkpoint it
+#: was loaded from (``attach_hf_chat``): ``{"template", "bos_token", "eos_token", "stop_token_ids"}``.
+HF_CHAT_ATTRIBUTE = "llm_tflite_chat"
+
+
+def _token_content(value) -> str | None:
+    """A ``tokenizer_config.json`` token: a string, or ``{"content": ...}`` (an ``AddedToken``)."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def read_hf_chat(source: str) -> dict | None:
+    """The chat format of a Hugging Face checkpoint: its ``chat_template`` (``chat_template.jinja``, or
+    ``tokenizer_config.json``'s ``chat_template``: a string, or a list of named templates, of which
+    ``default``), its ``bos_token`` / ``eos_token`` strings and ``generation_config.json``'s end
+    tokens; None when it has no template. Files that are missing or unreadable count as absent."""
+    from keras_hub.src.utils.preset_utils import get_file
+
+    def read(name: str):
+        try:
+            with open(get_file(source, name), encoding="utf-8") as f:
+                return f.read() if name.endswith(".jinja") else json.load(f)
+        except (OSError, ValueError, UnicodeDecodeError):  # FileNotFoundError too
+            return None
+
+    config = read("tokenizer_config.json")
+    config = config if isinstance(config, dict) else {}
+    template = read("chat_template.jinja") or config.get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    if not isinstance(template, str) or not template.strip():
+        return None
+    generation = read("generation_config.json")
+    eos = generation.get("eos_token_id") if isinstance(generation, dict) else None
+    eos = eos if isinstance(eos, list) else [eos]
+    return {"template": template, "bos_token": _token_content(config.get("bos_token")),
+            "eos_token": _token_content(config.get("eos_token")),
+            "stop_token_ids": sorted({int(i) for i in eos if isinstance(i, int) and not isinstance(i, bool) and i >= 0})}
+
+
+def attach_hf_chat(causal_lm, source: str) -> None:
+    """Keep the checkpoint's chat format (``read_hf_chat``) with the model KerasHub loaded from it."""
+    chat = read_hf_chat(source)
+    if chat is not None:
+        setattr(causal_lm.preprocessor.tokenizer, HF_CHAT_ATTRIBUTE, chat)
+
+
 def load_keras_preset(task_cls, source: str, **kwargs):
     """``task_cls.from_preset(source, **kwargs)``, turning download and file errors into
     ``ModelSourceError``. ``source``: a KerasHub preset (name, handle or directory) or a Hugging Face

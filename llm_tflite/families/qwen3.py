@@ -22,6 +22,9 @@ class Qwen3Family(DecoderFamily):
     hf_model_types = ("qwen3",)
     hf_name_prefixes = ("qwen3-",)
     max_positions = 40960
+    chat_template_file = "qwen3.jinja"  # the instruction-tuned models' (Hugging Face tokenizer_config.json)
+    end_of_turn_tokens = ("<|im_end|>", "<|endoftext|>")
+    litertlm_model_type = "qwen3"
 
     def random_tokenizer(self, vocabulary_size: int):
         import keras_hub

@@ -7,6 +7,7 @@ the flatbuffer schema comes with ``ai_edge_litert`` (or TensorFlow as a fallback
 Fields: ``format`` (version), ``family``, ``export_mode``, ``quantization``,
 ``context_length``, ``prefill_lengths``, ``tokenizer`` (its own type and data),
 ``bos_id``, ``eos_id``, ``add_bos``, ``default_sampler``, ``model`` (sizes), ``kv_cache``,
+``chat`` (optional: ``template``, ``bos_token``, ``eos_token``, ``stop_token_ids``),
 and (format 2) ``sha256``: the checksum of the whole file with this field's value zeroed,
 so a damaged copy is refused before any byte of it reaches the native runtime.
 
@@ -33,6 +34,8 @@ FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
 CHECKSUM_KEY = "sha256"
 _UNSET_CHECKSUM = "0" * 64
+#: Longest chat template a record may carry (``llm_tflite.tokenizers.chat_template`` renders it).
+MAX_CHAT_TEMPLATE_CHARS = 256 * 1024
 
 
 def _checksum_field(value: str) -> bytes:
@@ -175,6 +178,16 @@ def validate_record(record, where: str = "this file") -> dict:
         _require(record.get(key) is None or _is_int(record.get(key), 0), where, f"{key!r} must be a token id or null")
     _require(isinstance(record.get("add_bos", False), bool), where, "'add_bos' must be true or false")
     _require(_is_int(record.get("context_length"), 1, 1 << 20), where, "'context_length' must be 1..1048576")
+    chat = record.get("chat")
+    if chat is not None:
+        _require(isinstance(chat, dict) and isinstance(chat.get("template"), str)
+                 and 0 < len(chat["template"]) <= MAX_CHAT_TEMPLATE_CHARS, where,
+                 f"'chat' must give a 'template' of 1..{MAX_CHAT_TEMPLATE_CHARS} characters")
+        _require(all(chat.get(k) is None or (isinstance(chat[k], str) and len(chat[k]) <= 256)
+                     for k in ("bos_token", "eos_token")), where, "'chat' bos_token/eos_token must be short strings or null")
+        stops = chat.get("stop_token_ids", [])
+        _require(isinstance(stops, list) and len(stops) <= 64 and all(_is_int(i, 0, (1 << 24) - 1) for i in stops),
+                 where, "'chat' stop_token_ids must be a list of token ids")
     if mode == "prefill_decode":
         lengths = record.get("prefill_lengths")
         _require(isinstance(lengths, list) and all(_is_int(n, 1, record["context_length"]) for n in lengths), where,

@@ -61,6 +61,10 @@ class Request:
     stop_token_ids: set
     context_overflow: str
     filter: object
+    #: A ``Sequence`` to continue (chat: its caches hold a prefix of the prompt, up to its position).
+    sequence: object = None
+    #: ``llm_tflite.runtime.constraints.JSONConstraint``: only tokens it allows are sampled.
+    constraint: object = None
 
 
 @dataclasses.dataclass
@@ -135,17 +139,27 @@ class SequenceEngine(Engine):
         sampling.check_settings(sampler, settings, seed)
 
     def tokens(self, request: Request, ids: list[int], limit: int, prompt: str | None, seed) -> Iterator[Step]:
+        if request.sampler in ("beam", "contrastive") and (request.sequence is not None or request.constraint):
+            raise InvalidArgumentError(f"{request.sampler} search does not run in chat or with a JSON schema; use a "
+                                       "per-token sampler (greedy, random, top_k, top_p)")
         if request.sampler == "beam":
             return self.beam_tokens(ids, limit, request)
         if request.sampler == "contrastive":
             return self.contrastive_tokens(ids, limit, request)
         choose = sampling.make_sampler(request.sampler, seed=seed, **request.settings)
-        return self.sample_tokens(ids, limit, choose, request.stop_token_ids)
+        if request.constraint is not None:
+            choose = request.constraint.wrap(choose)
+        return self.sample_tokens(ids, limit, choose, request.stop_token_ids, request.sequence)
 
-    def sample_tokens(self, prompt_ids, limit: int, choose, stops) -> Iterator[Step]:
-        """One token per step from ``choose(logits, history)``, until a stop token, ``limit`` or the context."""
-        sequence = self.sequence()
-        logits = sequence.feed(prompt_ids)[-1]
+    def sample_tokens(self, prompt_ids, limit: int, choose, stops, sequence=None) -> Iterator[Step]:
+        """One token per step from ``choose(logits, history)``, until a stop token, ``limit`` or the context.
+
+        ``sequence``: one whose caches already hold ``prompt_ids[:sequence.position]`` (chat); only
+        the rest is fed."""
+        if sequence is None:
+            sequence = self.sequence()
+        start = sequence.position = min(sequence.position, len(prompt_ids) - 1)
+        logits = sequence.feed(prompt_ids[start:])[-1]
         history = list(prompt_ids)
         for count in range(1, limit + 1):
             token = int(choose(logits, history))

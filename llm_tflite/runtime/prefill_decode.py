@@ -250,6 +250,12 @@ class PrefillDecodeEngine(SequenceEngine):
             return {name: buffer.read(int(np.prod(self.cache_specs[name][0])), self.cache_specs[name][1])
                     .reshape(self.cache_specs[name][0]) for name, buffer in state.items()}
 
+    def write_state(self, state: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Fill ``state``'s cache buffers with ``arrays`` (each of its cache's shape and type)."""
+        with self._lock:
+            for name, buffer in state.items():
+                buffer.write(np.ascontiguousarray(arrays[name], self.cache_specs[name][1]))
+
     def copy_state(self, state: dict) -> dict:
         """New cache buffers holding what ``state``'s hold (a fork)."""
         arrays = self.read_state(state)
@@ -307,6 +313,8 @@ class Sequence:
         self.observer = observer
         self.position = 0
         self.caches = engine.new_state()
+        #: Tokens fed so far, over the sequence's life (a chat turn's prefill is the difference).
+        self.fed = 0
 
     @property
     def context_length(self) -> int:
@@ -315,7 +323,7 @@ class Sequence:
     def fork(self) -> "Sequence":
         """A copy that continues independently (beams, candidates): its own copy of the caches."""
         twin = Sequence.__new__(Sequence)
-        twin.engine, twin.observer, twin.position = self.engine, self.observer, self.position
+        twin.engine, twin.observer, twin.position, twin.fed = self.engine, self.observer, self.position, 0
         twin.caches = self.engine.copy_state(self.caches)
         return twin
 
@@ -355,4 +363,5 @@ class Sequence:
                 hiddens.append(result["hidden_states"].reshape(length, -1)[: len(chunk)])
             i += len(chunk)
             self.position += len(chunk)
+            self.fed += len(chunk)
         return np.concatenate(outputs, axis=0), (np.concatenate(hiddens, axis=0) if hidden else None)

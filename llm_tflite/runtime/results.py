@@ -31,6 +31,7 @@ class GenerationResult:
         prompt: the prompt the model saw, as text (differs from the input when truncated).
         filtered: what the filter objected to, when ``finish_reason == "filtered"``.
         attempts: generations made (more than one when a filter made the runner retry).
+        cached_tokens: prompt tokens whose keys and values came from a cache (chat), not prefilled.
     """
 
     text: str
@@ -41,6 +42,7 @@ class GenerationResult:
     prompt: str = ""
     filtered: str | None = None
     attempts: int = 1
+    cached_tokens: int = 0
 
 
 @dataclasses.dataclass

@@ -141,6 +141,7 @@ class InterpreterRunner:
         #: a prefill_decode file, the graph for a generate-mode file, or LiteRT-LM's engine.
         self.engine = open_engine(backend, model, num_threads=num_threads, weight_cache=self.weight_cache)
         self.vocab_size = self.engine.vocab_size
+        self._chat_format = None
 
     # -- token level -------------------------------------------------------------
     def encode(self, prompt) -> list[int]:
@@ -198,7 +199,7 @@ class InterpreterRunner:
 
     # -- text level --------------------------------------------------------------
     def _request(self, max_new_tokens, sampler, seed, stop, stop_token_ids, context_overflow, text_filter,
-                 settings) -> Request:
+                 settings, json_schema=None, default_stops=None) -> Request:
         from llm_tflite.runtime.filters import resolve_filter
 
         _check_max_new_tokens(max_new_tokens)
@@ -213,10 +214,21 @@ class InterpreterRunner:
         if stop is not None and not (isinstance(stop, (list, tuple)) and all(isinstance(s, str) for s in stop)):
             raise InvalidArgumentError("stop must be a string or a list of strings")
         stop = list(stop or [])
-        ids = {self.eos_id} - {None} if stop_token_ids is None else set(self._token_ids(stop_token_ids))
+        if stop_token_ids is not None:
+            ids = set(self._token_ids(stop_token_ids))
+        else:
+            ids = set(default_stops) if default_stops is not None else {self.eos_id} - {None}
         given = {k: v for k, v in settings.items() if v is not None}
         self.engine.check(sampler, given, seed, ids)  # what this engine cannot run fails now, not mid-stream
-        return Request(max_new_tokens, sampler, given, seed, stop, ids, context_overflow, resolve_filter(text_filter))
+        request = Request(max_new_tokens, sampler, given, seed, stop, ids, context_overflow, resolve_filter(text_filter))
+        if json_schema is not None:
+            from llm_tflite.runtime.constraints import JSONConstraint
+
+            self.engine.require_sequences("json_schema")
+            if sampler in ("beam", "contrastive"):
+                raise InvalidArgumentError(f"json_schema needs a per-token sampler, not {sampler} search")
+            request.constraint = JSONConstraint(self, json_schema, ids)
+        return request
 
     def _fit_prompt(self, ids: list[int], request: Request, budget: int) -> tuple[list[int], int, bool]:
         """``(prompt ids, new-token limit, truncated)`` within ``budget`` tokens (the context)."""
@@ -317,7 +329,7 @@ class InterpreterRunner:
         return result
 
     def stream(self, prompt, max_new_tokens: int | None = None, sampler: str | None = None, *, seed: int | None = None,
-               stop=None, stop_token_ids=None, context_overflow: str = "error", filter=None,
+               stop=None, stop_token_ids=None, context_overflow: str = "error", filter=None, json_schema=None,
                **settings) -> TextStream:
         """The continuation of ``prompt`` piece by piece, as it is generated (whole UTF-8 characters).
 
@@ -327,12 +339,12 @@ class InterpreterRunner:
         """
         text = _prompt_text(prompt)
         request = self._request(max_new_tokens, sampler, seed, stop, stop_token_ids, context_overflow, filter,
-                                settings)
+                                settings, json_schema)
         holder: list = []
         return TextStream(self._generate_pieces(self._prepare(text, request), request, seed, holder), holder)
 
     def complete(self, prompt, max_new_tokens: int | None = None, sampler: str | None = None, *, seed: int | None = None,
-                 stop=None, stop_token_ids=None, context_overflow: str = "error", filter=None,
+                 stop=None, stop_token_ids=None, context_overflow: str = "error", filter=None, json_schema=None,
                  **settings) -> GenerationResult:
         """Continue ``prompt``; return text, token ids, ``finish_reason`` and token counts.
 
@@ -351,6 +363,9 @@ class InterpreterRunner:
                 name, or an object with ``find(text)``. A prompt with a listed word is rejected
                 without a model call; output with one is regenerated with a new seed, up to
                 ``FILTER_TRIES`` generations in all, then ``finish_reason == "filtered"``.
+            json_schema: a JSON schema (dict or JSON text): the output is JSON that validates against
+                it, unless ``max_new_tokens`` ends it first (``finish_reason == "length"``);
+                ``{"type": "object"}`` for any JSON object (``llm_tflite.runtime.constraints``).
             **settings: ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``,
                 ``frequency_penalty``, ``presence_penalty``; ``num_beams`` and ``length_penalty``
                 (beam); ``top_k`` and ``penalty_alpha`` (contrastive). ``None`` means the default.
@@ -361,7 +376,7 @@ class InterpreterRunner:
         """
         text = _prompt_text(prompt)
         request = self._request(max_new_tokens, sampler, seed, stop, stop_token_ids, context_overflow, filter,
-                                settings)
+                                settings, json_schema)
         return self._complete(text, request)
 
     def _complete(self, text: str, request: Request) -> GenerationResult:
@@ -375,6 +390,108 @@ class InterpreterRunner:
     def generate(self, prompt, max_new_tokens: int | None = None, sampler: str | None = None, **kwargs) -> str:
         """The continuation of ``prompt`` as a string (``complete(...).text``); arguments as for ``complete``."""
         return self.complete(prompt, max_new_tokens, sampler, **kwargs).text
+
+    # -- chat -------------------------------------------------------------------
+    @property
+    def chat_format(self):
+        """The file's chat format (``llm_tflite.runtime.chat.ChatFormat``: template and end-of-turn tokens);
+        ``InvalidArgumentError`` for a file without a chat template."""
+        if self._chat_format is None:
+            from llm_tflite.runtime.chat import ChatFormat
+
+            chat = self.metadata.get("chat")
+            if chat is None:
+                raise InvalidArgumentError(
+                    f"{self.path!r} carries no chat template; convert an instruction-tuned model (Gemma 3, Qwen 3, "
+                    "Llama 3.x: their template comes along), or give one: llm-tflite convert --chat-template FILE")
+            self._chat_format = ChatFormat(chat, self.tokenizer)
+        return self._chat_format
+
+    def chat_prompt(self, messages, *, add_generation_prompt: bool = True, **template_variables) -> str:
+        """The prompt text the file's chat template makes of ``messages`` (OpenAI-style dicts)."""
+        return self.chat_format.render(messages, add_generation_prompt, **template_variables)
+
+    def chat(self, messages, max_new_tokens: int | None = None, sampler: str | None = None, **options) -> GenerationResult:
+        """The assistant's reply to ``messages`` (``[{"role": "system" | "user" | "assistant", "content": str}]``).
+
+        The prompt is the file's chat template applied to the messages (``chat_prompt``); the reply
+        ends at the model's end-of-turn tokens. Options as ``chat_stream``. For a conversation that
+        keeps its cache between turns, use ``conversation``.
+
+        Example:
+            >>> runner.chat([{"role": "user", "content": "Hi!"}], 32).text  # doctest: +SKIP
+        """
+        stream = self.chat_stream(messages, max_new_tokens, sampler, **options)
+        for _ in stream:
+            pass
+        return stream.result
+
+    def chat_stream(self, messages, max_new_tokens: int | None = None, sampler: str | None = None, *,
+                    seed: int | None = None, stop=None, stop_token_ids=None, filter=None, json_schema=None,
+                    cache=None, template_variables: dict | None = None, **settings) -> TextStream:
+        """``chat`` piece by piece (a ``TextStream``; ``.result`` once exhausted).
+
+        Args:
+            messages: OpenAI-style message dicts; system messages first. When they outgrow the
+                context (with room for ``max_new_tokens``, default 64), the oldest turns are left out,
+                system messages kept (``llm_tflite.runtime.chat.fit_messages``).
+            max_new_tokens: most reply tokens (default: until an end-of-turn token or the context is full).
+            sampler, seed, stop, filter, json_schema, **settings: as for ``complete``.
+            stop_token_ids: tokens that end the reply (default: the file's end-of-turn and end tokens).
+            cache: a ``llm_tflite.runtime.chat.PrefixCache``: the reply continues the cached sequence
+                sharing the longest prefix with the prompt, and leaves its own there.
+            template_variables: more variables for the template (``enable_thinking``, ``date_string``, ...).
+
+        ``result.cached_tokens`` counts the prompt tokens that came from ``cache`` (not prefilled).
+        """
+        from llm_tflite.runtime.chat import fit_messages
+        from llm_tflite.tokenizers.chat_template import check_messages
+
+        fmt = self.chat_format
+        request = self._request(max_new_tokens, sampler, seed, stop, stop_token_ids, "error", filter, settings,
+                                json_schema, default_stops=fmt.stop_token_ids | ({self.eos_id} - {None}))
+        budget = self.engine.token_budget
+        reserve = min(max_new_tokens or DEFAULT_MAX_NEW_TOKENS, budget - 1)
+        rendered: dict = {}
+
+        def fits(candidate) -> bool:
+            text = fmt.render(candidate, True, **(template_variables or {}))
+            rendered.update(text=text, ids=fmt.encode(text))
+            return 0 < len(rendered["ids"]) and len(rendered["ids"]) + reserve <= budget
+
+        fit_messages(check_messages(messages), fits)
+        ids, text = rendered["ids"], rendered["text"]
+        limit = max_new_tokens or budget - len(ids)
+        at_limit = "length" if max_new_tokens is not None else "context"
+        try:
+            self.engine.require_sequences("chat")
+            sequence = (cache.take(ids) if cache is not None else None) or self.sequence()
+        except InvalidArgumentError:  # an engine without token-level access prefills every turn
+            sequence = None
+        request.sequence = sequence
+        cached = sequence.position if sequence is not None else 0
+        holder: list = []
+
+        def pieces():
+            yield from self._generate_pieces((ids, limit, text, at_limit), request, seed, holder)
+            result = holder[0]
+            result.cached_tokens = cached
+            if sequence is not None and cache is not None:
+                cache.put(sequence, (ids + list(result.token_ids))[: sequence.position])
+
+        return TextStream(pieces(), holder)
+
+    def conversation(self, messages=(), *, system: str | None = None):
+        """A ``llm_tflite.runtime.chat.Conversation``: send messages one at a time; each turn prefills
+        only its new tokens, and it can be saved and loaded again.
+
+        Example:
+            >>> chat = runner.conversation(system="You are terse.")  # doctest: +SKIP
+            >>> chat.send("Hello!", max_new_tokens=32).text  # doctest: +SKIP
+        """
+        from llm_tflite.runtime.chat import Conversation
+
+        return Conversation(self, messages, system=system)
 
     def autocomplete(self, text, window_words: int = 20, max_new_tokens: int | None = 32, sampler="top_k", *,
                      seed: int | None = None, filter=True, context_overflow: str = "truncate", stop=None,

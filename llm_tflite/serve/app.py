@@ -8,6 +8,11 @@ Routes:
                                ``"stream": true`` sends server-sent events as words come
     ``POST /v1/completions``   OpenAI's completions API (``prompt``, ``max_tokens``,
                                ``temperature``, ``top_p``, ``stop``, ``seed``, ``stream``)
+    ``POST /v1/chat/completions``  OpenAI's chat completions API (``messages``, the same options,
+                               ``response_format`` ``json_object`` / ``json_schema``, ``stream``
+                               with ``stream_options.include_usage``); each runner keeps the KV
+                               caches of recent conversations, so a client sending its history
+                               again prefills only the new tokens (``usage.prompt_tokens_details``)
     ``GET /health``            ``{"status": "ok", "workers", "busy"}``
     ``GET /v1/models``         the file, OpenAI-style, with its metadata
 
@@ -40,6 +45,8 @@ class Limits:
     #: most candidates a search may keep per step (``num_beams``, contrastive ``top_k``): each is a copy
     #: of the KV cache
     max_search_width: int = 8
+    #: conversations whose KV caches each runner keeps for clients that send their history again
+    chat_cache: int = 4
     wait_seconds: float = 30.0
     max_waiting: int | None = None  # default: 4 per worker
 
@@ -257,12 +264,15 @@ async def autocomplete(request):
     return JSONResponse(_suggestion_json(result))
 
 
-def _completion_args(body: dict, limits: Limits) -> tuple[str, int, str, dict]:
-    """``(prompt, max_tokens, sampler, runner keywords)`` of an OpenAI completions request."""
-    prompt = _prompt(body, "prompt", limits)
+def _completion_args(body: dict, limits: Limits, default_max_tokens=16) -> tuple[str | None, int, str, dict]:
+    """``(prompt, max_tokens, sampler, runner keywords)`` of an OpenAI completions request (no prompt
+    for a chat request)."""
+    prompt = _prompt(body, "prompt", limits) if "messages" not in body else None
     if _field(body, "n", int, 1) != 1:
         raise RequestError(400, "invalid_request", "only n=1 is supported")
-    max_tokens = _field(body, "max_tokens", int, 16, low=1, high=limits.max_tokens)
+    max_tokens = _field(body, "max_completion_tokens", int, None, low=1, high=limits.max_tokens)
+    if max_tokens is None:
+        max_tokens = _field(body, "max_tokens", int, default_max_tokens, low=1, high=limits.max_tokens)
     temperature = _field(body, "temperature", float, 1.0, low=0.0, high=2.0)
     top_p = _field(body, "top_p", float, 1.0, low=0.0, high=1.0)
     seed = _field(body, "seed", int, None, low=0, high=2**63 - 1)
@@ -270,7 +280,9 @@ def _completion_args(body: dict, limits: Limits) -> tuple[str, int, str, dict]:
     if stop is not None and not (isinstance(stop, str) or (isinstance(stop, list) and len(stop) <= 4
                                                             and all(isinstance(s, str) for s in stop))):
         raise RequestError(400, "invalid_request", "'stop' must be a string or a list of up to 4 strings")
-    kwargs = dict(seed=seed, stop=stop, context_overflow="error")
+    kwargs = dict(seed=seed, stop=stop)
+    if prompt is not None:
+        kwargs["context_overflow"] = "error"
     if temperature == 0:
         sampler = "greedy"
     else:
@@ -307,6 +319,94 @@ async def completions(request):
     return JSONResponse(response)
 
 
+def _messages(body: dict, limits: Limits) -> list:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(400, "invalid_request", "'messages' must be a non-empty list of {role, content} objects")
+    size = sum(len(m.get("content") or "") if isinstance(m, dict) and isinstance(m.get("content"), str) else 0
+               for m in messages)
+    if size > limits.max_prompt_chars:
+        raise RequestError(400, "too_large", f"the messages hold {size} characters; at most {limits.max_prompt_chars}")
+    return messages
+
+
+def _response_format(body: dict):
+    """The runner's ``json_schema`` for OpenAI's ``response_format`` (None: plain text)."""
+    value = body.get("response_format")
+    if value is None:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise RequestError(400, "invalid_request", "response_format json_schema needs {'json_schema': {'name', 'schema'}}")
+        return spec["schema"]
+    raise RequestError(400, "invalid_request", "response_format type must be text, json_object or json_schema")
+
+
+def _usage(result) -> dict:
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": result.cached_tokens}}
+
+
+def _chat_cache(runner):
+    """The runner's cache of recent conversations (``llm_tflite.runtime.chat.PrefixCache``)."""
+    return runner.__dict__.get("serve_chat_cache")
+
+
+async def chat_completions(request):
+    """OpenAI's chat completions API, on the file's chat template."""
+    from starlette.responses import JSONResponse
+
+    state = _state(request)
+    body = await _json_body(request, state.limits)
+    messages = _messages(body, state.limits)
+    _, max_tokens, sampler, kwargs = _completion_args(body, state.limits, default_max_tokens=state.limits.max_tokens)
+    kwargs["json_schema"] = _response_format(body)
+    completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+    def chunk(delta, finish_reason=None, usage=None):
+        out = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()),
+               "model": state.model_id, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+        if usage is not None:
+            out["choices"], out["usage"] = [], usage
+        return out
+
+    def run(runner, stream):
+        call = runner.chat_stream if stream else runner.chat
+        return call(messages, max_tokens, sampler, cache=_chat_cache(runner), **kwargs)
+
+    if body.get("stream"):
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        started = []
+
+        def render(piece, result):
+            events = [] if started else [chunk({"role": "assistant", "content": ""})]
+            started.append(True)
+            if piece is not None:
+                return events + [chunk({"content": piece})]
+            if result is None:
+                return []
+            events.append(chunk({}, _OPENAI_FINISH[result.finish_reason]))
+            if include_usage:
+                events.append(chunk({}, usage=_usage(result)))
+            return events + ["[DONE]"]
+
+        return _event_stream(request, lambda runner: run(runner, True), render)
+    result = await _run(state, lambda runner: run(runner, False))
+    return JSONResponse({
+        "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": state.model_id,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                     "finish_reason": _OPENAI_FINISH[result.finish_reason], "logprobs": None}],
+        "usage": _usage(result)})
+
+
 def _handle(endpoint):
     """``endpoint`` with our errors turned into JSON error responses."""
     async def wrapped(request):
@@ -323,7 +423,8 @@ def _handle(endpoint):
 
 
 ROUTES = (("/", index, ["GET"]), ("/health", health, ["GET"]), ("/v1/models", models, ["GET"]),
-          ("/v1/autocomplete", autocomplete, ["POST"]), ("/v1/completions", completions, ["POST"]))
+          ("/v1/autocomplete", autocomplete, ["POST"]), ("/v1/completions", completions, ["POST"]),
+          ("/v1/chat/completions", chat_completions, ["POST"]))
 
 
 def create_app(path, *, workers: int = 1, limits: Limits | None = None, runner_factory=None):
@@ -343,6 +444,10 @@ def create_app(path, *, workers: int = 1, limits: Limits | None = None, runner_f
     threads = max(1, (os.cpu_count() or 1) // workers)
     make = runner_factory or (lambda: InterpreterRunner(path, num_threads=threads))
     pool = RunnerPool(make, workers, limits.wait_seconds, limits.max_waiting or 4 * workers)
+    from llm_tflite.runtime.chat import PrefixCache
+
+    for runner in pool.runners:  # each runner's recent conversations, reused by prefix (chat_completions)
+        runner.serve_chat_cache = PrefixCache(limits.chat_cache)
     app = Starlette(routes=[Route(route, _handle(endpoint), methods=methods) for route, endpoint, methods in ROUTES])
     app.state.pool = pool
     app.state.llm = AppState(pool, limits, os.path.splitext(os.path.basename(os.fspath(path)))[0], int(time.time()))

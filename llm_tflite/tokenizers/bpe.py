@@ -145,6 +145,9 @@ class HFTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
+    #: Special tokens written out in ``text`` are read as themselves already (``tokenizers``' added tokens).
+    encode_with_special_tokens = encode
+
     def _token_bytes(self, i: int) -> bytes:
         if i in self.silent:
             return b""

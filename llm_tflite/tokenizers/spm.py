@@ -60,6 +60,27 @@ class SentencePieceTokenizer:
         """Token ids of ``text`` (no ``<s>``; special tokens are not parsed)."""
         return list(self._sp.encode(text))
 
+    def encode_with_special_tokens(self, text: str) -> list[int]:
+        """Token ids of ``text`` where control tokens written out (``<bos>``, ``<eos>``) become their
+        ids, as Hugging Face tokenizers read a rendered chat template; the rest as ``encode``."""
+        import re
+
+        if not hasattr(self, "_controls"):
+            controls = {self._sp.id_to_piece(i): i for i in range(self._sp.get_piece_size())
+                        if self._sp.is_control(i) and self._sp.id_to_piece(i)}
+            pattern = "|".join(re.escape(p) for p in sorted(controls, key=len, reverse=True))
+            self._controls = (controls, re.compile(f"({pattern})") if pattern else None)
+        controls, pattern = self._controls
+        if pattern is None:
+            return self.encode(text)
+        ids: list[int] = []
+        for i, part in enumerate(pattern.split(text)):
+            if i % 2:
+                ids.append(controls[part])
+            elif part:
+                ids.extend(self.encode(part))
+        return ids
+
     def decode_bytes(self, ids) -> bytes:
         """UTF-8 of the pieces of ``ids`` joined as they appear mid-text (for streaming)."""
         return b"".join(self._pieces[int(i)] for i in ids if 0 <= int(i) < len(self._pieces))

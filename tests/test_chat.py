@@ -1,0 +1,349 @@
+"""Chat: the model's own template (parity with Hugging Face ``transformers`` and LiteRT-LM's engine),
+conversations that keep their KV cache between turns (saved and restored across processes),
+JSON-constrained output, and hostile templates and saved caches ending in typed errors."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from llm_tflite import Converter, InterpreterRunner
+from llm_tflite.errors import ChatTemplateError, ContextLengthError, ConversationFileError, InvalidArgumentError
+from llm_tflite.runtime.chat import Conversation
+from llm_tflite.testing import write_hf_checkpoint
+from llm_tflite.tokenizers.chat_template import ChatTemplate
+
+#: Five conversations: system prompts or none, several turns, text that tokenizers split in odd places.
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hello!"}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is 2+2?"}],
+    [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Good morning"},
+     {"role": "assistant", "content": "Bonjour !"}, {"role": "user", "content": "And good night?"}],
+    [{"role": "user", "content": "  spaces around  "}, {"role": "assistant", "content": "Trimmed?"},
+     {"role": "user", "content": "Code:\n```py\nprint(1)\n```"}, {"role": "assistant", "content": "OK."},
+     {"role": "user", "content": "你好，世界 🙂"}],
+    [{"role": "system", "content": "Be kind.\nTwo lines."}, {"role": "user", "content": "a"},
+     {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"},
+     {"role": "user", "content": "e"}],
+]
+
+
+@pytest.fixture(scope="module")
+def chat_files(tmp_path_factory):
+    """Tiny random instruction-style checkpoints (their tokenizer_config.json carries the published chat
+    template), converted: ``{family: (checkpoint directory, .tflite path)}``."""
+    root = tmp_path_factory.mktemp("chat")
+    files = {}
+    for family in ("qwen3", "gemma3", "llama3"):
+        directory = write_hf_checkpoint(root / family, family)
+        path = root / f"{family}.tflite"
+        Converter(context_length=512, prefill_lengths=(8, 32)).convert(directory, str(path))
+        files[family] = (directory, str(path))
+    return files
+
+
+def _transformers_render(directory, messages):
+    """The prompt text and ids Hugging Face ``transformers`` makes of ``messages`` from the checkpoint."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                         date_string="02 Dec 2026")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text, list(ids)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "llama3", "gemma3"])
+def test_chat_prompt_is_what_transformers_builds(chat_files, family):
+    directory, path = chat_files[family]
+    runner = InterpreterRunner(path)
+    for messages in CONVERSATIONS:
+        text = runner.chat_prompt(messages, date_string="02 Dec 2026")
+        ids = runner.chat_format.encode(text)
+        if family == "gemma3":
+            # transformers reads Gemma's tokenizer.model as a BPE model (Gemma's own is one); the test
+            # checkpoint's is a small unigram model, so its ids are checked against sentencepiece itself
+            from transformers.utils.chat_template_utils import render_jinja_template
+
+            with open(os.path.join(directory, "tokenizer_config.json"), encoding="utf-8") as f:
+                config = json.load(f)
+            rendered, _ = render_jinja_template([messages], chat_template=config["chat_template"],
+                                                add_generation_prompt=True, bos_token="<bos>", eos_token="<eos>")
+            assert text == rendered[0]
+            import sentencepiece
+
+            sp = sentencepiece.SentencePieceProcessor(model_file=os.path.join(directory, "tokenizer.model"))
+            assert text.startswith("<bos>") and text.count("<bos>") == 1
+            assert ids == [sp.bos_id()] + sp.encode(text[len("<bos>"):])
+        else:
+            assert (text, ids) == _transformers_render(directory, messages)
+
+
+def test_chat_stops_at_the_end_of_turn_and_records_the_template(chat_files):
+    _, path = chat_files["qwen3"]
+    runner = InterpreterRunner(path)
+    chat = runner.metadata["chat"]
+    assert chat["template"].startswith("{%- if tools %}")
+    im_end = runner.tokenizer.encode("<|im_end|>")
+    assert len(im_end) == 1 and im_end[0] in chat["stop_token_ids"]
+    messages = CONVERSATIONS[1]
+    prompt_ids = runner.chat_format.encode(runner.chat_prompt(messages))
+    free = list(runner.generate_ids(prompt_ids, 40, stop_token_ids=[]))
+    # a reply that reaches <|im_end|> ends there (ask for the reply that token makes: forced by stop_token_ids)
+    reply = runner.chat(messages, 40, stop_token_ids=[free[3]])
+    assert reply.finish_reason == "stop" and reply.token_ids == free[:free.index(free[3])]
+    assert runner.chat(messages, 40).token_ids == free[:next((i for i, t in enumerate(free)
+                                                               if t in chat["stop_token_ids"]), 40)]
+
+
+def test_a_file_without_a_template_says_how_to_get_one(tiny_tflite):
+    runner = InterpreterRunner(tiny_tflite)
+    assert "chat" not in runner.metadata
+    with pytest.raises(InvalidArgumentError, match="--chat-template"):
+        runner.chat([{"role": "user", "content": "hi"}])
+    with pytest.raises(InvalidArgumentError, match="--chat-template"):
+        runner.conversation()
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma3"])
+def test_litert_lm_engine_builds_the_same_prompt_and_greedy_reply(chat_files, family, tmp_path):
+    pytest.importorskip("litert_lm")
+    from llm_tflite.export.bundle import build_bundle
+    from llm_tflite.runtime.litertlm_backend import import_litert_lm
+
+    _, path = chat_files[family]
+    bundle = build_bundle(path, tmp_path / f"{family}.litertlm")
+    runner = InterpreterRunner(path)
+    litert_lm = import_litert_lm()
+    engine = litert_lm.Engine(str(bundle), backend=litert_lm.Backend.CPU(thread_count=2))
+    for messages in CONVERSATIONS[1:4]:
+        ours = runner.chat(messages, 12)
+        conversation = engine.create_conversation(messages=messages[:-1], max_output_tokens=12)
+        # LiteRT-LM writes the start token itself rather than as text in the prompt
+        expected = runner.chat_prompt(messages).removeprefix(runner.metadata["chat"]["bos_token"] or "")
+        assert conversation.render_message_to_string(messages[-1]) == expected
+        reply = conversation.send_message(messages[-1])
+        # the same tokens: their text is the tokenizer's decoding of our reply's ids (SentencePiece drops
+        # the leading space of a text, which our streamed reply keeps)
+        assert "".join(part["text"] for part in reply["content"]) == runner.decode(ours.token_ids)
+        assert len(ours.token_ids) == 12
+
+
+def test_conversation_prefills_only_new_tokens_and_continues_in_a_new_process(chat_files, tmp_path):
+    _, path = chat_files["qwen3"]
+    runner = InterpreterRunner(path)
+    conversation = runner.conversation(system="You are a test.")
+    fed_before = []
+    for turn in range(10):
+        messages_before = list(conversation.messages)
+        cached = conversation.cache.entries[-1][1] if conversation.cache.entries else []
+        result = conversation.send(f"Question number {turn}?", max_new_tokens=6)
+        # the reply is the one a fresh prefill of the whole history gives
+        fresh = runner.chat(messages_before + [{"role": "user", "content": f"Question number {turn}?"}], 6)
+        assert result.token_ids == fresh.token_ids and result.text == fresh.text
+        prompt_ids = runner.chat_format.encode(runner.chat_prompt(conversation.messages[:-1]))
+        shared = next((i for i, (a, b) in enumerate(zip(cached, prompt_ids)) if a != b), min(len(cached), len(prompt_ids)))
+        assert result.prompt_tokens == len(prompt_ids) and result.cached_tokens == shared
+        fed_before.append(conversation.prefilled[-1])
+        assert conversation.prefilled[-1] == len(prompt_ids) - shared
+        if turn:
+            assert shared > 0 and conversation.prefilled[-1] < len(prompt_ids) / 2
+        if turn == 4:
+            saved = tmp_path / "chat.llmchat"
+            conversation.save(saved)
+    assert len(conversation.messages) == 21
+    # turns 5-9 again, in a new process, from the saved file
+    script = f"""
+import json, sys
+from llm_tflite import InterpreterRunner
+from llm_tflite.runtime.chat import Conversation
+runner = InterpreterRunner({path!r})
+conversation = Conversation.load(runner, {str(saved)!r})
+out = []
+for turn in range(5, 10):
+    result = conversation.send(f"Question number {{turn}}?", max_new_tokens=6)
+    out.append([result.token_ids, result.cached_tokens, conversation.prefilled[-1]])
+print(json.dumps(out))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    again = json.loads(done.stdout.strip().splitlines()[-1])
+    replies = [m["content"] for m in conversation.messages if m["role"] == "assistant"][5:]
+    assert [runner.decode(ids) for ids, _, _ in again] == replies
+    assert [fed for _, _, fed in again] == fed_before[5:]  # the restored cache spares the same prefill
+
+
+def test_conversation_drops_the_oldest_turns_when_the_history_outgrows_the_context(chat_files):
+    _, path = chat_files["qwen3"]
+    runner = InterpreterRunner(path)  # context 512
+    conversation = runner.conversation(system="Keep me.")
+    for turn in range(12):
+        result = conversation.send(f"Tell me more about item number {turn} please. " * 4, max_new_tokens=16)
+        assert result.prompt_tokens + 16 <= runner.context_length
+    assert "Keep me." in result.prompt and "item number 0 " not in result.prompt
+    assert "item number 11 " in result.prompt and len(conversation.messages) == 25
+    with pytest.raises(ContextLengthError, match="last message"):
+        conversation.send("word " * 800, max_new_tokens=16)
+
+
+def test_saved_conversations_that_are_damaged_or_foreign_are_refused(chat_files, tmp_path):
+    _, path = chat_files["qwen3"]
+    runner = InterpreterRunner(path)
+    conversation = runner.conversation()
+    conversation.send("hello", max_new_tokens=4)
+    good = tmp_path / "good.llmchat"
+    conversation.save(good)
+    data = good.read_bytes()
+    variants = {
+        "truncated": data[:-100], "empty": b"", "garbage": os.urandom(4096), "flipped": data[:200] + bytes([data[200] ^ 1]) + data[201:],
+    }
+    import hashlib
+    import struct
+
+    from llm_tflite.runtime.chat import CONVERSATION_MAGIC
+
+    def sealed(header: dict, blobs: bytes = b"") -> bytes:
+        text = json.dumps(header).encode()
+        body = CONVERSATION_MAGIC + struct.pack("<I", len(text)) + text + blobs
+        return body + hashlib.sha256(body).digest()
+
+    at = len(CONVERSATION_MAGIC)
+    (length,) = struct.unpack("<I", data[at:at + 4])
+    header = json.loads(data[at + 4:at + 4 + length])
+    blobs = data[at + 4 + length:-32]
+    variants["other model"] = sealed({**header, "model_sha256": "0" * 64}, blobs)
+    variants["wrong shape"] = sealed({**header, "caches": [{**c, "shape": [1, 1, 1, 1]} for c in header["caches"]]}, blobs)
+    variants["bad tokens"] = sealed({**header, "tokens": [-1] * len(header["tokens"])}, blobs)
+    variants["short blobs"] = sealed(header, blobs[:-8])
+    variants["nan cache"] = sealed(header, np.full(len(blobs) // 4, np.nan, np.float32).tobytes())
+    variants["huge header length"] = (lambda b: b + hashlib.sha256(b).digest())(
+        CONVERSATION_MAGIC + struct.pack("<I", 2**31) + b"{}")
+    variants["bad messages"] = sealed({**header, "messages": [{"role": "wizard", "content": 1}]}, blobs)
+    for name, content in variants.items():
+        bad = tmp_path / f"{name}.llmchat"
+        bad.write_bytes(content)
+        with pytest.raises(ConversationFileError):
+            Conversation.load(runner, bad)
+    Conversation.load(runner, good)  # the good one still loads
+
+
+def test_saved_conversation_loading_never_crashes_the_process(chat_files, tmp_path):
+    """Random damage to a saved file, loaded in a subprocess: a typed error every time, never a crash."""
+    _, path = chat_files["qwen3"]
+    runner = InterpreterRunner(path)
+    conversation = runner.conversation()
+    conversation.send("hello", max_new_tokens=4)
+    good = tmp_path / "good.llmchat"
+    conversation.save(good)
+    script = f"""
+import os, random
+from llm_tflite import InterpreterRunner
+from llm_tflite.errors import ConversationFileError
+from llm_tflite.runtime.chat import Conversation
+runner = InterpreterRunner({path!r})
+data = open({str(good)!r}, "rb").read()
+rng = random.Random(0)
+for i in range(40):
+    damaged = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+    cut = rng.choice([len(damaged), rng.randrange(len(damaged))])
+    open("bad.llmchat", "wb").write(bytes(damaged[:cut]))
+    try:
+        Conversation.load(runner, "bad.llmchat")
+    except ConversationFileError:
+        pass
+print("survived")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0 and "survived" in done.stdout, done.stderr[-2000:]
+
+
+HOSTILE_TEMPLATES = {
+    "nested loops": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "huge repeat": "{{ 'a' * 1000000000 }}",
+    "huge power": "{{ 10 ** 100000000 }}",
+    "huge filter width": "{{ 'a'|center(1000000000) }}",
+    "python internals": "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "globals": "{{ raise_exception.__globals__ }}{{ namespace.__init__.__globals__['os'] }}",
+    "doubling string": "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+    "doubling recursion": "{% macro f(s) %}{{ f(s ~ s) }}{% endmacro %}{{ f('ab') }}",
+    "huge output": "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",
+    "format width": "{{ '%999999999s' % 'a' }}",
+    "replace blow-up": "{% set s = 'a' * 100000 %}{{ s|replace('a', 'a' * 100000) }}",
+    "lazy list": "{{ range(100000)|map('center', 1000000)|join }}",
+    "recursion": "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
+    "syntax": "{% for %}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_TEMPLATES))
+def test_hostile_templates_end_in_a_typed_error_within_a_second(name):
+    started = time.monotonic()
+    with pytest.raises(ChatTemplateError):
+        ChatTemplate(HOSTILE_TEMPLATES[name]).render([{"role": "user", "content": "hi"}])
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_hostile_template_in_a_file_fails_the_chat_not_the_process(tiny_gpt2_dir, tmp_path):
+    path = tmp_path / "hostile.tflite"
+    Converter(context_length=64, prefill_lengths=(8,), chat_template=HOSTILE_TEMPLATES["nested loops"]).convert(
+        str(tiny_gpt2_dir), str(path))
+    runner = InterpreterRunner(path)
+    with pytest.raises(ChatTemplateError, match="0.5 s"):
+        runner.chat([{"role": "user", "content": "hi"}])
+    assert len(runner.complete("ROMEO:", 4).token_ids) == 4  # the runner goes on working
+    with pytest.raises(ChatTemplateError):
+        Converter(chat_template="{% for %}")
+    with pytest.raises(Exception, match="cannot read the chat template file"):
+        Converter(chat_template=str(tmp_path / "missing.jinja"))
+
+
+def test_messages_are_checked_before_the_template_sees_them():
+    template = ChatTemplate("{% for m in messages %}{{ m.role }}:{{ m.content }};{% endfor %}")
+    assert template.render([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]) \
+        == "user:ab;"
+    for bad in ([], [{"role": "wizard", "content": "x"}], [{"role": "user", "content": 3}], ["hello"],
+                [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]):
+        with pytest.raises(InvalidArgumentError):
+            template.render(bad)
+    gemma = ChatTemplate(open(os.path.join(os.path.dirname(__file__), "..", "llm_tflite", "families", "chat_templates",
+                                           "gemma3.jinja")).read())
+    with pytest.raises(InvalidArgumentError, match="alternate"):  # the template's own raise_exception
+        gemma.render([{"role": "assistant", "content": "first?"}])
+
+
+JSON_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "minimum": 0, "maximum": 150},
+                   "member": {"type": "boolean"},
+                   "tags": {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "maxItems": 3}},
+    "required": ["name", "age", "member", "tags"], "additionalProperties": False,
+}
+
+
+@pytest.mark.slow
+def test_json_schema_generations_always_parse_and_validate(chat_files):
+    jsonschema = pytest.importorskip("jsonschema")
+    _, path = chat_files["qwen3"]
+    runner = InterpreterRunner(path)
+    messages = [{"role": "user", "content": "Describe a person as JSON."}]
+    finished = 0
+    for seed in range(200):
+        result = runner.chat(messages, 120, "random", seed=seed, temperature=1.0, json_schema=JSON_SCHEMA)
+        assert result.finish_reason == "stop", (seed, result.text)
+        jsonschema.validate(json.loads(result.text), JSON_SCHEMA)
+        finished += 1
+    assert finished == 200
+    # any JSON object (OpenAI's json_object), and on plain completions too
+    value = json.loads(runner.complete("x", 60, "greedy", json_schema={"type": "object", "maxProperties": 2,
+                                                                     "additionalProperties": {"type": "integer"}}).text)
+    assert isinstance(value, dict)
+    with pytest.raises(InvalidArgumentError, match="json_schema"):
+        runner.chat(messages, 8, json_schema="{not json")
+    with pytest.raises(InvalidArgumentError, match="search"):
+        runner.chat(messages, 8, "beam", json_schema=JSON_SCHEMA)
