@@ -19,6 +19,7 @@ import threading
 import numpy as np
 
 from llm_tflite.errors import ContextLengthError, ConversationFileError, InvalidArgumentError
+from llm_tflite.runtime.results import TextStream
 from llm_tflite.tokenizers.chat_template import ChatTemplate, check_messages
 
 #: Conversation files: magic, then a little-endian u32 header length, the JSON header, the caches.
@@ -151,8 +152,6 @@ class Conversation:
     def stream(self, content: str, **options):
         """The reply to ``content`` piece by piece (a ``TextStream``); the turn is kept when it ends."""
         messages = self.messages + check_messages([{"role": "user", "content": content}])
-        from llm_tflite.runtime.runner import TextStream
-
         inner = self.runner.chat_stream(messages, cache=self.cache, **options)
 
         def pieces():

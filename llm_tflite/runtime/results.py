@@ -11,7 +11,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import re
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 #: Why generation ended.
 FINISH_REASONS = ("stop", "length", "context", "filtered")
@@ -130,3 +130,33 @@ class TextPipeline:
             return ""
         self.shown += ready
         return ready
+
+
+class TextStream:
+    """The pieces of a generation as they come; ``result`` is its ``GenerationResult`` once exhausted."""
+
+    def __init__(self, pieces: Iterator[str], holder: list):
+        self._pieces, self._holder = pieces, holder
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    @property
+    def result(self) -> GenerationResult | None:
+        return self._holder[0] if self._holder else None
+
+    def close(self) -> None:
+        """Stop generating (a client left); ``result`` stays ``None`` unless it had finished."""
+        self._pieces.close()
+
+
+class AutocompleteStream(TextStream):
+    """An autocomplete as it happens: ``AutocompleteEvent``s ``piece`` (text to show), ``retry``
+    (the try was filtered and dropped: clear what it showed) and, last, ``result`` (the
+    ``AutocompleteResult``, also in ``.result``)."""
+
+    def __next__(self) -> AutocompleteEvent:
+        return next(self._pieces)

@@ -19,7 +19,8 @@ from llm_tflite.litert.litertlm import is_litertlm, model_bytes
 from llm_tflite.litert.metadata import read_verified_metadata
 from llm_tflite.runtime import sampling
 from llm_tflite.runtime.engine import BACKENDS, Chunk, ModelFile, Request, check_container, open_engine
-from llm_tflite.runtime.results import AutocompleteEvent, AutocompleteResult, GenerationResult, TextPipeline
+from llm_tflite.runtime.results import (AutocompleteEvent, AutocompleteResult, AutocompleteStream, GenerationResult,
+                                        TextPipeline, TextStream)
 from llm_tflite.tokenizers import tokenizer_from_spec
 
 #: New tokens when ``max_new_tokens`` is not given (fewer if the context holds fewer).
@@ -51,36 +52,6 @@ def _prompt_text(prompt) -> str:
     except UnicodeEncodeError as e:
         raise DataError(f"the prompt is not valid UTF-8 ({e}); pass text encoded as UTF-8") from e
     return prompt
-
-
-class TextStream:
-    """The pieces of a generation as they come; ``result`` is its ``GenerationResult`` once exhausted."""
-
-    def __init__(self, pieces: Iterator[str], holder: list):
-        self._pieces, self._holder = pieces, holder
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> str:
-        return next(self._pieces)
-
-    @property
-    def result(self) -> GenerationResult | None:
-        return self._holder[0] if self._holder else None
-
-    def close(self) -> None:
-        """Stop generating (a client left); ``result`` stays ``None`` unless it had finished."""
-        self._pieces.close()
-
-
-class AutocompleteStream(TextStream):
-    """An autocomplete as it happens: ``AutocompleteEvent``s ``piece`` (text to show), ``retry``
-    (the try was filtered and dropped: clear what it showed) and, last, ``result`` (the
-    ``AutocompleteResult``, also in ``.result``)."""
-
-    def __next__(self) -> AutocompleteEvent:
-        return next(self._pieces)
 
 
 class InterpreterRunner:
