@@ -279,3 +279,32 @@ def engine_steps_agreeing(steps: list[str], runner, token_ids: list[int]) -> int
         return sum(map(same, steps, expected))
     joined = b"".join(expected).decode("utf-8", errors="replace")
     return len(expected) if "".join(steps) == joined else 0
+
+
+class ServerThread:
+    """An app (``llm_tflite.serve.app.create_app``) served by uvicorn in a thread, on a free loopback
+    port, for tests and examples: ``url``, and ``stop()``."""
+
+    def __init__(self, app):
+        import socket
+        import threading
+        import time
+
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.05)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(15)

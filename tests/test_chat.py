@@ -347,3 +347,100 @@ def test_json_schema_generations_always_parse_and_validate(chat_files):
         runner.chat(messages, 8, json_schema="{not json")
     with pytest.raises(InvalidArgumentError, match="search"):
         runner.chat(messages, 8, "beam", json_schema=JSON_SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def chat_server(chat_files):
+    from llm_tflite.serve.app import Limits, create_app
+    from llm_tflite.testing import ServerThread
+
+    served = ServerThread(create_app(chat_files["qwen3"][1], limits=Limits(max_tokens=128)))
+    yield served
+    served.stop()
+
+
+def test_openai_client_chats_with_the_server(chat_files, chat_server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=chat_server.url + "/v1", api_key="unused")
+    runner = InterpreterRunner(chat_files["qwen3"][1])
+    messages = CONVERSATIONS[2]
+    reply = client.chat.completions.create(model="qwen3", messages=messages, max_tokens=10, temperature=0)
+    expected = runner.chat(messages, 10, "greedy")
+    assert reply.choices[0].message.content == expected.text and reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].finish_reason == "length"
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (expected.prompt_tokens, 10)
+    # the client sends the history again with one more turn: only the new tokens are prefilled
+    longer = messages + [{"role": "assistant", "content": reply.choices[0].message.content},
+                         {"role": "user", "content": "Go on."}]
+    again = client.chat.completions.create(model="qwen3", messages=longer, max_tokens=10, temperature=0)
+    assert again.choices[0].message.content == runner.chat(longer, 10, "greedy").text
+    assert again.usage.prompt_tokens_details.cached_tokens >= expected.prompt_tokens
+    # seeded sampling, a stop string
+    seeded = client.chat.completions.create(model="qwen3", messages=messages, max_tokens=12, temperature=0.8,
+                                            top_p=0.9, seed=3)
+    assert seeded.choices[0].message.content == runner.chat(messages, 12, "random", seed=3, temperature=0.8,
+                                                            top_p=0.9).text
+
+
+def test_openai_client_streams_and_gets_json_that_validates(chat_files, chat_server):
+    openai = pytest.importorskip("openai")
+    jsonschema = pytest.importorskip("jsonschema")
+    client = openai.OpenAI(base_url=chat_server.url + "/v1", api_key="unused")
+    runner = InterpreterRunner(chat_files["qwen3"][1])
+    messages = CONVERSATIONS[1]
+    pieces, finish, usage = [], None, None
+    for chunk in client.chat.completions.create(model="qwen3", messages=messages, max_tokens=10, temperature=0,
+                                                stream=True, stream_options={"include_usage": True}):
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert "".join(pieces) == runner.chat(messages, 10, "greedy").text and finish == "length"
+    assert usage.completion_tokens == 10
+    for seed in range(3):
+        reply = client.chat.completions.create(
+            model="qwen3", messages=messages, max_tokens=120, temperature=1.0, seed=seed,
+            response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": JSON_SCHEMA}})
+        jsonschema.validate(json.loads(reply.choices[0].message.content), JSON_SCHEMA)
+    reply = client.chat.completions.create(model="qwen3", messages=messages, max_tokens=120, temperature=0,
+                                           response_format={"type": "json_object"})
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="qwen3", messages=[{"role": "wizard", "content": "x"}], max_tokens=4)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="qwen3", messages=messages, max_tokens=4,
+                                       response_format={"type": "grammar"})
+
+
+def test_chat_doc_examples_run(tmp_path):
+    """docs/chat.md's Python examples, in order, as one script (the one that needs a running server is
+    ``test_openai_client_chats_with_the_server``)."""
+    import re
+
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "chat.md"), encoding="utf-8").read()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if not b.startswith("# a served file")]
+    assert len(blocks) == 3
+    out = subprocess.run([sys.executable, "-c", "\n".join(blocks)], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=900, env={**os.environ, "LLM_TFLITE_NO_PROGRESS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert "True" in lines and any(line.endswith("from the cache") for line in lines)
+
+
+def test_chat_command_one_shot_and_interactive(chat_files, tmp_path):
+    _, path = chat_files["qwen3"]
+    runner = InterpreterRunner(path)
+    expected = runner.conversation(system="Be terse.")
+    first, second = (expected.send(m, max_new_tokens=6).text for m in ("Hello!", "And then?"))
+    command = [sys.executable, "-m", "llm_tflite", "chat", path, "--system", "Be terse.", "--max-new-tokens", "6"]
+    done = subprocess.run(command + ["--message", "Hello!", "--message", "And then?", "--save", str(tmp_path / "c.llmchat")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == [first, second]
+    # interactive (stdin is not a terminal here): commands and turns, one per line
+    script = f"/load {tmp_path / 'c.llmchat'}\nOne more?\n/reset\n/bogus\nHello!\n/quit\n"
+    done = subprocess.run(command, input=script, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == [expected.send("One more?", max_new_tokens=6).text, first]
+    assert "loaded" in done.stderr and "/reset" in done.stderr  # the help after an unknown command

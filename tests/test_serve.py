@@ -2,7 +2,6 @@
 
 import http.client
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -11,33 +10,7 @@ import urllib.request
 import pytest
 
 from llm_tflite import InterpreterRunner
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A uvicorn server in a thread, on a free loopback port."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "the server did not start"
-            time.sleep(0.05)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(15)
+from llm_tflite.testing import ServerThread as Server
 
 
 def post(url, body, timeout=120):
