@@ -30,7 +30,7 @@ def _chromium() -> str:
 def app_server(tmp_path_factory):
     from llm_tflite import Converter
     from llm_tflite.serve.app import create_app
-    from test_serve import Server
+    from llm_tflite.testing import ServerThread as Server
 
     path = tmp_path_factory.mktemp("browser") / "shipped.tflite"
     Converter(quantize="dynamic_int8").convert("gpt2_tiny_shakespeare", str(path))
@@ -149,3 +149,46 @@ def test_phone_width_layout(browser, app_server):
         assert box["x"] >= 0 and box["x"] + box["width"] <= 390 and box["height"] >= 44
     page.screenshot(path=str(SHOTS / "phone.png"), full_page=True)
     context.close()
+
+
+@pytest.fixture(scope="module")
+def chat_app(tmp_path_factory):
+    """A tiny random Qwen 3 file with its published chat template, served with replies of 12 tokens."""
+    from llm_tflite import Converter
+    from llm_tflite.serve.app import Limits, create_app
+    from llm_tflite.testing import ServerThread, write_hf_checkpoint
+
+    root = tmp_path_factory.mktemp("chat-browser")
+    path = root / "qwen3.tflite"
+    Converter(context_length=256, prefill_lengths=(8, 32)).convert(write_hf_checkpoint(root / "ckpt", "qwen3"), str(path))
+    served = ServerThread(create_app(path, limits=Limits(max_tokens=12)))
+    served.path = path
+    yield served
+    served.stop()
+
+
+def test_chat_screen_streams_replies_of_the_conversation(browser, chat_app, page):
+    chat_page = browser.new_context(viewport={"width": 900, "height": 900}).new_page()
+    chat_page.goto(chat_app.url + "/")
+    chat_page.wait_for_function("document.body.dataset.chatReady === 'true'", timeout=30_000)
+    assert chat_page.is_visible("#chat")
+    runner = InterpreterRunner(chat_app.path)
+    messages = []
+    for turn, text in enumerate(["Hello there!", "Tell me more."]):
+        chat_page.fill("#chat-input", text)
+        chat_page.press("#chat-input", "Enter")
+        chat_page.wait_for_function(f"Number(document.body.dataset.chatFinished || 0) > {turn}", timeout=60_000)
+        messages.append({"role": "user", "content": text})
+        expected = runner.chat(messages, 12, "greedy").text
+        messages.append({"role": "assistant", "content": expected})
+        bubbles = chat_page.locator("#chat-log .turn").all_inner_texts()
+        assert len(bubbles) == 2 * (turn + 1) and bubbles[-2] == text
+        assert chat_page.locator("#chat-log .turn.assistant").last.text_content() == expected
+    assert chat_page.inner_text("#chat-message") == ""
+    chat_page.screenshot(path=str(SHOTS / "chat.png"))
+    chat_page.click("#chat-reset")
+    assert chat_page.locator("#chat-log .turn").count() == 0
+    chat_page.context.close()
+    # a file without a chat template shows no chat screen
+    page.wait_for_function("document.body.dataset.chatReady === 'false'", timeout=30_000)
+    assert not page.is_visible("#chat")
