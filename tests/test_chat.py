@@ -131,6 +131,12 @@ def test_litert_lm_engine_builds_the_same_prompt_and_greedy_reply(chat_files, fa
         # the leading space of a text, which our streamed reply keeps)
         assert "".join(part["text"] for part in reply["content"]) == runner.decode(ours.token_ids)
         assert len(ours.token_ids) == 12
+    # our runner on the bundle, in LiteRT-LM's engine: completions run (the engine stops at the bundle's
+    # end-of-turn tokens too), chat goes through the engine's Conversation API as above
+    in_engine = InterpreterRunner(bundle, backend="litert-lm")
+    assert in_engine.complete("Hello", 4, "greedy").prompt_tokens > 0
+    with pytest.raises(InvalidArgumentError, match="Conversation API"):
+        in_engine.chat(CONVERSATIONS[0], 4)
 
 
 def test_conversation_prefills_only_new_tokens_and_continues_in_a_new_process(chat_files, tmp_path):

@@ -20,7 +20,7 @@ from llm_tflite.errors import (InvalidArgumentError, ModelFileError, RuntimeFail
                                UnsupportedRuntimeError)
 from llm_tflite.export import bundle_worker
 from llm_tflite.litert.flatbuffer import check_writable, read_model_file
-from llm_tflite.litert.litertlm import is_litertlm, tflite_section
+from llm_tflite.litert.litertlm import bundle_stop_ids, is_litertlm, tflite_section
 from llm_tflite.litert.metadata import read_verified_metadata
 
 LITERTLM_EXTRA = "pip install 'llm-tflite[litertlm]'"
@@ -36,9 +36,7 @@ def llm_metadata_textproto(record: dict, *, max_num_tokens: int | None = None, m
     chat = record.get("chat")
     if record.get("add_bos") and record.get("bos_id") is not None:
         lines.append(f"start_token {{ token_ids {{ ids: {int(record['bos_id'])} }} }}")
-    stops = [] if record.get("eos_id") is None else [int(record["eos_id"])]
-    stops += [int(i) for i in (chat or {}).get("stop_token_ids", []) if int(i) not in stops]
-    lines += [f"stop_tokens {{ token_ids {{ ids: {i} }} }}" for i in stops]
+    lines += [f"stop_tokens {{ token_ids {{ ids: {i} }} }}" for i in bundle_stop_ids(record)]
     lines.append(f"max_num_tokens: {int(max_num_tokens or record['context_length'])}")
     if chat is not None:  # LiteRT-LM renders it (minja) for its Conversation API, as our runner does
         lines.append(f"jinja_prompt_template: {textproto_string(TEXT_CONTENT_PREAMBLE + chat['template'])}")

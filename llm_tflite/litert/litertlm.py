@@ -36,6 +36,14 @@ class Section:
     end: int
 
 
+def bundle_stop_ids(record: dict) -> list[int]:
+    """The stop tokens a bundle of a file with this record lists in its ``LlmMetadata``, in order: the
+    end token, then the chat template's end-of-turn tokens (LiteRT-LM's engine stops at every one)."""
+    stops = [] if record.get("eos_id") is None else [int(record["eos_id"])]
+    stops += [int(i) for i in (record.get("chat") or {}).get("stop_token_ids", []) if int(i) not in stops]
+    return stops
+
+
 def is_litertlm(data) -> bool:
     return bytes(data[:8]) == MAGIC
 

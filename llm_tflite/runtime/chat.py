@@ -130,6 +130,7 @@ class Conversation:
 
     def __init__(self, runner, messages=(), *, system: str | None = None):
         self.runner = runner
+        runner.engine.require_sequences("a conversation")
         runner.chat_format  # noqa: B018 -- a file without a template fails here
         self.messages: list[dict] = check_messages(list(messages)) if messages else []
         if system is not None:

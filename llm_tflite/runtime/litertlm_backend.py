@@ -13,6 +13,7 @@ import threading
 from typing import Iterator
 
 from llm_tflite.errors import InvalidArgumentError, ModelFileError, RuntimeFailure, UnsupportedRuntimeError
+from llm_tflite.litert.litertlm import bundle_stop_ids
 from llm_tflite.runtime import sampling
 from llm_tflite.runtime.engine import Chunk, Engine, ModelFile, Request
 
@@ -62,17 +63,22 @@ class LiteRTLMEngine(Engine):
         start = record.get("bos_id") if record.get("add_bos", False) else None
         return cls(model.path, num_threads, model.tokenizer.vocab_size, start, record.get("eos_id"),
                    tokenizer=model.tokenizer, context_length=int(record["context_length"]),
-                   sentencepiece=record["tokenizer"]["type"] == "sentencepiece")
+                   sentencepiece=record["tokenizer"]["type"] == "sentencepiece", stop_ids=bundle_stop_ids(record))
 
     def __init__(self, path: str, num_threads: int | None, vocab_size: int, start_id: int | None = None,
                  stop_id: int | None = None, *, tokenizer=None, context_length: int | None = None,
-                 sentencepiece: bool = False):
+                 sentencepiece: bool = False, stop_ids: list[int] | None = None):
+        """``stop_ids``: every stop token the bundle lists (default: ``stop_id``; with a chat template, its
+        end-of-turn tokens too: ``llm_tflite.litert.litertlm.bundle_stop_ids``)."""
         from llm_tflite.console import quiet_native
 
         litert_lm = import_litert_lm()
         self._litert_lm, self.vocab_size = litert_lm, vocab_size
         self.tokenizer, self.token_budget = tokenizer, context_length
-        self._stops = {stop_id} - {None}
+        stop_ids = list(stop_ids) if stop_ids is not None else ([stop_id] if stop_id is not None else [])
+        self._stops = set(stop_ids)
+        #: plain completions ask for the end token alone: the engine stops at every bundle stop token regardless
+        self._default_stops = {stop_id} - {None}
         self._piece_ids = None  # a piece's bytes -> its id
         #: LiteRT-LM's SentencePiece detokenizer drops the first piece's leading space (see ``tokens``)
         self.sentencepiece = sentencepiece
@@ -85,10 +91,10 @@ class LiteRTLMEngine(Engine):
                                  "`llm-tflite bundle`") from e
         # The bundle's LlmMetadata must say what our record says, or the engine would answer otherwise.
         stops = [ids for ids in self._engine.eos_token_ids]
-        if self._engine.bos_token_id != start_id or stops != ([[stop_id]] if stop_id is not None else []):
+        if self._engine.bos_token_id != start_id or stops != [[i] for i in stop_ids]:
             self._engine.close()
             raise ModelFileError(f"{path!r}: its LiteRT-LM metadata (start {self._engine.bos_token_id}, stop {stops}) "
-                                 f"disagrees with the model's record (start {start_id}, stop {stop_id}); the bundle "
+                                 f"disagrees with the model's record (start {start_id}, stop {stop_ids}); the bundle "
                                  "is damaged: bundle the model again with `llm-tflite bundle`")
 
     def check(self, sampler, settings: dict, seed, stop_token_ids: set) -> None:
@@ -101,14 +107,15 @@ class LiteRTLMEngine(Engine):
         if extra:
             raise InvalidArgumentError(f"backend='litert-lm' with sampler={sampler!r} takes {sorted(SAMPLERS[sampler])}, "
                                        f"not {sorted(extra)}; use backend='interpreter' for them")
-        if stop_token_ids != self._stops:
+        if stop_token_ids not in (self._stops, self._default_stops):
             raise InvalidArgumentError("backend='litert-lm' stops at the bundle's stop tokens; stop_token_ids "
                                        "needs backend='interpreter'")
         sampling.make_sampler(sampler, seed=seed, **settings)  # the same value checks as our loop
 
     def unsupported(self, what: str) -> Exception:
         return InvalidArgumentError(f"{what} runs in our own loop; this runner uses backend='litert-lm', "
-                                    "which offers generate, complete, stream and autocomplete")
+                                    "which offers generate, complete, stream and autocomplete (chat with the "
+                                    "bundle in LiteRT-LM's engine goes through its Conversation API, docs/chat.md)")
 
     def tokens(self, request: Request, ids: list[int], limit: int, prompt: str | None, seed):
         """LiteRT-LM's decode steps as ``Chunk``s of the token each one decoded.

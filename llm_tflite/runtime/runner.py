@@ -418,6 +418,7 @@ class InterpreterRunner:
         from llm_tflite.runtime.chat import fit_messages
         from llm_tflite.tokenizers.chat_template import check_messages
 
+        self.engine.require_sequences("chat")  # a turn continues a sequence (its KV caches)
         fmt = self.chat_format
         request = self._request(max_new_tokens, sampler, seed, stop, stop_token_ids, "error", filter, settings,
                                 json_schema, default_stops=fmt.stop_token_ids | ({self.eos_id} - {None}))
@@ -434,20 +435,16 @@ class InterpreterRunner:
         ids, text = rendered["ids"], rendered["text"]
         limit = max_new_tokens or budget - len(ids)
         at_limit = "length" if max_new_tokens is not None else "context"
-        try:
-            self.engine.require_sequences("chat")
-            sequence = (cache.take(ids) if cache is not None else None) or self.sequence()
-        except InvalidArgumentError:  # an engine without token-level access prefills every turn
-            sequence = None
+        sequence = (cache.take(ids) if cache is not None else None) or self.sequence()
         request.sequence = sequence
-        cached = sequence.position if sequence is not None else 0
+        cached = sequence.position
         holder: list = []
 
         def pieces():
             yield from self._generate_pieces((ids, limit, text, at_limit), request, seed, holder)
             result = holder[0]
             result.cached_tokens = cached
-            if sequence is not None and cache is not None:
+            if cache is not None:
                 cache.put(sequence, (ids + list(result.token_ids))[: sequence.position])
 
         return TextStream(pieces(), holder)
