@@ -283,20 +283,22 @@ def engine_steps_agreeing(steps: list[str], runner, token_ids: list[int]) -> int
 
 class ServerThread:
     """An app (``llm_tflite.serve.app.create_app``) served by uvicorn in a thread, on a free loopback
-    port, for tests and examples: ``url``, and ``stop()``."""
+    port, as ``llm-tflite serve`` serves it (``graceful_server``), for tests and examples: ``url``,
+    ``server`` (``server.handle_exit(signal.SIGTERM, None)`` is what SIGTERM does), and ``stop()``."""
 
-    def __init__(self, app):
+    def __init__(self, app, grace_seconds: float = 15):
         import socket
         import threading
         import time
 
-        import uvicorn
+        from llm_tflite.serve.app import graceful_server
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = graceful_server(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                      timeout_graceful_shutdown=grace_seconds)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.time() + 30

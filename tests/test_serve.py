@@ -227,3 +227,157 @@ def test_server_stream_and_runner_share_the_retry_rule(tiny_tflite, monkeypatch,
     assert sent[-1]["error"]["type"] == "no_suggestion" == result.reason
     assert [e["retry"] for e in sent if "retry" in e] == list(range(1, tries + 1))  # each filtered try dropped
     assert server_generations == len(generations) == result.attempts == tries
+
+
+KEY = "test-key-0123456789abcdef"
+
+
+def request(url, body=None, headers=None, method=None, timeout=120):
+    """``(status, headers, text)`` of one request."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read().decode()
+
+
+def test_api_keys_cors_request_ids_and_metrics(tiny_tflite):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from llm_tflite.serve.app import create_app
+
+    served = Server(create_app(tiny_tflite, api_keys=[KEY, "second-key-0123456789"], cors_origins=["http://app.test"]))
+    try:
+        body = {"prompt": "ROMEO:", "max_tokens": 5, "temperature": 0}
+        for headers in ({}, {"Authorization": "Bearer wrong-key-0123456789abc"}, {"Authorization": KEY}):
+            status, _, text = request(served.url + "/v1/completions", body, headers)
+            assert status == 401 and json.loads(text) == {"error": {"type": "unauthorized",
+                                                                     "message": "a valid API key is required"}}
+        status, headers, text = request(served.url + "/v1/completions", body, {"Authorization": f"Bearer {KEY}",
+                                                                              "X-Request-ID": "client-id-1"})
+        assert status == 200 and headers["x-request-id"] == "client-id-1"
+        assert json.loads(text)["choices"][0]["text"] == InterpreterRunner(tiny_tflite).generate("ROMEO:", 5, "greedy")
+        assert request(served.url + "/health")[0] == 200 and request(served.url + "/")[0] == 200  # open routes
+        status, headers, _ = request(served.url + "/v1/models", headers={"Authorization": "Bearer second-key-0123456789"})
+        assert status == 200 and len(headers["x-request-id"]) == 16  # made when the client sends none
+        # CORS: the named origin may call the API from its pages, another may not
+        preflight = {"Origin": "http://app.test", "Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "authorization,content-type"}
+        status, headers, _ = request(served.url + "/v1/completions", headers=preflight, method="OPTIONS")
+        assert status == 200 and headers["access-control-allow-origin"] == "http://app.test"
+        status, headers, _ = request(served.url + "/v1/completions", headers={**preflight, "Origin": "http://evil.test"},
+                                     method="OPTIONS")
+        assert "access-control-allow-origin" not in {k.lower() for k in headers}
+        # metrics: the requests above by route and status, tokens, idle slots
+        assert request(served.url + "/metrics")[0] == 401
+        status, _, text = request(served.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"})
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        answered = {(s.labels["route"], s.labels["status"]): s.value for s in families["llm_tflite_requests"].samples
+                    if s.name == "llm_tflite_requests_total"}
+        # 3 without a valid key; 2 answered: the completion and the allowed origin's preflight
+        assert answered[("/v1/completions", "401")] == 3 and answered[("/v1/completions", "200")] == 2
+        tokens = {s.labels["kind"]: s.value for s in families["llm_tflite_tokens"].samples if s.name.endswith("_total")}
+        assert tokens["completion"] == 5 and tokens["prompt"] > 0
+        assert families["llm_tflite_active_slots"].samples[0].value == 0
+        assert families["llm_tflite_queue_depth"].samples[0].value == 0
+        assert any(s.name == "llm_tflite_request_seconds_count" for s in families["llm_tflite_request_seconds"].samples)
+    finally:
+        served.stop()
+    # without origins, no page of another origin may call the API
+    served = Server(create_app(tiny_tflite))
+    try:
+        status, headers, _ = request(served.url + "/v1/completions", headers=preflight, method="OPTIONS")
+        assert "access-control-allow-origin" not in {k.lower() for k in headers}
+    finally:
+        served.stop()
+
+
+def test_requests_in_flight_per_key_are_limited(tiny_tflite):
+    from llm_tflite.serve.app import Limits, create_app
+
+    calls = []
+    served = Server(create_app(tiny_tflite, workers=2, runner_factory=_slow_factory(tiny_tflite, 0.05, calls),
+                               api_keys=[KEY], limits=Limits(max_streams_per_key=1)))
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
+        connection.request("POST", "/v1/completions", json.dumps({"prompt": "ROMEO:", "max_tokens": 40, "stream": True}),
+                           {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+        response = connection.getresponse()
+        response.read1(64)  # the stream has started
+        status, _, text = request(served.url + "/v1/completions", {"prompt": "hi", "max_tokens": 2},
+                                  {"Authorization": f"Bearer {KEY}"})
+        assert status == 429 and json.loads(text)["error"]["type"] == "too_many_requests"
+        response.read()
+        connection.close()
+        assert request(served.url + "/v1/completions", {"prompt": "hi", "max_tokens": 2},
+                       {"Authorization": f"Bearer {KEY}"})[0] == 200  # the slot came back
+    finally:
+        served.stop()
+
+
+def test_shutdown_lets_running_streams_finish_and_refuses_new_requests(tiny_tflite):
+    import signal
+
+    from llm_tflite.serve.app import create_app
+
+    calls = []
+    served = Server(create_app(tiny_tflite, workers=2, runner_factory=_slow_factory(tiny_tflite, 0.05, calls)))
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
+    connection.request("POST", "/v1/completions", json.dumps({"prompt": "ROMEO:", "max_tokens": 30, "stream": True,
+                                                              "temperature": 0}), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    first = response.read1(64)
+    idle = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)  # a second, kept-alive connection
+    idle.request("GET", "/health")
+    assert idle.getresponse().read()
+    served.server.handle_exit(signal.SIGTERM, None)  # what SIGTERM does
+    try:
+        idle.request("GET", "/health")
+        refused = idle.getresponse().status
+    except (ConnectionError, http.client.HTTPException):
+        refused = "closed"
+    assert refused in (503, "closed")
+    rest = response.read()  # the running stream finishes
+    chunks = events((first + rest).decode())
+    assert chunks[-1] == "[DONE]" and json.loads(chunks[-2])["choices"][0]["finish_reason"] == "length"
+    text = "".join(json.loads(c)["choices"][0]["text"] for c in chunks[:-1])
+    assert text == InterpreterRunner(tiny_tflite).generate("ROMEO:", 30, "greedy")
+    served.thread.join(30)
+    assert not served.thread.is_alive()
+
+
+def test_serve_command_stops_on_sigterm(tiny_tflite, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"# clients\n{KEY}\n")
+    process = subprocess.Popen([sys.executable, "-m", "llm_tflite", "serve", str(tiny_tflite), "--port", str(port),
+                                "--api-key-file", str(keys), "--grace-seconds", "5"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if request(f"http://127.0.0.1:{port}/health", timeout=5)[0] == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert time.time() < deadline and process.poll() is None, process.stderr.read() if process.poll() else ""
+            time.sleep(0.2)
+        assert request(f"http://127.0.0.1:{port}/v1/models")[0] == 401
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        assert "1 API key(s)" in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -20,11 +20,11 @@ def cmd_serve(args) -> int:
     from llm_tflite.errors import UnsupportedRuntimeError
 
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError as e:
         raise UnsupportedRuntimeError("llm-tflite serve needs Starlette and uvicorn: pip install 'llm-tflite[serve]'") from e
     from llm_tflite.errors import InvalidArgumentError
-    from llm_tflite.serve.app import Limits, create_app
+    from llm_tflite.serve.app import Limits, create_app, graceful_server
 
     for name in ("workers", "max_body_bytes", "max_prompt_chars", "max_tokens"):
         if getattr(args, name) < 1:
@@ -34,14 +34,23 @@ def cmd_serve(args) -> int:
     if not 0 < args.queue_timeout <= 3600 or not 0 < args.port < 65536:
         raise InvalidArgumentError("--queue-timeout must be in (0, 3600] seconds and --port in 1..65535")
 
+    if args.max_streams_per_key < 1 or not 0 <= args.grace_seconds <= 3600:
+        raise InvalidArgumentError("--max-streams-per-key must be at least 1 and --grace-seconds in [0, 3600]")
+    from llm_tflite.serve.gate import read_api_keys
+
+    keys = read_api_keys(args.api_key, args.api_key_file)
     limits = Limits(max_body_bytes=args.max_body_bytes, max_prompt_chars=args.max_prompt_chars,
-                    max_tokens=args.max_tokens, wait_seconds=args.queue_timeout, chat_cache=args.chat_cache)
-    app = create_app(args.file, workers=args.workers, limits=limits)
-    if not _loopback(args.host):
-        logger.warning("serving on %s: other machines can reach this server; it has no authentication", args.host)
-    logger.info("serving %s with %d worker(s) on http://%s:%d/ (Ctrl+C stops)", args.file, args.workers, args.host,
-                args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.verbosity <= 0 else "info")
+                    max_tokens=args.max_tokens, wait_seconds=args.queue_timeout, chat_cache=args.chat_cache,
+                    max_streams_per_key=args.max_streams_per_key)
+    app = create_app(args.file, workers=args.workers, limits=limits, api_keys=keys, cors_origins=args.cors_origin or ())
+    if not _loopback(args.host) and not keys:
+        logger.warning("serving on %s: other machines can reach this server; it has no authentication "
+                       "(--api-key / --api-key-file)", args.host)
+    logger.info("serving %s with %d worker(s) on http://%s:%d/ (Ctrl+C stops)%s", args.file, args.workers, args.host,
+                args.port, f"; {len(keys)} API key(s)" if keys else "")
+
+    graceful_server(app, host=args.host, port=args.port, timeout_graceful_shutdown=args.grace_seconds,
+                    log_level="warning" if args.verbosity <= 0 else "info").run()
     return 0
 
 
@@ -57,6 +66,14 @@ def add_commands(cli) -> None:
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="largest request body")
     p.add_argument("--max-prompt-chars", type=int, default=8000, help="longest prompt or text")
     p.add_argument("--max-tokens", type=int, default=256, help="most new tokens a request may ask for")
+    p.add_argument("--api-key", action="append", help="a key clients must send (Authorization: Bearer KEY) for every "
+                   "route but / and /health (repeatable; at least 16 characters)")
+    p.add_argument("--api-key-file", help="a file of keys, one per line (# comments)")
+    p.add_argument("--max-streams-per-key", type=int, default=4, help="requests one key may have in flight (429 past it)")
+    p.add_argument("--cors-origin", action="append", help="an origin whose pages may call the API (repeatable; "
+                   "default: none, only the server's own page)")
+    p.add_argument("--grace-seconds", type=float, default=30.0,
+                   help="on SIGTERM or Ctrl+C, how long running requests may take to finish (new ones get 503)")
     p.add_argument("--chat-cache", type=int, default=4,
                    help="conversations whose KV caches each worker keeps, so a client sending its history again "
                    "prefills only new tokens (each holds one KV cache of the model's context)")

@@ -15,6 +15,12 @@ Routes:
                                again prefills only the new tokens (``usage.prompt_tokens_details``)
     ``GET /health``            ``{"status": "ok", "workers", "busy"}``
     ``GET /v1/models``         the file, OpenAI-style, with its metadata
+    ``GET /metrics``           Prometheus metrics (``llm_tflite.serve.gate.Metrics``)
+
+In front of every route, ``llm_tflite.serve.gate.Gate``: a request id (``X-Request-ID``), API keys
+(``Authorization: Bearer``) for every route but ``/`` and ``/health`` when keys are set, a limit of
+requests in flight per key, 503 while shutting down, metrics and an access log line. CORS is
+closed unless origins are named (``cors_origins``).
 
 Every request runs on a runner borrowed from a ``RunnerPool``; one that cannot get a runner
 in time gets 503. Errors are JSON ``{"error": {"type", "message"}}``.
@@ -49,6 +55,8 @@ class Limits:
     chat_cache: int = 4
     wait_seconds: float = 30.0
     max_waiting: int | None = None  # default: 4 per worker
+    #: requests one API key may have in flight at once (with keys)
+    max_streams_per_key: int = 4
 
 
 class RequestError(Exception):
@@ -119,6 +127,10 @@ class AppState:
     limits: Limits
     model_id: str
     created: int
+    metrics: object = None
+    api_keys: tuple = ()
+    #: set when the server is asked to stop (SIGTERM): new requests get 503, running ones finish
+    draining: bool = False
 
 
 def _state(request) -> AppState:
@@ -172,6 +184,7 @@ def _event_stream(request, make_stream, render):
             while not await request.is_disconnected():
                 item = await _next(stream)
                 if item is None:
+                    state.metrics.count_tokens(stream.result)
                     for event in render(None, stream.result):
                         yield _sse(event)
                     return
@@ -313,6 +326,7 @@ async def completions(request):
 
         return _event_stream(request, lambda runner: runner.stream(prompt, max_tokens, sampler, **kwargs), render)
     result = await _run(state, lambda runner: runner.complete(prompt, max_tokens, sampler, **kwargs))
+    state.metrics.count_tokens(result)
     response = chunk(result.text, _OPENAI_FINISH[result.finish_reason])
     response["usage"] = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
                          "total_tokens": result.prompt_tokens + result.completion_tokens}
@@ -400,6 +414,7 @@ async def chat_completions(request):
 
         return _event_stream(request, lambda runner: run(runner, True), render)
     result = await _run(state, lambda runner: run(runner, False))
+    state.metrics.count_tokens(result)
     return JSONResponse({
         "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": state.model_id,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
@@ -422,20 +437,37 @@ def _handle(endpoint):
     return wrapped
 
 
+async def metrics(request):
+    from starlette.responses import Response
+
+    body, content_type = _state(request).metrics.text()
+    return Response(body, media_type=content_type)
+
+
 ROUTES = (("/", index, ["GET"]), ("/health", health, ["GET"]), ("/v1/models", models, ["GET"]),
+          ("/metrics", metrics, ["GET"]),
           ("/v1/autocomplete", autocomplete, ["POST"]), ("/v1/completions", completions, ["POST"]),
           ("/v1/chat/completions", chat_completions, ["POST"]))
 
 
-def create_app(path, *, workers: int = 1, limits: Limits | None = None, runner_factory=None):
+def create_app(path, *, workers: int = 1, limits: Limits | None = None, runner_factory=None, api_keys=(),
+               cors_origins=()):
     """The Starlette app serving ``path`` with ``workers`` runners.
+
+    ``api_keys``: keys one of which every request but ``/`` and ``/health`` must carry
+    (``Authorization: Bearer KEY``); none: no keys asked. ``cors_origins``: origins whose pages may
+    call the API (none: only same-origin pages, the browser's default).
 
     Example:
         >>> app = create_app("build/model.tflite", workers=2)  # doctest: +SKIP
         >>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
     """
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.cors import CORSMiddleware
     from starlette.routing import Route
+
+    from llm_tflite.serve.gate import Gate, Metrics
 
     from llm_tflite.runtime.runner import InterpreterRunner
 
@@ -448,10 +480,42 @@ def create_app(path, *, workers: int = 1, limits: Limits | None = None, runner_f
 
     for runner in pool.runners:  # each runner's recent conversations, reused by prefix (chat_completions)
         runner.serve_chat_cache = PrefixCache(limits.chat_cache)
-    app = Starlette(routes=[Route(route, _handle(endpoint), methods=methods) for route, endpoint, methods in ROUTES])
+    state = AppState(pool, limits, os.path.splitext(os.path.basename(os.fspath(path)))[0], int(time.time()),
+                     Metrics(pool), tuple(api_keys))
+    middleware = [Middleware(Gate, state=state, routes=[route for route, _, _ in ROUTES])]
+    if cors_origins:  # the gate answers first; preflights (OPTIONS) pass it without a key
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                                     allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+                                     expose_headers=["X-Request-ID"]))
+    app = Starlette(routes=[Route(route, _handle(endpoint), methods=methods) for route, endpoint, methods in ROUTES],
+                    middleware=middleware)
     app.state.pool = pool
-    app.state.llm = AppState(pool, limits, os.path.splitext(os.path.basename(os.fspath(path)))[0], int(time.time()))
+    app.state.llm = state
     return app
+
+
+def graceful_server(app, **config):
+    """A ``uvicorn.Server`` for ``app`` (``config``: ``uvicorn.Config``'s) that, asked to stop (SIGTERM,
+    Ctrl+C), refuses new requests with 503 at once and lets running ones finish within
+    ``timeout_graceful_shutdown`` seconds before it exits."""
+    import signal
+
+    import uvicorn
+
+    from llm_tflite.console import logger
+
+    class GracefulServer(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            state = app.state.llm
+            if not state.draining:
+                state.draining = True
+                logger.info("stopping: running requests have %s s to finish, new ones get 503",
+                            config.get("timeout_graceful_shutdown"))
+            super().handle_exit(sig, frame)
+            if sig == signal.SIGTERM:  # a stop asked for and carried out: exit 0, not re-raise SIGTERM (uvicorn's way)
+                getattr(self, "_captured_signals", []).clear()
+
+    return GracefulServer(uvicorn.Config(app, **config))
 
 
 _REASONS = {

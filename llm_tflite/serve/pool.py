@@ -32,6 +32,11 @@ class RunnerPool:
         self._lock = threading.Lock()
 
     @property
+    def waiting(self) -> int:
+        """Requests waiting for a free runner now."""
+        return self._waiting
+
+    @property
     def busy(self) -> int:
         return len(self.runners) - self._free.qsize()
 
