@@ -381,3 +381,82 @@ def test_serve_command_stops_on_sigterm(tiny_tflite, tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def _rss_anon_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssAnon:")) / 1024
+
+
+def test_load_and_faults_leave_no_slot_busy_and_answers_right(tiny_tflite):
+    """16 clients on loopback: good requests (checked against the runner for their seed), streams the
+    client leaves midway, slow readers, malformed and oversized bodies. No crash, every slot idle
+    afterwards, memory flat from one round to the next."""
+    import random
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from llm_tflite.serve.app import Limits, create_app
+
+    runner = InterpreterRunner(tiny_tflite)
+    served = Server(create_app(tiny_tflite, workers=2, limits=Limits(max_body_bytes=4096, wait_seconds=60,
+                                                                      max_waiting=32)))
+    failures, completed = [], []
+
+    def client(number: int, rounds: int):
+        rng = random.Random(number)
+        for i in range(rounds):
+            kind = rng.choice(["good", "good", "leave", "slow", "malformed", "oversized"])
+            seed = number * 100 + i
+            try:
+                if kind == "good":
+                    status, _, text = request(served.url + "/v1/completions", {"prompt": "ROMEO:", "max_tokens": 12,
+                                                                             "temperature": 0.8, "seed": seed})
+                    answer = json.loads(text)["choices"][0]["text"] if status == 200 else None
+                    expected = runner.complete("ROMEO:", 12, "random", temperature=0.8, seed=seed).text
+                    (completed if answer == expected else failures).append((kind, status, answer, expected))
+                elif kind in ("leave", "slow"):
+                    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
+                    connection.request("POST", "/v1/completions", json.dumps(
+                        {"prompt": "ROMEO:", "max_tokens": 40, "stream": True, "seed": seed}),
+                        {"Content-Type": "application/json"})
+                    response = connection.getresponse()
+                    if kind == "leave":
+                        response.read1(32)
+                        connection.close()  # gone mid-stream
+                    else:
+                        while chunk := response.read(16):
+                            time.sleep(0.002)
+                        connection.close()
+                        completed.append(kind)
+                elif kind == "malformed":
+                    status = request(served.url + "/v1/completions", method="POST")[0]
+                    (completed if status == 400 else failures).append((kind, status))
+                else:
+                    status, _, _ = request(served.url + "/v1/completions", {"prompt": "x" * 10_000})
+                    (completed if status == 413 else failures).append((kind, status))
+            except Exception as e:  # noqa: BLE001 -- any client-side failure is a failure of the test
+                failures.append((kind, repr(e)))
+
+    try:
+        rss = []
+        for round_number in range(2):
+            threads = [threading.Thread(target=client, args=(n + 100 * round_number, 4)) for n in range(16)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(300)
+            rss.append(_rss_anon_mb())
+        assert failures == [] and len(completed) > 60
+        deadline = time.time() + 30
+        while True:  # a stream the client left ends after its current token
+            families = {f.name: f for f in text_string_to_metric_families(request(served.url + "/metrics")[2])}
+            idle = (families["llm_tflite_active_slots"].samples[0].value, families["llm_tflite_queue_depth"].samples[0].value)
+            if idle == (0, 0) or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        assert idle == (0, 0)
+        assert request(served.url + "/health")[0] == 200
+        assert rss[1] - rss[0] < 64, rss  # MB of anonymous memory the second round added
+    finally:
+        served.stop()
