@@ -50,7 +50,7 @@ def hooks_the_plugin_tests_call(tmp_path_factory):
     """Run tests/test_plugins.py (not slow) with ``hook_monitor``: which hooks a plugin registered by a
     test answered, and whether those tests passed."""
     log = tmp_path_factory.mktemp("hooks") / "hooks.json"
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "hook_monitor", "-m", "not slow",
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "hook_monitor", "-m", "not slow",
                           "-p", "no:cacheprovider", str(ROOT / "tests" / "test_plugins.py")],
                          cwd=ROOT, capture_output=True, text=True, timeout=900,
                          env={**os.environ, "PYTHONPATH": str(ROOT / "tests"), "LLM_TFLITE_HOOK_LOG": str(log)})
