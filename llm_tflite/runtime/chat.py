@@ -46,21 +46,30 @@ class ChatFormat:
 
 def fit_messages(messages: list[dict], fits) -> list[dict]:
     """``messages`` with the oldest turns dropped until ``fits(messages)``: system messages at the
-    start are kept, and so is the last message. ``ContextLengthError`` when even that does not fit."""
-    head = [m for m in messages[: next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))]]
-    body = messages[len(head):]
-    while True:
-        candidate = head + body
-        if fits(candidate):
-            return candidate
-        if len(body) <= 1:
-            raise ContextLengthError("the last message does not fit the model's context (with room for the reply); "
-                                     "shorten it, ask for fewer tokens, or convert with a larger --context-length")
-        # drop the oldest turn: a user message and the replies after it (templates want user first)
-        cut = 1
-        while cut < len(body) - 1 and body[cut]["role"] != "user":
-            cut += 1
-        body = body[cut:]
+    start are kept, and so is the last message; a turn (a user message and the replies after it) is
+    dropped whole. ``ContextLengthError`` when even the last message alone does not fit.
+    Binary search over the cut: a few renders, however long the history."""
+    start = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
+    head, body = messages[:start], messages[start:]
+    # where the kept part may begin: the first message, each later user message, and the last message
+    cuts = [0] + [i for i in range(1, len(body)) if body[i]["role"] == "user"]
+    if len(body) - 1 not in cuts:
+        cuts.append(len(body) - 1)
+    if fits(head + body):
+        return head + body
+    low, high = 1, len(cuts) - 1  # fewer messages never make the prompt longer
+    if high < low or not fits(head + body[cuts[high]:]):
+        raise ContextLengthError("the last message does not fit the model's context (with room for the reply); "
+                                 "shorten it, ask for fewer tokens, or convert with a larger --context-length")
+    while low < high:
+        middle = (low + high) // 2
+        if fits(head + body[cuts[middle]:]):
+            high = middle
+        else:
+            low = middle + 1
+    kept = head + body[cuts[low]:]
+    fits(kept)  # the caller reads what the last call rendered
+    return kept
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -76,7 +85,8 @@ class PrefixCache:
     start the same way (a conversation's next turn, or a client sending its history again).
 
     ``take(ids)`` removes and returns the entry sharing the longest prefix with ``ids`` (its
-    position moved back to the shared length), or None; ``put(sequence, tokens)`` stores one,
+    position moved back to the shared length), or None when no entry has at least half its tokens
+    in the prompt (it is left for the conversation it belongs to); ``put(sequence, tokens)`` stores one,
     evicting the least recently used.
     """
 
@@ -92,7 +102,9 @@ class PrefixCache:
             best, shared = None, 0
             for i, (_, tokens) in enumerate(self.entries):
                 n = common_prefix(tokens, ids)
-                if n > shared:
+                # only an entry the prompt continues (most of its tokens): one that shares just a start
+                # token or a system prompt stays for its own conversation
+                if n > shared and 2 * n >= len(tokens):
                     best, shared = i, n
             if best is None:
                 return None
@@ -210,6 +222,15 @@ class Conversation:
             raise ConversationFileError(f"cannot read the conversation {where}: {e}") from e
         except AttributeError:
             raise InvalidArgumentError("saved conversations need a prefill_decode file on the interpreter backend") from None
+        try:
+            return cls._parse(runner, data, where)
+        except (ConversationFileError, InvalidArgumentError):
+            raise
+        except Exception as e:  # RecursionError from a nested header, a wrong type anywhere: damaged
+            raise ConversationFileError(f"{where} is damaged: {type(e).__name__}: {str(e)[:200]}") from None
+
+    @classmethod
+    def _parse(cls, runner, data: bytes, where: str) -> "Conversation":
         body, digest = data[:-32], data[-32:]
         if not data.startswith(CONVERSATION_MAGIC) or len(data) < len(CONVERSATION_MAGIC) + 36:
             raise ConversationFileError(f"{where} is not a saved llm-tflite conversation")
@@ -217,27 +238,35 @@ class Conversation:
             raise ConversationFileError(f"{where} is damaged (its checksum does not match); save it again")
         at = len(CONVERSATION_MAGIC)
         (length,) = struct.unpack("<I", body[at:at + 4])
+        if length > min(MAX_HEADER_BYTES, len(body) - at - 4):
+            raise ConversationFileError(f"{where} has a header longer than the file")
         try:
             header = json.loads(body[at + 4:at + 4 + length].decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
             raise ConversationFileError(f"{where} has a damaged header: {e}") from e
         if not isinstance(header, dict) or header.get("format") != 1:
             raise ConversationFileError(f"{where} is in an unknown conversation format")
-        if header.get("model_sha256") != runner.metadata.get("sha256"):
-            raise ConversationFileError(f"{where} was saved from another model file; load it with that file")
+        model_sha = runner.metadata.get("sha256")
+        if not model_sha or header.get("model_sha256") != model_sha:
+            raise ConversationFileError(f"{where} was saved from another model file (or one without a checksum); "
+                                        "load it with the file it was saved from")
+        messages = header.get("messages") or []
+        if not isinstance(messages, list):
+            raise ConversationFileError(f"{where} holds invalid messages")
         try:
-            conversation = cls(runner, header.get("messages") or ())
+            conversation = cls(runner, messages)
         except InvalidArgumentError as e:
             raise ConversationFileError(f"{where} holds invalid messages: {e}") from e
         tokens = header.get("tokens")
-        if not (isinstance(tokens, list) and all(isinstance(t, int) and 0 <= t < runner.vocab_size for t in tokens)
+        if not (isinstance(tokens, list) and all(type(t) is int and 0 <= t < runner.vocab_size for t in tokens)
                 and len(tokens) < runner.context_length):
             raise ConversationFileError(f"{where} holds invalid tokens")
         caches = header.get("caches")
         if not tokens:
             return conversation
         specs = runner.engine.cache_specs
-        if not isinstance(caches, list) or sorted(c.get("name") for c in caches if isinstance(c, dict)) != sorted(specs):
+        if not (isinstance(caches, list) and all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in caches)
+                and sorted(c["name"] for c in caches) == sorted(specs)):
             raise ConversationFileError(f"{where} does not hold this model's caches")
         sequence = runner.sequence()
         offset, arrays = at + 4 + length, {}

@@ -380,7 +380,7 @@ async def chat_completions(request):
     state = _state(request)
     body = await _json_body(request, state.limits)
     messages = _messages(body, state.limits)
-    _, max_tokens, sampler, kwargs = _completion_args(body, state.limits, default_max_tokens=state.limits.max_tokens)
+    _, max_tokens, sampler, kwargs = _completion_args(body, state.limits, default_max_tokens=None)
     kwargs["json_schema"] = _response_format(body)
     completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
@@ -393,7 +393,9 @@ async def chat_completions(request):
 
     def run(runner, stream):
         call = runner.chat_stream if stream else runner.chat
-        return call(messages, max_tokens, sampler, cache=_chat_cache(runner), **kwargs)
+        # unset: up to --max-tokens, leaving at least half the context for the conversation
+        limit = max_tokens or max(1, min(state.limits.max_tokens, runner.context_length // 2))
+        return call(messages, limit, sampler, cache=_chat_cache(runner), **kwargs)
 
     if body.get("stream"):
         options = body.get("stream_options")

@@ -7,7 +7,7 @@ A template comes from a file (a checkpoint's ``tokenizer_config.json``, a ``.tfl
 
 - ``MAX_TEMPLATE_CHARS`` of source and ``MAX_TEXT_CHARS`` of output or of any one value it builds
   (a string, a list, a namespace attribute);
-- ``RENDER_SECONDS`` of time and ``MAX_RENDER_BYTES`` of memory growth, checked as it runs (a
+- ``RENDER_SECONDS`` of time (plus ``SECONDS_PER_MESSAGE`` per message) and ``MAX_RENDER_BYTES`` of memory growth, checked as it runs (a
   trace function), so a loop or a doubling string ends in ``ChatTemplateError``, not a hang;
 - no Python internals (the sandbox), no ``%`` string formatting, no huge ``*``/``**`` results,
   no filter widths past the output limit.
@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import sys
 import time
 
@@ -31,6 +32,9 @@ from llm_tflite.litert.metadata import MAX_CHAT_TEMPLATE_CHARS as MAX_TEMPLATE_C
 #: Longest output, and longest string or list a template may build (a 128K-token prompt is ~0.5M chars).
 MAX_TEXT_CHARS = 2_000_000
 RENDER_SECONDS = 0.5
+#: Render time allowed per message beyond ``RENDER_SECONDS`` (long histories render longer), up to ``MAX_RENDER_SECONDS``.
+SECONDS_PER_MESSAGE = 0.002
+MAX_RENDER_SECONDS = 5.0
 #: Resident memory a render may add before it is stopped.
 MAX_RENDER_BYTES = 256 << 20
 ROLES = ("system", "user", "assistant", "tool")
@@ -51,11 +55,11 @@ def _resident_bytes() -> int:
 class _Guard:
     """Time and memory limits of one compile or render, checked every few traced lines."""
 
-    def __init__(self, what: str):
-        self.what = what
+    def __init__(self, what: str, seconds: float = RENDER_SECONDS):
+        self.what, self.seconds = what, seconds
 
     def __enter__(self):
-        self.deadline = time.monotonic() + RENDER_SECONDS
+        self.deadline = time.monotonic() + self.seconds
         self.base = _resident_bytes()
         self.count = 0
         self.previous = sys.gettrace()
@@ -66,7 +70,7 @@ class _Guard:
         self.count += 1
         if self.count % 16 == 0:
             if time.monotonic() > self.deadline:
-                raise _Abort(f"{self.what} ran past {RENDER_SECONDS} s")
+                raise _Abort(f"{self.what} ran past {self.seconds:g} s")
             if self.base and _resident_bytes() - self.base > MAX_RENDER_BYTES:
                 raise _Abort(f"{self.what} took more than {MAX_RENDER_BYTES >> 20} MB of memory")
         return self._trace
@@ -86,20 +90,49 @@ def _check_size(value, what: str):
     return value
 
 
+#: A number this long in a format string is a width or precision no prompt needs.
+_BIG_NUMBER = re.compile(r"\d{7,}")
+
+
+def _size_of(value) -> int:
+    return len(value) if isinstance(value, (str, bytes, list, tuple, dict)) else len(str(value))
+
+
+def _precheck(name: str, value, args: tuple, kwargs: dict) -> None:
+    """Refuse, before it runs, a filter or string method that would build more than the output limit
+    in one C call: a width past it, a format string with a huge width, a ``replace`` or ``join``
+    whose result would pass it."""
+    numbers = [a for a in (*args, *kwargs.values()) if isinstance(a, int) and not isinstance(a, bool)]
+    if any(abs(n) > MAX_TEXT_CHARS for n in numbers):
+        raise ChatTemplateError(f"the chat template's {name!r} was given a number past {MAX_TEXT_CHARS}")
+    if name in ("format", "join", "replace", "ljust", "rjust", "center", "zfill", "expandtabs", "indent", "wordwrap",
+                "truncate") and any(isinstance(t, str) and _BIG_NUMBER.search(t) for t in (value, *args)):
+        raise ChatTemplateError(f"the chat template's {name!r} was given a huge width")
+    if name == "replace" and isinstance(value, str) and len(args) >= 2:
+        old, new = str(args[0]), str(args[1])
+        count = value.count(old) if old else len(value) + 1
+        if len(value) + count * max(len(new) - len(old), 0) > MAX_TEXT_CHARS:
+            raise ChatTemplateError(f"the chat template's 'replace' would build more than {MAX_TEXT_CHARS} characters")
+    if name == "indent" and isinstance(value, str):
+        width = args[0] if args else kwargs.get("width", 4)
+        width = width if isinstance(width, int) else len(str(width))
+        if len(value) + (value.count("\n") + 1) * abs(width) > MAX_TEXT_CHARS:
+            raise ChatTemplateError(f"the chat template's 'indent' would build more than {MAX_TEXT_CHARS} characters")
+    if name == "join":
+        items, separator = (value, args[0] if args else "") if isinstance(value, (list, tuple)) else (
+            (args[0], value) if args and isinstance(args[0], (list, tuple)) else ((), ""))
+        total = sum(_size_of(x) for x in items) + len(str(separator)) * len(items)
+        if total > MAX_TEXT_CHARS:
+            raise ChatTemplateError(f"the chat template's 'join' would build more than {MAX_TEXT_CHARS} characters")
+
+
 def _guarded_filter(name: str, func):
     """``func`` refusing widths past the output limit, and results past it."""
     skip = 1 if hasattr(func, "jinja_pass_arg") else 0  # the context / environment jinja passes first
 
     def guarded(*args, **kwargs):
         value, rest = args[skip] if len(args) > skip else None, args[skip + 1:]
-        numbers = [a for a in (*rest, *kwargs.values()) if isinstance(a, int) and not isinstance(a, bool)]
-        if any(abs(n) > MAX_TEXT_CHARS for n in numbers):
-            raise ChatTemplateError(f"the chat template's {name!r} filter was given a number past {MAX_TEXT_CHARS}")
-        if name == "replace" and isinstance(value, str) and len(rest) >= 2:
-            old, new = str(rest[0]), str(rest[1])
-            count = value.count(old) if old else len(value) + 1
-            if len(value) + count * max(len(new) - len(old), 0) > MAX_TEXT_CHARS:
-                raise ChatTemplateError(f"the chat template's 'replace' would build more than {MAX_TEXT_CHARS} characters")
+        _precheck(name, value, rest, kwargs)
         return _check_size(func(*args, **kwargs), f"'{name}' result")
 
     guarded.__name__ = getattr(func, "__name__", name)
@@ -137,6 +170,9 @@ def _environment():
         def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's own signature)
             for value in (*args, *kwargs.values()):
                 _check_size(value, "call argument")
+            # a string method (``s.ljust(n)``, ``s.replace(a, b)``, ``"{:>9}".format(x)``): checked as its filter is
+            method = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format
+            _precheck(getattr(method, "__name__", "call"), getattr(method, "__self__", None), args, kwargs)
             return _check_size(super().call(__context, __obj, *args, **kwargs), "call result")
 
     def raise_exception(message):
@@ -148,7 +184,8 @@ def _environment():
     def strftime_now(fmt):
         return datetime.datetime.now().strftime(str(fmt)[:100])
 
-    env = LimitedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    # optimized=False: no constant folding, which would run filters at compile time, outside the guard
+    env = LimitedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols], optimized=False)
     env.filters["tojson"] = tojson
     env.filters = {name: _guarded_filter(name, func) for name, func in env.filters.items()}
     env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now, namespace=LimitedNamespace)
@@ -180,11 +217,11 @@ class ChatTemplate:
                                    guard=False)
 
     @staticmethod
-    def _run(what: str, work, guard: bool = True):
+    def _run(what: str, work, guard: bool = True, seconds: float = RENDER_SECONDS):
         try:
             if not guard:
                 return work()
-            with _Guard(what):
+            with _Guard(what, seconds):
                 return work()
         except _Abort as e:
             raise ChatTemplateError(f"{e}; the template is hostile or broken") from None
@@ -213,7 +250,8 @@ class ChatTemplate:
                 pieces.append(piece)
             return "".join(pieces)
 
-        return self._run("rendering the chat template", render)
+        seconds = min(RENDER_SECONDS + SECONDS_PER_MESSAGE * len(messages), MAX_RENDER_SECONDS)
+        return self._run("rendering the chat template", render, seconds=seconds)
 
 
 def check_messages(messages) -> list[dict]:
