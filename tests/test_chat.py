@@ -457,6 +457,9 @@ def test_openai_client_streams_and_gets_json_that_validates(chat_files, chat_ser
     assert reply.choices[0].finish_reason in ("stop", "length")
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="qwen3", messages=[{"role": "wizard", "content": "x"}], max_tokens=4)
+    with pytest.raises(openai.BadRequestError):  # streamed too: the status, not an event after a 200
+        client.chat.completions.create(model="qwen3", messages=[{"role": "wizard", "content": "x"}], max_tokens=4,
+                                       stream=True)
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="qwen3", messages=messages, max_tokens=4,
                                        response_format={"type": "grammar"})

@@ -460,3 +460,12 @@ def test_load_and_faults_leave_no_slot_busy_and_answers_right(tiny_tflite):
         assert rss[1] - rss[0] < 64, rss  # MB of anonymous memory the second round added
     finally:
         served.stop()
+
+
+def test_a_stream_the_runner_refuses_gets_its_status_not_an_event(server):
+    """As OpenAI's API: a streamed request that cannot start answers 4xx, not 200 with an error event."""
+    status, text = post(server.url + "/v1/completions", {"prompt": "word " * 90, "max_tokens": 64, "stream": True})
+    assert status == 400 and json.loads(text)["error"]["type"] == "context"
+    status, text = post(server.url + "/v1/completions", {"prompt": "hi", "max_tokens": 4, "stream": True,
+                                                         "temperature": 0})
+    assert status == 200 and events(text)[-1] == "[DONE]"

@@ -167,20 +167,34 @@ async def _next(stream):
         return await run_in_threadpool(next, stream, None)
 
 
-def _event_stream(request, make_stream, render):
+async def _event_stream(request, make_stream, render):
     """Server-sent events from a runner's stream (``TextStream`` or ``AutocompleteStream``): ``render``
     maps each item, and the stream's result (``None``: the client left) at the end, to a list of events.
-    A client that leaves stops the generation."""
+
+    The runner is borrowed and the stream made before the response starts, so a busy server (503)
+    and a request the runner refuses (4xx: bad messages, a context error, an invalid schema) answer
+    with their status, as OpenAI's API does; only failures mid-stream become an error event. A
+    client that leaves stops the generation; the runner goes back to the pool however it ends."""
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import StreamingResponse
 
     state = _state(request)
+    runner = await _borrow(state)
+    try:
+        stream = await run_in_threadpool(make_stream, runner)
+    except BaseException:
+        state.pool.give_back(runner)
+        raise
+    released = []
+
+    def release():
+        if not released:
+            released.append(True)
+            stream.close()
+            state.pool.give_back(runner)
 
     async def events():
-        runner = await _borrow(state)
-        stream = None
         try:
-            stream = await run_in_threadpool(make_stream, runner)
             while not await request.is_disconnected():
                 item = await _next(stream)
                 if item is None:
@@ -192,12 +206,15 @@ def _event_stream(request, make_stream, render):
                     yield _sse(event)
         except LLMTFLiteError as e:
             yield _sse({"error": {"type": type(e).__name__, "message": str(e)}})
-        finally:
-            if stream is not None:
-                stream.close()
-            state.pool.give_back(runner)
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    class Events(StreamingResponse):
+        async def __call__(self, scope, receive, send):
+            try:
+                await super().__call__(scope, receive, send)
+            finally:  # also when the response is cancelled before its first event
+                release()
+
+    return Events(events(), media_type="text/event-stream")
 
 
 def _sampler_args(body: dict, limits: Limits) -> dict:
@@ -270,7 +287,7 @@ async def autocomplete(request):
                 return [{"error": {"type": event.value.reason, "message": _REASONS[event.value.reason]}}]
             return [_suggestion_json(event.value)]
 
-        return _event_stream(request, lambda runner: runner.autocomplete_stream(text, window, **args), render)
+        return await _event_stream(request, lambda runner: runner.autocomplete_stream(text, window, **args), render)
     result = await _run(state, lambda runner: runner.autocomplete(text, window, **args))
     if result.reason:
         return _error(422, result.reason, _REASONS[result.reason])
@@ -324,7 +341,8 @@ async def completions(request):
                 return [chunk(piece)]
             return [] if result is None else [chunk("", _OPENAI_FINISH[result.finish_reason]), "[DONE]"]
 
-        return _event_stream(request, lambda runner: runner.stream(prompt, max_tokens, sampler, **kwargs), render)
+        return await _event_stream(request, lambda runner: runner.stream(prompt, max_tokens, sampler, **kwargs),
+                                   render)
     result = await _run(state, lambda runner: runner.complete(prompt, max_tokens, sampler, **kwargs))
     state.metrics.count_tokens(result)
     response = chunk(result.text, _OPENAI_FINISH[result.finish_reason])
@@ -414,7 +432,7 @@ async def chat_completions(request):
                 events.append(chunk({}, usage=_usage(result)))
             return events + ["[DONE]"]
 
-        return _event_stream(request, lambda runner: run(runner, True), render)
+        return await _event_stream(request, lambda runner: run(runner, True), render)
     result = await _run(state, lambda runner: run(runner, False))
     state.metrics.count_tokens(result)
     return JSONResponse({
