@@ -196,13 +196,19 @@ def test_conversation_drops_the_oldest_turns_when_the_history_outgrows_the_conte
         conversation.send("word " * 800, max_new_tokens=16)
 
 
-def test_saved_conversations_that_are_damaged_or_foreign_are_refused(chat_files, tmp_path):
-    _, path = chat_files["qwen3"]
+def _saved_conversation(chat_files, tmp_path):
+    """``(file path, runner, saved conversation path)``: one turn on the Qwen 3 file, saved."""
+    path = chat_files["qwen3"][1]
     runner = InterpreterRunner(path)
     conversation = runner.conversation()
     conversation.send("hello", max_new_tokens=4)
     good = tmp_path / "good.llmchat"
     conversation.save(good)
+    return path, runner, good
+
+
+def test_saved_conversations_that_are_damaged_or_foreign_are_refused(chat_files, tmp_path):
+    path, runner, good = _saved_conversation(chat_files, tmp_path)
     data = good.read_bytes()
     variants = {
         "truncated": data[:-100], "empty": b"", "garbage": os.urandom(4096), "flipped": data[:200] + bytes([data[200] ^ 1]) + data[201:],
@@ -245,12 +251,7 @@ def test_saved_conversations_that_are_damaged_or_foreign_are_refused(chat_files,
 
 def test_saved_conversation_loading_never_crashes_the_process(chat_files, tmp_path):
     """Random damage to a saved file, loaded in a subprocess: a typed error every time, never a crash."""
-    _, path = chat_files["qwen3"]
-    runner = InterpreterRunner(path)
-    conversation = runner.conversation()
-    conversation.send("hello", max_new_tokens=4)
-    good = tmp_path / "good.llmchat"
-    conversation.save(good)
+    path, runner, good = _saved_conversation(chat_files, tmp_path)
     script = f"""
 import os, random
 from llm_tflite import InterpreterRunner
