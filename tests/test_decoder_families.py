@@ -187,3 +187,34 @@ def test_offline_preset_without_random_weights_says_what_to_do(monkeypatch):
     monkeypatch.setattr(keras_hub.models.Qwen3CausalLM, "from_preset", offline)
     with pytest.raises(ModelSourceError, match="--random-weights"):
         load_model("qwen3_0.6b_en")
+
+
+def test_batched_decode_rows_equal_each_sequence_alone(tiny, tmp_path):
+    """Gemma 3 (RoPE at each row's own position, local windows, soft-caps) in a ``decode_batch_2``:
+    two rows at different positions, one crossing the decode window, give their logits alone."""
+    lm, _ = tiny("gemma3")
+    path = tmp_path / "gemma3_batched.tflite"
+    Converter(context_length=128, prefill_lengths=(8, 32), decode_windows=(64,), batch_sizes=(2,)).convert(
+        lm, str(path), family="gemma3")
+    runner = InterpreterRunner(path, weight_cache="memory")
+    ids = [int(i) for i in np.random.default_rng(3).integers(10, 4000, 60)]
+    prompts = [ids[:5], ids[:50]]
+    expected = []
+    for prompt in prompts:
+        sequence = runner.sequence()
+        logits = [sequence.feed(prompt)[-1]]
+        for _ in range(24):
+            logits.append(sequence.feed([int(logits[-1].argmax())])[-1])
+        expected.append(logits)
+    sequences = [runner.sequence() for _ in prompts]
+    logits = [s.feed(p)[-1] for s, p in zip(sequences, prompts)]
+    pad = runner.engine.new_state()
+    for step in range(24):
+        for row in range(2):
+            np.testing.assert_allclose(logits[row], expected[row][step], rtol=0, atol=1e-5)
+            assert int(logits[row].argmax()) == int(expected[row][step].argmax())
+        logits = list(runner.engine.decode_rows([s.caches for s in sequences], [int(l.argmax()) for l in logits],
+                                                [s.position for s in sequences], pad))
+        for sequence in sequences:
+            sequence.position += 1
+    assert sequences[1].position > 64

@@ -43,6 +43,7 @@ def cmd_convert(args) -> int:
         context_length=args.context_length,
         prefill_lengths=args.prefill_lengths or DEFAULT_PREFILL_LENGTHS,
         decode_windows="auto" if args.decode_windows is None else args.decode_windows,
+        batch_sizes=args.batch_sizes or (),
         max_length=args.max_length,
         sampler=args.sampler,
         seed=args.seed,
@@ -117,6 +118,9 @@ def add_commands(cli) -> None:
     p.add_argument("--decode-windows", type=int_list,
                    help="prefill_decode: decode signatures that attend over the first W cache slots only, used while "
                    "the position is below W (default: 128, 256, ... below the context; '' for none)")
+    p.add_argument("--batch-sizes", type=int_list,
+                   help="prefill_decode: decode signatures for B sequences at once, e.g. 4,8 (what serve --parallel "
+                   "uses to serve many users; default none)")
     p.add_argument("--max-length", type=int, default=100, help="generate: prompt + continuation tokens")
     p.add_argument("--sampler", default="greedy", choices=GENERATE_SAMPLERS, help="generate: the sampler in the graph")
     p.add_argument("--seed", type=int, help="generate: seed of a random sampler (default: 0)")

@@ -8,7 +8,7 @@ import os
 import tempfile
 
 from llm_tflite.litert.flatbuffer import check_writable, non_builtin_ops, write_atomic
-from llm_tflite.litert.metadata import FORMAT_VERSION, add_metadata
+from llm_tflite.litert.metadata import FORMAT_VERSION, MAX_BATCH_SIZE, add_metadata
 from llm_tflite.errors import ConversionError, InvalidArgumentError, LLMTFLiteError, ModelSourceError
 from llm_tflite.console import import_tensorflow, logger, progress, quiet_native
 from llm_tflite.quantize.base import Quantizer
@@ -165,6 +165,9 @@ class Converter:
         seed: ``generate`` mode: seed of a random sampler.
         temperature, top_k, top_p: ``generate`` mode: the random sampler's settings, fixed in the graph.
         hidden_states: ``prefill_decode`` mode: also output the last hidden states (contrastive search).
+        batch_sizes: ``prefill_decode`` mode: ``decode_batch_{B}`` signatures (one per size, and one
+            per decode window), which decode ``B`` sequences in one call: what ``serve --parallel``
+            uses to serve many users (``docs/serve.md``). Default none.
         calibration: for strategies that need it (``full_int8``): a text file or folder, or a
             ``llm_tflite.quantize.calibration.TextCalibration``.
         chat_template: a Jinja chat template (text, or the path of a ``.jinja`` file) the file carries
@@ -178,7 +181,7 @@ class Converter:
                  prefill_lengths=DEFAULT_PREFILL_LENGTHS, decode_windows="auto", max_length=100, sampler="greedy",
                  seed=None,
                  temperature=sampling.TEMPERATURE, top_k=sampling.TOP_K, top_p=sampling.TOP_P,
-                 calibration=None, hidden_states=False, chat_template=None):
+                 calibration=None, hidden_states=False, chat_template=None, batch_sizes=()):
         if mode not in EXPORT_MODES:
             raise ValueError(f"unknown export mode {mode!r}; choose one of {', '.join(EXPORT_MODES)}")
         self.mode = mode
@@ -215,6 +218,11 @@ class Converter:
         if decode_windows != "auto" and not all(isinstance(w, int) and w >= 1 for w in decode_windows):
             raise InvalidArgumentError(f"decode_windows must be 'auto' or positive integers, got {decode_windows!r}")
         self.decode_windows = decode_windows if decode_windows == "auto" else tuple(sorted(set(decode_windows)))
+        if not all(isinstance(b, int) and 2 <= b <= MAX_BATCH_SIZE for b in batch_sizes):
+            raise InvalidArgumentError(f"batch_sizes must be integers 2..{MAX_BATCH_SIZE}, got {batch_sizes!r}")
+        if batch_sizes and mode != "prefill_decode":
+            raise InvalidArgumentError("batch_sizes is a prefill_decode option")
+        self.batch_sizes = tuple(sorted(set(batch_sizes)))
         self.max_length = max_length
         self.sampler = sampler
         self.seed = seed
@@ -305,6 +313,7 @@ class Converter:
                 prefill_lengths=[n for n in self.prefill_lengths if n <= context_length],
                 decode_windows=[w for w in (default_decode_windows(context_length) if self.decode_windows == "auto"
                                             else self.decode_windows) if w < context_length],
+                decode_batch_sizes=list(self.batch_sizes),
                 kv_cache=dataclasses.asdict(spec),
                 kv_cache_layout="transposed",  # families.ops: LiteRT-LM's layout
                 default_sampler="greedy",
@@ -338,11 +347,12 @@ class Converter:
 
         spec = fam.kv_cache_spec(lm)
         extra = weight_names(weights) if weights is not None else []
-        for key, (length, window) in signatures(metadata["prefill_lengths"], metadata["decode_windows"]).items():
+        table = signatures(metadata["prefill_lengths"], metadata["decode_windows"], metadata["decode_batch_sizes"])
+        for key, (length, window, rows) in table.items():
             logger.debug("convert: signature %s", key)
             with quiet_native():  # tracing (and freezing) runs Grappler, which logs its sessions
                 fn = signature_function(fam, lm, spec, metadata["context_length"], length, self.hidden_states,
-                                        window, weights)
+                                        window, weights, rows)
             converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
             if weights is None:
                 self.quantizer.configure(converter, self.calibration)
@@ -352,7 +362,8 @@ class Converter:
                 # a weight bind_weights cannot store as int8 (RMSNorm families: Gemma's head, Qwen's MLP).
                 converter._experimental_disable_fuse_mul_and_fc = True
                 skip_freezing(converter, fn, tf)
-            yield key, self._run_converter(converter), input_names(spec) + extra, output_names(spec, self.hidden_states)
+            yield (key, self._run_converter(converter), input_names(spec, rows) + extra,
+                   output_names(spec, self.hidden_states, rows))
             del fn, converter
 
     def _convert_graph_then_bind(self, tf, fam, lm, metadata) -> bytes:

@@ -8,6 +8,12 @@ uses ``decode`` and ignores them). Caches are float32 in LiteRT-LM's layout:
 ``kv_cache_k_{i}`` ``[1, kv_heads, context_length, head_dim]`` and ``kv_cache_v_{i}``
 ``[1, kv_heads, head_dim, context_length]`` (metadata ``kv_cache_layout: "transposed"``; files
 written before it hold both as ``[1, context_length, kv_heads, head_dim]`` and still run).
+
+``decode_batch_{B}`` (and ``decode_batch_{B}_window_{W}``): one decode step of ``B`` sequences
+at once, each at its own position: ``tokens`` ``[B, 1]``, ``input_pos`` ``[B]``, and each row's
+own caches ``kv_cache_k_{i}_row{b}`` / ``kv_cache_v_{i}_row{b}`` (the same buffers its sequence
+uses with every other signature); ``logits`` ``[B, 1, vocab]``. The weights are read once for
+the whole batch; attention runs per row over that row's cache. LiteRT-LM ignores them.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from llm_tflite.families.base import KVCacheSpec
-from llm_tflite.families.ops import attention_window, cache_shapes
+from llm_tflite.families.ops import Rows, attention_window, cache_shapes
 from llm_tflite.litert.bind import WEIGHT_PREFIX
 
 
@@ -27,14 +33,24 @@ def cache_names(spec: KVCacheSpec) -> list[str]:
     return names
 
 
-def input_names(spec: KVCacheSpec) -> list[str]:
-    """Signature inputs, in the functions' argument order."""
-    return ["tokens", "input_pos"] + cache_names(spec)
+def row_cache_name(name: str, row: int) -> str:
+    """A batched signature's input for row ``row`` of cache ``name``: ``kv_cache_k_0_row3``."""
+    return f"{name}_row{row}"
 
 
-def output_names(spec: KVCacheSpec, hidden_states: bool = False) -> list[str]:
+def batch_cache_names(spec: KVCacheSpec, rows: int) -> list[str]:
+    return [row_cache_name(name, row) for name in cache_names(spec) for row in range(rows)]
+
+
+def input_names(spec: KVCacheSpec, rows: int = 0) -> list[str]:
+    """Signature inputs, in the functions' argument order (``rows``: of a batched decode)."""
+    return ["tokens", "input_pos"] + (batch_cache_names(spec, rows) if rows else cache_names(spec))
+
+
+def output_names(spec: KVCacheSpec, hidden_states: bool = False, rows: int = 0) -> list[str]:
     """Signature outputs, in the functions' flattened (sorted-key) order."""
-    return sorted(["logits"] + cache_names(spec) + (["hidden_states"] if hidden_states else []))
+    caches = batch_cache_names(spec, rows) if rows else cache_names(spec)
+    return sorted(["logits"] + caches + (["hidden_states"] if hidden_states else []))
 
 
 class CapturedStateError(ValueError):
@@ -58,8 +74,12 @@ def weight_names(weights) -> list[str]:
 
 
 def signature_function(family, model, spec: KVCacheSpec, context_length: int, length: int,
-                       hidden_states: bool = False, window: int | None = None, weights: list | None = None):
+                       hidden_states: bool = False, window: int | None = None, weights: list | None = None,
+                       rows: int = 0):
     """The concrete function of one signature, which processes ``length`` tokens.
+
+    ``rows``: a batched decode (``length`` 1) of that many sequences, each with its own caches
+    (``families.ops.Rows``).
 
     With ``hidden_states`` it also outputs the last hidden states ``[1, L, hidden]`` (what
     contrastive search compares), from the family's ``forward_with_hidden_states``.
@@ -70,10 +90,10 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
     into the graph as constants.
     """
     key_shape, value_shape = cache_shapes(spec.num_kv_heads, spec.head_dim, context_length)
-    names = cache_names(spec)
+    names = batch_cache_names(spec, rows) if rows else cache_names(spec)
     input_signature = [
-        tf.TensorSpec([1, length], tf.int32, name="tokens"),
-        tf.TensorSpec([length], tf.int32, name="input_pos"),
+        tf.TensorSpec([rows, 1] if rows else [1, length], tf.int32, name="tokens"),
+        tf.TensorSpec([rows or length], tf.int32, name="input_pos"),
     ] + [tf.TensorSpec(key_shape if "_k_" in name else value_shape, tf.float32, name=name) for name in names]
     if weights is not None:
         input_signature += [tf.TensorSpec(v.shape, v.dtype, name=name) for v, name in zip(weights, weight_names(weights))]
@@ -88,16 +108,28 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
             return forward(tokens, input_pos, rest[: len(names)])
 
     def forward(tokens, input_pos, flat_caches):
-        caches = list(zip(flat_caches[0::2], flat_caches[1::2]))
+        if rows:  # the B rows as B tokens of one sequence, each with its own caches and position
+            tokens = tf.reshape(tokens, [1, rows])
+            layers = [flat_caches[i : i + 2 * rows] for i in range(0, len(flat_caches), 2 * rows)]
+            caches = [(Rows(layer[:rows]), Rows(layer[rows:])) for layer in layers]
+        else:
+            caches = list(zip(flat_caches[0::2], flat_caches[1::2]))
         if hidden_states:
             logits, new_caches, hidden = family.forward_with_hidden_states(model, tokens, input_pos, caches)
             outputs = {"logits": tf.cast(logits, tf.float32), "hidden_states": tf.cast(hidden, tf.float32)}
         else:
             logits, new_caches = family.forward_with_cache(model, tokens, input_pos, caches)
             outputs = {"logits": tf.cast(logits, tf.float32)}
+        if rows:
+            outputs = {key: tf.reshape(value, [rows, 1, -1]) for key, value in outputs.items()}
         for i, (k, v) in enumerate(new_caches):
-            outputs[f"kv_cache_k_{i}"] = k
-            outputs[f"kv_cache_v_{i}"] = v
+            if rows:
+                for b in range(rows):
+                    outputs[row_cache_name(f"kv_cache_k_{i}", b)] = k[b]
+                    outputs[row_cache_name(f"kv_cache_v_{i}", b)] = v[b]
+            else:
+                outputs[f"kv_cache_k_{i}"] = k
+                outputs[f"kv_cache_v_{i}"] = v
         return outputs
 
     with attention_window(window):
@@ -117,10 +149,18 @@ def decode_window_name(window: int) -> str:
     return f"decode_window_{int(window)}"
 
 
-def signatures(prefill_lengths, decode_windows=()) -> dict[str, tuple[int, int | None]]:
-    """``{"prefill_8": (8, None), ..., "decode": (1, None), "decode_window_128": (1, 128)}``: each
-    signature, the tokens it takes and the cache slots it attends over (None: all)."""
-    table = {f"prefill_{n}": (int(n), None) for n in prefill_lengths}
-    table["decode"] = (1, None)
-    table.update({decode_window_name(w): (1, int(w)) for w in decode_windows})
+def decode_batch_name(rows: int, window: int | None = None) -> str:
+    return f"decode_batch_{int(rows)}" + ("" if window is None else f"_window_{int(window)}")
+
+
+def signatures(prefill_lengths, decode_windows=(), batch_sizes=()) -> dict[str, tuple[int, int | None, int]]:
+    """``{"prefill_8": (8, None, 0), ..., "decode": (1, None, 0), "decode_window_128": (1, 128, 0),
+    "decode_batch_4": (1, None, 4), "decode_batch_4_window_128": (1, 128, 4)}``: each signature,
+    the tokens it takes, the cache slots it attends over (None: all) and its rows (0: one sequence)."""
+    table = {f"prefill_{n}": (int(n), None, 0) for n in prefill_lengths}
+    table["decode"] = (1, None, 0)
+    table.update({decode_window_name(w): (1, int(w), 0) for w in decode_windows})
+    for rows in batch_sizes:
+        table[decode_batch_name(rows)] = (1, None, int(rows))
+        table.update({decode_batch_name(rows, w): (1, int(w), int(rows)) for w in decode_windows})
     return table

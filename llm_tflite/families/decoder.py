@@ -27,7 +27,7 @@ class Attention:
 
     Attributes:
         query, key, value, output: the projections (KerasHub's ``EinsumDense`` layers).
-        rope: ``rope(x, start)`` rotates ``x`` ``[1, L, heads, head_dim]`` for positions from ``start``
+        rope: ``rope(x, positions)`` rotates ``x`` ``[1, L, heads, head_dim]`` for ``positions`` ``[L]``
             (KerasHub's ``RotaryEmbedding`` layer of this layer: its base and scaling).
         query_norm, key_norm: norms over ``head_dim`` before RoPE (Gemma 3, Qwen 3), or None.
         scale: query scale (None: ``1 / sqrt(head_dim)``).
@@ -84,15 +84,14 @@ def llama_style_block(layer, **attention) -> Block:
 
 
 def keras_rope(layer) -> Callable:
-    """``rope(x, start)`` of a KerasHub ``RotaryEmbedding`` layer (any of its scaling variants)."""
-    return lambda x, start: layer(x, start_index=start)
+    """``rope(x, positions)`` of a KerasHub ``RotaryEmbedding`` layer (any of its scaling variants)."""
+    return lambda x, positions: layer(x, positions=positions)
 
 
 def run_blocks(blocks: list[Block], x, input_pos, caches):
     """The decoder layers over ``x`` ``[1, L, hidden]`` at ``input_pos``; returns ``(x, new_caches)``."""
     from llm_tflite.families.ops import causal_attention, update_key_cache, update_value_cache
 
-    start = input_pos[0]  # positions are consecutive from here
     new_caches = []
     for block, (key_cache, value_cache) in zip(blocks, caches):
         attention = block.attention
@@ -102,7 +101,7 @@ def run_blocks(blocks: list[Block], x, input_pos, caches):
             query = attention.query_norm(query)
         if attention.key_norm is not None:
             key = attention.key_norm(key)
-        query, key = attention.rope(query, start), attention.rope(key, start)
+        query, key = attention.rope(query, input_pos), attention.rope(key, input_pos)
         key_cache = update_key_cache(key_cache, key, input_pos)
         value_cache = update_value_cache(value_cache, attention.value(h), input_pos)
         context = causal_attention(query, key_cache, value_cache, input_pos, scale=attention.scale,

@@ -32,6 +32,12 @@ def attention_window(slots: int | None):
         _window[0] = saved
 
 
+class Rows(tuple):
+    """The caches of one layer in a batched decode (``decode_batch_{B}``): one tensor per row, each
+    row's own sequence's cache. Row ``b`` is token ``b`` of the ``[1, B, ...]`` activations; the
+    cache updates and attention below run per row, every other op of a family runs unchanged."""
+
+
 def cache_shapes(num_kv_heads: int, head_dim: int, context_length: int) -> tuple[list[int], list[int]]:
     """``(key cache shape, value cache shape)`` of one layer."""
     return [1, num_kv_heads, context_length, head_dim], [1, num_kv_heads, head_dim, context_length]
@@ -41,14 +47,19 @@ def update_key_cache(cache: tf.Tensor, key: tf.Tensor, input_pos: tf.Tensor) -> 
     """Write ``key`` ``[1, L, H, D]`` into ``cache`` ``[1, H, C, D]`` at ``input_pos[0]``.
 
     Lowers to TFLite's builtin DYNAMIC_UPDATE_SLICE, which updates in place where the
-    runtime allows. The caller guarantees ``input_pos[0] + L <= C``.
+    runtime allows. The caller guarantees ``input_pos[0] + L <= C``. ``Rows`` of caches: row ``b``'s
+    key goes into its own cache at ``input_pos[b]``.
     """
+    if isinstance(cache, Rows):
+        return Rows(update_key_cache(row, key[:, b : b + 1], input_pos[b : b + 1]) for b, row in enumerate(cache))
     zero = tf.zeros([], tf.int32)
     return xla.dynamic_update_slice(cache, tf.transpose(key, [0, 2, 1, 3]), tf.stack([zero, zero, input_pos[0], zero]))
 
 
 def update_value_cache(cache: tf.Tensor, value: tf.Tensor, input_pos: tf.Tensor) -> tf.Tensor:
-    """Write ``value`` ``[1, L, H, D]`` into ``cache`` ``[1, H, D, C]`` at ``input_pos[0]``."""
+    """Write ``value`` ``[1, L, H, D]`` into ``cache`` ``[1, H, D, C]`` at ``input_pos[0]`` (``Rows``: per row)."""
+    if isinstance(cache, Rows):
+        return Rows(update_value_cache(row, value[:, b : b + 1], input_pos[b : b + 1]) for b, row in enumerate(cache))
     zero = tf.zeros([], tf.int32)
     return xla.dynamic_update_slice(cache, tf.transpose(value, [0, 2, 3, 1]),
                                     tf.stack([zero, zero, zero, input_pos[0]]))
@@ -67,7 +78,14 @@ def causal_attention(query, key_cache, value_cache, input_pos, *, scale: float |
         soft_cap: Gemma 2's attention logit soft-capping, ``cap * tanh(scores / cap)``.
         sliding_window: a local layer's window: a query at position ``p`` sees keys at
             ``p - window + 1 .. p`` only (Gemma 3's local layers).
+
+    With ``Rows`` of caches (a batched decode), token ``b`` of ``query`` attends over row ``b``'s
+    caches up to its own position ``input_pos[b]``.
     """
+    if isinstance(key_cache, Rows):
+        return tf.concat([causal_attention(query[:, b : b + 1], keys, values, input_pos[b : b + 1], scale=scale,
+                                           soft_cap=soft_cap, sliding_window=sliding_window)
+                          for b, (keys, values) in enumerate(zip(key_cache, value_cache))], axis=1)
     window = _window[0]
     if window is not None and window < key_cache.shape[2]:  # the slots a decode window may see
         key_cache, value_cache = key_cache[:, :, :window, :], value_cache[:, :, :, :window]

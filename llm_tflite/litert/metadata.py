@@ -36,6 +36,8 @@ CHECKSUM_KEY = "sha256"
 _UNSET_CHECKSUM = "0" * 64
 #: Longest chat template a record may carry (``llm_tflite.tokenizers.chat_template`` renders it).
 MAX_CHAT_TEMPLATE_CHARS = 256 * 1024
+#: The most sequences a ``decode_batch_{B}`` signature decodes in one call.
+MAX_BATCH_SIZE = 32
 
 
 def _checksum_field(value: str) -> bytes:
@@ -195,6 +197,9 @@ def validate_record(record, where: str = "this file") -> dict:
         windows = record.get("decode_windows", [])
         _require(isinstance(windows, list) and all(_is_int(w, 1, record["context_length"] - 1) for w in windows),
                  where, "'decode_windows' must be a list of windows 1..context_length-1")
+        batches = record.get("decode_batch_sizes", [])
+        _require(isinstance(batches, list) and all(_is_int(b, 2, MAX_BATCH_SIZE) for b in batches),
+                 where, f"'decode_batch_sizes' must be a list of sizes 2..{MAX_BATCH_SIZE}")
         cache = record.get("kv_cache")
         _require(isinstance(cache, dict) and all(_is_int(cache.get(k), 1, 1 << 16)
                                                  for k in ("num_layers", "num_kv_heads", "head_dim")),

@@ -161,20 +161,23 @@ class SequenceEngine(Engine):
         start = sequence.position = min(sequence.position, len(prompt_ids) - 1)
         logits = sequence.feed(prompt_ids[start:])[-1]
         history = list(prompt_ids)
-        for count in range(1, limit + 1):
-            token = int(choose(logits, history))
-            if token in stops:
-                yield None, "stop"
-                return
-            history.append(token)
-            if count == limit:
-                yield token, "length"
-                return
-            if sequence.position >= self.context_length:
-                yield token, "context"
-                return
-            yield token, None
-            logits = sequence.feed([token])[-1]
+        try:
+            for count in range(1, limit + 1):
+                token = int(choose(logits, history))
+                if token in stops:
+                    yield None, "stop"
+                    return
+                history.append(token)
+                if count == limit:
+                    yield token, "length"
+                    return
+                if sequence.position >= self.context_length:
+                    yield token, "context"
+                    return
+                yield token, None
+                logits = sequence.feed([token])[-1]
+        finally:
+            sequence.idle()  # a batching engine's next step does not wait for this sequence
 
     def beam_tokens(self, ids, limit: int, request: Request) -> Iterator[Step]:
         from llm_tflite.runtime.search import beam_search

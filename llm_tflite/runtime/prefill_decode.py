@@ -146,7 +146,9 @@ class PrefillDecodeEngine(SequenceEngine):
         self.context_length = self.token_budget = int(metadata["context_length"])
         self.prefill_lengths = sorted(int(n) for n in metadata.get("prefill_lengths", []))
         self.decode_windows = sorted(int(w) for w in metadata.get("decode_windows", []))
-        missing = [s for s in self._signature_lengths() if s not in self.input_details]
+        #: ``decode_batch_{B}`` signatures: ``decode_rows`` runs up to the largest at once
+        self.batch_sizes = sorted(int(b) for b in metadata.get("decode_batch_sizes", []))
+        missing = [s for s in [*self._signature_lengths(), *self._batch_signatures()] if s not in self.input_details]
         if missing:
             raise ModelFileError(f"{path!r} lacks signatures {missing}; re-convert it")
         self.has_hidden_states = bool(metadata.get("hidden_states", False))
@@ -182,9 +184,17 @@ class PrefillDecodeEngine(SequenceEngine):
                 for name, length in self._signature_lengths().items():
                     self.call(name, dict(tokens=np.zeros((1, length), np.int32),
                                          input_pos=np.arange(length, dtype=np.int32), caches=state))
+                for name, rows in self._batch_signatures().items():
+                    self.call(name, dict(tokens=np.zeros((rows, 1), np.int32), input_pos=np.zeros(rows, np.int32),
+                                         caches=self._row_caches([state] * rows)))
             self._spare_state = state  # the first sequence's cache, not another one beside it
         except (RuntimeFailure, ValueError, RuntimeError) as e:
             raise ModelFileError(f"the runtime cannot run {path!r}: {e.__cause__ or e}; re-convert it") from e
+
+    def _batch_signatures(self) -> dict[str, int]:
+        """The batched decode signatures the record lists, and the rows each takes."""
+        return {f"decode_batch_{b}" + ("" if w is None else f"_window_{w}"): b
+                for b in self.batch_sizes for w in [None, *self.decode_windows]}
 
     def _signature_lengths(self) -> dict[str, int]:
         """The signatures the record lists, and the tokens each takes."""
@@ -198,6 +208,39 @@ class PrefillDecodeEngine(SequenceEngine):
     def decode_signature(self, position: int) -> str:
         window = self.decode_window(position)
         return "decode" if window is None else f"decode_window_{window}"
+
+    def decode_batch_signature(self, rows: int, position: int) -> str:
+        """The ``decode_batch_{rows}`` signature for rows whose furthest position is ``position``."""
+        window = self.decode_window(position)
+        return f"decode_batch_{rows}" + ("" if window is None else f"_window_{window}")
+
+    def batch_rows(self, count: int) -> int:
+        """The rows of the batched signature that decodes ``count`` sequences: the smallest size that
+        holds them all, else the largest (run it more than once); 1 when the file has none."""
+        return next((b for b in self.batch_sizes if b >= count), self.batch_sizes[-1] if self.batch_sizes else 1)
+
+    @staticmethod
+    def _row_caches(states: list[dict]) -> dict:
+        return {f"{name}_row{row}": buffer for row, state in enumerate(states) for name, buffer in state.items()}
+
+    def decode_rows(self, states: list[dict], tokens, positions, pad: dict) -> np.ndarray:
+        """One decode step of several sequences in one call: ``tokens[i]`` at ``positions[i]`` into
+        ``states[i]``; their logits ``[len(states), vocab]``.
+
+        ``len(states)`` must be ``batch_rows(len(states))`` or less; the signature's other rows
+        decode a dummy token into ``pad`` (a state no sequence uses, shared by those rows)."""
+        count = len(states)
+        rows = self.batch_rows(count)
+        if count > rows or rows == 1:
+            raise ValueError(f"{count} sequences do not fit one batched decode (sizes {self.batch_sizes})")
+        token_rows = np.zeros((rows, 1), np.int32)
+        token_rows[:count, 0] = tokens
+        position_rows = np.zeros(rows, np.int32)
+        position_rows[:count] = positions
+        name = self.decode_batch_signature(rows, int(max(positions)))
+        result = self.call(name, dict(tokens=token_rows, input_pos=position_rows,
+                                      caches=self._row_caches(list(states) + [pad] * (rows - count))))
+        return result["logits"].reshape(rows, -1)[:count]
 
     def _signature_buffers(self, name: str) -> dict:
         """The buffers of a signature's small tensors, made once: tokens, positions, logits (hidden states)."""
@@ -218,12 +261,12 @@ class PrefillDecodeEngine(SequenceEngine):
         else:  # files written before the layout was recorded
             shapes = {"k": [1, context, heads, dim], "v": [1, context, heads, dim]}
         cache_shape = shapes["k"]
+        hidden = {"hidden_states"} if self.has_hidden_states else set()
         for name, length in self._signature_lengths().items():
             inputs, outputs = self.input_details[name], self.output_details[name]
             expected = {"tokens": [1, length], "input_pos": [length],
                         **{c: shapes[c.split("_")[2]] for c in caches}}
             found = {key: list(value["shape"]) for key, value in inputs.items()}
-            hidden = {"hidden_states"} if self.has_hidden_states else set()
             same_types = all(str(inputs[c]["dtype"]) == "float32" and list(outputs[c]["shape"]) == expected[c]
                              for c in caches if c in inputs and c in outputs)
             if found != expected or set(outputs) != {"logits", *caches, *hidden} or not same_types or \
@@ -232,6 +275,17 @@ class PrefillDecodeEngine(SequenceEngine):
                     f"{path!r}: signature {name!r} does not match the file's record (context {self.context_length}, "
                     f"cache {cache_shape}, {len(caches)} caches); the file is damaged or inconsistent, re-convert it"
                 )
+        for name, rows in self._batch_signatures().items():
+            inputs, outputs = self.input_details[name], self.output_details[name]
+            row_caches = {f"{c}_row{b}": shapes[c.split("_")[2]] for c in caches for b in range(rows)}
+            expected = {"tokens": [rows, 1], "input_pos": [rows], **row_caches}
+            found = {key: list(value["shape"]) for key, value in inputs.items()}
+            if found != expected or set(outputs) != {"logits", *row_caches, *hidden} or \
+                    list(outputs["logits"]["shape"][:2]) != [rows, 1] or \
+                    any(str(inputs[c]["dtype"]) != "float32" or list(outputs[c]["shape"]) != row_caches[c]
+                        for c in row_caches):
+                raise ModelFileError(f"{path!r}: signature {name!r} does not match the file's record ({rows} rows, "
+                                     f"cache {cache_shape}); the file is damaged or inconsistent, re-convert it")
 
     # -- sequence state: cache buffers ---------------------------------------------
     def new_state(self) -> dict:
@@ -322,7 +376,7 @@ class Sequence:
 
     def fork(self) -> "Sequence":
         """A copy that continues independently (beams, candidates): its own copy of the caches."""
-        twin = Sequence.__new__(Sequence)
+        twin = Sequence.__new__(type(self))
         twin.engine, twin.observer, twin.position, twin.fed = self.engine, self.observer, self.position, 0
         twin.caches = self.engine.copy_state(self.caches)
         return twin
@@ -340,6 +394,16 @@ class Sequence:
                                        "convert the model again with --hidden-states (hidden_states=True)")
         return self._feed(token_ids, hidden=True)
 
+    def idle(self) -> None:
+        """Say the sequence will not be fed for now (its generation ended): a batching engine
+        (``llm_tflite.runtime.batching``) stops waiting for it. Feeding it again is fine."""
+
+    def _run(self, name: str, tokens, input_pos, hidden: bool) -> dict:
+        """Run signature ``name`` on one chunk: ``logits`` (and ``hidden_states``)."""
+        if self.observer is not None:
+            self.observer(name, dict(tokens=tokens, input_pos=input_pos, **self.engine.read_state(self.caches)))
+        return self.engine.call(name, dict(tokens=tokens, input_pos=input_pos, caches=self.caches))
+
     def _feed(self, token_ids, hidden: bool):
         token_ids = [int(t) for t in token_ids]
         if self.position + len(token_ids) > self.context_length:
@@ -355,9 +419,7 @@ class Sequence:
             tokens[0, : len(chunk)] = chunk
             input_pos = np.arange(self.position, self.position + length, dtype=np.int32)
             name = self.engine.decode_signature(self.position) if length == 1 else f"prefill_{length}"
-            if self.observer is not None:
-                self.observer(name, dict(tokens=tokens, input_pos=input_pos, **self.engine.read_state(self.caches)))
-            result = self.engine.call(name, dict(tokens=tokens, input_pos=input_pos, caches=self.caches))
+            result = self._run(name, tokens, input_pos, hidden)
             outputs.append(result["logits"].reshape(length, -1)[: len(chunk)])
             if hidden:
                 hiddens.append(result["hidden_states"].reshape(length, -1)[: len(chunk)])

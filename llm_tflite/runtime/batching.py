@@ -1,0 +1,193 @@
+"""Continuous batching: the decode steps of concurrent generations run as one batched call.
+
+On a CPU a decode step is bound by reading the weights; a ``decode_batch_{B}`` signature
+(``Converter(batch_sizes=...)``) reads them once for ``B`` sequences. ``BatchingEngine`` wraps a
+``PrefillDecodeEngine``: every generation keeps its own thread, sampler, seed, stop rules,
+filters and chat state, exactly as without batching; only its ``Sequence``'s calls go through
+one scheduler thread, which
+
+- gathers the decode steps of every running sequence (up to the largest batch the file has;
+  more run as several calls) and runs them as one ``decode_rows`` call;
+- runs one chunk of a waiting prompt between two decode steps, so a long prompt joining
+  never stalls the streams already running;
+- waits for the sequences of the last step to come back (each samples its token in its own
+  thread) at most ``gather_seconds``: a sequence that finished (``Sequence.idle``) or whose
+  client reads slowly is not waited for, and joins the next step when it is back.
+
+Decoding a sequence in a batch gives the same logits as decoding it alone (each row has its
+own caches and position; checked bit for bit in ``tests/test_batching.py``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from llm_tflite.errors import InvalidArgumentError, RuntimeFailure
+from llm_tflite.runtime.engine import SequenceEngine
+from llm_tflite.runtime.prefill_decode import PrefillDecodeEngine, Sequence
+
+#: How long a step waits for the sequences of the step before it to come back with their tokens.
+GATHER_SECONDS = 0.02
+
+
+class _Job:
+    """One call a sequence waits for: a decode token, or a prompt chunk (``name``)."""
+
+    __slots__ = ("sequence", "tokens", "input_pos", "name", "done", "logits", "error")
+
+    def __init__(self, sequence, tokens, input_pos, name=None):
+        self.sequence, self.tokens, self.input_pos, self.name = sequence, tokens, input_pos, name
+        self.done = threading.Event()
+        self.logits = self.error = None
+
+
+class BatchingEngine(SequenceEngine):
+    """A ``PrefillDecodeEngine`` whose sequences decode together (see the module docstring).
+
+    Everything but how a sequence's calls run is the wrapped engine's: its signatures, cache
+    state, budget and checks.
+
+    Example:
+        >>> runner = InterpreterRunner("model.tflite", batching=True)  # doctest: +SKIP
+        >>> # complete/stream/chat from several threads now share decode steps
+    """
+
+    kind = "prefill_decode (batched)"
+
+    def __init__(self, engine: PrefillDecodeEngine, *, gather_seconds: float = GATHER_SECONDS):
+        if not isinstance(engine, PrefillDecodeEngine):
+            raise InvalidArgumentError(f"batching runs prefill_decode files on the interpreter backend, not a "
+                                       f"{engine.kind} engine")
+        if not engine.batch_sizes:
+            raise InvalidArgumentError("this file has no decode_batch signatures, so its sequences cannot decode "
+                                       "together; convert it again with --batch-sizes (e.g. 4,8)")
+        self.inner = engine
+        self.gather_seconds = gather_seconds
+        self.max_rows = engine.batch_sizes[-1]
+        self._cond = threading.Condition()
+        self._decodes: list[_Job] = []
+        self._prefills: list[_Job] = []
+        self._expected: set = set()  # sequences of the last decode step, not yet back
+        self._pad = None  # cache buffers the unused rows of a batched call write into
+        self._closed = False
+        #: Decode calls run and the rows they carried (what ``serve``'s metrics report).
+        self.steps = self.rows = 0
+        self._thread = threading.Thread(target=self._loop, name="llm-tflite-batching", daemon=True)
+        self._thread.start()
+
+    def __getattr__(self, name):  # the wrapped engine's signatures, state and checks
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def context_length(self):
+        return self.inner.context_length
+
+    def sequence(self, observer=None) -> "BatchedSequence":
+        return BatchedSequence(self, observer)
+
+    def close(self) -> None:
+        """Stop the scheduler thread (waiting calls fail with ``RuntimeFailure``)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+
+    # -- what a sequence calls ---------------------------------------------------------
+    def run(self, job: _Job) -> np.ndarray:
+        with self._cond:
+            if self._closed:
+                raise RuntimeFailure("the batching engine is closed")
+            (self._decodes if job.name is None else self._prefills).append(job)
+            self._cond.notify_all()
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.logits
+
+    def idle(self, sequence) -> None:
+        """``sequence`` will not be fed for now: the next step does not wait for it."""
+        with self._cond:
+            self._expected.discard(sequence)
+            self._cond.notify_all()
+
+    # -- the scheduler thread ------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._decodes or self._prefills or self._closed):
+                    self._cond.wait()
+                if self._closed:
+                    for job in self._decodes + self._prefills:
+                        job.error = RuntimeFailure("the batching engine is closed")
+                        job.done.set()
+                    return
+                deadline = time.monotonic() + self.gather_seconds
+                while self._expected - {job.sequence for job in self._decodes} and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                decodes, self._decodes = self._decodes, []
+                prefill = self._prefills.pop(0) if self._prefills else None
+                self._expected = {job.sequence for job in decodes}
+            for start in range(0, len(decodes), self.max_rows):
+                self._decode(decodes[start : start + self.max_rows])
+            if prefill is not None:
+                self._finish([prefill], lambda: [self.inner.call(prefill.name, dict(
+                    tokens=prefill.tokens, input_pos=prefill.input_pos, caches=prefill.sequence.caches))["logits"]])
+
+    def _decode(self, jobs: list[_Job]) -> None:
+        if len(jobs) == 1:  # alone: the single-sequence signature
+            job = jobs[0]
+            name = self.inner.decode_signature(int(job.input_pos[0]))
+            self._finish(jobs, lambda: [self.inner.call(name, dict(tokens=job.tokens, input_pos=job.input_pos,
+                                                                   caches=job.sequence.caches))["logits"]])
+            return
+        if self._pad is None:
+            self._pad = self.inner.new_state()
+        self.steps += 1
+        self.rows += len(jobs)
+        self._finish(jobs, lambda: self.inner.decode_rows(
+            [job.sequence.caches for job in jobs], [int(job.tokens[0, 0]) for job in jobs],
+            [int(job.input_pos[0]) for job in jobs], self._pad))
+
+    @staticmethod
+    def _finish(jobs: list[_Job], compute) -> None:
+        try:
+            results = compute()
+        except BaseException as e:  # noqa: BLE001 - the waiting threads raise it
+            error = e if isinstance(e, RuntimeFailure) else RuntimeFailure(f"a batched call failed: {e}")
+            for job in jobs:
+                job.error = error
+                job.done.set()
+            return
+        for job, logits in zip(jobs, results):
+            job.logits = logits
+            job.done.set()
+
+
+class BatchedSequence(Sequence):
+    """A ``Sequence`` whose calls run on its ``BatchingEngine``'s scheduler thread."""
+
+    def __init__(self, batching: BatchingEngine, observer=None):
+        super().__init__(batching.inner, observer)
+        self.batching = batching
+
+    def fork(self) -> "BatchedSequence":
+        twin = super().fork()
+        twin.batching = self.batching
+        return twin
+
+    def idle(self) -> None:
+        self.batching.idle(self)
+
+    def _run(self, name: str, tokens, input_pos, hidden: bool) -> dict:
+        if hidden or self.observer is not None:  # contrastive search, calibration: directly, under the engine's lock
+            return super()._run(name, tokens, input_pos, hidden)
+        job = _Job(self, tokens, input_pos, None if tokens.shape[1] == 1 else name)
+        return {"logits": self.batching.run(job)}
