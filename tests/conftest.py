@@ -79,6 +79,17 @@ def tiny_tflite(tiny_gpt2_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def batched_file(tiny_gpt2_dir, tmp_path_factory):
+    """``tiny_tflite`` with ``decode_batch_2`` and ``decode_batch_4`` (and their windows 32 and 64)."""
+    from llm_tflite import Converter
+
+    path = tmp_path_factory.mktemp("batched") / "tiny_batched.tflite"
+    Converter(prefill_lengths=(4, 16), decode_windows=(32, 64), batch_sizes=(4, 2)).convert(str(tiny_gpt2_dir),
+                                                                                           str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_generate_file(tiny_gpt2_dir, tmp_path_factory):
     """The tiny GPT-2 as a greedy generate-mode file (max_length 40)."""
     from llm_tflite import Converter

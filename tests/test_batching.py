@@ -14,15 +14,6 @@ PROMPTS = ["ROMEO:", "JULIET: O Romeo", "First Citizen:\nBefore we proceed any f
            "KING:", "Thou", "My lord, I", "MENENIUS:"]
 
 
-@pytest.fixture(scope="module")
-def batched_file(tiny_gpt2_dir, tmp_path_factory):
-    """The tiny GPT-2 with ``decode_batch_2`` and ``decode_batch_4`` (and their windows 32 and 64)."""
-    path = tmp_path_factory.mktemp("batched") / "tiny_batched.tflite"
-    Converter(prefill_lengths=(4, 16), decode_windows=(32, 64), batch_sizes=(4, 2)).convert(str(tiny_gpt2_dir),
-                                                                                           str(path))
-    return path
-
-
 def alone(runner, ids, steps):
     """Greedy tokens and each step's logits of one sequence decoded by itself."""
     sequence = runner.sequence()

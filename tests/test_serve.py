@@ -39,7 +39,7 @@ def server(tiny_tflite):
 
 def test_health_and_models(server, tiny_tflite):
     with urllib.request.urlopen(server.url + "/health") as r:
-        assert json.load(r) == {"status": "ok", "workers": 2, "busy": 0}
+        assert json.load(r) == {"status": "ok", "workers": 2, "parallel": 1, "busy": 0}
     with urllib.request.urlopen(server.url + "/v1/models") as r:
         model = json.load(r)["data"][0]
     assert model["id"] == "tiny" and model["metadata"]["export_mode"] == "prefill_decode"
@@ -180,6 +180,9 @@ def test_serve_command_refuses_bad_options_and_warns_when_not_on_loopback(tiny_t
     out = subprocess.run([sys.executable, "-m", "llm_tflite", "serve", str(tiny_tflite), "--workers", "0"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "--workers must be at least 1" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "llm_tflite", "serve", str(tiny_tflite), "--parallel", "4"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "no decode_batch signatures" in out.stderr and "--batch-sizes" in out.stderr
     from llm_tflite.cli.serve import _loopback
 
     assert _loopback("127.0.0.1") and _loopback("localhost") and _loopback("::1") and not _loopback("0.0.0.0")
@@ -383,24 +386,35 @@ def test_serve_command_stops_on_sigterm(tiny_tflite, tmp_path):
             process.kill()
 
 
+@pytest.fixture
+def request_fixture(request):
+    """``request.getfixturevalue`` (this module's ``request`` is its HTTP helper)."""
+    return request.getfixturevalue
+
+
 def _rss_anon_mb() -> float:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("RssAnon:")) / 1024
 
 
-def test_load_and_faults_leave_no_slot_busy_and_answers_right(tiny_tflite):
-    """16 clients on loopback: good requests (checked against the runner for their seed), streams the
-    client leaves midway, slow readers, malformed and oversized bodies. No crash, every slot idle
-    afterwards, memory flat from one round to the next."""
+@pytest.mark.parametrize("batched", [False, True], ids=["workers", "batched"])
+def test_load_and_faults_leave_no_slot_busy_and_answers_right(request_fixture, batched):
+    """16 clients on loopback: good requests (checked against the unbatched runner for their seed),
+    streams the client leaves midway, slow readers, malformed and oversized bodies; on 2 runners,
+    and on one runner decoding 4 requests at once (``--parallel 4``, continuous batching). No crash,
+    every slot idle afterwards, memory flat from one round to the next."""
     import random
 
     from prometheus_client.parser import text_string_to_metric_families
 
     from llm_tflite.serve.app import Limits, create_app
 
-    runner = InterpreterRunner(tiny_tflite)
-    served = Server(create_app(tiny_tflite, workers=2, limits=Limits(max_body_bytes=4096, wait_seconds=60,
-                                                                      max_waiting=32)))
+    path = request_fixture("batched_file" if batched else "tiny_tflite")
+    runner = InterpreterRunner(path)
+    app = create_app(path, workers=1 if batched else 2, limits=Limits(max_body_bytes=4096, wait_seconds=60,
+                                                                       max_waiting=32))
+    assert app.state.pool.slots == (4 if batched else 2)  # batched: the file's largest batch, by default
+    served = Server(app)
     failures, completed = [], []
 
     def client(number: int, rounds: int):
@@ -456,6 +470,10 @@ def test_load_and_faults_leave_no_slot_busy_and_answers_right(tiny_tflite):
                 break
             time.sleep(0.2)
         assert idle == (0, 0)
+        assert families["llm_tflite_slots"].samples[0].value == (4 if batched else 2)
+        if batched:  # decode steps carried several requests
+            engine = app.state.pool.runners[0].engine
+            assert engine.rows > engine.steps > 0
         assert request(served.url + "/health")[0] == 200
         assert rss[1] - rss[0] < 64, rss  # MB of anonymous memory the second round added
     finally:

@@ -42,12 +42,16 @@ def cmd_serve(args) -> int:
     limits = Limits(max_body_bytes=args.max_body_bytes, max_prompt_chars=args.max_prompt_chars,
                     max_tokens=args.max_tokens, wait_seconds=args.queue_timeout, chat_cache=args.chat_cache,
                     max_streams_per_key=args.max_streams_per_key)
-    app = create_app(args.file, workers=args.workers, limits=limits, api_keys=keys, cors_origins=args.cors_origin or ())
+    if args.parallel is not None and not 1 <= args.parallel <= 256:
+        raise InvalidArgumentError("--parallel must be 1..256")
+    app = create_app(args.file, workers=args.workers, limits=limits, api_keys=keys, cors_origins=args.cors_origin or (),
+                     parallel=args.parallel)
     if not _loopback(args.host) and not keys:
         logger.warning("serving on %s: other machines can reach this server; it has no authentication "
                        "(--api-key / --api-key-file)", args.host)
-    logger.info("serving %s with %d worker(s) on http://%s:%d/ (Ctrl+C stops)%s", args.file, args.workers, args.host,
-                args.port, f"; {len(keys)} API key(s)" if keys else "")
+    pool = app.state.pool
+    logger.info("serving %s with %d worker(s) x %d parallel on http://%s:%d/ (Ctrl+C stops)%s", args.file,
+                args.workers, pool.parallel, args.host, args.port, f"; {len(keys)} API key(s)" if keys else "")
 
     graceful_server(app, host=args.host, port=args.port, timeout_graceful_shutdown=args.grace_seconds,
                     log_level="warning" if args.verbosity <= 0 else "info").run()
@@ -60,7 +64,10 @@ def add_commands(cli) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (other than loopback: reachable by "
                    "other machines)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
-    p.add_argument("--workers", type=int, default=1, help="runners, so requests served at once")
+    p.add_argument("--workers", type=int, default=1, help="runners (processes' worth of interpreters), each with "
+                   "cores / workers threads")
+    p.add_argument("--parallel", type=int, help="requests each runner serves at once, their decode steps batched into "
+                   "one call (default: the largest --batch-sizes the file was converted with, else 1)")
     p.add_argument("--queue-timeout", type=float, default=30.0,
                    help="seconds a request waits for a free runner before 503")
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="largest request body")

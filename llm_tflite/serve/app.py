@@ -13,7 +13,7 @@ Routes:
                                with ``stream_options.include_usage``); each runner keeps the KV
                                caches of recent conversations, so a client sending its history
                                again prefills only the new tokens (``usage.prompt_tokens_details``)
-    ``GET /health``            ``{"status": "ok", "workers", "busy"}``
+    ``GET /health``            ``{"status": "ok", "workers", "parallel", "busy"}``
     ``GET /v1/models``         the file, OpenAI-style, with its metadata
     ``GET /metrics``           Prometheus metrics (``llm_tflite.serve.gate.Metrics``)
 
@@ -246,7 +246,7 @@ async def health(request):
     from starlette.responses import JSONResponse
 
     pool = _state(request).pool
-    return JSONResponse({"status": "ok", "workers": len(pool.runners), "busy": pool.busy})
+    return JSONResponse({"status": "ok", "workers": len(pool.runners), "parallel": pool.parallel, "busy": pool.busy})
 
 
 async def models(request):
@@ -470,9 +470,19 @@ ROUTES = (("/", index, ["GET"]), ("/health", health, ["GET"]), ("/v1/models", mo
           ("/v1/chat/completions", chat_completions, ["POST"]))
 
 
+def default_parallel(path) -> int:
+    """Requests one runner serves at once by default: the largest batch the file decodes in one
+    call (``decode_batch_sizes``), or 1."""
+    from llm_tflite.litert.metadata import read_metadata
+
+    return max(read_metadata(os.fspath(path)).get("decode_batch_sizes") or [1])
+
+
 def create_app(path, *, workers: int = 1, limits: Limits | None = None, runner_factory=None, api_keys=(),
-               cors_origins=()):
-    """The Starlette app serving ``path`` with ``workers`` runners.
+               cors_origins=(), parallel: int | None = None):
+    """The Starlette app serving ``path`` with ``workers`` runners, each serving ``parallel``
+    requests at once (their decode steps batched: ``InterpreterRunner(batching=True)``; default:
+    ``default_parallel``).
 
     ``api_keys``: keys one of which every request but ``/`` and ``/health`` must carry
     (``Authorization: Bearer KEY``); none: no keys asked. ``cors_origins``: origins whose pages may
@@ -492,10 +502,12 @@ def create_app(path, *, workers: int = 1, limits: Limits | None = None, runner_f
     from llm_tflite.runtime.runner import InterpreterRunner
 
     limits = limits or Limits()
+    if parallel is None:
+        parallel = 1 if runner_factory is not None else default_parallel(path)
     # the cores shared between the workers: more threads than cores would only make them wait for each other
     threads = max(1, (os.cpu_count() or 1) // workers)
-    make = runner_factory or (lambda: InterpreterRunner(path, num_threads=threads))
-    pool = RunnerPool(make, workers, limits.wait_seconds, limits.max_waiting or 4 * workers)
+    make = runner_factory or (lambda: InterpreterRunner(path, num_threads=threads, batching=parallel > 1))
+    pool = RunnerPool(make, workers, limits.wait_seconds, limits.max_waiting or 4 * workers * parallel, parallel)
     from llm_tflite.runtime.chat import PrefixCache
 
     for runner in pool.runners:  # each runner's recent conversations, reused by prefix (chat_completions)

@@ -60,9 +60,10 @@ class Metrics:
                               registry=self.registry)
         Gauge("llm_tflite_queue_depth", "requests waiting for a free runner", registry=self.registry).set_function(
             lambda: pool.waiting)
-        Gauge("llm_tflite_active_slots", "runners generating now", registry=self.registry).set_function(
+        Gauge("llm_tflite_active_slots", "requests being served now", registry=self.registry).set_function(
             lambda: pool.busy)
-        Gauge("llm_tflite_slots", "runners in all", registry=self.registry).set_function(lambda: len(pool.runners))
+        Gauge("llm_tflite_slots", "requests that can be served at once (workers x parallel)",
+              registry=self.registry).set_function(lambda: pool.slots)
 
     def count_tokens(self, result) -> None:
         """Tokens of a finished generation (``GenerationResult``)."""

@@ -12,20 +12,25 @@ class Overloaded(Exception):
 
 
 class RunnerPool:
-    """``workers`` runners of one file; ``acquire`` lends one for a request.
+    """``workers`` runners of one file, each serving ``parallel`` requests at once (a batching
+    runner: ``InterpreterRunner(batching=True)``); ``acquire`` lends a runner for a request, one of
+    its slots.
 
     Args:
         make_runner: builds one runner (``InterpreterRunner(path)``).
-        workers: runners, so requests served at once.
-        wait_seconds: longest a request waits for a free runner before ``Overloaded``.
+        workers: runners.
+        wait_seconds: longest a request waits for a free slot before ``Overloaded``.
         max_waiting: requests allowed to wait at once; one more is refused at once.
+        parallel: requests each runner serves at once.
     """
 
-    def __init__(self, make_runner, workers: int, wait_seconds: float, max_waiting: int):
+    def __init__(self, make_runner, workers: int, wait_seconds: float, max_waiting: int, parallel: int = 1):
         self.runners = [make_runner() for _ in range(workers)]
+        self.parallel = parallel
         self._free: queue.Queue = queue.Queue()
-        for runner in self.runners:
-            self._free.put(runner)
+        for _ in range(parallel):  # one slot of each runner, then the next: requests spread over the runners
+            for runner in self.runners:
+                self._free.put(runner)
         self.wait_seconds = wait_seconds
         self.max_waiting = max_waiting
         self._waiting = 0
@@ -37,11 +42,16 @@ class RunnerPool:
         return self._waiting
 
     @property
+    def slots(self) -> int:
+        """Requests served at once."""
+        return len(self.runners) * self.parallel
+
+    @property
     def busy(self) -> int:
-        return len(self.runners) - self._free.qsize()
+        return self.slots - self._free.qsize()
 
     def take(self):
-        """A free runner (blocks up to ``wait_seconds``); give it back with ``give_back``."""
+        """A runner with a free slot (blocks up to ``wait_seconds``); give it back with ``give_back``."""
         with self._lock:
             if self._free.empty() and self._waiting >= self.max_waiting:
                 raise Overloaded(f"{self._waiting} requests are already waiting")
