@@ -1,83 +1,230 @@
-"""Load test of `llm-tflite serve` on localhost: concurrent clients, fixed seeds, latency.
+"""Serving many users: ``llm-tflite serve --parallel`` against ``llama-server -np``, same run.
 
-    .venv/bin/python benchmarks/serve_load.py [--clients 8] [--requests 50] [--workers 2]
+    .venv/bin/python benchmarks/serve_load.py [--clients 1,2,4,8,16] [--requests 4] [--max-tokens 64]
+        [--parallel 8] [--plot docs/serve_throughput.png]
 
-Converts the shipped GPT-2 (dynamic_int8) into build/, serves it on a free loopback port
-(uvicorn in this process), first answers every request one by one through
-``InterpreterRunner`` (the expected texts), then sends them from ``--clients`` threads at
-once (``--requests`` each, POST /v1/completions, 24 tokens, temperature 0.8, seed = request
-number). Prints errors, mismatches, p50/p95 latency and requests/s as a Markdown row.
-Bounded: a fixed number of requests, each with a 120 s timeout, to 127.0.0.1 only.
+Both servers run as processes on this machine with 2 threads on loopback, one after the other at
+each load (the order alternating), serving GPT-2 124M with random weights:
+- ours: ``llm-tflite convert gpt2_base_en --random-weights --quantize dynamic_int8 --batch-sizes
+  2,4,8`` (written to ``build/serve/`` once), ``llm-tflite serve FILE --parallel N``;
+- llama.cpp: the same architecture as a Q8_0 GGUF and ``llama-server -np N -c N*1024 -t 2``
+  (``benchmarks/llama_cpp.py`` builds both from the ``llama-cpp-python`` sdist).
+
+At each load, every client sends ``--requests`` streamed ``/v1/completions`` requests one after
+another (a short prompt, ``--max-tokens`` new tokens, temperature 0.8, its own seed; llama-server
+with ``ignore_eos``). Reported per server: aggregate decode tokens/s (tokens / wall time of the
+load), time to first token (p50), request latency (p50/p95/p99). Our texts at the ``--parallel``
+load are checked against the unbatched runner's for their seeds. Bounded: a fixed number of
+requests, each with a 600 s timeout, to 127.0.0.1 only. Not a test: a benchmark.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import http.client
 import json
 import pathlib
-import statistics
+import socket
+import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+FILE = ROOT / "build" / "serve" / "gpt2_base_dynamic_int8_b8.tflite"
+PROMPTS = ["ROMEO:", "JULIET: O Romeo, Romeo!", "First Citizen:", "KING RICHARD III:", "MENENIUS: I tell you",
+           "O, what a rogue", "My lord, the", "Thou art"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Process:
+    """A server process on a free loopback port, up once ``/health`` answers 200."""
+
+    def __init__(self, name: str, command: list[str]):
+        self.name, self.port = name, free_port()
+        command = [part.replace("{port}", str(self.port)) for part in command]
+        self.log = open(ROOT / "build" / "serve" / f"{name}.log", "w")
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 600
+        while True:
+            if self.process.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"{name} did not start; see build/serve/{name}.log")
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                connection.request("GET", "/health")
+                if connection.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+def stream(port: int, body: dict) -> dict:
+    """One streamed completion: time to first text, latency, text, finish reason, text events."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    start = time.perf_counter()
+    connection.request("POST", "/v1/completions", json.dumps({**body, "stream": True}),
+                       {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    if response.status != 200:
+        raise RuntimeError(f"status {response.status}: {response.read()[:200]!r}")
+    first, text, finish, events = None, [], None, 0
+    for line in response:
+        line = line.strip()
+        if not line.startswith(b"data:") or line == b"data: [DONE]":
+            continue
+        choice = (json.loads(line[5:]).get("choices") or [{}])[0]
+        if choice.get("text"):
+            first = first or time.perf_counter() - start
+            text.append(choice["text"])
+            events += 1
+        finish = choice.get("finish_reason") or finish
+    connection.close()
+    return {"ttft": first or 0.0, "latency": time.perf_counter() - start, "text": "".join(text),
+            "finish": finish, "events": events}
+
+
+def batch_counts(port: int) -> tuple[float, float]:
+    """Our server's decode calls and the requests' steps they carried, from ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    connection.request("GET", "/metrics")
+    families = {f.name: f for f in text_string_to_metric_families(connection.getresponse().read().decode())}
+    return (families["llm_tflite_batch_steps"].samples[0].value, families["llm_tflite_batch_rows"].samples[0].value)
+
+
+def percentile(values, q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def load(port: int, clients: int, requests: int, max_tokens: int, extra: dict) -> tuple[dict, list]:
+    bodies = [{"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": max_tokens, "temperature": 0.8, "seed": i, **extra}
+              for i in range(clients * requests)]
+
+    def client(number):
+        return [(i, stream(port, bodies[i])) for i in range(number, len(bodies), clients)]
+
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        results = [r for rs in pool.map(client, range(clients)) for r in rs]
+    wall = time.perf_counter() - started
+    # "length": max_tokens tokens; an early stop counts its text events (one per token on both servers
+    # but for pieces of text a token does not complete)
+    tokens = sum(max_tokens if r["finish"] == "length" else r["events"] for _, r in results)
+    return {"tokens_per_s": tokens / wall, "ttft": percentile([r["ttft"] for _, r in results], 0.5),
+            "p50": percentile([r["latency"] for _, r in results], 0.5),
+            "p95": percentile([r["latency"] for _, r in results], 0.95),
+            "p99": percentile([r["latency"] for _, r in results], 0.99),
+            "early": sum(r["finish"] != "length" for _, r in results)}, sorted(results, key=lambda x: x[0])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
-    parser.add_argument("--requests", type=int, default=50, help="requests per client")
-    parser.add_argument("--workers", type=int, default=2, help="server runners")
+    parser.add_argument("--clients", default="1,2,4,8,16", help="concurrent clients at each load")
+    parser.add_argument("--requests", type=int, default=4, help="requests each client sends, one after another")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--parallel", type=int, default=8, help="slots of both servers")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--plot", help="write the throughput plot (PNG) here")
     args = parser.parse_args()
+    levels = [int(c) for c in args.clients.split(",")]
 
-    from llm_tflite import Converter, InterpreterRunner
-    from llm_tflite.serve.app import Limits, create_app
-    from test_serve import Server
+    import llama_cpp
 
-    path = ROOT / "build" / "serve_load.tflite"
-    if not path.exists():
-        Converter(quantize="dynamic_int8").convert("gpt2_tiny_shakespeare", str(path))
-    prompts = ["ROMEO:", "JULIET:", "KING RICHARD III:", "First Citizen:", "MENENIUS:", "O, what", "My lord,", "Thou"]
-    bodies = [{"prompt": prompts[i % len(prompts)], "max_tokens": 24, "temperature": 0.8, "seed": i}
-              for i in range(args.clients * args.requests)]
-    runner = InterpreterRunner(path)
-    expected = [runner.complete(b["prompt"], 24, "random", temperature=0.8, seed=b["seed"]).text for b in bodies]
+    gguf, bin_dir = llama_cpp.gpt2_gguf("Q8_0"), llama_cpp.tools()
+    FILE.parent.mkdir(parents=True, exist_ok=True)
+    if not FILE.exists():
+        subprocess.run([str(ROOT / ".venv" / "bin" / "llm-tflite"), "convert", "gpt2_base_en", "--random-weights",
+                        "--quantize", "dynamic_int8", "--batch-sizes", "2,4,8", "-o", str(FILE)], check=True)
 
-    server = Server(create_app(path, workers=args.workers, limits=Limits(wait_seconds=120, max_waiting=64)))
+    from llm_tflite import InterpreterRunner
 
-    def send(index):
-        request = urllib.request.Request(server.url + "/v1/completions", data=json.dumps(bodies[index]).encode(),
-                                         headers={"Content-Type": "application/json"})
-        start = time.perf_counter()
-        try:
-            with urllib.request.urlopen(request, timeout=120) as response:
-                text = json.load(response)["choices"][0]["text"]
-            return index, time.perf_counter() - start, text, None
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            return index, time.perf_counter() - start, None, str(e)
+    runner = InterpreterRunner(FILE, num_threads=args.threads)
+    check = [{"prompt": PROMPTS[i % len(PROMPTS)], "seed": i} for i in range(args.parallel * args.requests)]
+    expected = [runner.complete(b["prompt"], args.max_tokens, "random", temperature=0.8, seed=b["seed"]).text
+                for b in check]
+    del runner
 
-    try:
-        started = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
-            results = list(pool.map(send, range(len(bodies))))
-        wall = time.perf_counter() - started
-    finally:
-        server.stop()
-    errors = [r for r in results if r[3]]
-    mismatches = [r for r in results if not r[3] and r[2] != expected[r[0]]]
-    latencies = sorted(r[1] for r in results)
-    p95 = latencies[int(0.95 * (len(latencies) - 1))]
-    print(f"{len(bodies)} requests, {args.clients} clients, {args.workers} workers: {len(errors)} errors, "
-          f"{len(mismatches)} texts differing from sequential runs")
-    print("| clients x requests | workers | errors | same as sequential | p50 latency | p95 latency | requests/s |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    print(f"| {args.clients} x {args.requests} | {args.workers} | {len(errors)} | "
-          f"{len(bodies) - len(errors) - len(mismatches)}/{len(bodies)} | {statistics.median(latencies) * 1000:.0f} ms | "
-          f"{p95 * 1000:.0f} ms | {len(bodies) / wall:.1f} |")
-    return 1 if errors or mismatches else 0
+    servers = {
+        "llm-tflite": ([str(ROOT / ".venv" / "bin" / "llm-tflite"), "serve", str(FILE), "--parallel", str(args.parallel),
+                        "--port", "{port}", "--queue-timeout", "600"], {}),
+        "llama.cpp": ([str(bin_dir / "llama-server"), "-m", str(gguf), "-np", str(args.parallel), "-c",
+                       str(1024 * args.parallel), "-t", str(args.threads), "-tb", str(args.threads), "--port", "{port}",
+                       "--host", "127.0.0.1"], {"ignore_eos": True}),
+    }
+    rows, mismatches = [], 0
+    for number, clients in enumerate(levels):
+        row = {"clients": clients}
+        for name in (list(servers) if number % 2 == 0 else list(servers)[::-1]):
+            command, extra = servers[name]
+            server = Process(name, command)
+            try:
+                load(server.port, 1, 1, 8, extra)  # warm-up: weights paged in, first signatures run
+                before = batch_counts(server.port) if name == "llm-tflite" else None
+                row[name], results = load(server.port, clients, args.requests, args.max_tokens, extra)
+                if before is not None:
+                    calls, carried = (after - start for after, start in zip(batch_counts(server.port), before))
+                    row[name]["batch"] = carried / max(calls, 1)
+            finally:
+                server.stop()
+            if name == "llm-tflite" and clients == args.parallel:
+                mismatches = sum(r["text"] != expected[i] for i, r in results)
+                row["same"] = f"{len(results) - mismatches}/{len(results)}"
+            print(f"{clients} clients, {name}: {row[name]}", file=sys.stderr)
+        rows.append(row)
+
+    one = rows[0]["llm-tflite"]["tokens_per_s"] if levels[0] == 1 else None
+    print(f"\nGPT-2 124M, random weights, {args.max_tokens} new tokens per request, {args.requests} requests per client, "
+          f"{args.threads} threads, --parallel / -np {args.parallel}\n")
+    print("| clients | llm-tflite tok/s | llama.cpp tok/s | ratio | vs 1 client | our mean batch | TTFT p50 (ours / "
+          "llama.cpp) | latency p50 / p95 / p99 (ours) | latency p50 / p95 / p99 (llama.cpp) |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        ours, theirs = row["llm-tflite"], row["llama.cpp"]
+        print(f"| {row['clients']} | {ours['tokens_per_s']:.1f} | {theirs['tokens_per_s']:.1f} | "
+              f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x | "
+              f"{'' if one is None else format(ours['tokens_per_s'] / one, '.2f') + 'x'} | {ours.get('batch', 0):.1f} | "
+              f"{ours['ttft'] * 1000:.0f} / {theirs['ttft'] * 1000:.0f} ms | "
+              f"{ours['p50']:.2f} / {ours['p95']:.2f} / {ours['p99']:.2f} s | "
+              f"{theirs['p50']:.2f} / {theirs['p95']:.2f} / {theirs['p99']:.2f} s |")
+    print(f"\nour texts at {args.parallel} clients equal to the unbatched runner's: "
+          f"{next((r['same'] for r in rows if 'same' in r), 'not checked')}; early stops: "
+          f"{sum(r['llm-tflite']['early'] for r in rows)} ours, {sum(r['llama.cpp']['early'] for r in rows)} llama.cpp")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axis = plt.subplots(figsize=(6, 3.6))
+        for name in servers:
+            axis.plot(levels, [r[name]["tokens_per_s"] for r in rows], marker="o", label=name)
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(levels, [str(c) for c in levels])
+        axis.set_xlabel("concurrent clients")
+        axis.set_ylabel("aggregate decode tokens/s")
+        axis.set_title(f"GPT-2 124M int8 (Q8_0), 2 cores, {args.max_tokens} tokens per request")
+        axis.grid(alpha=0.3)
+        axis.legend()
+        figure.tight_layout()
+        figure.savefig(args.plot, dpi=120)
+    return 1 if mismatches else 0
 
 
 if __name__ == "__main__":

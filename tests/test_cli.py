@@ -24,9 +24,13 @@ def test_plugins_lists_families_strategies_and_distributions():
 
 def test_convert_and_generate(tiny_gpt2_dir, tmp_path):
     out_file = tmp_path / "cli.tflite"
-    out = cli("convert", tiny_gpt2_dir, "--prefill-lengths", "4,16", "--quantize", "dynamic_int8", "-o", out_file)
+    out = cli("convert", tiny_gpt2_dir, "--prefill-lengths", "4,16", "--quantize", "dynamic_int8", "--batch-sizes", "2",
+              "-o", out_file)
     assert out.returncode == 0, out.stderr
     assert f"wrote {out_file}" in out.stdout and "dynamic_int8" in out.stdout
+    from llm_tflite.litert.metadata import read_metadata
+
+    assert read_metadata(str(out_file))["decode_batch_sizes"] == [2]
     gen = cli("generate", out_file, "ROMEO:", "--max-new-tokens", "12")
     assert gen.returncode == 0, gen.stderr
     assert gen.stdout.startswith("ROMEO:")

@@ -474,6 +474,7 @@ def test_load_and_faults_leave_no_slot_busy_and_answers_right(request_fixture, b
         if batched:  # decode steps carried several requests
             engine = app.state.pool.runners[0].engine
             assert engine.rows > engine.steps > 0
+            assert families["llm_tflite_batch_rows"].samples[0].value == engine.rows
         assert request(served.url + "/health")[0] == 200
         assert rss[1] - rss[0] < 64, rss  # MB of anonymous memory the second round added
     finally:

@@ -50,19 +50,31 @@ def update_key_cache(cache: tf.Tensor, key: tf.Tensor, input_pos: tf.Tensor) -> 
     runtime allows. The caller guarantees ``input_pos[0] + L <= C``. ``Rows`` of caches: row ``b``'s
     key goes into its own cache at ``input_pos[b]``.
     """
-    if isinstance(cache, Rows):
-        return Rows(update_key_cache(row, key[:, b : b + 1], input_pos[b : b + 1]) for b, row in enumerate(cache))
-    zero = tf.zeros([], tf.int32)
-    return xla.dynamic_update_slice(cache, tf.transpose(key, [0, 2, 1, 3]), tf.stack([zero, zero, input_pos[0], zero]))
+    _, length, heads, dim = key.shape
+    if isinstance(cache, Rows):  # B tokens [1, B, H, D] are B updates [1, H, 1, D] in memory: one reshape, one split
+        updates = tf.split(tf.reshape(key, [len(cache), heads, 1, dim]), len(cache))
+        return Rows(_write(row, update, position, axis=2)
+                    for row, update, position in zip(cache, updates, tf.split(input_pos, len(cache))))
+    # one token: [1, 1, H, D] is already [1, H, 1, D] in memory (a reshape, not a transpose)
+    update = tf.reshape(key, [1, heads, 1, dim]) if length == 1 else tf.transpose(key, [0, 2, 1, 3])
+    return _write(cache, update, input_pos, axis=2)
 
 
 def update_value_cache(cache: tf.Tensor, value: tf.Tensor, input_pos: tf.Tensor) -> tf.Tensor:
     """Write ``value`` ``[1, L, H, D]`` into ``cache`` ``[1, H, D, C]`` at ``input_pos[0]`` (``Rows``: per row)."""
+    _, length, heads, dim = value.shape
     if isinstance(cache, Rows):
-        return Rows(update_value_cache(row, value[:, b : b + 1], input_pos[b : b + 1]) for b, row in enumerate(cache))
+        updates = tf.split(tf.reshape(value, [len(cache), heads, dim, 1]), len(cache))
+        return Rows(_write(row, update, position, axis=3)
+                    for row, update, position in zip(cache, updates, tf.split(input_pos, len(cache))))
+    update = tf.reshape(value, [1, heads, dim, 1]) if length == 1 else tf.transpose(value, [0, 2, 3, 1])
+    return _write(cache, update, input_pos, axis=3)
+
+
+def _write(cache, update, input_pos, axis: int):
+    """``update`` into ``cache`` from ``input_pos[0]`` along ``axis`` (DYNAMIC_UPDATE_SLICE)."""
     zero = tf.zeros([], tf.int32)
-    return xla.dynamic_update_slice(cache, tf.transpose(value, [0, 2, 3, 1]),
-                                    tf.stack([zero, zero, zero, input_pos[0]]))
+    return xla.dynamic_update_slice(cache, update, tf.stack([input_pos[0] if i == axis else zero for i in range(4)]))
 
 
 def causal_attention(query, key_cache, value_cache, input_pos, *, scale: float | None = None,
@@ -70,7 +82,8 @@ def causal_attention(query, key_cache, value_cache, input_pos, *, scale: float |
     """Scaled dot-product attention of ``query`` ``[1, L, H, D]`` over cached keys at positions <= its own.
 
     ``key_cache`` ``[1, kv_heads, C, D]``, ``value_cache`` ``[1, kv_heads, D, C]``. Multi-query and
-    grouped-query attention (fewer key heads than query heads) repeat the key/value heads.
+    grouped-query attention (fewer key heads than query heads) repeat the key/value heads (a decode
+    step groups the query heads instead).
 
     Args:
         scale: what the query is multiplied by (default ``1 / sqrt(D)``; Gemma's
@@ -82,14 +95,14 @@ def causal_attention(query, key_cache, value_cache, input_pos, *, scale: float |
     With ``Rows`` of caches (a batched decode), token ``b`` of ``query`` attends over row ``b``'s
     caches up to its own position ``input_pos[b]``.
     """
-    if isinstance(key_cache, Rows):
-        return tf.concat([causal_attention(query[:, b : b + 1], keys, values, input_pos[b : b + 1], scale=scale,
-                                           soft_cap=soft_cap, sliding_window=sliding_window)
-                          for b, (keys, values) in enumerate(zip(key_cache, value_cache))], axis=1)
+    _, length, num_heads, head_dim = query.shape
+    if length == 1 or isinstance(key_cache, Rows):  # a decode step: one token (per row)
+        if not isinstance(key_cache, Rows):
+            key_cache, value_cache = Rows([key_cache]), Rows([value_cache])
+        return _decode_attention(query, key_cache, value_cache, input_pos, scale, soft_cap, sliding_window)
     window = _window[0]
     if window is not None and window < key_cache.shape[2]:  # the slots a decode window may see
         key_cache, value_cache = key_cache[:, :, :window, :], value_cache[:, :, :, :window]
-    num_heads, head_dim = query.shape[2], query.shape[3]
     kv_heads = key_cache.shape[1]
     if kv_heads != num_heads:
         key_cache = tf.repeat(key_cache, num_heads // kv_heads, axis=1)
@@ -107,3 +120,36 @@ def causal_attention(query, key_cache, value_cache, input_pos, *, scale: float |
     scores = tf.where(visible[None, None], scores, tf.constant(-1e9, scores.dtype))
     probs = tf.nn.softmax(scores, axis=-1)
     return tf.einsum("bhqk,bhdk->bqhd", probs, value_cache)
+
+
+def _decode_attention(query, key_caches: Rows, value_caches: Rows, input_pos, scale, soft_cap, sliding_window):
+    """``causal_attention`` of one token per row (``query`` ``[1, rows, H, D]``), in the fewest ops: a
+    decode step runs it per layer, a batched one per layer and row. The query heads are grouped
+    by the key head they share (no repeated caches) and scaled for all rows at once; each row
+    attends over its own caches; one reshape back."""
+    rows, (_, _, num_heads, head_dim) = len(key_caches), query.shape
+    kv_heads = key_caches[0].shape[1]
+    query = tf.reshape(query, [rows, kv_heads, num_heads // kv_heads, head_dim])
+    query = query * tf.constant(1.0 / head_dim**0.5 if scale is None else scale, query.dtype)
+    queries, positions = (tf.split(query, rows), tf.split(input_pos, rows)) if rows > 1 else ([query], [input_pos])
+    contexts = [_attend_one(q, keys, values, position, soft_cap, sliding_window)
+                for q, keys, values, position in zip(queries, key_caches, value_caches, positions)]
+    return tf.reshape(tf.concat(contexts, axis=0) if rows > 1 else contexts[0], [1, rows, num_heads, head_dim])
+
+
+def _attend_one(query, key_cache, value_cache, input_pos, soft_cap, sliding_window):
+    """One row's attention: ``query`` ``[1, kv_heads, group, D]`` (scaled) against its caches as laid out
+    (two matrix products), the mask as an added bias; its context ``[1, kv_heads, group, D]``."""
+    window = _window[0]
+    if window is not None and window < key_cache.shape[2]:  # the slots a decode window may see
+        key_cache, value_cache = key_cache[:, :, :window, :], value_cache[:, :, :, :window]
+    scores = tf.matmul(query, key_cache, transpose_b=True)  # [1, kv_heads, group, C]
+    if soft_cap is not None:
+        cap = tf.constant(soft_cap, scores.dtype)
+        scores = tf.tanh(scores / cap) * cap
+    slots = tf.range(key_cache.shape[2])
+    visible = slots <= input_pos[0]
+    if sliding_window is not None and sliding_window < key_cache.shape[2]:
+        visible = tf.logical_and(visible, slots > input_pos[0] - sliding_window)
+    scores = scores + tf.where(visible, tf.constant(0.0, scores.dtype), tf.constant(-1e9, scores.dtype))
+    return tf.matmul(tf.nn.softmax(scores, axis=-1), value_cache, transpose_b=True)

@@ -73,7 +73,7 @@ class BatchingEngine(SequenceEngine):
         self._expected: set = set()  # sequences of the last decode step, not yet back
         self._pad = None  # cache buffers the unused rows of a batched call write into
         self._closed = False
-        #: Decode calls run and the rows they carried (what ``serve``'s metrics report).
+        #: Decode calls run and the sequences' steps they carried (``serve``'s metrics: the mean batch).
         self.steps = self.rows = 0
         self._thread = threading.Thread(target=self._loop, name="llm-tflite-batching", daemon=True)
         self._thread.start()
@@ -142,6 +142,8 @@ class BatchingEngine(SequenceEngine):
                     tokens=prefill.tokens, input_pos=prefill.input_pos, caches=prefill.sequence.caches))["logits"]])
 
     def _decode(self, jobs: list[_Job]) -> None:
+        self.steps += 1
+        self.rows += len(jobs)
         if len(jobs) == 1:  # alone: the single-sequence signature
             job = jobs[0]
             name = self.inner.decode_signature(int(job.input_pos[0]))
@@ -150,8 +152,6 @@ class BatchingEngine(SequenceEngine):
             return
         if self._pad is None:
             self._pad = self.inner.new_state()
-        self.steps += 1
-        self.rows += len(jobs)
         self._finish(jobs, lambda: self.inner.decode_rows(
             [job.sequence.caches for job in jobs], [int(job.tokens[0, 0]) for job in jobs],
             [int(job.input_pos[0]) for job in jobs], self._pad))

@@ -64,6 +64,7 @@ class Metrics:
             lambda: pool.busy)
         Gauge("llm_tflite_slots", "requests that can be served at once (workers x parallel)",
               registry=self.registry).set_function(lambda: pool.slots)
+        self.registry.register(_BatchCollector(pool))
 
     def count_tokens(self, result) -> None:
         """Tokens of a finished generation (``GenerationResult``)."""
@@ -75,6 +76,24 @@ class Metrics:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _BatchCollector:
+    """Batched decode calls and the rows they carried, summed over the runners (their ratio is the
+    mean batch: how many requests a decode step served)."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        engines = [e for e in (getattr(runner, "engine", None) for runner in self.pool.runners) if hasattr(e, "rows")]
+        steps = CounterMetricFamily("llm_tflite_batch_steps", "decode calls of batching runners (--parallel)")
+        steps.add_metric([], sum(engine.steps for engine in engines))
+        rows = CounterMetricFamily("llm_tflite_batch_rows", "requests' decode steps those calls carried")
+        rows.add_metric([], sum(engine.rows for engine in engines))
+        return [steps, rows]
 
 
 async def _send_json(send, status: int, kind: str, message: str, headers: list) -> None:
