@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -42,6 +43,56 @@ class _Job:
         self.sequence, self.tokens, self.input_pos, self.name = sequence, tokens, input_pos, name
         self.done = threading.Event()
         self.logits = self.error = None
+
+
+class _Queue:
+    """What the scheduler thread shares with its engine: the waiting calls. The thread holds the
+    engine only while it runs a step, so a batching runner nobody uses any more is freed (and its
+    thread ends)."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.decodes: list[_Job] = []
+        self.prefills: list[_Job] = []
+        self.expected: set = set()  # ids of the sequences of the last decode step, not yet back
+        self.closed = False
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+
+def _fail(jobs, error) -> None:
+    for job in jobs:
+        job.error = error
+        job.done.set()
+
+
+def _schedule(queue: _Queue, engine_ref, gather_seconds: float) -> None:
+    """The scheduler thread: gather the decode steps, run them and one prompt chunk, repeat."""
+    while True:
+        with queue.cond:
+            while not (queue.decodes or queue.prefills or queue.closed):
+                queue.cond.wait()
+            if queue.closed:
+                _fail(queue.decodes + queue.prefills, RuntimeFailure("the batching engine is closed"))
+                return
+            deadline = time.monotonic() + gather_seconds
+            while queue.expected - {id(job.sequence) for job in queue.decodes} and not queue.closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                queue.cond.wait(left)
+            decodes, queue.decodes = queue.decodes, []
+            prefill = queue.prefills.pop(0) if queue.prefills else None
+            queue.expected = {id(job.sequence) for job in decodes}
+        engine = engine_ref()
+        if engine is None:
+            _fail(decodes + ([prefill] if prefill else []), RuntimeFailure("the batching engine is gone"))
+            return
+        engine._step(decodes, prefill)
+        del engine, decodes, prefill  # nothing of a finished step (jobs hold their sequences) while it waits
 
 
 class BatchingEngine(SequenceEngine):
@@ -65,18 +116,14 @@ class BatchingEngine(SequenceEngine):
             raise InvalidArgumentError("this file has no decode_batch signatures, so its sequences cannot decode "
                                        "together; convert it again with --batch-sizes (e.g. 4,8)")
         self.inner = engine
-        self.gather_seconds = gather_seconds
         self.max_rows = engine.batch_sizes[-1]
-        self._cond = threading.Condition()
-        self._decodes: list[_Job] = []
-        self._prefills: list[_Job] = []
-        self._expected: set = set()  # sequences of the last decode step, not yet back
         self._pad = None  # cache buffers the unused rows of a batched call write into
-        self._closed = False
         #: Decode calls run and the sequences' steps they carried (``serve``'s metrics: the mean batch).
         self.steps = self.rows = 0
-        self._thread = threading.Thread(target=self._loop, name="llm-tflite-batching", daemon=True)
-        self._thread.start()
+        self._queue = _Queue()
+        weakref.finalize(self, self._queue.close)
+        threading.Thread(target=_schedule, args=(self._queue, weakref.ref(self), gather_seconds),
+                         name="llm-tflite-batching", daemon=True).start()
 
     def __getattr__(self, name):  # the wrapped engine's signatures, state and checks
         if name == "inner":
@@ -91,19 +138,17 @@ class BatchingEngine(SequenceEngine):
         return BatchedSequence(self, observer)
 
     def close(self) -> None:
-        """Stop the scheduler thread (waiting calls fail with ``RuntimeFailure``)."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._thread.join(timeout=5)
+        """Stop the scheduler thread (calls waiting and new ones fail with ``RuntimeFailure``)."""
+        self._queue.close()
 
     # -- what a sequence calls ---------------------------------------------------------
     def run(self, job: _Job) -> np.ndarray:
-        with self._cond:
-            if self._closed:
+        queue = self._queue
+        with queue.cond:
+            if queue.closed:
                 raise RuntimeFailure("the batching engine is closed")
-            (self._decodes if job.name is None else self._prefills).append(job)
-            self._cond.notify_all()
+            (queue.decodes if job.name is None else queue.prefills).append(job)
+            queue.cond.notify_all()
         job.done.wait()
         if job.error is not None:
             raise job.error
@@ -111,35 +156,41 @@ class BatchingEngine(SequenceEngine):
 
     def idle(self, sequence) -> None:
         """``sequence`` will not be fed for now: the next step does not wait for it."""
-        with self._cond:
-            self._expected.discard(sequence)
-            self._cond.notify_all()
+        with self._queue.cond:
+            self._queue.expected.discard(id(sequence))
+            self._queue.cond.notify_all()
 
-    # -- the scheduler thread ------------------------------------------------------------
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not (self._decodes or self._prefills or self._closed):
-                    self._cond.wait()
-                if self._closed:
-                    for job in self._decodes + self._prefills:
-                        job.error = RuntimeFailure("the batching engine is closed")
-                        job.done.set()
-                    return
-                deadline = time.monotonic() + self.gather_seconds
-                while self._expected - {job.sequence for job in self._decodes} and not self._closed:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
-                decodes, self._decodes = self._decodes, []
-                prefill = self._prefills.pop(0) if self._prefills else None
-                self._expected = {job.sequence for job in decodes}
-            for start in range(0, len(decodes), self.max_rows):
-                self._decode(decodes[start : start + self.max_rows])
-            if prefill is not None:
-                self._finish([prefill], lambda: [self.inner.call(prefill.name, dict(
-                    tokens=prefill.tokens, input_pos=prefill.input_pos, caches=prefill.sequence.caches))["logits"]])
+    # -- in the scheduler thread ---------------------------------------------------------
+    def _step(self, decodes: list[_Job], prefill: _Job | None) -> None:
+        for group in self._calls(decodes):
+            for start in range(0, len(group), self.max_rows):
+                self._decode(group[start : start + self.max_rows])
+        if prefill is not None:
+            self._finish([prefill], lambda: [self.inner.call(prefill.name, dict(
+                tokens=prefill.tokens, input_pos=prefill.input_pos, caches=prefill.sequence.caches))["logits"]])
+
+    def _calls(self, jobs: list[_Job]) -> list[list[_Job]]:
+        """The decode calls of one step. A call attends over the decode window of its furthest row, so
+        rows are grouped by window, and a group joins the next larger window's call only when the
+        extra attention costs less than another read of the weights (bytes moved: each row reads its
+        window of every cache about three times, copy and product; a call reads the model once).
+        7 rows at position 20 and 1 at 700 on GPT-2 124M: 143 ms of CPU as two calls, 291 ms as one."""
+        inner = self.inner
+        window = {id(job): inner.decode_window(int(job.input_pos[0])) or inner.context_length for job in jobs}
+        slot_bytes = 3 * sum(int(np.prod(shape)) // inner.context_length * dtype.itemsize
+                             for shape, dtype in inner.cache_specs.values())
+        groups = {}
+        for job in jobs:
+            groups.setdefault(window[id(job)], []).append(job)
+        calls, carried = [], []
+        widths = sorted(groups)
+        for i, width in enumerate(widths):
+            carried += groups[width]
+            following = widths[i + 1] if i + 1 < len(widths) else None
+            if following is None or len(carried) * slot_bytes * (following - width) >= inner.model_bytes:
+                calls.append(carried)
+                carried = []
+        return calls
 
     def _decode(self, jobs: list[_Job]) -> None:
         self.steps += 1
@@ -161,10 +212,7 @@ class BatchingEngine(SequenceEngine):
         try:
             results = compute()
         except BaseException as e:  # noqa: BLE001 - the waiting threads raise it
-            error = e if isinstance(e, RuntimeFailure) else RuntimeFailure(f"a batched call failed: {e}")
-            for job in jobs:
-                job.error = error
-                job.done.set()
+            _fail(jobs, e if isinstance(e, RuntimeFailure) else RuntimeFailure(f"a batched call failed: {e}"))
             return
         for job, logits in zip(jobs, results):
             job.logits = logits

@@ -93,6 +93,8 @@ class PrefillDecodeEngine(SequenceEngine):
 
         self.model_data = data  # the runtime reads the model from this buffer: keep it alive
         mapped = os.fspath(model_path or path)
+        #: The model's bytes (about what one call reads of its weights).
+        self.model_bytes = len(data) if data is not None else os.path.getsize(mapped)
         environment = litert_environment()
         cache = WeightCache(weight_cache, metadata.get("sha256"))
         try:
