@@ -72,7 +72,8 @@ class InterpreterRunner:
             of the weights' memory instead of two), ``"memory"`` (nothing written), or a directory.
         batching: generations running at once from several threads decode together, one call
             for all of them (``llm_tflite.runtime.batching``; a file converted with ``batch_sizes``):
-            what ``llm-tflite serve --parallel`` uses. Outputs are the same as without it.
+            what ``llm-tflite serve --parallel`` uses. Outputs are the same as without it. ``"auto"``:
+            when the file has the signatures for it.
 
     Example:
         >>> runner = InterpreterRunner("model.tflite")  # doctest: +SKIP
@@ -81,7 +82,7 @@ class InterpreterRunner:
     """
 
     def __init__(self, path, *, num_threads: int | None = None, backend: str = "interpreter",
-                 weight_cache: str = "auto", batching: bool = False):
+                 weight_cache: str = "auto", batching: bool | str = False):
         self.path = os.fspath(path)
         if num_threads is not None and not (_is_int(num_threads) and 1 <= num_threads <= 1024):
             raise InvalidArgumentError(f"num_threads must be an integer from 1 to 1024 (or None), got {num_threads!r}")
@@ -114,7 +115,9 @@ class InterpreterRunner:
         #: What runs the file (``llm_tflite.runtime.engine``): the compiled model and its signatures for
         #: a prefill_decode file, the graph for a generate-mode file, or LiteRT-LM's engine.
         self.engine = open_engine(backend, model, num_threads=num_threads, weight_cache=self.weight_cache)
-        if batching:
+        if batching not in (True, False, "auto"):
+            raise InvalidArgumentError(f"batching must be True, False or 'auto', got {batching!r}")
+        if batching is True or (batching == "auto" and getattr(self.engine, "batch_sizes", None)):
             from llm_tflite.runtime.batching import BatchingEngine
 
             self.engine = BatchingEngine(self.engine)

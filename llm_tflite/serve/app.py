@@ -32,6 +32,7 @@ import dataclasses
 import json
 import math
 import os
+import threading
 import time
 import uuid
 
@@ -54,7 +55,7 @@ class Limits:
     #: conversations whose KV caches each runner keeps for clients that send their history again
     chat_cache: int = 4
     wait_seconds: float = 30.0
-    max_waiting: int | None = None  # default: 4 per worker
+    max_waiting: int | None = None  # default: 4 per slot (workers x parallel)
     #: requests one API key may have in flight at once (with keys)
     max_streams_per_key: int = 4
 
@@ -157,14 +158,48 @@ async def _run(state: AppState, fn):
         state.pool.give_back(runner)
 
 
-async def _next(stream):
-    """The stream's next item, computed in a thread; a client that leaves meanwhile is noticed after
-    this token (shielded), so the stream is never closed while a thread runs it."""
-    import anyio
-    from starlette.concurrency import run_in_threadpool
+_END = object()
 
-    with anyio.CancelScope(shield=True):
-        return await run_in_threadpool(next, stream, None)
+
+class _Pump:
+    """Runs a runner's stream in a thread of its own and hands each item to the event loop as it
+    comes: the generation never waits for the network (a batched step waits for no stream's
+    client; a slow reader holds at most ``max_tokens`` items here). The thread closes the stream
+    and gives its runner back when the stream ends or ``stop`` is asked for (after the current
+    token), so a stream is never closed while a thread runs it."""
+
+    def __init__(self, stream, done):
+        import asyncio
+
+        self.loop, self.items, self.stopped = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
+        threading.Thread(target=self._run, args=(stream, done), name="llm-tflite-stream", daemon=True).start()
+
+    def _run(self, stream, done) -> None:
+        try:
+            while not self.stopped.is_set():
+                try:
+                    item = next(stream, _END)
+                except BaseException as e:  # noqa: BLE001 - raised again in the response
+                    item = e
+                try:
+                    self.loop.call_soon_threadsafe(self.items.put_nowait, item)
+                except RuntimeError:  # the event loop is gone (the server stopped)
+                    return
+                if item is _END or isinstance(item, BaseException):
+                    return
+        finally:
+            stream.close()
+            done()
+
+    async def next(self):
+        """The stream's next item, ``_END`` after the last; an exception it raised is raised here."""
+        item = await self.items.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def stop(self) -> None:
+        self.stopped.set()
 
 
 async def _event_stream(request, make_stream, render):
@@ -173,8 +208,9 @@ async def _event_stream(request, make_stream, render):
 
     The runner is borrowed and the stream made before the response starts, so a busy server (503)
     and a request the runner refuses (4xx: bad messages, a context error, an invalid schema) answer
-    with their status, as OpenAI's API does; only failures mid-stream become an error event. A
-    client that leaves stops the generation; the runner goes back to the pool however it ends."""
+    with their status, as OpenAI's API does; only failures mid-stream become an error event. The
+    stream runs in a ``_Pump``; a client that leaves stops the generation; the runner goes back to
+    the pool however it ends."""
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import StreamingResponse
 
@@ -185,25 +221,21 @@ async def _event_stream(request, make_stream, render):
     except BaseException:
         state.pool.give_back(runner)
         raise
-    released = []
-
-    def release():
-        if not released:
-            released.append(True)
-            stream.close()
-            state.pool.give_back(runner)
+    pump = _Pump(stream, lambda: state.pool.give_back(runner))
 
     async def events():
         try:
-            while not await request.is_disconnected():
-                item = await _next(stream)
-                if item is None:
+            while True:
+                item = await pump.next()
+                if item is _END:
                     state.metrics.count_tokens(stream.result)
                     for event in render(None, stream.result):
                         yield _sse(event)
                     return
                 for event in render(item, None):
                     yield _sse(event)
+                if await request.is_disconnected():
+                    return
         except LLMTFLiteError as e:
             yield _sse({"error": {"type": type(e).__name__, "message": str(e)}})
 
@@ -212,7 +244,7 @@ async def _event_stream(request, make_stream, render):
             try:
                 await super().__call__(scope, receive, send)
             finally:  # also when the response is cancelled before its first event
-                release()
+                pump.stop()
 
     return Events(events(), media_type="text/event-stream")
 
@@ -470,19 +502,11 @@ ROUTES = (("/", index, ["GET"]), ("/health", health, ["GET"]), ("/v1/models", mo
           ("/v1/chat/completions", chat_completions, ["POST"]))
 
 
-def default_parallel(path) -> int:
-    """Requests one runner serves at once by default: the largest batch the file decodes in one
-    call (``decode_batch_sizes``), or 1."""
-    from llm_tflite.litert.metadata import read_metadata
-
-    return max(read_metadata(os.fspath(path)).get("decode_batch_sizes") or [1])
-
-
 def create_app(path, *, workers: int = 1, limits: Limits | None = None, runner_factory=None, api_keys=(),
                cors_origins=(), parallel: int | None = None):
     """The Starlette app serving ``path`` with ``workers`` runners, each serving ``parallel``
-    requests at once (their decode steps batched: ``InterpreterRunner(batching=True)``; default:
-    ``default_parallel``).
+    requests at once (their decode steps batched: ``InterpreterRunner(batching=True)``; default: the
+    largest batch the file decodes in one call, or 1 for a file without ``decode_batch`` signatures).
 
     ``api_keys``: keys one of which every request but ``/`` and ``/health`` must carry
     (``Authorization: Bearer KEY``); none: no keys asked. ``cors_origins``: origins whose pages may
@@ -502,12 +526,11 @@ def create_app(path, *, workers: int = 1, limits: Limits | None = None, runner_f
     from llm_tflite.runtime.runner import InterpreterRunner
 
     limits = limits or Limits()
-    if parallel is None:
-        parallel = 1 if runner_factory is not None else default_parallel(path)
     # the cores shared between the workers: more threads than cores would only make them wait for each other
     threads = max(1, (os.cpu_count() or 1) // workers)
-    make = runner_factory or (lambda: InterpreterRunner(path, num_threads=threads, batching=parallel > 1))
-    pool = RunnerPool(make, workers, limits.wait_seconds, limits.max_waiting or 4 * workers * parallel, parallel)
+    batching = "auto" if parallel is None else parallel > 1
+    make = runner_factory or (lambda: InterpreterRunner(path, num_threads=threads, batching=batching))
+    pool = RunnerPool(make, workers, limits.wait_seconds, limits.max_waiting, parallel)
     from llm_tflite.runtime.chat import PrefixCache
 
     for runner in pool.runners:  # each runner's recent conversations, reused by prefix (chat_completions)

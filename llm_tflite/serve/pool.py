@@ -20,19 +20,22 @@ class RunnerPool:
         make_runner: builds one runner (``InterpreterRunner(path)``).
         workers: runners.
         wait_seconds: longest a request waits for a free slot before ``Overloaded``.
-        max_waiting: requests allowed to wait at once; one more is refused at once.
-        parallel: requests each runner serves at once.
+        max_waiting: requests allowed to wait at once; one more is refused at once (default: four
+            per slot).
+        parallel: requests each runner serves at once (default: as many as its engine decodes in
+            one call, ``max_rows`` of a batching runner, else 1).
     """
 
-    def __init__(self, make_runner, workers: int, wait_seconds: float, max_waiting: int, parallel: int = 1):
+    def __init__(self, make_runner, workers: int, wait_seconds: float, max_waiting: int | None = None,
+                 parallel: int | None = None):
         self.runners = [make_runner() for _ in range(workers)]
-        self.parallel = parallel
+        self.parallel = parallel or getattr(getattr(self.runners[0], "engine", None), "max_rows", 1)
         self._free: queue.Queue = queue.Queue()
-        for _ in range(parallel):  # one slot of each runner, then the next: requests spread over the runners
+        for _ in range(self.parallel):  # one slot of each runner, then the next: requests spread over the runners
             for runner in self.runners:
                 self._free.put(runner)
         self.wait_seconds = wait_seconds
-        self.max_waiting = max_waiting
+        self.max_waiting = max_waiting or 4 * self.slots
         self._waiting = 0
         self._lock = threading.Lock()
 
