@@ -6,13 +6,14 @@ On a CPU a decode step is bound by reading the weights; a ``decode_batch_{B}`` s
 filters and chat state, exactly as without batching; only its ``Sequence``'s calls go through
 one scheduler thread, which
 
-- gathers the decode steps of every running sequence (up to the largest batch the file has;
-  more run as several calls) and runs them as one ``decode_rows`` call;
+- gathers the decode steps of every running sequence and runs them as ``decode_rows`` calls:
+  one, unless rows far apart in the context cost less as a call per decode window
+  (``_calls``), and at most the largest batch the file has per call;
 - runs one chunk of a waiting prompt between two decode steps, so a long prompt joining
   never stalls the streams already running;
 - waits for the sequences of the last step to come back (each samples its token in its own
-  thread) at most ``gather_seconds``: a sequence that finished (``Sequence.idle``) or whose
-  client reads slowly is not waited for, and joins the next step when it is back.
+  thread) at most ``gather_seconds``: a sequence that finished (``Sequence.idle``) or is slow
+  to come back is not waited for, and joins the next step when it is back.
 
 Decoding a sequence in a batch gives the same logits as decoding it alone (each row has its
 own caches and position; checked bit for bit in ``tests/test_batching.py``).

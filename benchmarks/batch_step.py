@@ -1,0 +1,151 @@
+"""What one batched decode step costs: ``decode_rows`` for 1, 2, 4, 8 rows, grouped calls, FC alone.
+
+    .venv/bin/python benchmarks/batch_step.py [FILE] [--fc] [--workers]
+
+FILE (default ``build/serve/gpt2_base_dynamic_int8_b8.tflite``, which ``benchmarks/serve_load.py``
+converts) must have ``decode_batch`` signatures. Prints, for rows at position 20 (decode window
+128), the median wall and CPU time of a step for 1 (``decode``), 2, 4 and 8 rows, in 4
+interleaved rounds; then 7 rows at position 20 and one at 300 / 700 as one call (the furthest
+row's window) and as two (``BatchingEngine._calls`` groups them so). With ``--fc``: the same
+``FULLY_CONNECTED`` shapes as GPT-2 124M (12 layers and the head, dynamic-range int8) alone in a
+graph, for 1, 4 and 8 rows: the part of a step that reads the weights. With ``--workers``: decode
+steps per second of one runner with 2 threads against two runners with 1 thread each driven from
+two Python threads (what ``serve --workers 2`` does in one process). Not a test: a benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def step_costs(runner) -> None:
+    engine = runner.engine
+    sequences = [runner.sequence() for _ in range(8)]
+    for sequence in sequences:
+        sequence.feed(runner.encode("ROMEO: hello there"))
+    pad = engine.new_state()
+    costs = {rows: ([], []) for rows in (1, 2, 4, 8)}
+    for _ in range(4):
+        for rows, (wall, cpu) in costs.items():
+            for k in range(12):
+                start, start_cpu = time.perf_counter(), time.process_time()
+                if rows == 1:
+                    sequences[0].position = 20
+                    sequences[0].feed([5])
+                else:
+                    engine.decode_rows([s.caches for s in sequences[:rows]], [5] * rows, [20] * rows, pad)
+                if k >= 2:
+                    wall.append(time.perf_counter() - start)
+                    cpu.append(time.process_time() - start_cpu)
+    print("rows at position 20: " + ", ".join(
+        f"{rows}: {np.median(wall) * 1000:.1f} ms wall / {np.median(cpu) * 1000:.1f} ms CPU"
+        for rows, (wall, cpu) in costs.items()))
+    for far in (300, 700):
+        positions = [20] * 7 + [far]
+        one, two = [], []
+        for _ in range(15):
+            start = time.process_time()
+            engine.decode_rows([s.caches for s in sequences], [5] * 8, positions, pad)
+            one.append(time.process_time() - start)
+            start = time.process_time()
+            engine.decode_rows([s.caches for s in sequences[:7]], [5] * 7, positions[:7], pad)
+            sequences[7].position = far
+            sequences[7].feed([5])
+            two.append(time.process_time() - start)
+        print(f"7 rows at 20 and 1 at {far}: one call {np.median(one[3:]) * 1000:.0f} ms CPU, "
+              f"a call per window {np.median(two[3:]) * 1000:.0f} ms CPU")
+
+
+def fully_connected_alone(threads: int) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+    from ai_edge_litert.compiled_model import CompiledModel
+    from ai_edge_litert.cpu_options import CpuOptions
+    from ai_edge_litert.options import Options
+
+    rng = np.random.default_rng(0)
+    shapes = [(768, 2304), (768, 768), (768, 3072), (3072, 768)]
+    weights = [tf.constant(rng.standard_normal(shape, np.float32) * 0.02) for _ in range(12) for shape in shapes]
+    head = tf.constant(rng.standard_normal((768, 50257), np.float32) * 0.02)
+    for rows in (1, 4, 8):
+        @tf.function(input_signature=[tf.TensorSpec([rows, 768], tf.float32)])
+        def layers(x):
+            for i in range(12):
+                qkv = tf.matmul(x, weights[4 * i])
+                x = x + tf.matmul(qkv[:, :768], weights[4 * i + 1])
+                x = x + tf.matmul(tf.nn.relu(tf.matmul(x, weights[4 * i + 2])), weights[4 * i + 3])
+            return {"logits": tf.matmul(x, head)}
+
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([layers.get_concrete_function()])
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # int8 weights, float activations: as dynamic_int8
+        model = CompiledModel.from_buffer(converter.convert(), options=Options(cpu_options=CpuOptions(num_threads=threads)))
+        name = list(model.get_signature_list())[0]
+        inputs = {k: model.create_input_buffer_by_name(name, k) for k in model.get_input_tensor_details(name)}
+        outputs = {k: model.create_output_buffer_by_name(name, k) for k in model.get_output_tensor_details(name)}
+        for buffer in inputs.values():
+            buffer.write(np.ones((rows, 768), np.float32))
+        times = []
+        for _ in range(30):
+            start = time.perf_counter()
+            model.run_by_name(name, inputs, outputs)
+            times.append(time.perf_counter() - start)
+        print(f"FULLY_CONNECTED alone, {rows} rows: {np.median(times[5:]) * 1000:.1f} ms wall")
+
+
+def two_workers(path) -> None:
+    import threading
+
+    from llm_tflite import InterpreterRunner
+
+    def steps_per_second(runner, out, index):
+        sequence = runner.sequence()
+        sequence.feed(runner.encode("ROMEO: hello"))
+        start = time.perf_counter()
+        for _ in range(60):
+            sequence.position = 20
+            sequence.feed([5])
+        out[index] = 60 / (time.perf_counter() - start)
+
+    one = InterpreterRunner(path, num_threads=2)
+    pair = [InterpreterRunner(path, num_threads=1) for _ in range(2)]
+    for _ in range(2):
+        alone = [0.0]
+        steps_per_second(one, alone, 0)
+        both = [0.0, 0.0]
+        threads = [threading.Thread(target=steps_per_second, args=(runner, both, i)) for i, runner in enumerate(pair)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        print(f"one runner with 2 threads: {alone[0]:.1f} steps/s; two runners with 1 thread each, from two "
+              f"Python threads: {sum(both):.1f} steps/s together")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("file", nargs="?", default=str(ROOT / "build" / "serve" / "gpt2_base_dynamic_int8_b8.tflite"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fc", action="store_true", help="also time the FULLY_CONNECTED ops alone")
+    parser.add_argument("--workers", action="store_true", help="also time two runners in two Python threads")
+    args = parser.parse_args()
+
+    from llm_tflite import InterpreterRunner
+
+    step_costs(InterpreterRunner(args.file, num_threads=args.threads))
+    if args.fc:
+        fully_connected_alone(args.threads)
+    if args.workers:
+        two_workers(args.file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
