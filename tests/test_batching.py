@@ -175,3 +175,17 @@ def test_rows_are_grouped_by_window_when_another_call_costs_less(batched_file):
     # window 32 -> 64 costs the first two rows 2 x 32 slots; 64 -> 128 costs three rows 3 x 64 slots
     assert calls(2 * 32 * slot + 1) == [[3, 5, 40], [100]]
     assert calls(3 * 64 * slot + 1) == [[3, 5, 40, 100]]
+
+
+def test_a_failing_step_fails_its_callers_and_the_scheduler_goes_on(batched_file, monkeypatch):
+    runner = InterpreterRunner(batched_file, batching=True, weight_cache="memory")
+    engine = runner.engine
+
+    def broken(jobs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(engine, "_calls", broken)
+    with pytest.raises(RuntimeFailure, match="scheduler failed: ValueError: boom"):
+        runner.complete("ROMEO:", 8, "greedy")
+    monkeypatch.undo()
+    assert runner.complete("ROMEO:", 8, "greedy").text == InterpreterRunner(batched_file).complete("ROMEO:", 8, "greedy").text

@@ -92,7 +92,11 @@ def _schedule(queue: _Queue, engine_ref, gather_seconds: float) -> None:
         if engine is None:
             _fail(decodes + ([prefill] if prefill else []), RuntimeFailure("the batching engine is gone"))
             return
-        engine._step(decodes, prefill)
+        try:
+            engine._step(decodes, prefill)
+        except BaseException as e:  # noqa: BLE001 - no waiting thread is left hanging, and the thread goes on
+            jobs = [job for job in decodes + ([prefill] if prefill else []) if not job.done.is_set()]
+            _fail(jobs, RuntimeFailure(f"the batching scheduler failed: {type(e).__name__}: {e}"))
         del engine, decodes, prefill  # nothing of a finished step (jobs hold their sequences) while it waits
 
 
@@ -123,8 +127,9 @@ class BatchingEngine(SequenceEngine):
         self.steps = self.rows = 0
         self._queue = _Queue()
         weakref.finalize(self, self._queue.close)
-        threading.Thread(target=_schedule, args=(self._queue, weakref.ref(self), gather_seconds),
-                         name="llm-tflite-batching", daemon=True).start()
+        self._thread = threading.Thread(target=_schedule, args=(self._queue, weakref.ref(self), gather_seconds),
+                                        name="llm-tflite-batching", daemon=True)
+        self._thread.start()
 
     def __getattr__(self, name):  # the wrapped engine's signatures, state and checks
         if name == "inner":
@@ -141,6 +146,7 @@ class BatchingEngine(SequenceEngine):
     def close(self) -> None:
         """Stop the scheduler thread (calls waiting and new ones fail with ``RuntimeFailure``)."""
         self._queue.close()
+        self._thread.join(timeout=10)
 
     # -- what a sequence calls ---------------------------------------------------------
     def run(self, job: _Job) -> np.ndarray:
