@@ -110,11 +110,29 @@ def test_batching_needs_a_file_with_batch_signatures(tiny_tflite):
         InterpreterRunner(tiny_tflite, batching=True)
 
 
-def test_batch_size_options_are_checked():
+def test_batch_size_options_are_checked(tiny_gpt2_dir, tmp_path, monkeypatch):
     with pytest.raises(InvalidArgumentError, match="batch_sizes must be integers 2..32"):
         Converter(batch_sizes=(1, 4))
     with pytest.raises(InvalidArgumentError, match="prefill_decode option"):
         Converter(mode="generate", batch_sizes=(4,))
+    (tmp_path / "calibration.txt").write_text("ROMEO: hello there, my lord.\n" * 20)
+    with pytest.raises(InvalidArgumentError, match="calibrates the single-sequence signatures only"):
+        Converter(quantize="full_int8", calibration=str(tmp_path / "calibration.txt"), batch_sizes=(4,))
+    from llm_tflite.errors import ConversionError
+    from llm_tflite.families.gpt2 import GPT2Family
+
+    # a family (a plugin's) that does not say its forward pass can decode a batch is refused, not traced
+    monkeypatch.setattr(GPT2Family, "batched_decode", False)
+    with pytest.raises(ConversionError, match="ModelFamily.batched_decode"):
+        Converter(batch_sizes=(2,)).convert(str(tiny_gpt2_dir), str(tmp_path / "x.tflite"))
+    assert not (tmp_path / "x.tflite").exists()
+
+
+def test_searches_run_on_a_batching_runner(batched_file):
+    """Beam and contrastive search feed forks one by one, outside any batch: same tokens as unbatched."""
+    plain, batched = InterpreterRunner(batched_file), InterpreterRunner(batched_file, batching=True)
+    for sampler in ("beam", "greedy"):
+        assert batched.complete("ROMEO:", 12, sampler).text == plain.complete("ROMEO:", 12, sampler).text
 
 
 def test_a_record_with_bad_batch_sizes_is_refused(batched_file, tmp_path):

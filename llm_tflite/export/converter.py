@@ -222,6 +222,9 @@ class Converter:
             raise InvalidArgumentError(f"batch_sizes must be integers 2..{MAX_BATCH_SIZE}, got {batch_sizes!r}")
         if batch_sizes and mode != "prefill_decode":
             raise InvalidArgumentError("batch_sizes is a prefill_decode option")
+        if batch_sizes and self.quantizer.strategy.needs_calibration:
+            raise InvalidArgumentError(f"quantization strategy {self.quantizer.name!r} calibrates the single-sequence "
+                                       "signatures only; convert without batch_sizes, or use dynamic_int8")
         self.batch_sizes = tuple(sorted(set(batch_sizes)))
         self.max_length = max_length
         self.sampler = sampler
@@ -307,6 +310,9 @@ class Converter:
             ChatTemplate(chat["template"])  # a template that does not compile fails the conversion, not the app
             record["chat"] = chat
         if self.mode == "prefill_decode":
+            if self.batch_sizes and not fam.batched_decode:
+                raise ConversionError(f"family {fam.name!r} does not say its forward pass can decode a batch "
+                                      "(ModelFamily.batched_decode); convert without batch_sizes")
             spec = fam.kv_cache_spec(lm)
             record.update(
                 context_length=context_length,

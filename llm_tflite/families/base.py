@@ -62,6 +62,11 @@ class ModelFamily:
     name: str = ""
     #: One line shown by ``llm-tflite plugins``.
     description: str = ""
+    #: The forward pass can run a batched decode (``Converter(batch_sizes=...)``): it takes each
+    #: token's position from ``input_pos`` (not ``input_pos[0]`` + offset) and writes and reads the
+    #: caches only through ``update_key_cache`` / ``update_value_cache`` / ``causal_attention``,
+    #: which then receive ``Rows`` (one cache per token: each token is another sequence's step).
+    batched_decode: bool = False
 
     def owns(self, source: Any) -> bool:
         """True if ``source`` (a Keras model, a preset directory or handle) is this family's."""

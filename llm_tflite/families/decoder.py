@@ -128,6 +128,7 @@ class DecoderFamily(ModelFamily):
         preset_prefixes: KerasHub preset names this family claims (``("gemma3_",)``).
     """
 
+    batched_decode = True  # positions from input_pos, caches through families.ops
     causal_lm = ""
     backbone_class = ""
     preset_prefixes: tuple = ()

@@ -13,6 +13,7 @@ from llm_tflite.families.loading import is_preset_dir, load_keras_preset, preset
 class GPT2Family(ModelFamily):
     name = "gpt2"
     description = "OpenAI GPT-2 decoders (keras_hub.models.GPT2CausalLM)"
+    batched_decode = True  # positions from input_pos, caches through families.ops
 
     def owns(self, source) -> bool:
         if isinstance(source, str):

@@ -87,17 +87,22 @@ def _schedule(queue: _Queue, engine_ref, gather_seconds: float) -> None:
                 queue.cond.wait(left)
             decodes, queue.decodes = queue.decodes, []
             prefill = queue.prefills.pop(0) if queue.prefills else None
-            queue.expected = {id(job.sequence) for job in decodes}
+            # only a generation's sequences come straight back (a beam's forks, a logits() call do not)
+            queue.expected = {id(job.sequence) for job in decodes if job.sequence.generating}
         engine = engine_ref()
         if engine is None:
             _fail(decodes + ([prefill] if prefill else []), RuntimeFailure("the batching engine is gone"))
             return
-        try:
-            engine._step(decodes, prefill)
-        except BaseException as e:  # noqa: BLE001 - no waiting thread is left hanging, and the thread goes on
-            jobs = [job for job in decodes + ([prefill] if prefill else []) if not job.done.is_set()]
-            _fail(jobs, RuntimeFailure(f"the batching scheduler failed: {type(e).__name__}: {e}"))
+        _run_step(engine, decodes, prefill)
         del engine, decodes, prefill  # nothing of a finished step (jobs hold their sequences) while it waits
+
+
+def _run_step(engine, decodes, prefill) -> None:
+    try:
+        engine._step(decodes, prefill)
+    except BaseException as e:  # noqa: BLE001 - no waiting thread is left hanging, and the thread goes on
+        jobs = [job for job in decodes + ([prefill] if prefill else []) if not job.done.is_set()]
+        _fail(jobs, RuntimeFailure(f"the batching scheduler failed: {type(e).__name__}: {e}"))
 
 
 class BatchingEngine(SequenceEngine):
@@ -157,8 +162,8 @@ class BatchingEngine(SequenceEngine):
             (queue.decodes if job.name is None else queue.prefills).append(job)
             queue.cond.notify_all()
         job.done.wait()
-        if job.error is not None:
-            raise job.error
+        if job.error is not None:  # one error object is shared by a call's rows: each raises its own
+            raise RuntimeFailure(str(job.error)) from None
         return job.logits
 
     def idle(self, sequence) -> None:
@@ -232,13 +237,19 @@ class BatchedSequence(Sequence):
     def __init__(self, batching: BatchingEngine, observer=None):
         super().__init__(batching.inner, observer)
         self.batching = batching
+        #: In a generation's loop (``generate``): a step waits for its next token.
+        self.generating = False
 
     def fork(self) -> "BatchedSequence":
         twin = super().fork()
-        twin.batching = self.batching
+        twin.batching, twin.generating = self.batching, False
         return twin
 
+    def generate(self) -> None:
+        self.generating = True
+
     def idle(self) -> None:
+        self.generating = False
         self.batching.idle(self)
 
     def _run(self, name: str, tokens, input_pos, hidden: bool) -> dict:

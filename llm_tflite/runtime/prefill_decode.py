@@ -396,9 +396,13 @@ class Sequence:
                                        "convert the model again with --hidden-states (hidden_states=True)")
         return self._feed(token_ids, hidden=True)
 
+    def generate(self) -> None:
+        """Say the sequence will be fed token after token, each soon after the last (a generation's
+        loop): a batching engine (``llm_tflite.runtime.batching``) waits a moment for it before a step."""
+
     def idle(self) -> None:
         """Say the sequence will not be fed for now (its generation ended): a batching engine
-        (``llm_tflite.runtime.batching``) stops waiting for it. Feeding it again is fine."""
+        stops waiting for it. Feeding it again is fine."""
 
     def _run(self, name: str, tokens, input_pos, hidden: bool) -> dict:
         """Run signature ``name`` on one chunk: ``logits`` (and ``hidden_states``)."""

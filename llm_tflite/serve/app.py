@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 
-from llm_tflite.errors import ContextLengthError, LLMTFLiteError
+from llm_tflite.errors import ContextLengthError, InvalidArgumentError, LLMTFLiteError, RuntimeFailure
 from llm_tflite.serve.pool import Overloaded, RunnerPool
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
@@ -55,7 +55,7 @@ class Limits:
     #: conversations whose KV caches each runner keeps for clients that send their history again
     chat_cache: int = 4
     wait_seconds: float = 30.0
-    max_waiting: int | None = None  # default: 4 per slot (workers x parallel)
+    max_waiting: int | None = None  # default: 4 per slot (workers x parallel), at most 24
     #: requests one API key may have in flight at once (with keys)
     max_streams_per_key: int = 4
 
@@ -172,24 +172,39 @@ class _Pump:
         import asyncio
 
         self.loop, self.items, self.stopped = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
-        threading.Thread(target=self._run, args=(stream, done), name="llm-tflite-stream", daemon=True).start()
+        try:
+            threading.Thread(target=self._run, args=(stream, done), name="llm-tflite-stream", daemon=True).start()
+        except BaseException:
+            try:
+                stream.close()
+            finally:
+                done()
+            raise
 
     def _run(self, stream, done) -> None:
         try:
             while not self.stopped.is_set():
                 try:
                     item = next(stream, _END)
-                except BaseException as e:  # noqa: BLE001 - raised again in the response
+                except Exception as e:  # noqa: BLE001 - raised again in the response
                     item = e
-                try:
-                    self.loop.call_soon_threadsafe(self.items.put_nowait, item)
-                except RuntimeError:  # the event loop is gone (the server stopped)
-                    return
-                if item is _END or isinstance(item, BaseException):
+                except BaseException:  # the thread is being torn down: the response must still end
+                    self._put(RuntimeFailure("the generation was interrupted"))
+                    raise
+                if not self._put(item) or item is _END or isinstance(item, Exception):
                     return
         finally:
-            stream.close()
-            done()
+            try:
+                stream.close()
+            finally:
+                done()
+
+    def _put(self, item) -> bool:
+        try:
+            self.loop.call_soon_threadsafe(self.items.put_nowait, item)
+            return True
+        except RuntimeError:  # the event loop is gone (the server stopped)
+            return False
 
     async def next(self):
         """The stream's next item, ``_END`` after the last; an exception it raised is raised here."""
@@ -238,6 +253,11 @@ async def _event_stream(request, make_stream, render):
                     return
         except LLMTFLiteError as e:
             yield _sse({"error": {"type": type(e).__name__, "message": str(e)}})
+        except Exception as e:  # noqa: BLE001 - headers are sent: end the stream with an event, not a cut
+            from llm_tflite.console import logger
+
+            logger.exception("a stream failed: %s", e)
+            yield _sse({"error": {"type": "internal_error", "message": "the generation failed; see the server log"}})
 
     class Events(StreamingResponse):
         async def __call__(self, scope, receive, send):
@@ -526,6 +546,9 @@ def create_app(path, *, workers: int = 1, limits: Limits | None = None, runner_f
     from llm_tflite.runtime.runner import InterpreterRunner
 
     limits = limits or Limits()
+    if parallel is not None and not (isinstance(parallel, int) and parallel >= 1):
+        raise InvalidArgumentError(f"parallel must be a positive integer (or None: what the file supports), got "
+                                   f"{parallel!r}")
     # the cores shared between the workers: more threads than cores would only make them wait for each other
     threads = max(1, (os.cpu_count() or 1) // workers)
     batching = "auto" if parallel is None else parallel > 1

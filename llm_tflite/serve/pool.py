@@ -7,6 +7,10 @@ import queue
 import threading
 
 
+#: Most requests waiting by default: each holds one of the 40 threads Starlette runs blocking calls in.
+MAX_DEFAULT_WAITING = 24
+
+
 class Overloaded(Exception):
     """Every runner is busy and the request waited its limit (or too many are waiting)."""
 
@@ -21,7 +25,7 @@ class RunnerPool:
         workers: runners.
         wait_seconds: longest a request waits for a free slot before ``Overloaded``.
         max_waiting: requests allowed to wait at once; one more is refused at once (default: four
-            per slot).
+            per slot, at most ``MAX_DEFAULT_WAITING``).
         parallel: requests each runner serves at once (default: as many as its engine decodes in
             one call, ``max_rows`` of a batching runner, else 1).
     """
@@ -35,7 +39,8 @@ class RunnerPool:
             for runner in self.runners:
                 self._free.put(runner)
         self.wait_seconds = wait_seconds
-        self.max_waiting = max_waiting or 4 * self.slots
+        # a waiting request holds one of the server's 40 worker threads: leave some for running ones
+        self.max_waiting = max_waiting or min(4 * self.slots, MAX_DEFAULT_WAITING)
         self._waiting = 0
         self._lock = threading.Lock()
 

@@ -13,6 +13,7 @@ from llm_tflite.tokenizers.spm_training import NEWLINE_SYMBOL, restore_newline_p
 
 class PaLMFamily(ModelFamily):
     name = "palm"
+    batched_decode = True  # positions from input_pos, caches through families.ops
     description = "PaLM-style decoders: parallel blocks, SwiGLU, RoPE, multi-query attention, SentencePiece"
 
     def owns(self, source) -> bool:
