@@ -237,7 +237,7 @@ class BatchedSequence(Sequence):
     def __init__(self, batching: BatchingEngine, observer=None):
         super().__init__(batching.inner, observer)
         self.batching = batching
-        #: In a generation's loop (``generate``): a step waits for its next token.
+        #: In a generation's loop (``start_generation`` until ``idle``): a step waits for its next token.
         self.generating = False
 
     def fork(self) -> "BatchedSequence":
@@ -245,7 +245,7 @@ class BatchedSequence(Sequence):
         twin.batching, twin.generating = self.batching, False
         return twin
 
-    def generate(self) -> None:
+    def start_generation(self) -> None:
         self.generating = True
 
     def idle(self) -> None:

@@ -161,7 +161,7 @@ class SequenceEngine(Engine):
         start = sequence.position = min(sequence.position, len(prompt_ids) - 1)
         logits = sequence.feed(prompt_ids[start:])[-1]
         history = list(prompt_ids)
-        sequence.generate()
+        sequence.start_generation()
         try:
             for count in range(1, limit + 1):
                 token = int(choose(logits, history))

@@ -396,7 +396,7 @@ class Sequence:
                                        "convert the model again with --hidden-states (hidden_states=True)")
         return self._feed(token_ids, hidden=True)
 
-    def generate(self) -> None:
+    def start_generation(self) -> None:
         """Say the sequence will be fed token after token, each soon after the last (a generation's
         loop): a batching engine (``llm_tflite.runtime.batching``) waits a moment for it before a step."""
 
