@@ -8,7 +8,8 @@ converts) must have ``decode_batch`` signatures. Prints, for rows at position 20
 interleaved rounds; then 7 rows at position 20 and one at 300 / 700 as one call (the furthest
 row's window) and as two (``BatchingEngine._calls`` groups them so). With ``--fc``: the same
 ``FULLY_CONNECTED`` shapes as GPT-2 124M (12 layers and the head, dynamic-range int8) alone in a
-graph, for 1, 4 and 8 rows: the part of a step that reads the weights. With ``--workers``: decode
+graph, for 1, 4 and 8 rows: the part of a step that reads the weights. With ``--workers``: how far a
+Python thread gets while one long model call runs (whether the binding holds the GIL), and decode
 steps per second of one runner with 2 threads against two runners with 1 thread each driven from
 two Python threads (what ``serve --workers 2`` does in one process). Not a test: a benchmark.
 """
@@ -115,6 +116,28 @@ def two_workers(path) -> None:
         out[index] = 60 / (time.perf_counter() - start)
 
     one = InterpreterRunner(path, num_threads=2)
+    # a Python thread spinning while one long call (a 128-token prefill) runs: its progress shows
+    # whether the binding lets go of the GIL during the call
+    count, stop = [0], threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            count[0] += 1
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    time.sleep(0.5)
+    start_count, start = count[0], time.perf_counter()
+    time.sleep(0.5)
+    alone_rate = (count[0] - start_count) / (time.perf_counter() - start)
+    sequence = one.sequence()
+    start_count, start = count[0], time.perf_counter()
+    sequence.feed(list(range(100, 228)))
+    took = time.perf_counter() - start
+    stop.set()
+    spinner.join()
+    print(f"a spinning thread beside one {took * 1000:.0f} ms prefill_128 call: "
+          f"{(count[0] - start_count) / took / alone_rate:.0%} of its progress alone")
     pair = [InterpreterRunner(path, num_threads=1) for _ in range(2)]
     for _ in range(2):
         alone = [0.0]

@@ -17,6 +17,22 @@ PROMPTS = ["ROMEO:", "JULIET: O Romeo", "First Citizen:\nBefore we proceed any f
            "KING:", "Thou", "My lord, I", "MENENIUS:"]
 
 
+def at_once(count: int, work) -> list:
+    """``[work(0), ..., work(count - 1)]``, each in its own thread, all started together."""
+    results, barrier = [None] * count, threading.Barrier(count)
+
+    def run(i):
+        barrier.wait()
+        results[i] = work(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
 def alone(runner, ids, steps):
     """Greedy tokens and each step's logits of one sequence decoded by itself."""
     sequence = runner.sequence()
@@ -69,39 +85,19 @@ def test_concurrent_generations_decode_together_with_unbatched_outputs(batched_f
     batched = InterpreterRunner(batched_file, batching=True)
     expected = [(plain.complete(p, 40, "greedy").text, plain.complete(p, 40, "random", temperature=0.9, seed=i).text)
                 for i, p in enumerate(PROMPTS)]
-    got = [None] * len(PROMPTS)
-    barrier = threading.Barrier(len(PROMPTS))
-
-    def run(i):
-        barrier.wait()
-        got[i] = (batched.complete(PROMPTS[i], 40, "greedy").text,
-                  batched.complete(PROMPTS[i], 40, "random", temperature=0.9, seed=i).text)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    got = at_once(len(PROMPTS), lambda i: (batched.complete(PROMPTS[i], 40, "greedy").text,
+                                             batched.complete(PROMPTS[i], 40, "random", temperature=0.9, seed=i).text))
     assert got == expected
     engine = batched.engine
     assert engine.rows > engine.steps > 0  # steps carried several sequences
 
 
-def test_chat_stream_and_stop_rules_work_per_request(batched_file):
+def test_streams_and_stop_rules_work_per_request(batched_file):
     plain = InterpreterRunner(batched_file)
     batched = InterpreterRunner(batched_file, batching=True)
     options = [dict(stop=["e"]), dict(max_new_tokens=5), dict(sampler="top_k", seed=3)]
     expected = [plain.complete("ROMEO:", **{"max_new_tokens": 30, **o}).text for o in options]
-    got = [None] * len(options)
-
-    def run(i):
-        got[i] = "".join(batched.stream("ROMEO:", **{"max_new_tokens": 30, **options[i]}))
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(options))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    got = at_once(len(options), lambda i: "".join(batched.stream("ROMEO:", **{"max_new_tokens": 30, **options[i]})))
     assert got == expected
 
 

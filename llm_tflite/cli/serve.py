@@ -42,8 +42,6 @@ def cmd_serve(args) -> int:
     limits = Limits(max_body_bytes=args.max_body_bytes, max_prompt_chars=args.max_prompt_chars,
                     max_tokens=args.max_tokens, wait_seconds=args.queue_timeout, chat_cache=args.chat_cache,
                     max_streams_per_key=args.max_streams_per_key)
-    if args.parallel is not None and not 1 <= args.parallel <= 256:
-        raise InvalidArgumentError("--parallel must be 1..256")
     app = create_app(args.file, workers=args.workers, limits=limits, api_keys=keys, cors_origins=args.cors_origin or (),
                      parallel=args.parallel)
     if not _loopback(args.host) and not keys:

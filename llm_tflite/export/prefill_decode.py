@@ -24,6 +24,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 from llm_tflite.families.base import KVCacheSpec
 from llm_tflite.families.ops import Rows, attention_window, cache_shapes
 from llm_tflite.litert.bind import WEIGHT_PREFIX
+from llm_tflite.runtime.prefill_decode import decode_batch_name, row_cache_name  # the runtime reads these names
 
 
 def cache_names(spec: KVCacheSpec) -> list[str]:
@@ -31,11 +32,6 @@ def cache_names(spec: KVCacheSpec) -> list[str]:
     for i in range(spec.num_layers):
         names += [f"kv_cache_k_{i}", f"kv_cache_v_{i}"]
     return names
-
-
-def row_cache_name(name: str, row: int) -> str:
-    """A batched signature's input for row ``row`` of cache ``name``: ``kv_cache_k_0_row3``."""
-    return f"{name}_row{row}"
 
 
 def batch_cache_names(spec: KVCacheSpec, rows: int) -> list[str]:
@@ -147,10 +143,6 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
 
 def decode_window_name(window: int) -> str:
     return f"decode_window_{int(window)}"
-
-
-def decode_batch_name(rows: int, window: int | None = None) -> str:
-    return f"decode_batch_{int(rows)}" + ("" if window is None else f"_window_{int(window)}")
 
 
 def signatures(prefill_lengths, decode_windows=(), batch_sizes=()) -> dict[str, tuple[int, int | None, int]]:

@@ -52,6 +52,16 @@ def litert_environment():
         return _environment
 
 
+def decode_batch_name(rows: int, window: int | None = None) -> str:
+    """``decode_batch_{rows}`` (``_window_{window}``): the batched decode signature's name."""
+    return f"decode_batch_{int(rows)}" + ("" if window is None else f"_window_{int(window)}")
+
+
+def row_cache_name(name: str, row: int) -> str:
+    """A batched signature's input for row ``row`` of cache ``name``: ``kv_cache_k_0_row3``."""
+    return f"{name}_row{row}"
+
+
 class PrefillDecodeEngine(SequenceEngine):
     """The compiled model of a ``prefill_decode`` file and its signatures; stateless between calls.
 
@@ -195,8 +205,7 @@ class PrefillDecodeEngine(SequenceEngine):
 
     def _batch_signatures(self) -> dict[str, int]:
         """The batched decode signatures the record lists, and the rows each takes."""
-        return {f"decode_batch_{b}" + ("" if w is None else f"_window_{w}"): b
-                for b in self.batch_sizes for w in [None, *self.decode_windows]}
+        return {decode_batch_name(b, w): b for b in self.batch_sizes for w in [None, *self.decode_windows]}
 
     def _signature_lengths(self) -> dict[str, int]:
         """The signatures the record lists, and the tokens each takes."""
@@ -213,8 +222,7 @@ class PrefillDecodeEngine(SequenceEngine):
 
     def decode_batch_signature(self, rows: int, position: int) -> str:
         """The ``decode_batch_{rows}`` signature for rows whose furthest position is ``position``."""
-        window = self.decode_window(position)
-        return f"decode_batch_{rows}" + ("" if window is None else f"_window_{window}")
+        return decode_batch_name(rows, self.decode_window(position))
 
     def batch_rows(self, count: int) -> int:
         """The rows of the batched signature that decodes ``count`` sequences: the smallest size that
@@ -223,7 +231,7 @@ class PrefillDecodeEngine(SequenceEngine):
 
     @staticmethod
     def _row_caches(states: list[dict]) -> dict:
-        return {f"{name}_row{row}": buffer for row, state in enumerate(states) for name, buffer in state.items()}
+        return {row_cache_name(name, row): buffer for row, state in enumerate(states) for name, buffer in state.items()}
 
     def decode_rows(self, states: list[dict], tokens, positions, pad: dict) -> np.ndarray:
         """One decode step of several sequences in one call: ``tokens[i]`` at ``positions[i]`` into
@@ -279,7 +287,7 @@ class PrefillDecodeEngine(SequenceEngine):
                 )
         for name, rows in self._batch_signatures().items():
             inputs, outputs = self.input_details[name], self.output_details[name]
-            row_caches = {f"{c}_row{b}": shapes[c.split("_")[2]] for c in caches for b in range(rows)}
+            row_caches = {row_cache_name(c, b): shapes[c.split("_")[2]] for c in caches for b in range(rows)}
             expected = {"tokens": [rows, 1], "input_pos": [rows], **row_caches}
             found = {key: list(value["shape"]) for key, value in inputs.items()}
             if found != expected or set(outputs) != {"logits", *row_caches, *hidden} or \
