@@ -39,6 +39,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--quick", action="store_true", help="450 steps (about six minutes), reproducible")
     parser.add_argument("--max-minutes", type=float, default=14.0, help="fine-tuning time limit (default 14)")
+    parser.add_argument("--seed", type=int, default=0, help="data order and dropout (default 0)")
     parser.add_argument("--out", default=None, help="where to write the preset and .tflite (default: a temp dir)")
     args = parser.parse_args(argv)
     data = pathlib.Path(args.data_dir)
@@ -54,7 +55,7 @@ def main(argv=None) -> dict:
         heldout=data / "poet.tang.4000.json",
         max_minutes=None if args.quick else args.max_minutes,
         max_steps=450 if args.quick else None,
-        epochs=1 if args.quick else 3, batch_size=16, sequence_length=128, learning_rate=2e-3,
+        epochs=1 if args.quick else 3, batch_size=16, sequence_length=128, learning_rate=2e-3, seed=args.seed,
         eval_max_tokens=20_000 if args.quick else 100_000,
     )
     drop = 1 - result.after["nats_per_char"] / result.before["nats_per_char"]

@@ -138,24 +138,35 @@ def import_tensorflow():
     return tf
 
 
-def import_keras():
-    """Keras on the TensorFlow backend, or ``UnsupportedRuntimeError`` saying how to get it.
+def keras_backend() -> str:
+    """The backend Keras runs on in this process: the loaded Keras' own, else the one ``KERAS_BACKEND``
+    will give it (TensorFlow when unset)."""
+    loaded = sys.modules.get("keras")
+    if loaded is not None and hasattr(loaded, "backend"):
+        return loaded.backend.backend()
+    return os.environ.get("KERAS_BACKEND") or "tensorflow"
 
-    The KerasHub tutorials set ``KERAS_BACKEND=jax``; llm-tflite converts through TensorFlow.
+
+#: The backends training runs on (``finetune --backend``); conversion and evaluation need TensorFlow.
+TRAINING_BACKENDS = ("tensorflow", "jax")
+
+
+def import_keras(backends=("tensorflow",)):
+    """Keras on one of ``backends``, or ``UnsupportedRuntimeError`` saying how to get it.
+
+    The KerasHub tutorials set ``KERAS_BACKEND=jax``: training runs on it (``backends=TRAINING_BACKENDS``);
+    ``Converter.convert`` runs a TensorFlow child process for it; the rest goes through TensorFlow.
     """
     from llm_tflite.errors import UnsupportedRuntimeError
 
-    backend = os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    loaded = sys.modules.get("keras")
-    if loaded is not None and hasattr(loaded, "backend"):
-        backend = loaded.backend.backend()
-    if backend != "tensorflow":
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    backend = keras_backend()
+    if backend not in backends:
         raise UnsupportedRuntimeError(
-            f"Keras uses the {backend!r} backend (KERAS_BACKEND), but llm-tflite converts, trains and "
-            "evaluates through TensorFlow: set KERAS_BACKEND=tensorflow before Python starts "
-            "(or before the first `import keras`), then retry."
+            f"Keras uses the {backend!r} backend (KERAS_BACKEND), but this runs on {' or '.join(backends)}: set "
+            f"KERAS_BACKEND={backends[0]} before Python starts (or before the first `import keras`), then retry."
         )
-    import_tensorflow()
+    import_tensorflow()  # KerasHub's tokenizers run on TensorFlow whatever the backend
     try:
         with quiet_native():
             import keras

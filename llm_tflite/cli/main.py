@@ -113,7 +113,7 @@ def _main(argv) -> int:
         return 1
     args = parser.parse_args(argv)
     configure_logging(args.verbosity)
-    _keras_on_tensorflow()
+    _keras_backend(getattr(args, "backend", None) or "tensorflow")
     try:
         return args.func(args)
     except (LLMTFLiteError, ValueError, FileNotFoundError) as e:
@@ -130,16 +130,18 @@ def _main(argv) -> int:
         return 141
 
 
-def _keras_on_tensorflow() -> None:
+def _keras_backend(backend: str) -> None:
     """Commands run Keras on TensorFlow (the converter needs it) whatever ``KERAS_BACKEND`` says: the
     KerasHub tutorials set ``jax`` for their notebooks, and a shell that exported it should not stop
-    a conversion. Keras reads the variable when it is first imported, which is later in this process."""
+    a conversion. ``finetune --backend jax`` asks for JAX. Keras reads the variable when it is first
+    imported, which is later in this process."""
     from llm_tflite.console import logger
 
-    backend = os.environ.get("KERAS_BACKEND")
-    if backend and backend != "tensorflow" and "keras" not in sys.modules:
-        logger.debug("KERAS_BACKEND=%s: this command runs Keras on TensorFlow, which conversion needs", backend)
-        os.environ["KERAS_BACKEND"] = "tensorflow"
+    current = os.environ.get("KERAS_BACKEND")
+    if current != backend and "keras" not in sys.modules:
+        if current:
+            logger.debug("KERAS_BACKEND=%s: this command runs Keras on %s", current, backend)
+        os.environ["KERAS_BACKEND"] = backend
 
 
 if __name__ == "__main__":

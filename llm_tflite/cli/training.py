@@ -31,8 +31,11 @@ def cmd_finetune(args) -> int:
         args.model, args.data, args.output, family=args.family, text_field=args.text_field,
         heldout=args.heldout, epochs=args.epochs, max_steps=args.max_steps, max_minutes=args.max_minutes,
         batch_size=args.batch_size, sequence_length=args.sequence_length,
-        learning_rate=args.learning_rate, seed=args.seed,
+        learning_rate=args.learning_rate, seed=args.seed, precision=args.precision, lora_rank=args.lora_rank,
+        distribution=args.distribution, mesh=args.mesh,
     )
+    if args.lora_rank is not None:
+        print(f"LoRA rank {args.lora_rank}: trained {result.trainable_fraction:.2%} of the weights (merged into the preset)")
     print_loss("held-out before", result.before)
     print_loss("held-out after ", result.after)
     if result.before and result.after:
@@ -43,6 +46,9 @@ def cmd_finetune(args) -> int:
 
 
 def add_commands(cli) -> None:
+    from llm_tflite.console import TRAINING_BACKENDS
+    from llm_tflite.training.distribution import DISTRIBUTIONS
+    from llm_tflite.training.finetune import PRECISIONS
     from llm_tflite.training.train import ARCHITECTURES, TrainConfig
 
     p = cli.add_parser("train", help="train a small model (tokenizer + model) from scratch: GPT-2, PaLM-style, "
@@ -80,4 +86,14 @@ def add_commands(cli) -> None:
     p.add_argument("--sequence-length", type=int, default=128, help="tokens per sample")
     p.add_argument("--learning-rate", type=float, default=5e-4, help="Adam's initial learning rate (decays linearly to 0)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--backend", choices=TRAINING_BACKENDS, default="tensorflow",
+                   help="Keras backend to train on (default tensorflow; the KerasHub tutorials use jax)")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="dtype policy: mixed ones compute in 16 bits and keep float32 weights (default float32)")
+    p.add_argument("--lora-rank", type=int, metavar="R",
+                   help="train rank-R LoRA adapters on the attention's query and value kernels instead of every "
+                   "weight; merged into the preset's weights when saved")
+    p.add_argument("--distribution", choices=DISTRIBUTIONS,
+                   help="data: every device, each batch split; model: weights sharded over --mesh (JAX backend)")
+    p.add_argument("--mesh", metavar="BATCHxMODEL", help="device mesh for --distribution model (default 1xN)")
     p.set_defaults(func=cmd_finetune)

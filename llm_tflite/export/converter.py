@@ -10,12 +10,12 @@ import tempfile
 from llm_tflite.litert.flatbuffer import check_writable, non_builtin_ops, write_atomic
 from llm_tflite.litert.metadata import FORMAT_VERSION, MAX_BATCH_SIZE, add_metadata
 from llm_tflite.errors import ConversionError, InvalidArgumentError, LLMTFLiteError, ModelSourceError
-from llm_tflite.console import import_tensorflow, logger, progress, quiet_native
+from llm_tflite.console import import_tensorflow, keras_backend, logger, progress, quiet_native
 from llm_tflite.quantize.base import Quantizer
 from llm_tflite.runtime import sampling
 from llm_tflite.runtime.sampling import GENERATE_SAMPLERS
 from llm_tflite.tokenizers.chat_template import ChatTemplate
-from llm_tflite.families.loading import load_model
+from llm_tflite.families.loading import in_float32, load_model
 
 EXPORT_MODES = ("prefill_decode", "generate")
 
@@ -201,6 +201,7 @@ class Converter:
                 f"{', '.join(self.quantizer.strategy.export_modes)}, not {mode!r}; pick another strategy "
                 "(llm-tflite plugins lists them) or another --mode"
             )
+        calibration_source = None
         if self.quantizer.strategy.needs_calibration:
             from llm_tflite.errors import DataError
 
@@ -212,6 +213,8 @@ class Converter:
             if isinstance(calibration, (str, os.PathLike, list)):
                 from llm_tflite.quantize.calibration import text_calibration
 
+                calibration_source = [os.fspath(c) for c in calibration] if isinstance(calibration, list) \
+                    else os.fspath(calibration)
                 calibration = text_calibration(calibration)
         self.context_length = context_length
         self.prefill_lengths = tuple(sorted(set(int(n) for n in prefill_lengths)))
@@ -231,6 +234,16 @@ class Converter:
         self.seed = seed
         self.calibration = calibration
         self.chat_template = _chat_template_text(chat_template)
+        # What a TensorFlow child process needs to make this converter again (convert_in_child)
+        self._settings = {
+            "mode": mode, "quantize": self.quantizer.name, "context_length": context_length,
+            "prefill_lengths": list(self.prefill_lengths),
+            "decode_windows": self.decode_windows if decode_windows == "auto" else list(self.decode_windows),
+            "max_length": max_length, "sampler": sampler, "seed": seed, "temperature": temperature, "top_k": top_k,
+            "top_p": top_p, "calibration": calibration_source, "hidden_states": self.hidden_states,
+            "chat_template": self.chat_template, "batch_sizes": list(self.batch_sizes),
+        }
+        self._portable = calibration is None or calibration_source is not None
 
     def convert(self, model, output, *, family=None, random_weights=False) -> ConversionResult:
         """Load ``model``, convert it, quantize it and write ``output`` atomically.
@@ -245,6 +258,9 @@ class Converter:
             A ``ConversionResult``.
         """
         check_writable(output)  # before minutes of work, not after
+        backend = keras_backend()
+        if backend != "tensorflow":  # the converter traces TensorFlow graphs: a child process on TensorFlow
+            return self._convert_in_child(model, output, family=family, random_weights=random_weights, backend=backend)
         name = model if isinstance(model, str) else "this model"
         weights = weights_before_loading(model, family)
         if weights is not None:  # too large for the strategy: said before loading a 1.5B model
@@ -253,6 +269,7 @@ class Converter:
         try:
             _stage(steps, "loading model")
             fam, lm = load_model(model, family=family, random_weights=random_weights)
+            lm = in_float32(lm)  # mixed_float16 / mixed_bfloat16 training: the file of the float32 copy
             if weights is None:
                 check_fits(int(lm.count_params()), self.quantizer.strategy, name)
             steps.update()
@@ -280,6 +297,21 @@ class Converter:
         finally:
             steps.close()
         return ConversionResult(os.fspath(output), len(tflite_model), metadata)
+
+    def _convert_in_child(self, model, output, *, family, random_weights, backend) -> ConversionResult:
+        from llm_tflite.export.on_tensorflow import convert_in_child
+
+        if not self._portable:
+            raise InvalidArgumentError(f"Keras runs on {backend} in this process, so conversion runs in a TensorFlow "
+                                       "child process, which needs calibration as a file, folder or list of them")
+        steps = progress(total=1, desc="convert", unit="step")
+        try:
+            result = convert_in_child(self._settings, model, output, family=family, random_weights=random_weights,
+                                      backend=backend, stage=lambda text: _stage(steps, text))
+            steps.update()
+            return result
+        finally:
+            steps.close()
 
     @staticmethod
     def _run_converter(converter) -> bytes:

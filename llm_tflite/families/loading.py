@@ -111,6 +111,79 @@ def attach_hf_chat(causal_lm, source: str) -> None:
         setattr(causal_lm.preprocessor.tokenizer, HF_CHAT_ATTRIBUTE, chat)
 
 
+# A model trained under a mixed policy (mixed_float16, mixed_bfloat16) saves that policy in its preset's
+# config.json, and KerasHub 0.30 cannot load it back: its ``_resolve_dtype`` asks
+# ``standardize_dtype("mixed_float16")``, a ValueError. The weights are float32 (a mixed policy computes in
+# 16 bits and keeps its variables in 32), so such a preset loads under the policy in force, and the presets
+# we write say float32.
+
+
+def _saved_policy(source: str) -> str:
+    """The dtype policy's name a local KerasHub preset's ``config.json`` records ("" if none)."""
+    try:
+        with open(os.path.join(source, "config.json"), encoding="utf-8") as f:
+            dtype = json.load(f).get("config", {}).get("dtype")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
+    return name if isinstance(name, str) else ""
+
+
+def save_preset(causal_lm, directory) -> None:
+    """``causal_lm.save_to_preset(directory)``, with what a model trained here needs besides.
+
+    - LoRA adapters merge into the kernels in float32. Keras merges in the layer's compute dtype, so
+      under a mixed policy every merged kernel would be rounded to 16 bits (EinsumDense.kernel casts the
+      sum to ``compute_dtype``), though the frozen kernel and the adapters are float32.
+    - The preset says float32 where a mixed policy was, as its weights are, so that KerasHub loads it.
+    """
+    lora = [layer for layer in causal_lm._flatten_layers() if getattr(layer, "lora_enabled", False)]
+    policies = [layer.dtype_policy for layer in lora]
+    try:
+        for layer in lora:
+            layer.dtype_policy = "float32"
+        causal_lm.save_to_preset(directory)
+    finally:
+        for layer, policy in zip(lora, policies):
+            layer.dtype_policy = policy
+    if _saved_policy(directory).startswith("mixed_"):
+        from llm_tflite.litert.flatbuffer import write_atomic
+
+        path = os.path.join(directory, "config.json")
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+        config["config"]["dtype"]["config"]["name"] = "float32"
+        write_atomic(path, json.dumps(config, indent=4).encode("utf-8"))
+
+
+def in_float32(causal_lm):
+    """``causal_lm`` as conversion needs it: float32 compute and plain weights.
+
+    A model built under a mixed policy (``mixed_float16``, ``mixed_bfloat16``) or with LoRA enabled
+    goes through a temporary preset and comes back in float32 with LoRA merged into the kernels, as
+    ``save_to_preset`` writes it, so it converts to the file its float32 copy gives. Others come back as is.
+    """
+    import keras
+
+    layers = [layer for layer in causal_lm._flatten_layers() if layer.weights]
+    if all(layer.dtype_policy.name == "float32" and not getattr(layer, "lora_enabled", False) for layer in layers):
+        return causal_lm
+    import tempfile
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        with tempfile.TemporaryDirectory(prefix="llm_tflite_float32_") as tmp:
+            save_preset(causal_lm, tmp)
+            copy = load_model(tmp)[1]
+    finally:
+        keras.config.set_dtype_policy(previous)
+    for attribute in (HF_TOKENIZER_ATTRIBUTE, HF_CHAT_ATTRIBUTE):  # what a checkpoint brought, not in a preset
+        if hasattr(causal_lm.preprocessor.tokenizer, attribute):
+            setattr(copy.preprocessor.tokenizer, attribute, getattr(causal_lm.preprocessor.tokenizer, attribute))
+    return copy
+
+
 def load_keras_preset(task_cls, source: str, **kwargs):
     """``task_cls.from_preset(source, **kwargs)``, turning download and file errors into
     ``ModelSourceError``. ``source``: a KerasHub preset (name, handle or directory) or a Hugging Face
@@ -124,6 +197,10 @@ def load_keras_preset(task_cls, source: str, **kwargs):
                 f"{source!r} is neither a KerasHub preset directory nor a Hugging Face checkpoint (no "
                 "config.json); save one with causal_lm.save_to_preset(dir) or model.save_pretrained(dir)"
             )
+    if "dtype" not in kwargs and _saved_policy(source).startswith("mixed_"):  # see _saved_policy
+        import keras
+
+        kwargs["dtype"] = keras.config.dtype_policy()
     try:
         return task_cls.from_preset(source, **kwargs)
     except Exception as e:  # kagglehub/HF raise many types; none helps a user on its own
@@ -157,7 +234,7 @@ def load_model(source, *, family: str | None = None, random_weights: bool = Fals
     Example:
         >>> family, lm = load_model("gpt2_tiny_shakespeare")  # doctest: +SKIP
     """
-    from llm_tflite.console import import_keras
+    from llm_tflite.console import TRAINING_BACKENDS, import_keras
     from llm_tflite.plugins import registry  # here: importing llm_tflite loads no plugins
 
     try:
@@ -171,7 +248,7 @@ def load_model(source, *, family: str | None = None, random_weights: bool = Fals
             f"{source!r} is a Hugging Face checkpoint of model_type {model_type!r}, which no registered family "
             f"reads; the families read: {', '.join(f'{t} ({n})' for t, n in sorted(readers.items()))}. A family "
             "plugin can add it (docs/plugins.md)") from e
-    import_keras()  # TensorFlow backend, start-up chatter silenced
+    import_keras(TRAINING_BACKENDS)  # start-up chatter silenced; conversion makes sure of TensorFlow itself
     config = None
     if isinstance(source, str):
         preset = registry.presets().get(source)

@@ -9,9 +9,11 @@ import time
 import numpy as np
 
 from llm_tflite.families.base import without_preprocessor
+from llm_tflite.console import logger
+from llm_tflite.families.loading import save_preset
 from llm_tflite.litert.flatbuffer import check_writable
 from llm_tflite.training.data import load_texts, split_documents
-from llm_tflite.errors import DataError
+from llm_tflite.errors import DataError, InvalidArgumentError
 
 
 @dataclasses.dataclass
@@ -24,6 +26,12 @@ class FinetuneResult:
     output_dir: str | None
     steps: int
     seconds: float
+    #: Weights training changed, over all the model's weights (LoRA: well under 5 %).
+    trainable_fraction: float = 1.0
+
+
+#: ``finetune(precision=...)``: Keras dtype policies (mixed ones keep float32 weights, compute in 16 bits).
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 def _training_arrays(docs_ids, bos, eos, sequence_length, pad_id=0):
@@ -43,11 +51,13 @@ def _training_arrays(docs_ids, bos, eos, sequence_length, pad_id=0):
 
 def finetune(model, data, output_dir=None, *, family=None, text_field=None, heldout=None,
              heldout_fraction=0.1, epochs=1, max_steps=None, max_minutes=None, batch_size=8,
-             sequence_length=128, learning_rate=5e-4, seed=0, eval_max_tokens=50_000):
+             sequence_length=128, learning_rate=5e-4, seed=0, eval_max_tokens=50_000, precision="float32",
+             lora_rank=None, distribution=None, mesh=None):
     """Fine-tune ``model`` on text files, as the KerasHub GPT-2 tutorials do.
 
     Adam with a learning rate decaying linearly to zero over the planned steps, sparse
-    cross-entropy on next tokens, ``sequence_length`` tokens per sample.
+    cross-entropy on next tokens, ``sequence_length`` tokens per sample. Runs on the backend
+    Keras has in this process: TensorFlow or JAX (the tutorials' ``KERAS_BACKEND=jax``).
 
     Args:
         model: preset name, local preset directory, handle or Keras model (any registered family).
@@ -58,6 +68,15 @@ def finetune(model, data, output_dir=None, *, family=None, text_field=None, held
         epochs, max_steps, max_minutes: how long to train (the first limit reached wins).
         batch_size, sequence_length, learning_rate, seed: training settings.
         eval_max_tokens: cap on held-out tokens evaluated before and after.
+        precision: ``float32``, ``mixed_float16`` or ``mixed_bfloat16`` (the policy the model is
+            loaded under; the preset written keeps float32 weights either way).
+        lora_rank: train rank-``R`` LoRA adapters on the attention's query and value kernels
+            (KerasHub's ``backbone.enable_lora``) instead of every weight; the preset written has
+            them merged into the kernels, so conversion needs nothing new.
+        distribution: ``"data"`` (every device, each batch split) or ``"model"`` (a ``mesh`` of
+            devices, big matrices sharded): Keras' distribution API, JAX backend
+            (``llm_tflite.training.distribution``).
+        mesh: ``"BATCHxMODEL"`` for ``distribution="model"`` (default ``1xN`` over N devices).
 
     Returns:
         ``FinetuneResult`` with held-out ``before``/``after`` dicts (``nats_per_char``, ...).
@@ -80,16 +99,76 @@ def finetune(model, data, output_dir=None, *, family=None, text_field=None, held
     if batch_size < 1 or sequence_length < 2:
         raise DataError("batch_size must be >= 1 and sequence_length >= 2")
 
-    from llm_tflite.console import import_keras
+    if precision not in PRECISIONS:
+        raise InvalidArgumentError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if lora_rank is not None and (isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 1):
+        raise InvalidArgumentError(f"lora_rank must be a positive integer, not {lora_rank!r}")
+    from llm_tflite.console import TRAINING_BACKENDS, import_keras
 
-    keras = import_keras()
+    keras = import_keras(TRAINING_BACKENDS)
+    keras.utils.set_random_seed(seed)
+    with _distribution(keras, distribution, mesh, model, family, batch_size):
+        lm = _load(keras, model, family, precision)
+        total_weights = int(lm.count_params())
+        if lora_rank is not None:
+            lm.backbone.enable_lora(lora_rank)
+        trainable = sum(int(np.prod(w.shape)) for w in lm.trainable_weights)
+        if lora_rank is not None:
+            logger.info("LoRA rank %d: training %s of %s weights (%.2f%%)", lora_rank, f"{trainable:,}",
+                        f"{total_weights:,}", 100 * trainable / total_weights)
+        before, after, steps, seconds = _train(
+            keras, lm, texts, heldout_texts, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes,
+            batch_size=batch_size, sequence_length=sequence_length, learning_rate=learning_rate, seed=seed,
+            eval_max_tokens=eval_max_tokens)
+    if output_dir:
+        save_preset(lm, output_dir)  # LoRA adapters merged into the kernels
+    return FinetuneResult(lm, before, after, output_dir, steps, seconds, trainable / total_weights)
 
+
+def _load(keras, model, family, precision):
+    """The model under the ``precision`` policy (a model object must already have it)."""
     from llm_tflite.families.loading import load_model
+
+    if not isinstance(model, str):
+        policy = model.dtype_policy.name
+        if policy != precision:
+            raise InvalidArgumentError(f"this model was built under the {policy} policy, not {precision}: build it "
+                                       f"under keras.config.set_dtype_policy({precision!r}), or pass its preset")
+        return load_model(model, family=family)[1]
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        return load_model(model, family=family)[1]
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _distribution(keras, kind, mesh, model, family, batch_size):
+    """The distribution's scope (variables made inside it are laid out on the devices), or a no-op."""
+    import contextlib
+
+    if kind is None:
+        if mesh is not None:
+            raise InvalidArgumentError("mesh goes with distribution='model'")
+        return contextlib.nullcontext()
+    from llm_tflite.plugins import registry
+    from llm_tflite.training.distribution import make_distribution
+
+    backbone_class = None
+    if kind == "model":
+        import keras_hub
+
+        fam = registry.resolve_family(model, family)
+        backbone_class = getattr(keras_hub.models, getattr(fam, "backbone_class", "") or "", None)
+    return make_distribution(keras, kind, mesh=mesh, backbone_class=backbone_class, batch_size=batch_size).scope()
+
+
+def _train(keras, lm, texts, heldout_texts, *, epochs, max_steps, max_minutes, batch_size, sequence_length,
+           learning_rate, seed, eval_max_tokens):
+    """Held-out loss before, ``fit``, held-out loss after: ``(before, after, steps, seconds)``."""
     from llm_tflite.training.metrics import keras_heldout_loss, keras_tokenize
     from llm_tflite.training.train import StepLogger
 
-    keras.utils.set_random_seed(seed)
-    _, lm = load_model(model, family=family)
     tokenizer = lm.preprocessor.tokenizer
     bos = getattr(tokenizer, "start_token_id", None)
     eos = getattr(tokenizer, "end_token_id", None)
@@ -109,14 +188,14 @@ def finetune(model, data, output_dir=None, *, family=None, text_field=None, held
         weighted_metrics=["accuracy"],
     )
     started = time.time()
-    logger = StepLogger(every=max(1, total_steps // 20), total=total_steps, max_seconds=max_minutes and max_minutes * 60)
+    step_logger = StepLogger(every=max(1, total_steps // 20), total=total_steps,
+                             max_seconds=max_minutes and max_minutes * 60, tokens_per_step=batch_size * sequence_length)
     repeats = math.ceil(total_steps * batch_size / len(x))
     xs, ys, ws = (np.concatenate([a] * repeats)[: total_steps * batch_size] for a in (x, y, weight))
     with without_preprocessor(lm):  # we feed token ids
         lm.fit({"token_ids": xs, "padding_mask": ws > 0}, ys, sample_weight=ws, batch_size=batch_size,
-               epochs=1, shuffle=False, verbose=0, callbacks=[logger])
+               epochs=1, shuffle=False, verbose=0, callbacks=[step_logger])
     seconds = time.time() - started
     after = keras_heldout_loss(lm, heldout_text, max_tokens=eval_max_tokens, desc="held-out after") if heldout_text else None
-    if output_dir:
-        lm.save_to_preset(output_dir)
-    return FinetuneResult(lm, before, after, output_dir, logger.steps_done, seconds)
+    return before, after, step_logger.steps_done, seconds
+

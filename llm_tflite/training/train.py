@@ -88,11 +88,12 @@ class TrainConfig:
         return cls(**{"architecture": architecture, **defaults, **overrides})
 
 
-def StepLogger(every: int, total: int, max_seconds: float | None = None):
-    """A Keras callback: a progress bar (or a log line every ``every`` steps), and an optional time limit."""
-    from llm_tflite.console import progress
+def StepLogger(every: int, total: int, max_seconds: float | None = None, tokens_per_step: int | None = None):
+    """A Keras callback: a progress bar with the loss (and tokens/s given ``tokens_per_step``), or a log
+    line every ``every`` steps where there is no bar; and an optional time limit."""
+    from llm_tflite.console import TRAINING_BACKENDS, progress
 
-    keras = import_keras()
+    keras = import_keras(TRAINING_BACKENDS)
 
     class Logger(keras.callbacks.Callback):
         def __init__(self):
@@ -104,11 +105,16 @@ def StepLogger(every: int, total: int, max_seconds: float | None = None):
         def on_train_batch_end(self, batch, logs=None):
             self.steps_done = batch + 1
             self.bar.update()
-            self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
-            elapsed = time.time() - self.start
+            now = time.time()
+            elapsed = now - self.start
+            if batch == 0:
+                self.first_step_end = now  # the first step compiles: speed counts the steps after it
+            speed = (f"{tokens_per_step * batch / max(now - self.first_step_end, 1e-9):,.0f}"
+                     if tokens_per_step and batch else None)
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", **({"tok/s": speed} if speed else {}))
             if self.bar.disable and ((batch + 1) % every == 0 or batch + 1 == total):
-                logger.info("step %d/%d loss %.4f elapsed %.0fs eta %.0fs", batch + 1, total, logs["loss"], elapsed,
-                            elapsed / (batch + 1) * (total - batch - 1))
+                logger.info("step %d/%d loss %.4f%s elapsed %.0fs eta %.0fs", batch + 1, total, logs["loss"],
+                            f" {speed} tokens/s" if speed else "", elapsed, elapsed / (batch + 1) * (total - batch - 1))
             if max_seconds is not None and elapsed > max_seconds:
                 logger.info("time limit reached after %d steps", batch + 1)
                 self.model.stop_training = True
