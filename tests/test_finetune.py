@@ -80,3 +80,72 @@ def test_train_a_small_model_of_a_kit_family(architecture, tmp_path):
     figures = tflite_heldout_loss(InterpreterRunner(path), heldout, window=64)
     assert figures["tokens"] == record["heldout"]["tokens"]
     assert abs(figures["nats_per_token"] - record["heldout"]["nats_per_token"]) < 1e-4
+
+
+def test_tfds_source_reads_records_offline_with_mock_data():
+    """tfds:NAME[:SPLIT] reads records through tfds.load; TFDS's own mock data stands in for the download."""
+    import numpy as np
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=6):
+        texts = load_texts("tfds:reddit_tifu/short:train", text_field="documents")
+        direct = [r["documents"].decode() for r in tfds.as_numpy(tfds.load("reddit_tifu/short", split="train"))]
+        first = load_texts("tfds:reddit_tifu/short:train[:2]", text_field="documents")
+        with pytest.raises(DataError, match=r"no field 'document' \(they have: .*documents"):
+            load_texts("tfds:reddit_tifu/short", text_field="document")
+    assert texts == [t for t in direct if t.strip()] and len(texts) >= 5 and first == direct[:2]
+    assert np.mean([len(t) for t in texts]) > 0
+    with pytest.raises(DataError, match="TensorFlow Datasets has no dataset 'no_such_dataset_xyz'"):
+        load_texts("tfds:no_such_dataset_xyz", text_field="text")
+    with pytest.raises(DataError, match="name the field with the text"):
+        load_texts("tfds:reddit_tifu/short")
+
+
+def test_hf_source_streams_a_local_dataset(tmp_path):
+    """hf:NAME[:SPLIT] streams through datasets.load_dataset; a local folder of data files is a dataset."""
+    folder = tmp_path / "poems"
+    folder.mkdir()
+    records = [{"text": f"第{i}首：床前明月光", "id": i} for i in range(5)] + [{"text": "  ", "id": 5}]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+                                        encoding="utf-8")
+    assert load_texts(f"hf:{folder}:train", text_field="text") == [r["text"] for r in records[:5]]
+    assert load_texts(f"hf:{folder}:train[:2]", text_field="text") == [r["text"] for r in records[:2]]
+    with pytest.raises(DataError, match=r"no field 'document' \(they have: id, text\)"):
+        load_texts(f"hf:{folder}", text_field="document")
+    with pytest.raises(DataError, match="could not open .*split 'validation'"):
+        load_texts(f"hf:{folder}:validation", text_field="text")
+    with pytest.raises(DataError, match="write hf:NAME"):
+        load_texts("hf::train", text_field="text")
+
+
+def test_unreachable_hf_dataset_is_a_data_error_saying_what_to_do():
+    """No network (HF_HUB_OFFLINE=1 here, to be quick): a DataError that says how to get the data in."""
+    import subprocess
+    import sys
+
+    code = ("from llm_tflite.training.data import load_texts\nfrom llm_tflite.errors import DataError\n"
+            "try:\n    load_texts('hf:no-such-org/no-such-dataset:train', text_field='text')\n"
+            "except DataError as e:\n    print('DataError:', e)")
+    import os
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert "DataError: Hugging Face datasets could not open 'no-such-org/no-such-dataset'" in done.stdout, \
+        done.stdout + done.stderr[-2000:]
+    assert "without network, save it where there is one" in done.stdout
+
+
+@pytest.mark.slow
+def test_finetune_command_takes_a_tfds_source(tmp_path):
+    """`llm-tflite finetune --data tfds:reddit_tifu/short:train --text-field documents`, on TFDS mock data."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tensorflow_datasets as tfds\nfrom llm_tflite.cli import main\n"
+            "with tfds.testing.mock_data(num_examples=40):\n"
+            f"    sys.exit(main(['finetune', 'gpt2_tiny_shakespeare', '--data', 'tfds:reddit_tifu/short:train',"
+            f" '--text-field', 'documents', '--max-steps', '3', '--batch-size', '4', '-o', {str(tmp_path / 'p')!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "LLM_TFLITE_NO_PROGRESS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "held-out after" in done.stdout and (tmp_path / "p" / "config.json").exists()

@@ -38,9 +38,10 @@ def add_family(parser) -> None:
 
 
 def add_data(parser, what: str) -> None:
-    parser.add_argument("--data", required=True, action="append", help=f"{what}: text file, folder, or JSON/JSONL "
-                        "records (repeatable)")
-    parser.add_argument("--text-field", help="the JSON field that holds the text (e.g. paragraphs)")
+    parser.add_argument("--data", required=True, action="append", help=f"{what}: text file, folder, JSON/JSONL "
+                        "records, or a dataset: tfds:NAME[:SPLIT] (TensorFlow Datasets), hf:NAME[:SPLIT] (Hugging Face "
+                        "datasets, streamed) (repeatable)")
+    parser.add_argument("--text-field", help="the JSON or dataset field that holds the text (e.g. paragraphs, document)")
 
 
 def add_json(parser) -> None:

@@ -299,19 +299,54 @@ class Converter:
         return ConversionResult(os.fspath(output), len(tflite_model), metadata)
 
     def _convert_in_child(self, model, output, *, family, random_weights, backend) -> ConversionResult:
-        from llm_tflite.export.on_tensorflow import convert_in_child
+        """Keras runs on ``backend`` here: convert in a TensorFlow child process (``export/on_tensorflow.py``),
+        a model object through a temporary preset (LoRA merged in float32)."""
+        import json
+        import subprocess
+        import sys
+
+        from llm_tflite import errors
+        from llm_tflite.families.loading import save_preset
 
         if not self._portable:
             raise InvalidArgumentError(f"Keras runs on {backend} in this process, so conversion runs in a TensorFlow "
                                        "child process, which needs calibration as a file, folder or list of them")
         steps = progress(total=1, desc="convert", unit="step")
         try:
-            result = convert_in_child(self._settings, model, output, family=family, random_weights=random_weights,
-                                      backend=backend, stage=lambda text: _stage(steps, text))
+            with tempfile.TemporaryDirectory(prefix="llm_tflite_convert_") as tmp:
+                source = model
+                if not isinstance(model, (str, os.PathLike)):
+                    if not hasattr(model, "save_to_preset"):
+                        raise ModelSourceError(f"a {type(model).__name__} from a {backend} process converts through a "
+                                               "preset, and it has no save_to_preset: pass a KerasHub CausalLM or a "
+                                               "preset directory")
+                    _stage(steps, f"Keras runs on {backend} here: saving the model to a temporary preset")
+                    source = os.path.join(tmp, "preset")
+                    save_preset(model, source)
+                _stage(steps, f"Keras runs on {backend} here: converting on TensorFlow in a child process")
+                spec = {"settings": self._settings, "model": os.fspath(source), "output": os.fspath(output),
+                        "family": family, "random_weights": bool(random_weights),
+                        "result": os.path.join(tmp, "result.json")}
+                with open(os.path.join(tmp, "spec.json"), "w", encoding="utf-8") as f:
+                    json.dump(spec, f)
+                done = subprocess.run([sys.executable, "-m", "llm_tflite.export.on_tensorflow",
+                                       os.path.join(tmp, "spec.json")], env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+                try:
+                    with open(spec["result"], encoding="utf-8") as f:
+                        result = json.load(f)
+                except (OSError, ValueError):
+                    raise ConversionError(
+                        f"the TensorFlow child process converting for this {backend} process ended with exit code "
+                        f"{done.returncode} and no result (its output is above); convert from a shell with "
+                        "`llm-tflite convert`, which runs on TensorFlow") from None
             steps.update()
-            return result
         finally:
             steps.close()
+        if "error" in result:
+            kind = getattr(errors, result["error"], None)
+            raise (kind if isinstance(kind, type) and issubclass(kind, LLMTFLiteError) else ConversionError)(
+                result["message"])
+        return ConversionResult(result["path"], result["size_bytes"], result["metadata"])
 
     @staticmethod
     def _run_converter(converter) -> bytes:

@@ -98,10 +98,12 @@ def split_documents(texts: list[str], fraction: float) -> tuple[list[str], list[
 
 
 def load_texts(paths, text_field: str | None = None) -> list[str]:
-    """Documents from files and folders (``.txt`` whole, ``.json``/``.jsonl`` one per record).
+    """Documents from files and folders (``.txt`` whole, ``.json``/``.jsonl`` one per record), or from
+    datasets: ``tfds:NAME[:SPLIT]`` (TensorFlow Datasets) and ``hf:NAME[:SPLIT]`` (Hugging Face
+    ``datasets``, streamed), one document per record (``llm_tflite.training.datasets``).
 
     Args:
-        paths: a path or a list of paths; folders contribute their text files, sorted.
+        paths: a path or dataset, or a list of them; folders contribute their text files, sorted.
         text_field: the record field holding the text (a list of strings is joined).
 
     Returns:
@@ -115,20 +117,26 @@ def load_texts(paths, text_field: str | None = None) -> list[str]:
         >>> load_texts(["poet.tang.0.json"], text_field="paragraphs")[0][:7]  # doctest: +SKIP
         '欲出未出光辣達'
     """
+    from llm_tflite.training.datasets import dataset_texts, is_dataset
+
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    files: list[str] = []
+    sources: list[str] = []
     for path in map(os.fspath, paths):
-        if os.path.isdir(path):
+        if is_dataset(path):
+            sources.append(path)
+        elif os.path.isdir(path):
             found = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(TEXT_SUFFIXES))
             if not found:
                 raise DataError(f"folder {path!r} holds no {', '.join(TEXT_SUFFIXES)} files")
-            files += found
+            sources += found
         elif os.path.isfile(path):
-            files.append(path)
+            sources.append(path)
         else:
-            raise DataError(f"no such file or folder: {path!r}")
-    texts = [t for f in files for t in _file_texts(f, text_field) if t.strip()]
+            raise DataError(f"no such file or folder: {path!r} (datasets are written tfds:NAME or hf:NAME)")
+    texts = [t for source in sources
+             for t in (dataset_texts(source, text_field) if is_dataset(source) else _file_texts(source, text_field))
+             if t.strip()]
     if not texts:
-        raise DataError(f"no text found in {', '.join(files)}: the corpus is empty")
+        raise DataError(f"no text found in {', '.join(sources)}: the corpus is empty")
     return texts
