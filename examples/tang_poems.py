@@ -69,7 +69,8 @@ def main(argv=None) -> dict:
     tflite = out / "tang.tflite"
     llm_tflite.Converter(quantize="dynamic_int8").convert(str(out / "tang_preset"), str(tflite))
     runner = llm_tflite.InterpreterRunner(tflite)
-    tflite_text = PROMPT + runner.generate(PROMPT, max_new_tokens=48)
+    greedy = runner.complete(PROMPT, max_new_tokens=48)
+    tflite_text = PROMPT + greedy.text
     print("after fine-tuning (.tflite, int8, greedy):", tflite_text)
     sampled = PROMPT + runner.generate(PROMPT, max_new_tokens=72, sampler="top_k", top_k=40, temperature=0.8, seed=1)
     print("after fine-tuning (.tflite, int8, top-k sample):", sampled)
@@ -83,6 +84,9 @@ def main(argv=None) -> dict:
         "cjk_fraction_tflite": cjk_fraction(tflite_text[len(PROMPT):]),
         "cjk_fraction_tflite_sampled": cjk_fraction(sampled[len(PROMPT):]),
         "tflite": str(tflite),
+        # token ids, for a run whose text is not what it should be: bytes the text shows as U+FFFD
+        "prompt_ids": [int(t) for t in runner.tokenizer.encode(PROMPT)],
+        "greedy_ids": [int(t) for t in greedy.token_ids],
     }
     print(json.dumps(figures, ensure_ascii=False, indent=2))
     return figures

@@ -149,3 +149,27 @@ def test_finetune_command_takes_a_tfds_source(tmp_path):
                           env={**__import__("os").environ, "LLM_TFLITE_NO_PROGRESS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "held-out after" in done.stdout and (tmp_path / "p" / "config.json").exists()
+
+
+def test_resuming_from_a_checkpoint_gives_the_uninterrupted_run(tiny_gpt2_dir, tmp_path):
+    """Checkpoints every 4 steps of 10: resuming from the one after step 8 trains steps 9-10 on the same
+    batches and schedule, and ends on the weights of the run that never stopped (dropout seeds included)."""
+    import numpy as np
+
+    from llm_tflite.errors import InvalidArgumentError
+
+    kw = dict(text_field="paragraphs", max_steps=10, batch_size=4, sequence_length=32, eval_max_tokens=200,
+              learning_rate=1e-3, checkpoint_dir=str(tmp_path / "ckpt"))
+    data = TANG_DIR / "poet.tang.0.json"
+    whole = finetune(str(tiny_gpt2_dir), data, checkpoint_every=4, **kw)
+    assert json.loads((tmp_path / "ckpt" / "step.json").read_text())["step"] == 8
+    resumed = finetune(str(tiny_gpt2_dir), data, resume=True, **kw)
+    assert resumed.steps == 10
+    for a, b in zip(whole.model.variables, resumed.model.variables):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6, err_msg=a.path)
+    with pytest.raises(DataError, match="comes from another run .*batch_size: 4 there, 8 now"):
+        finetune(str(tiny_gpt2_dir), data, resume=True, **{**kw, "batch_size": 8})
+    with pytest.raises(DataError, match="no checkpoint in .* to resume from"):
+        finetune(str(tiny_gpt2_dir), data, resume=True, **{**kw, "checkpoint_dir": str(tmp_path / "none")})
+    with pytest.raises(InvalidArgumentError, match="need checkpoint_dir"):
+        finetune(str(tiny_gpt2_dir), data, text_field="paragraphs", resume=True)

@@ -32,7 +32,8 @@ def cmd_finetune(args) -> int:
         heldout=args.heldout, epochs=args.epochs, max_steps=args.max_steps, max_minutes=args.max_minutes,
         batch_size=args.batch_size, sequence_length=args.sequence_length,
         learning_rate=args.learning_rate, seed=args.seed, precision=args.precision, lora_rank=args.lora_rank,
-        distribution=args.distribution, mesh=args.mesh,
+        distribution=args.distribution, mesh=args.mesh, checkpoint_every=args.checkpoint_every, resume=args.resume,
+        checkpoint_dir=(args.output.rstrip("/\\") + ".checkpoint") if args.checkpoint_every or args.resume else None,
     )
     if args.lora_rank is not None:
         print(f"LoRA rank {args.lora_rank}: trained {result.trainable_fraction:.2%} of the weights (merged into the preset)")
@@ -96,4 +97,9 @@ def add_commands(cli) -> None:
     p.add_argument("--distribution", choices=DISTRIBUTIONS,
                    help="data: every device, each batch split; model: weights sharded over --mesh (JAX backend)")
     p.add_argument("--mesh", metavar="BATCHxMODEL", help="device mesh for --distribution model (default 1xN)")
+    p.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="every N steps, save the model's and optimizer's variables to OUTPUT.checkpoint "
+                   "(deleted when the preset is written)")
+    p.add_argument("--resume", action="store_true",
+                   help="go on from OUTPUT.checkpoint as if the run had not stopped (same command otherwise)")
     p.set_defaults(func=cmd_finetune)

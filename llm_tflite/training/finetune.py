@@ -52,7 +52,7 @@ def _training_arrays(docs_ids, bos, eos, sequence_length, pad_id=0):
 def finetune(model, data, output_dir=None, *, family=None, text_field=None, heldout=None,
              heldout_fraction=0.1, epochs=1, max_steps=None, max_minutes=None, batch_size=8,
              sequence_length=128, learning_rate=5e-4, seed=0, eval_max_tokens=50_000, precision="float32",
-             lora_rank=None, distribution=None, mesh=None):
+             lora_rank=None, distribution=None, mesh=None, checkpoint_dir=None, checkpoint_every=None, resume=False):
     """Fine-tune ``model`` on text files, as the KerasHub GPT-2 tutorials do.
 
     Adam with a learning rate decaying linearly to zero over the planned steps, sparse
@@ -77,6 +77,11 @@ def finetune(model, data, output_dir=None, *, family=None, text_field=None, held
             devices, big matrices sharded): Keras' distribution API, JAX backend
             (``llm_tflite.training.distribution``).
         mesh: ``"BATCHxMODEL"`` for ``distribution="model"`` (default ``1xN`` over N devices).
+        checkpoint_dir, checkpoint_every: write every variable of the model and optimizer to
+            ``checkpoint_dir`` every ``checkpoint_every`` steps (``llm_tflite.training.checkpoints``);
+            it is deleted once the preset is written.
+        resume: go on from the checkpoint in ``checkpoint_dir``, as if the run had never stopped
+            (same batches, same learning-rate schedule); the settings must be the run's.
 
     Returns:
         ``FinetuneResult`` with held-out ``before``/``after`` dicts (``nats_per_char``, ...).
@@ -103,6 +108,14 @@ def finetune(model, data, output_dir=None, *, family=None, text_field=None, held
         raise InvalidArgumentError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if lora_rank is not None and (isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 1):
         raise InvalidArgumentError(f"lora_rank must be a positive integer, not {lora_rank!r}")
+    if (checkpoint_every is not None or resume) and checkpoint_dir is None:
+        raise InvalidArgumentError("checkpoint_every and resume need checkpoint_dir (the CLI puts it beside -o)")
+    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
+                                         or checkpoint_every < 1):
+        raise InvalidArgumentError(f"checkpoint_every must be a positive number of steps, not {checkpoint_every!r}")
+    fingerprint = {"model": model if isinstance(model, str) else type(model).__name__, "batch_size": batch_size,
+                   "sequence_length": sequence_length, "learning_rate": learning_rate, "seed": seed,
+                   "precision": precision, "lora_rank": lora_rank, "documents": len(texts)}
     from llm_tflite.console import TRAINING_BACKENDS, import_keras
 
     keras = import_keras(TRAINING_BACKENDS)
@@ -119,9 +132,14 @@ def finetune(model, data, output_dir=None, *, family=None, text_field=None, held
         before, after, steps, seconds = _train(
             keras, lm, texts, heldout_texts, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes,
             batch_size=batch_size, sequence_length=sequence_length, learning_rate=learning_rate, seed=seed,
-            eval_max_tokens=eval_max_tokens)
+            eval_max_tokens=eval_max_tokens, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+            resume=resume, fingerprint=fingerprint)
     if output_dir:
         save_preset(lm, output_dir)  # LoRA adapters merged into the kernels
+    if checkpoint_dir is not None and output_dir:  # the preset is written: nothing left to resume
+        import shutil
+
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return FinetuneResult(lm, before, after, output_dir, steps, seconds, trainable / total_weights)
 
 
@@ -164,8 +182,9 @@ def _distribution(keras, kind, mesh, model, family, batch_size):
 
 
 def _train(keras, lm, texts, heldout_texts, *, epochs, max_steps, max_minutes, batch_size, sequence_length,
-           learning_rate, seed, eval_max_tokens):
+           learning_rate, seed, eval_max_tokens, checkpoint_dir, checkpoint_every, resume, fingerprint):
     """Held-out loss before, ``fit``, held-out loss after: ``(before, after, steps, seconds)``."""
+    from llm_tflite.training import checkpoints
     from llm_tflite.training.metrics import keras_heldout_loss, keras_tokenize
     from llm_tflite.training.train import StepLogger
 
@@ -187,15 +206,26 @@ def _train(keras, lm, texts, heldout_texts, *, epochs, max_steps, max_minutes, b
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         weighted_metrics=["accuracy"],
     )
+    fingerprint = {**fingerprint, "total_steps": total_steps}
+    first = 0
+    if checkpoint_dir is not None:
+        lm.optimizer.build(lm.trainable_variables)  # its variables exist before a checkpoint is read into them
+        if resume:
+            first = checkpoints.restore(checkpoint_dir, lm, fingerprint)
+            logger.info("resuming after step %d of %d from %s", first, total_steps, checkpoint_dir)
     started = time.time()
-    step_logger = StepLogger(every=max(1, total_steps // 20), total=total_steps,
+    step_logger = StepLogger(every=max(1, total_steps // 20), total=total_steps - first,
                              max_seconds=max_minutes and max_minutes * 60, tokens_per_step=batch_size * sequence_length)
+    callbacks = [step_logger]
+    if checkpoint_every is not None:
+        callbacks.append(checkpoints.Saver(checkpoint_dir, checkpoint_every, fingerprint, first_step=first))
     repeats = math.ceil(total_steps * batch_size / len(x))
-    xs, ys, ws = (np.concatenate([a] * repeats)[: total_steps * batch_size] for a in (x, y, weight))
-    with without_preprocessor(lm):  # we feed token ids
-        lm.fit({"token_ids": xs, "padding_mask": ws > 0}, ys, sample_weight=ws, batch_size=batch_size,
-               epochs=1, shuffle=False, verbose=0, callbacks=[step_logger])
+    xs, ys, ws = (np.concatenate([a] * repeats)[first * batch_size : total_steps * batch_size] for a in (x, y, weight))
+    if len(xs):
+        with without_preprocessor(lm):  # we feed token ids
+            lm.fit({"token_ids": xs, "padding_mask": ws > 0}, ys, sample_weight=ws, batch_size=batch_size,
+                   epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
     seconds = time.time() - started
     after = keras_heldout_loss(lm, heldout_text, max_tokens=eval_max_tokens, desc="held-out after") if heldout_text else None
-    return before, after, step_logger.steps_done, seconds
+    return before, after, first + step_logger.steps_done, seconds
 
