@@ -212,3 +212,14 @@ def test_training_doc_notebook_runs(tmp_path):
     from llm_tflite import InterpreterRunner
 
     assert InterpreterRunner(tmp_path / "notebook.tflite").metadata["quantization"] == "dynamic_int8"
+
+
+def test_only_finetune_backend_chooses_keras_backend():
+    """finetune --backend picks Keras' backend; generate's --backend picks the runtime and leaves Keras alone."""
+    from llm_tflite.cli.main import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["finetune", "m", "--data", "d", "-o", "o", "--backend", "jax"]).keras_backend == "jax"
+    assert parser.parse_args(["finetune", "m", "--data", "d", "-o", "o"]).keras_backend == "tensorflow"
+    generate = parser.parse_args(["generate", "f.tflite", "hi", "--backend", "interpreter"])
+    assert not hasattr(generate, "keras_backend") and generate.backend == "interpreter"

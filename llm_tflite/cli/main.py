@@ -113,7 +113,7 @@ def _main(argv) -> int:
         return 1
     args = parser.parse_args(argv)
     configure_logging(args.verbosity)
-    _keras_backend(getattr(args, "backend", None) or "tensorflow")
+    _keras_backend(getattr(args, "keras_backend", None) or "tensorflow")  # finetune --backend; run's is LiteRT's
     try:
         return args.func(args)
     except (LLMTFLiteError, ValueError, FileNotFoundError) as e:

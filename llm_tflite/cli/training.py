@@ -87,7 +87,7 @@ def add_commands(cli) -> None:
     p.add_argument("--sequence-length", type=int, default=128, help="tokens per sample")
     p.add_argument("--learning-rate", type=float, default=5e-4, help="Adam's initial learning rate (decays linearly to 0)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--backend", choices=TRAINING_BACKENDS, default="tensorflow",
+    p.add_argument("--backend", dest="keras_backend", choices=TRAINING_BACKENDS, default="tensorflow",
                    help="Keras backend to train on (default tensorflow; the KerasHub tutorials use jax)")
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="dtype policy: mixed ones compute in 16 bits and keep float32 weights (default float32)")
