@@ -172,7 +172,8 @@ def import_keras(backends=("tensorflow",)):
             import keras
             import keras_hub  # noqa: F401  (every family loads through it)
     except ImportError as e:
-        raise UnsupportedRuntimeError(f"this needs Keras and KerasHub ({e}): {CONVERT_EXTRA}") from e
+        extra = "pip install 'llm-tflite[jax]'" if backend == "jax" else CONVERT_EXTRA
+        raise UnsupportedRuntimeError(f"this needs Keras and KerasHub on {backend} ({e}): {extra}") from e
     if not verbose():
         # Keras warns that task models "have no build()": harmless, and not the user's to fix.
         warnings.filterwarnings("ignore", message=r"`build\(\)` was called on layer", category=UserWarning)

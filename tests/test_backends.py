@@ -140,14 +140,16 @@ def test_data_parallel_on_two_devices_equals_one_and_model_parallel_lowers_loss(
                   learning_rate=1e-3)
         data = {str(TANG_DIR / "poet.tang.0.json")!r}
         one = finetune({SHIPPED!r}, data, **kw).model.get_weights()
-        two = finetune({SHIPPED!r}, data, distribution="data", **kw).model.get_weights()
+        two_model = finetune({SHIPPED!r}, data, distribution="data", **kw).model
+        two = two_model.get_weights()
+        on = len(two_model.backbone.token_embedding.embeddings.value.sharding.device_set)
         r = finetune({SHIPPED!r}, data, distribution="model", mesh="1x2", **kw)
-        print(json.dumps({{"devices": keras.distribution.list_devices(),
+        print(json.dumps({{"devices": keras.distribution.list_devices(), "data_parallel_on": on,
                           "diff": max(float(np.abs(a - b).max()) for a, b in zip(one, two)),
                           "before": r.before["nats_per_token"], "after": r.after["nats_per_token"],
                           "sharding": str(r.model.backbone.token_embedding.embeddings.value.sharding.spec)}}))
     """, devices=2)
-    assert out["devices"] == ["cpu:0", "cpu:1"]
+    assert out["devices"] == ["cpu:0", "cpu:1"] and out["data_parallel_on"] == 2  # replicated on both
     assert out["diff"] < 1e-5, out
     assert out["after"] < out["before"], out
     assert "model" in out["sharding"], out
@@ -223,3 +225,25 @@ def test_only_finetune_backend_chooses_keras_backend():
     assert parser.parse_args(["finetune", "m", "--data", "d", "-o", "o"]).keras_backend == "tensorflow"
     generate = parser.parse_args(["generate", "f.tflite", "hi", "--backend", "interpreter"])
     assert not hasattr(generate, "keras_backend") and generate.backend == "interpreter"
+
+
+def test_a_child_conversion_gets_every_converter_setting():
+    """The TensorFlow child rebuilds the Converter from ``_settings``: every argument must be in it."""
+    import inspect
+
+    assert set(Converter()._settings) == set(inspect.signature(Converter.__init__).parameters) - {"self"}
+
+
+def test_a_preset_keeps_what_a_hugging_face_checkpoint_brought(tmp_path):
+    """A model from a Hugging Face checkpoint carries its own tokenizer.json and chat template; a preset
+    save_preset writes (finetune's, a JAX process' temporary one) keeps both, so its file tokenizes the same."""
+    from llm_tflite.families.loading import HF_CHAT_ATTRIBUTE, HF_TOKENIZER_ATTRIBUTE, load_model, save_preset
+    from llm_tflite.testing import write_hf_checkpoint
+
+    _, lm = load_model(write_hf_checkpoint(tmp_path / "ckpt", "qwen3"))
+    tokenizer = lm.preprocessor.tokenizer
+    assert getattr(tokenizer, HF_TOKENIZER_ATTRIBUTE) and getattr(tokenizer, HF_CHAT_ATTRIBUTE)["template"]
+    save_preset(lm, tmp_path / "preset")
+    _, again = load_model(str(tmp_path / "preset"))
+    for attribute in (HF_TOKENIZER_ATTRIBUTE, HF_CHAT_ATTRIBUTE):
+        assert getattr(again.preprocessor.tokenizer, attribute) == getattr(tokenizer, attribute)

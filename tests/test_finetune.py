@@ -169,6 +169,17 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_run(tiny_gpt2_dir, t
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6, err_msg=a.path)
     with pytest.raises(DataError, match="comes from another run .*batch_size: 4 there, 8 now"):
         finetune(str(tiny_gpt2_dir), data, resume=True, **{**kw, "batch_size": 8})
+    with pytest.raises(DataError, match="comes from another run .*data_sha256"):  # other text, same sizes
+        finetune(str(tiny_gpt2_dir), TANG_DIR / "poet.tang.1000.json", resume=True, **kw)
+    # a time limit stops after step 1 and keeps a checkpoint there; resuming finishes the run as if whole
+    stopped = finetune(str(tiny_gpt2_dir), data, checkpoint_every=4, max_minutes=1e-6, output_dir=str(tmp_path / "p"),
+                       **kw)
+    assert stopped.steps == 1 and json.loads((tmp_path / "ckpt" / "step.json").read_text())["step"] == 1
+    finished = finetune(str(tiny_gpt2_dir), data, checkpoint_every=4, resume=True, output_dir=str(tmp_path / "p"),
+                        **kw)
+    assert finished.steps == 10 and not (tmp_path / "ckpt").exists()  # done: nothing left to resume
+    for a, b in zip(whole.model.variables, finished.model.variables):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6, err_msg=a.path)
     with pytest.raises(DataError, match="no checkpoint in .* to resume from"):
         finetune(str(tiny_gpt2_dir), data, resume=True, **{**kw, "checkpoint_dir": str(tmp_path / "none")})
     with pytest.raises(InvalidArgumentError, match="need checkpoint_dir"):

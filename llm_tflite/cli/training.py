@@ -33,7 +33,8 @@ def cmd_finetune(args) -> int:
         batch_size=args.batch_size, sequence_length=args.sequence_length,
         learning_rate=args.learning_rate, seed=args.seed, precision=args.precision, lora_rank=args.lora_rank,
         distribution=args.distribution, mesh=args.mesh, checkpoint_every=args.checkpoint_every, resume=args.resume,
-        checkpoint_dir=(args.output.rstrip("/\\") + ".checkpoint") if args.checkpoint_every or args.resume else None,
+        checkpoint_dir=(args.output.rstrip("/\\") + ".checkpoint")
+        if args.checkpoint_every is not None or args.resume else None,
     )
     if args.lora_rank is not None:
         print(f"LoRA rank {args.lora_rank}: trained {result.trainable_fraction:.2%} of the weights (merged into the preset)")

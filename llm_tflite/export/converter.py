@@ -243,7 +243,7 @@ class Converter:
             "top_p": top_p, "calibration": calibration_source, "hidden_states": self.hidden_states,
             "chat_template": self.chat_template, "batch_sizes": list(self.batch_sizes),
         }
-        self._portable = calibration is None or calibration_source is not None
+        self._portable = not self.quantizer.strategy.needs_calibration or calibration_source is not None
 
     def convert(self, model, output, *, family=None, random_weights=False) -> ConversionResult:
         """Load ``model``, convert it, quantize it and write ``output`` atomically.
@@ -329,8 +329,12 @@ class Converter:
                         "result": os.path.join(tmp, "result.json")}
                 with open(os.path.join(tmp, "spec.json"), "w", encoding="utf-8") as f:
                     json.dump(spec, f)
+                # TensorFlow on the CPU (conversion needs no accelerator, and JAX holds the GPUs' memory); the
+                # parent's import path, so a plugin or family it imports from a folder is there too
+                env = {**os.environ, "KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": "",
+                       "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
                 done = subprocess.run([sys.executable, "-m", "llm_tflite.export.on_tensorflow",
-                                       os.path.join(tmp, "spec.json")], env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+                                       os.path.join(tmp, "spec.json")], env=env)
                 try:
                     with open(spec["result"], encoding="utf-8") as f:
                         result = json.load(f)

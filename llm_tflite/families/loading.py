@@ -137,23 +137,55 @@ def save_preset(causal_lm, directory) -> None:
       sum to ``compute_dtype``), though the frozen kernel and the adapters are float32.
     - The preset says float32 where a mixed policy was, as its weights are, so that KerasHub loads it.
     """
+    from llm_tflite.errors import OutputPathError
+    from llm_tflite.litert.flatbuffer import write_atomic
+
     lora = [layer for layer in causal_lm._flatten_layers() if getattr(layer, "lora_enabled", False)]
     policies = [layer.dtype_policy for layer in lora]
     try:
         for layer in lora:
             layer.dtype_policy = "float32"
-        causal_lm.save_to_preset(directory)
+        causal_lm.save_to_preset(os.fspath(directory))
+        if _saved_policy(directory).startswith("mixed_"):
+            path = os.path.join(directory, "config.json")
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+            config["config"]["dtype"]["config"]["name"] = "float32"
+            write_atomic(path, json.dumps(config, indent=4).encode("utf-8"))
+        tokenizer = causal_lm.preprocessor.tokenizer
+        for attribute, name in SAVED_WITH_PRESET.items():  # what a Hugging Face checkpoint brought
+            value = getattr(tokenizer, attribute, None)
+            if value is not None:
+                write_atomic(os.path.join(directory, name), json.dumps(value).encode("utf-8"))
+    except OSError as e:
+        raise OutputPathError(f"could not write the preset {os.fspath(directory)!r}: {e}; free some space (or point "
+                              "TMPDIR elsewhere for temporary presets) and retry") from e
     finally:
         for layer, policy in zip(lora, policies):
             layer.dtype_policy = policy
-    if _saved_policy(directory).startswith("mixed_"):
-        from llm_tflite.litert.flatbuffer import write_atomic
 
-        path = os.path.join(directory, "config.json")
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-        config["config"]["dtype"]["config"]["name"] = "float32"
-        write_atomic(path, json.dumps(config, indent=4).encode("utf-8"))
+
+#: What a model loaded from a Hugging Face checkpoint carries beside KerasHub's files, and the preset
+#: files ``save_preset`` keeps it in (``load_keras_preset`` reads them back).
+SAVED_WITH_PRESET = {HF_TOKENIZER_ATTRIBUTE: "llm_tflite_tokenizer_json.json", HF_CHAT_ATTRIBUTE: "llm_tflite_chat.json"}
+
+
+def _attach_saved(loaded, source: str) -> None:
+    """Give a model (or preprocessor) loaded from a preset ``save_preset`` wrote what it kept."""
+    tokenizer = getattr(loaded, "tokenizer", None) or getattr(getattr(loaded, "preprocessor", None), "tokenizer", None)
+    for attribute, name in SAVED_WITH_PRESET.items():
+        path = os.path.join(source, name)
+        if tokenizer is None or not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ModelSourceError(f"{path!r} is unreadable ({e}); save the preset again") from None
+        if not isinstance(value, dict if attribute == HF_CHAT_ATTRIBUTE else str):
+            raise ModelSourceError(f"{path!r} holds a {type(value).__name__}, not what llm-tflite writes there; "
+                                   "save the preset again")
+        setattr(tokenizer, attribute, value)
 
 
 def in_float32(causal_lm):
@@ -165,8 +197,12 @@ def in_float32(causal_lm):
     """
     import keras
 
-    layers = [layer for layer in causal_lm._flatten_layers() if layer.weights]
-    if all(layer.dtype_policy.name == "float32" and not getattr(layer, "lora_enabled", False) for layer in layers):
+    def plain(layer) -> bool:  # quantized layers (int8, int4 policies) stay as they are
+        policy = layer.dtype_policy
+        return (policy.name == "float32" or policy.quantization_mode is not None) and not getattr(
+            layer, "lora_enabled", False)
+
+    if all(plain(layer) for layer in causal_lm._flatten_layers() if layer.weights):
         return causal_lm
     import tempfile
 
@@ -175,13 +211,9 @@ def in_float32(causal_lm):
     try:
         with tempfile.TemporaryDirectory(prefix="llm_tflite_float32_") as tmp:
             save_preset(causal_lm, tmp)
-            copy = load_model(tmp)[1]
+            return load_model(tmp)[1]
     finally:
         keras.config.set_dtype_policy(previous)
-    for attribute in (HF_TOKENIZER_ATTRIBUTE, HF_CHAT_ATTRIBUTE):  # what a checkpoint brought, not in a preset
-        if hasattr(causal_lm.preprocessor.tokenizer, attribute):
-            setattr(copy.preprocessor.tokenizer, attribute, getattr(causal_lm.preprocessor.tokenizer, attribute))
-    return copy
 
 
 def load_keras_preset(task_cls, source: str, **kwargs):
@@ -202,7 +234,7 @@ def load_keras_preset(task_cls, source: str, **kwargs):
 
         kwargs["dtype"] = keras.config.dtype_policy()
     try:
-        return task_cls.from_preset(source, **kwargs)
+        loaded = task_cls.from_preset(source, **kwargs)
     except Exception as e:  # kagglehub/HF raise many types; none helps a user on its own
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = (
@@ -216,6 +248,9 @@ def load_keras_preset(task_cls, source: str, **kwargs):
             else "Check that the directory was written by save_to_preset with a matching KerasHub version."
         )
         raise ModelSourceError(f"could not load preset {source!r}: {type(e).__name__}: {first_line[:300]}. {hint}") from e
+    if os.path.isdir(source):
+        _attach_saved(loaded, source)
+    return loaded
 
 
 def load_model(source, *, family: str | None = None, random_weights: bool = False):

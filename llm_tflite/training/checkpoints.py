@@ -45,8 +45,11 @@ def save(directory, model, step: int, fingerprint: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def restore(directory, model, fingerprint: dict) -> int:
+def restore(directory, model, fingerprint: dict, total_steps: int) -> int:
     """Load the checkpoint in ``directory`` into ``model`` (compiled, optimizer built); return its step."""
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory) and os.path.isdir(directory + ".old"):
+        directory += ".old"  # stopped between save's two renames: the previous checkpoint is whole
     try:
         with open(os.path.join(directory, STEP), encoding="utf-8") as f:
             saved = json.load(f)
@@ -57,6 +60,10 @@ def restore(directory, model, fingerprint: dict) -> int:
     except (OSError, ValueError) as e:
         raise DataError(f"the checkpoint in {os.fspath(directory)!r} is unreadable ({e}); delete it and start "
                         "again without --resume") from None
+    step = saved.get("step") if isinstance(saved, dict) else None
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total_steps:
+        raise DataError(f"the checkpoint in {directory!r} names no step within the run's {total_steps} "
+                        "(step.json); delete it and start again without --resume")
     different = {k: (saved.get(k), v) for k, v in fingerprint.items() if saved.get(k) != v}
     if different:
         raise DataError("the checkpoint in {!r} comes from another run ({}); resume with the same model, data and "
@@ -73,17 +80,25 @@ def restore(directory, model, fingerprint: dict) -> int:
             raise DataError(f"the checkpoint's {name} has shape {value.shape}, the model's {tuple(variable.shape)}; "
                             "start again without --resume")
         variable.assign(value)
-    return int(saved["step"])
+    return step
 
 
-def Saver(directory, every: int, fingerprint: dict, first_step: int = 0):
-    """A Keras callback writing a checkpoint every ``every`` steps (counted from the run's start)."""
+def Saver(directory, every: int, fingerprint: dict, first_step: int = 0, write: bool = True):
+    """A Keras callback writing a checkpoint every ``every`` steps (counted from the run's start), and
+    where training stops early (a time limit), so that ``--resume`` goes on from there. ``write``:
+    False on every host but the first of several."""
     import keras
 
     class Checkpoints(keras.callbacks.Callback):
+        step = first_step
+
         def on_train_batch_end(self, batch, logs=None):
-            step = first_step + batch + 1
-            if step % every == 0:
-                save(directory, self.model, step, fingerprint)
+            self.step = first_step + batch + 1
+            if write and self.step % every == 0:
+                save(directory, self.model, self.step, fingerprint)
+
+        def on_train_end(self, logs=None):
+            if write and self.step % every and self.step < fingerprint["total_steps"]:
+                save(directory, self.model, self.step, fingerprint)
 
     return Checkpoints()

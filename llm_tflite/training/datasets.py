@@ -51,6 +51,8 @@ def dataset_texts(source: str, text_field: str | None) -> list[str]:
             raise DataError(f"{source!r}: records have no field {text_field!r} (they have: {fields}); choose one "
                             "with --text-field")
         value = record[text_field]
+        if value is None:  # a record without text, as a JSON record's null
+            continue
         if isinstance(value, bytes):
             try:
                 value = value.decode("utf-8")

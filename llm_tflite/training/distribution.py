@@ -20,6 +20,20 @@ from llm_tflite.errors import InvalidArgumentError, UnsupportedRuntimeError
 DISTRIBUTIONS = ("data", "model")
 
 
+def several_hosts() -> bool:
+    """True in one of several processes started for multi-host training (``KERAS_DISTRIBUTION_NUM_PROCESSES``)."""
+    try:
+        return int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1")) > 1
+    except ValueError:
+        raise InvalidArgumentError("KERAS_DISTRIBUTION_NUM_PROCESSES must be a number of processes") from None
+
+
+def first_host() -> bool:
+    """True in a single process, or in the first of several (``KERAS_DISTRIBUTION_PROCESS_ID`` 0): the one
+    that writes presets and checkpoints."""
+    return not several_hosts() or os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID", "0").strip() == "0"
+
+
 def parse_mesh(text: str) -> tuple[int, int]:
     """``"1x2"`` -> ``(1, 2)``: batch by model."""
     try:
@@ -51,7 +65,7 @@ def make_distribution(keras, kind: str, *, mesh=None, backbone_class=None, batch
     if keras.backend.backend() != "jax":
         raise UnsupportedRuntimeError(f"--distribution runs on the JAX backend (Keras' distribution API), not "
                                       f"{keras.backend.backend()!r}: use --backend jax (KERAS_BACKEND=jax)")
-    if int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1")) > 1:
+    if several_hosts():
         keras.distribution.initialize()  # several hosts: the coordinator and this process' id from the environment
     devices = keras.distribution.list_devices()
     if kind == "data":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
+import os
 import time
 
 import numpy as np
@@ -13,6 +15,7 @@ from llm_tflite.console import logger
 from llm_tflite.families.loading import save_preset
 from llm_tflite.litert.flatbuffer import check_writable
 from llm_tflite.training.data import load_texts, split_documents
+from llm_tflite.training.distribution import first_host, several_hosts
 from llm_tflite.errors import DataError, InvalidArgumentError
 
 
@@ -79,7 +82,7 @@ def finetune(model, data, output_dir=None, *, family=None, text_field=None, held
         mesh: ``"BATCHxMODEL"`` for ``distribution="model"`` (default ``1xN`` over N devices).
         checkpoint_dir, checkpoint_every: write every variable of the model and optimizer to
             ``checkpoint_dir`` every ``checkpoint_every`` steps (``llm_tflite.training.checkpoints``);
-            it is deleted once the preset is written.
+            it is deleted once the whole run's preset is written, kept where a time limit stopped it.
         resume: go on from the checkpoint in ``checkpoint_dir``, as if the run had never stopped
             (same batches, same learning-rate schedule); the settings must be the run's.
 
@@ -113,9 +116,12 @@ def finetune(model, data, output_dir=None, *, family=None, text_field=None, held
     if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
                                          or checkpoint_every < 1):
         raise InvalidArgumentError(f"checkpoint_every must be a positive number of steps, not {checkpoint_every!r}")
+    if max_minutes is not None and several_hosts():
+        raise InvalidArgumentError("max_minutes with several hosts would stop each at its own step (and the others "
+                                   "would wait forever): give max_steps instead")
     fingerprint = {"model": model if isinstance(model, str) else type(model).__name__, "batch_size": batch_size,
                    "sequence_length": sequence_length, "learning_rate": learning_rate, "seed": seed,
-                   "precision": precision, "lora_rank": lora_rank, "documents": len(texts)}
+                   "precision": precision, "lora_rank": lora_rank}
     from llm_tflite.console import TRAINING_BACKENDS, import_keras
 
     keras = import_keras(TRAINING_BACKENDS)
@@ -129,17 +135,21 @@ def finetune(model, data, output_dir=None, *, family=None, text_field=None, held
         if lora_rank is not None:
             logger.info("LoRA rank %d: training %s of %s weights (%.2f%%)", lora_rank, f"{trainable:,}",
                         f"{total_weights:,}", 100 * trainable / total_weights)
-        before, after, steps, seconds = _train(
+        before, after, steps, total_steps, seconds = _train(
             keras, lm, texts, heldout_texts, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes,
             batch_size=batch_size, sequence_length=sequence_length, learning_rate=learning_rate, seed=seed,
             eval_max_tokens=eval_max_tokens, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
             resume=resume, fingerprint=fingerprint)
-    if output_dir:
+    if output_dir and first_host():  # one host writes
         save_preset(lm, output_dir)  # LoRA adapters merged into the kernels
-    if checkpoint_dir is not None and output_dir:  # the preset is written: nothing left to resume
+    if checkpoint_dir is not None and output_dir and first_host() and steps >= total_steps:  # the preset is the run's end
         import shutil
 
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        shutil.rmtree(os.fspath(checkpoint_dir) + ".old", ignore_errors=True)
+    elif checkpoint_dir is not None and steps < total_steps:
+        logger.warning("stopped after step %d of %d: the same command with --resume goes on from %s", steps,
+                       total_steps, checkpoint_dir)
     return FinetuneResult(lm, before, after, output_dir, steps, seconds, trainable / total_weights)
 
 
@@ -165,10 +175,13 @@ def _distribution(keras, kind, mesh, model, family, batch_size):
     """The distribution's scope (variables made inside it are laid out on the devices), or a no-op."""
     import contextlib
 
+    if kind != "model" and mesh is not None:
+        raise InvalidArgumentError("mesh goes with distribution='model'")
     if kind is None:
-        if mesh is not None:
-            raise InvalidArgumentError("mesh goes with distribution='model'")
         return contextlib.nullcontext()
+    if not isinstance(model, str):
+        raise InvalidArgumentError("a distribution lays variables out as they are made: pass the model's preset "
+                                   "(name or directory), not a model object already made")
     from llm_tflite.plugins import registry
     from llm_tflite.training.distribution import make_distribution
 
@@ -183,7 +196,7 @@ def _distribution(keras, kind, mesh, model, family, batch_size):
 
 def _train(keras, lm, texts, heldout_texts, *, epochs, max_steps, max_minutes, batch_size, sequence_length,
            learning_rate, seed, eval_max_tokens, checkpoint_dir, checkpoint_every, resume, fingerprint):
-    """Held-out loss before, ``fit``, held-out loss after: ``(before, after, steps, seconds)``."""
+    """Held-out loss before, ``fit``, held-out loss after: ``(before, after, steps, total_steps, seconds)``."""
     from llm_tflite.training import checkpoints
     from llm_tflite.training.metrics import keras_heldout_loss, keras_tokenize
     from llm_tflite.training.train import StepLogger
@@ -206,26 +219,30 @@ def _train(keras, lm, texts, heldout_texts, *, epochs, max_steps, max_minutes, b
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         weighted_metrics=["accuracy"],
     )
-    fingerprint = {**fingerprint, "total_steps": total_steps}
+    # the same batches: the training token ids (data, text field, tokenizer, sequence length, order)
+    fingerprint = {**fingerprint, "total_steps": total_steps, "data_sha256": hashlib.sha256(x.tobytes()).hexdigest()}
     first = 0
     if checkpoint_dir is not None:
         lm.optimizer.build(lm.trainable_variables)  # its variables exist before a checkpoint is read into them
         if resume:
-            first = checkpoints.restore(checkpoint_dir, lm, fingerprint)
+            first = checkpoints.restore(checkpoint_dir, lm, fingerprint, total_steps)
             logger.info("resuming after step %d of %d from %s", first, total_steps, checkpoint_dir)
     started = time.time()
     step_logger = StepLogger(every=max(1, total_steps // 20), total=total_steps - first,
                              max_seconds=max_minutes and max_minutes * 60, tokens_per_step=batch_size * sequence_length)
     callbacks = [step_logger]
     if checkpoint_every is not None:
-        callbacks.append(checkpoints.Saver(checkpoint_dir, checkpoint_every, fingerprint, first_step=first))
+        callbacks.append(checkpoints.Saver(checkpoint_dir, checkpoint_every, fingerprint, first_step=first,
+                                           write=first_host()))
     repeats = math.ceil(total_steps * batch_size / len(x))
     xs, ys, ws = (np.concatenate([a] * repeats)[first * batch_size : total_steps * batch_size] for a in (x, y, weight))
     if len(xs):
         with without_preprocessor(lm):  # we feed token ids
             lm.fit({"token_ids": xs, "padding_mask": ws > 0}, ys, sample_weight=ws, batch_size=batch_size,
                    epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+    else:  # resumed from the last step: nothing to train
+        step_logger.bar.close()
     seconds = time.time() - started
     after = keras_heldout_loss(lm, heldout_text, max_tokens=eval_max_tokens, desc="held-out after") if heldout_text else None
-    return before, after, first + step_logger.steps_done, seconds
+    return before, after, first + step_logger.steps_done, total_steps, seconds
 
