@@ -147,7 +147,7 @@ def finetune(model, data, output_dir=None, *, family=None, text_field=None, held
 
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         shutil.rmtree(os.fspath(checkpoint_dir) + ".old", ignore_errors=True)
-    elif checkpoint_dir is not None and steps < total_steps:
+    elif checkpoint_every is not None and steps < total_steps:  # Saver wrote a checkpoint where it stopped
         logger.warning("stopped after step %d of %d: the same command with --resume goes on from %s", steps,
                        total_steps, checkpoint_dir)
     return FinetuneResult(lm, before, after, output_dir, steps, seconds, trainable / total_weights)
