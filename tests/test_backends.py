@@ -155,7 +155,7 @@ def test_data_parallel_on_two_devices_equals_one_and_model_parallel_lowers_loss(
     assert "model" in out["sharding"], out
 
 
-def test_training_options_are_checked_before_loading_anything(tmp_path):
+def test_training_options_are_checked_before_the_model_loads(tmp_path):
     from llm_tflite import finetune
 
     data = TANG_DIR / "poet.tang.0.json"

@@ -112,7 +112,7 @@ def test_hf_source_streams_a_local_dataset(tmp_path):
     assert load_texts(f"hf:{folder}:train[:2]", text_field="text") == [r["text"] for r in records[:2]]
     with pytest.raises(DataError, match=r"no field 'document' \(they have: id, text\)"):
         load_texts(f"hf:{folder}", text_field="document")
-    with pytest.raises(DataError, match="could not open .*split 'validation'"):
+    with pytest.raises(DataError, match="could not read .*split 'validation'"):
         load_texts(f"hf:{folder}:validation", text_field="text")
     with pytest.raises(DataError, match="write hf:NAME"):
         load_texts("hf::train", text_field="text")
@@ -130,7 +130,7 @@ def test_unreachable_hf_dataset_is_a_data_error_saying_what_to_do():
 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert "DataError: Hugging Face datasets could not open 'no-such-org/no-such-dataset'" in done.stdout, \
+    assert "DataError: Hugging Face datasets could not read 'no-such-org/no-such-dataset'" in done.stdout, \
         done.stdout + done.stderr[-2000:]
     assert "without network, save it where there is one" in done.stdout
 

@@ -234,7 +234,7 @@ class Converter:
         self.seed = seed
         self.calibration = calibration
         self.chat_template = _chat_template_text(chat_template)
-        # What a TensorFlow child process needs to make this converter again (convert_in_child)
+        # What a TensorFlow child process needs to make this converter again (_convert_in_child)
         self._settings = {
             "mode": mode, "quantize": self.quantizer.name, "context_length": context_length,
             "prefill_lengths": list(self.prefill_lengths),

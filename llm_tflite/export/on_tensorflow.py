@@ -2,8 +2,8 @@
 
 Keras picks its backend once per process, and the converter traces TensorFlow graphs, so a
 notebook that set ``KERAS_BACKEND=jax`` (as the KerasHub tutorials do) converts in a child
-process: a model object is saved to a temporary preset first (``save_to_preset``, LoRA merged
-into the weights in float32), the child loads it on TensorFlow in float32 and runs the
+process: a model object is saved to a temporary preset first (``families.loading.save_preset``, LoRA
+merged into the weights in float32), the child loads it on TensorFlow in float32 and runs the
 same ``Converter``. The file is the one converting the same weights from a TensorFlow process
 writes. The child reports back in a JSON file: the result, or the typed error to raise there
 (``Converter._convert_in_child`` is the parent's side).

@@ -55,10 +55,10 @@ def restore(directory, model, fingerprint: dict, total_steps: int) -> int:
             saved = json.load(f)
         state = np.load(os.path.join(directory, STATE), allow_pickle=False)
     except FileNotFoundError:
-        raise DataError(f"no checkpoint in {os.fspath(directory)!r} to resume from; run without --resume "
+        raise DataError(f"no checkpoint in {directory!r} to resume from; run without --resume "
                         "to start (with --checkpoint-every N)") from None
     except (OSError, ValueError) as e:
-        raise DataError(f"the checkpoint in {os.fspath(directory)!r} is unreadable ({e}); delete it and start "
+        raise DataError(f"the checkpoint in {directory!r} is unreadable ({e}); delete it and start "
                         "again without --resume") from None
     step = saved.get("step") if isinstance(saved, dict) else None
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total_steps:
@@ -66,13 +66,12 @@ def restore(directory, model, fingerprint: dict, total_steps: int) -> int:
                         "(step.json); delete it and start again without --resume")
     different = {k: (saved.get(k), v) for k, v in fingerprint.items() if saved.get(k) != v}
     if different:
-        raise DataError("the checkpoint in {!r} comes from another run ({}); resume with the same model, data and "
-                        "settings, or start again without --resume".format(
-                            os.fspath(directory), ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in
-                                                            different.items())))
+        changes = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in different.items())
+        raise DataError(f"the checkpoint in {directory!r} comes from another run ({changes}); resume with the same "
+                        "model, data and settings, or start again without --resume")
     variables = _variables(model)
     if set(variables) != set(state.files):
-        raise DataError(f"the checkpoint in {os.fspath(directory)!r} holds other variables than this model and "
+        raise DataError(f"the checkpoint in {directory!r} holds other variables than this model and "
                         "optimizer (another LoRA rank or model?); start again without --resume")
     for name, variable in variables.items():
         value = state[name]

@@ -70,11 +70,18 @@ def dataset_texts(source: str, text_field: str | None) -> list[str]:
     return texts
 
 
-def _tfds_records(name: str, split: str, count: int | None):
+def _library(module: str, source: str):
+    """``module`` (a dataset library), or a ``DataError`` naming the extra that installs it."""
+    import importlib
+
     try:
-        import tensorflow_datasets as tfds
+        return importlib.import_module(module)
     except ImportError:
-        raise DataError(f"tfds:{name} needs TensorFlow Datasets: pip install 'llm-tflite[data]'") from None
+        raise DataError(f"{source} needs {module}: pip install 'llm-tflite[data]'") from None
+
+
+def _tfds_records(name: str, split: str, count: int | None):
+    tfds = _library("tensorflow_datasets", f"tfds:{name}")
     from llm_tflite.console import quiet_native
 
     try:
@@ -89,30 +96,16 @@ def _tfds_records(name: str, split: str, count: int | None):
             f"Without network, prepare it where there is one (`tfds build {name}`) and copy the data folder "
             "here, then point TFDS_DATA_DIR at it."
         ) from e
-    for record in tfds.as_numpy(dataset):
-        yield record
+    yield from tfds.as_numpy(dataset)
 
 
 def _hf_records(name: str, split: str, count: int | None):
-    try:
-        import datasets
-    except ImportError:
-        raise DataError(f"hf:{name} needs Hugging Face datasets: pip install 'llm-tflite[data]'") from None
-    try:
-        stream = datasets.load_dataset(name, split=split, streaming=True)
-        records = iter(stream)
-        first = next(records, None)
-    except Exception as e:  # hub, network, file and split errors
+    datasets = _library("datasets", f"hf:{name}")
+    try:  # opening and reading alike: hub, network, file, split errors, a stream that breaks off
+        yield from datasets.load_dataset(name, split=split, streaming=True)
+    except Exception as e:
         raise DataError(
-            f"Hugging Face datasets could not open {name!r} (split {split!r}): {type(e).__name__}: {str(e)[:300]}. "
+            f"Hugging Face datasets could not read {name!r} (split {split!r}): {type(e).__name__}: {str(e)[:300]}. "
             "Check the name and split on huggingface.co/datasets; without network, save it where there is one "
             "(dataset.to_json / to_parquet) and pass the folder: hf:PATH:SPLIT. Gated datasets need HF_TOKEN."
         ) from e
-    if first is None:
-        return
-    yield first
-    try:
-        yield from records
-    except Exception as e:  # the stream broke off: network, a corrupt shard
-        raise DataError(f"Hugging Face datasets stopped reading {name!r} (split {split!r}): {type(e).__name__}: "
-                        f"{str(e)[:300]}; retry, or save the dataset locally and pass its folder") from e
