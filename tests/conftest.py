@@ -22,6 +22,53 @@ def shakespeare_text() -> str:
     return SHAKESPEARE.read_text(encoding="utf-8")
 
 
+def assert_same_as_ai_edge_quantizer(bound_path, float_path, strategy: str) -> None:
+    """``strategy``'s file, with int4 weights bound into the graph, is the file ai-edge-quantizer's
+    blockwise recipe writes from the float32 file: the same constants (values, float16 scales,
+    layout) and bit-identical logits over a prompt and cached decode steps."""
+    import numpy as np
+
+    from llm_tflite import InterpreterRunner
+    from llm_tflite.litert.metadata import add_metadata, read_metadata
+    from llm_tflite.litert.rewrite import _load
+    from llm_tflite.plugins.registry import get_strategy
+    from llm_tflite.quantize.strategies import AIEdgeQuantizerStrategy
+
+    record = {**read_metadata(str(float_path)), "quantization": strategy}
+    quantized = AIEdgeQuantizerStrategy.postprocess(get_strategy(strategy), pathlib.Path(float_path).read_bytes())
+    reference = pathlib.Path(bound_path).with_name(f"ai_edge_{strategy}.tflite")
+    reference.write_bytes(add_metadata(quantized, record))
+
+    def constants(path):
+        schema, model = _load(pathlib.Path(path).read_bytes())
+        found = []
+        for signature in model.signatureDefs:
+            subgraph = model.subgraphs[signature.subgraphIndex]
+            for op in subgraph.operators:
+                for i in op.inputs:
+                    tensor = subgraph.tensors[i] if i >= 0 else None
+                    data = model.buffers[tensor.buffer].data if tensor is not None and tensor.buffer else None
+                    if data is None or len(data) == 0 or tensor.type == schema.TensorType.INT32:
+                        continue
+                    q, scales = tensor.quantization, None
+                    if q is not None and q.details is not None:
+                        held = subgraph.tensors[q.details.scales]
+                        scales = (q.details.blockSize, bytes(model.buffers[held.buffer].data), list(held.shape))
+                    found.append((tensor.type, list(tensor.shape), bytes(data), scales))
+        return found
+
+    ours, theirs = constants(bound_path), constants(reference)
+    assert len(ours) == len(theirs) and any(c[3] for c in ours)
+    assert [c[:2] + c[3:] for c in ours] == [c[:2] + c[3:] for c in theirs]  # types, shapes, scales
+    assert all(a[2] == b[2] for a, b in zip(ours, theirs))  # the weights' bytes
+    runner, expected = InterpreterRunner(bound_path), InterpreterRunner(reference)
+    ids = runner.encode(shakespeare_text()[:300])[:40]
+    np.testing.assert_array_equal(runner.logits(ids), expected.logits(ids))  # prefill chunks
+    prompt = shakespeare_text()[:120]
+    assert runner.complete(prompt, 24, stop_token_ids=[]).token_ids == \
+        expected.complete(prompt, 24, stop_token_ids=[]).token_ids  # cached decode steps
+
+
 @pytest.fixture(scope="session", autouse=True)
 def weight_cache_dir(tmp_path_factory):
     """XNNPACK weight caches (``InterpreterRunner(weight_cache="auto")``) go to a temporary directory,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import shakespeare_text
+from conftest import assert_same_as_ai_edge_quantizer, shakespeare_text
 from llm_tflite import Converter, InterpreterRunner, QuantizationStrategy
 from llm_tflite.errors import ConversionError
 from llm_tflite.export.converter import binds_weights
@@ -36,7 +36,8 @@ def files(request, tmp_path_factory):
     directory = tmp_path_factory.mktemp("bind")
     return {
         "frozen": _convert(source, directory / "frozen.tflite", FrozenFloat()),
-        **{name: _convert(source, directory / f"{name}.tflite", name) for name in ("none", "dynamic_int8", "float16")},
+        **{name: _convert(source, directory / f"{name}.tflite", name)
+           for name in ("none", "dynamic_int8", "float16", "int4_blockwise")},
     }
 
 
@@ -58,6 +59,41 @@ def test_bound_float32_is_the_frozen_model(files):
     runner, reference = InterpreterRunner(files["none"]), InterpreterRunner(files["frozen"])
     assert runner.complete("ROMEO:", max_new_tokens=40).token_ids == \
         reference.complete("ROMEO:", max_new_tokens=40).token_ids
+
+
+def test_bound_int4_is_ai_edge_quantizers_file(files):
+    """int4 weights are bound straight into the graph (no float32 file is built for a 1B model) in
+    exactly the form ai-edge-quantizer gives the float32 file: values, scales, layout, logits."""
+    assert_same_as_ai_edge_quantizer(files["int4_blockwise"], files["none"], "int4_blockwise")
+
+
+def _matmul_graph(inputs: int, outputs: int) -> bytes:
+    """A one-op graph ``y = x @ weight_0`` with the weight as an input."""
+    import tensorflow as tf
+
+    from llm_tflite.litert.rewrite import merge_signatures
+
+    @tf.function(input_signature=[tf.TensorSpec([1, inputs], tf.float32, name="x"),
+                                  tf.TensorSpec([inputs, outputs], tf.float32, name="weight_0")])
+    def matmul(x, w):
+        return {"y": tf.matmul(x, w)}
+
+    graph = tf.lite.TFLiteConverter.from_concrete_functions([matmul.get_concrete_function()]).convert()
+    return merge_signatures({"run": (graph, ["x", "weight_0"], ["y"])})
+
+
+def test_int4_weights_too_narrow_for_a_block_fail_clearly():
+    with pytest.raises(ConversionError, match=r"weight 0 \(8x40\): width 40 is not divisible by block size 32.*"
+                                              "use int4_blockwise .blocks of 32. or an int8 strategy"):
+        bind_weights(_matmul_graph(40, 8), [lambda: np.ones((40, 8), np.float32)], "int4_blockwise_32")
+    bound = bind_weights(_matmul_graph(64, 8), [lambda: np.ones((64, 8), np.float32)], "int4_blockwise_32")
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_content=bound).get_signature_runner("run")
+    import ml_dtypes
+
+    scale = float(np.float32(1 / 7).astype(ml_dtypes.bfloat16))  # max/7, rounded to 8 mantissa bits
+    assert runner(x=np.ones((1, 64), np.float32))["y"] == pytest.approx(np.full((1, 8), 64 * 7 * scale), rel=1e-5)
 
 
 def _structure(path):

@@ -4,6 +4,7 @@ KerasHub (cached logits, greedy tokens), every strategy, LiteRT-LM's engine; the
 import numpy as np
 import pytest
 
+from conftest import assert_same_as_ai_edge_quantizer
 from llm_tflite import Converter, InterpreterRunner, load_model
 from llm_tflite.plugins.registry import get_family
 from llm_tflite.testing import (engine_steps_agreeing, run_cached_parity_test, run_greedy_test,
@@ -129,6 +130,8 @@ def test_every_strategy_converts_and_agrees_with_float(tiny, tmp_path, name, str
     agree = np.mean(runner.logits(ids).argmax(-1) == reference.logits(ids).argmax(-1))
     assert agree >= (0.9 if strategy in ("float16", "dynamic_int8") else 0.25), agree
     assert runner.complete(PROMPT, 16, stop_token_ids=[]).completion_tokens == 16
+    if strategy.startswith("int4"):  # bound into the graph as ai-edge-quantizer would have written them
+        assert_same_as_ai_edge_quantizer(path, float_path, strategy)
 
 
 @pytest.mark.slow

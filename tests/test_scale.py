@@ -109,14 +109,16 @@ def test_too_large_for_a_flatbuffer_is_refused_before_converting(tmp_path, monke
     monkeypatch.setattr(converter_module, "load_model",  # counted from its config.json, not loaded
                         lambda *a, **k: pytest.fail("the model was loaded although its size is known"))
     output = tmp_path / "big.tflite"
-    for strategy in ("none", "float16", "int4_blockwise"):
+    for strategy in ("none", "float16", "weight_only_int8"):
         with pytest.raises(ModelTooLargeError) as error:
             Converter(quantize=strategy).convert("gpt2_tiny_shakespeare", str(output))
         message = str(error.value)
-        assert f"--quantize {strategy}" in message and "Strategies that fit: dynamic_int8" in message
-        assert "float16" not in message.split("fit:")[1] and "int4" not in message.split("fit:")[1]
+        assert f"--quantize {strategy}" in message
+        # int4 weights are bound into the graph: no float32 file of the model is built first
+        assert "Strategies that fit: dynamic_int8 (~4 MB), int4_blockwise (~2 MB), int4_blockwise_128" in message
+        assert "float16" not in message.split("fit:")[1] and "weight_only" not in message.split("fit:")[1]
         assert not output.exists()
-    assert "the float32 file it quantizes" in message  # int4 starts from a float32 file
+    assert "the float32 file it quantizes" in message  # ai-edge-quantizer's int8 starts from a float32 file
 
 
 def test_too_large_without_a_known_size_is_refused_after_loading(tiny_gpt2, tmp_path, monkeypatch):

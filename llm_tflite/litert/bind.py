@@ -17,7 +17,12 @@ at a time, in the format the quantization strategy asks for:
    with per-output-channel scales for ``FULLY_CONNECTED`` weights (hybrid ops that quantize
    their input on the fly: TensorFlow's dynamic-range quantization) and per-row scales for
    embedding tables read by ``EMBEDDING_LOOKUP`` -- a tied input/output embedding is one int8
-   table for both.
+   table for both -- or ("int4_blockwise_32" / "_128") as int4 in blocks of 32 or 128 inputs
+   with a float16 scale each, for the same two ops: the layout ai-edge-quantizer writes and
+   XNNPACK runs with dynamically quantized int8 activations (``_int4_blocks``). Binding int4
+   directly, rather than quantizing a float32 file, means no float32 flatbuffer of the whole
+   model is ever built: a model whose float32 file would pass the 2 GB flatbuffer limit
+   converts, in the memory its int4 weights take.
 
 Peak memory is the model's own weights, one weight being transformed, and the output.
 """
@@ -34,9 +39,12 @@ from llm_tflite.litert.flatbuffer import (builtin_code, drop_unused_buffers, dro
                                          pack_model, tflite_schema, unpack_model)
 
 #: Formats ``bind_weights`` writes weights in.
-FORMATS = ("float32", "float16", "int8")
+FORMATS = ("float32", "float16", "int8", "int4_blockwise_32", "int4_blockwise_128")
 #: Weights with fewer elements stay float32 (biases, norms), as TensorFlow's quantizer keeps them.
 MIN_QUANTIZED_ELEMENTS = 1024
+#: The int4 formats' threshold, as the int4 strategies set it for ai-edge-quantizer: tiny
+#: constants (a [D/2, 1] outer-product factor) cannot form blocks.
+MIN_INT4_ELEMENTS = 256
 WEIGHT_PREFIX = "weight_"
 #: FULLY_CONNECTED versions as TensorFlow's converter writes them: float with keep_num_dims (5),
 #: hybrid int8 per-channel weights with asymmetrically quantized inputs (12).
@@ -156,6 +164,41 @@ def _int8_rows(array: np.ndarray, block_bytes: int = 64 << 20) -> tuple[np.ndarr
     return values.reshape(array.shape), scale
 
 
+def int4_block_size(fmt: str) -> int | None:
+    """The block size of an ``int4_blockwise_{N}`` format, None for the others."""
+    return int(fmt.rsplit("_", 1)[1]) if fmt.startswith("int4_blockwise_") else None
+
+
+def _int4_blocks(array: np.ndarray, block: int, block_bytes: int = 64 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int4 in blocks of ``block`` along each row (the op's input channels), as
+    ai-edge-quantizer's blockwise recipe computes it, so files are the same whichever wrote them:
+    ``scale = max|block| / 7`` rounded to bfloat16's 8-bit mantissa and stored as float16,
+    ``q = clip(rint(x / scale), -8, 7)``, two values a byte, the first in the low nibble.
+
+    Returns the packed bytes (``[rows * cols / 2]`` uint8) and the scales (``[rows, cols / block]``
+    float16). Computed ``block_bytes`` of rows at a time: beside the float32 weight, only its
+    packed copy and one block of temporaries are held.
+    """
+    import ml_dtypes
+
+    rows = array.reshape(array.shape[0], -1)
+    width = rows.shape[1]
+    if width % block:
+        raise ValueError(f"width {width} is not divisible by block size {block}")
+    scales = np.empty((rows.shape[0], width // block), np.float16)
+    packed = np.empty(rows.size // 2, np.uint8)
+    step = max(1, block_bytes // max(1, width * rows.itemsize))
+    for start in range(0, rows.shape[0], step):
+        part = rows[start : start + step].astype(np.float32, copy=False).reshape(-1, width // block, block)
+        bound = np.maximum(np.maximum(np.abs(part.min(axis=2)), np.abs(part.max(axis=2))), np.float32(1e-9))
+        scale = (bound / np.float32(7)).astype(ml_dtypes.bfloat16).astype(np.float16)
+        scales[start : start + step] = scale
+        values = np.clip(np.rint(part / scale.astype(np.float32)[..., None]), -8, 7).astype(np.int8).reshape(-1)
+        low, high = values[0::2].view(np.uint8) & 0x0F, values[1::2].view(np.uint8) & 0x0F
+        packed[start * width // 2 : (start + len(part)) * width // 2] = low | (high << 4)
+    return packed, scales
+
+
 def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]], fmt: str = "float32",
                  progress: Callable[[int], None] | None = None) -> bytes:
     """Make the ``weight_{i}`` inputs of every signature constants holding ``weights[i]()``.
@@ -164,7 +207,7 @@ def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]
         tflite_model: the converted graph (signature inputs named ``weight_{i}``).
         weights: one callable per weight returning its float32 array (called once each, in order,
             so only one is materialised at a time beyond the model's own).
-        fmt: ``float32``, ``float16`` or ``int8`` (see the module's docstring).
+        fmt: one of ``FORMATS`` (see the module's docstring).
         progress: called with the number of weights bound so far.
 
     Returns:
@@ -173,6 +216,7 @@ def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     types = _tensor_types()
+    block = int4_block_size(fmt)
     model = unpack_model(tflite_model)
     binder = _Binder(model)
     schema, ops = binder.schema, binder.ops
@@ -220,6 +264,8 @@ def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]
             large = floating and array.size >= MIN_QUANTIZED_ELEMENTS
             if fmt == "int8" and large and (is_fc_weight or is_table):
                 stored = "int8"
+            elif block and floating and array.size >= MIN_INT4_ELEMENTS and (is_fc_weight or is_table):
+                stored = "int4"
             elif fmt == "float16" and large and array.ndim >= 2:  # vectors (biases, norms) stay float32
                 stored = "float16"
             else:
@@ -228,14 +274,25 @@ def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]
             if key not in binder.buffers:
                 value = _apply(array, steps)
                 q = None
+                shape, tensor_type = list(value.shape), None
                 if stored == "int8":
                     value, scale = _int8_rows(value)
                     q = schema.QuantizationParametersT()
                     q.scale, q.zeroPoint, q.quantizedDimension = scale, np.zeros(len(scale), np.int64), 0
+                elif stored == "int4":
+                    try:
+                        value, scale = _int4_blocks(value, block)
+                    except ValueError as e:
+                        raise ConversionError(
+                            f"weight {weight} ({'x'.join(map(str, shape))}): {e}. The model has weights whose width "
+                            "is not a multiple of the block size; use int4_blockwise (blocks of 32) or an int8 "
+                            "strategy.") from e
+                    q = binder.add_buffer(scale), list(scale.shape)  # a scales tensor per subgraph, below
+                    tensor_type = schema.TensorType.INT4
                 elif stored == "float16":
                     value = value.astype(np.float16)
                 binder.buffers[key] = binder.add_buffer(value)
-                binder.quantization[key] = (q, list(value.shape), types[str(value.dtype)])
+                binder.quantization[key] = (q, shape, tensor_type or types[str(value.dtype)])
                 del value
             q, shape, tensor_type = binder.quantization[key]
             tensor = schema.TensorT()
@@ -243,6 +300,8 @@ def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]
             count = names.setdefault((id(subgraph), weight), [0])
             tensor.name = (subgraph.name or b"") + f"/weight_{weight}{'_' * count[0]}{count[0] or ''}".encode()
             count[0] += 1
+            if stored == "int4":
+                q = _blockwise(schema, subgraph, tensor.name + b"_scales", *q, block)
             tensor.type, tensor.buffer, tensor.shape, tensor.quantization = tensor_type, binder.buffers[key], shape, q
             tensor.hasRank = True
             subgraph.tensors.append(tensor)
@@ -250,7 +309,7 @@ def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]
             if stored == "int8" and is_fc_weight:
                 op.builtinOptions.asymmetricQuantizeInputs = True  # a hybrid op: int8 weights, float input
                 op.opcodeIndex = hybrid
-            elif stored == "int8":
+            elif stored in ("int8", "int4") and not is_fc_weight:
                 # GATHER(table, ids) -> EMBEDDING_LOOKUP(ids, int8 table): a hybrid lookup (per-row scales)
                 ids = subgraph.tensors[op.inputs[1]]
                 options = op.builtinOptions
@@ -299,6 +358,20 @@ def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]
         drop_unused_tensors(model, index)
     drop_unused_buffers(model)
     return pack_model(model)
+
+
+def _blockwise(schema, subgraph, name: bytes, buffer: int, shape: list, block: int):
+    """Blockwise quantization parameters reading a float16 scales tensor added to ``subgraph``
+    (a tensor index, so one per subgraph; the buffer is shared)."""
+    scales = schema.TensorT()
+    scales.name, scales.type, scales.buffer, scales.shape, scales.hasRank = (
+        name, schema.TensorType.FLOAT16, buffer, shape, True)
+    subgraph.tensors.append(scales)
+    details = schema.BlockwiseQuantizationT()
+    details.scales, details.zeroPoints, details.blockSize = len(subgraph.tensors) - 1, -1, block
+    q = schema.QuantizationParametersT()
+    q.detailsType, q.details, q.quantizedDimension = schema.QuantizationDetails.BlockwiseQuantization, details, 0
+    return q
 
 
 def _fuse_bias_adds(binder, subgraph) -> None:

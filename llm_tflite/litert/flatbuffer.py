@@ -88,6 +88,8 @@ def drop_unused_tensors(model, subgraph_index: int) -> None:
     used = set(subgraph.inputs) | set(subgraph.outputs)
     for op in subgraph.operators:
         used |= {i for i in list(op.inputs) + list(op.outputs) if i >= 0}
+    blockwise = [t.quantization.details for t in (subgraph.tensors[i] for i in used) if _blockwise_details(t)]
+    used |= {i for d in blockwise for i in (d.scales, d.zeroPoints) if i >= 0}  # int4 blocks' scales tensors
     order = sorted(used)
     new = {old: i for i, old in enumerate(order)}
     subgraph.tensors = [subgraph.tensors[i] for i in order]
@@ -98,10 +100,20 @@ def drop_unused_tensors(model, subgraph_index: int) -> None:
         op.outputs = [new[i] for i in op.outputs]
         if op.intermediates is not None and len(op.intermediates):
             op.intermediates = [new[i] for i in op.intermediates if i in new]
+    for d in {id(d): d for d in blockwise}.values():  # shared parameters are renumbered once
+        d.scales = new[d.scales]
+        d.zeroPoints = new[d.zeroPoints] if d.zeroPoints >= 0 else d.zeroPoints
     for signature in model.signatureDefs:
         if signature.subgraphIndex == subgraph_index:
             for entry in list(signature.inputs) + list(signature.outputs):
                 entry.tensorIndex = new[entry.tensorIndex]
+
+
+def _blockwise_details(tensor) -> bool:
+    """True if ``tensor`` is blockwise quantized: its details name other tensors of its subgraph."""
+    q = tensor.quantization
+    return q is not None and q.details is not None and \
+        q.detailsType == tflite_schema().QuantizationDetails.BlockwiseQuantization
 
 
 def pack_model(model) -> bytes:
@@ -329,6 +341,18 @@ def operator_names(tflite_model: bytes) -> set[str]:
         else:
             names.add(builtin_names.get(op, str(op)))
     return names
+
+
+def has_tensor_type(tflite_model: bytes, type_name: str) -> bool:
+    """True if a tensor of any subgraph has this type (``"INT4"``), read without unpacking the model."""
+    schema = tflite_schema()
+    wanted = getattr(schema.TensorType, type_name)
+    model = schema.Model.GetRootAs(tflite_model, 0)
+    for s in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(s)
+        if any(subgraph.Tensors(t).Type() == wanted for t in range(subgraph.TensorsLength())):
+            return True
+    return False
 
 
 def non_builtin_ops(tflite_model: bytes) -> set[str]:

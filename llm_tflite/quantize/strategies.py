@@ -164,22 +164,38 @@ class WeightOnlyInt8(AIEdgeQuantizerStrategy):
 
 
 class Int4Blockwise32(AIEdgeQuantizerStrategy):
+    """int4 weights bound straight into the converted graph (``llm_tflite.litert.bind``), in the layout
+    ai-edge-quantizer writes, so no float32 file of the model is built: models whose float32 file
+    would pass the 2 GB flatbuffer limit convert. ai-edge-quantizer runs only for a graph whose
+    weights could not be bound (a family whose forward pass reads captured tensors)."""
+
     name = "int4_blockwise"
     description = "int4 weights in blocks of 32 (embeddings too), dynamic int8 activations on XNNPACK"
     kind = "dynamic"
     num_bits = 4
     granularity = "BLOCKWISE_32"
-    weight_bytes = 0.625  # half a byte, and a float scale per 32
+    bind_format = "int4_blockwise_32"
+    quantizes_float_file = False
+    weight_bytes = 0.625  # half a byte, and a float16 scale per 32 (float32 norms and biases: the margin)
     min_weight_elements = 256  # tiny constants (e.g. a [D/2, 1] outer-product factor) cannot form blocks
     # In a generate graph (WHILE loop) ai-edge-quantizer 0.10's int4 output decodes to <unk>
     # only; refuse rather than write a silently wrong file.
     export_modes = ("prefill_decode",)
+
+    def postprocess(self, tflite_model: bytes, calibration=None) -> bytes:
+        from llm_tflite.litert.flatbuffer import has_tensor_type
+        from llm_tflite.litert.rewrite import compact
+
+        if has_tensor_type(tflite_model, "INT4"):  # bound as int4
+            return compact(tflite_model)
+        return super().postprocess(tflite_model, calibration)
 
 
 class Int4Blockwise128(Int4Blockwise32):
     name = "int4_blockwise_128"
     description = "int4 weights in blocks of 128 (embeddings too), dynamic int8 activations on XNNPACK"
     granularity = "BLOCKWISE_128"
+    bind_format = "int4_blockwise_128"
     weight_bytes = 0.53
 
 
