@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from conftest import SHAKESPEARE
 from llm_tflite.errors import ModelSourceError, ModelTooLargeError
 from llm_tflite.families.presets import DEFAULT_PRESET_DIR, PALM_PRESET_DIR, PALM_SIZES
 from llm_tflite.plugins.registry import presets
@@ -109,16 +110,22 @@ def test_too_large_for_a_flatbuffer_is_refused_before_converting(tmp_path, monke
     monkeypatch.setattr(converter_module, "load_model",  # counted from its config.json, not loaded
                         lambda *a, **k: pytest.fail("the model was loaded although its size is known"))
     output = tmp_path / "big.tflite"
-    for strategy in ("none", "float16", "weight_only_int8"):
+    # ai-edge-quantizer's strategies start from a float32 file, which must be one flatbuffer; weights
+    # bound into a prefill_decode graph go after the flatbuffer when they pass 1.5 GiB (any size fits)
+    for strategy in ("weight_only_int8", "full_int8"):
         with pytest.raises(ModelTooLargeError) as error:
-            Converter(quantize=strategy).convert("gpt2_tiny_shakespeare", str(output))
+            calibration = str(SHAKESPEARE) if strategy == "full_int8" else None
+            Converter(quantize=strategy, calibration=calibration).convert("gpt2_tiny_shakespeare", str(output))
         message = str(error.value)
-        assert f"--quantize {strategy}" in message
-        # int4 weights are bound into the graph: no float32 file of the model is built first
-        assert "Strategies that fit: dynamic_int8 (~4 MB), int4_blockwise (~2 MB), int4_blockwise_128" in message
-        assert "float16" not in message.split("fit:")[1] and "weight_only" not in message.split("fit:")[1]
+        assert f"--quantize {strategy}" in message and "the float32 file it quantizes" in message
+        assert "Strategies that fit: none (~15 MB), dynamic_int8 (~4 MB), float16 (~7 MB), int4_blockwise (~2 MB)" \
+            in message
+        assert "weight_only" not in message.split("fit:")[1] and "full_int8" not in message.split("fit:")[1]
         assert not output.exists()
-    assert "the float32 file it quantizes" in message  # ai-edge-quantizer's int8 starts from a float32 file
+    # a generate graph's weights are frozen in by TensorFlow's converter: one flatbuffer
+    with pytest.raises(ModelTooLargeError, match="with --quantize none, its file would need about 17 MB.*"
+                                                 "Strategies that fit: dynamic_int8"):
+        Converter(mode="generate", quantize="none").convert("gpt2_tiny_shakespeare", str(output))
 
 
 def test_too_large_without_a_known_size_is_refused_after_loading(tiny_gpt2, tmp_path, monkeypatch):
@@ -130,8 +137,9 @@ def test_too_large_without_a_known_size_is_refused_after_loading(tiny_gpt2, tmp_
     monkeypatch.setattr(flatbuffer, "FLATBUFFER_LIMIT", 10_000)
     monkeypatch.setattr(converter_module.Converter, "_convert",
                         lambda *a, **k: pytest.fail("conversion started for a model that cannot fit"))
-    with pytest.raises(ModelTooLargeError, match=r"this model has 0\.\d million weights: with --quantize none"):
-        Converter().convert(tiny_gpt2, str(tmp_path / "big.tflite"))
+    with pytest.raises(ModelTooLargeError, match=r"this model has 0\.\d million weights: with --quantize "
+                                                 "weight_only_int8"):
+        Converter(quantize="weight_only_int8").convert(tiny_gpt2, str(tmp_path / "big.tflite"))
 
 
 @pytest.mark.parametrize("name", ["gpt2_base_en", "gpt2_extra_large_en", "palm_400m", "palm_1b5"])
@@ -143,3 +151,43 @@ def test_families_count_weights_from_a_config(name):
     expected = {"gpt2_base_en": 124_439_808, "gpt2_extra_large_en": 1_557_611_200,  # KerasHub's counts
                 "palm_400m": 444_609_536}.get(name) or _palm_weights(preset.config)
     assert weights == expected
+
+
+def test_weights_past_the_flatbuffer_limit_go_after_it(tiny_gpt2_dir, tmp_path, monkeypatch):
+    """Past ``OUTSIDE_FROM`` bytes of weights (1.5 GiB), a file keeps them after the flatbuffer
+    (``Buffer.offset``/``size``: TensorFlow's buffer_offset mode), so a float32 Qwen 3 0.6B (2.4 GB)
+    or Llama 3.2 1B (4.9 GB) converts. Here the threshold is 0, so the tiny model's weights go there:
+    the runtime gives the inline file's logits, the checksum covers the weights, a bundle runs."""
+    import numpy as np
+
+    from llm_tflite import Converter, InterpreterRunner
+    from llm_tflite.errors import ModelFileError
+    from llm_tflite.export.bundle import build_bundle
+    from llm_tflite.litert import flatbuffer
+
+    def convert(path):
+        Converter(prefill_lengths=(4, 16), decode_windows=(32,)).convert(str(tiny_gpt2_dir), str(path))
+        return path
+
+    inline = convert(tmp_path / "inline.tflite")
+    monkeypatch.setattr(flatbuffer, "OUTSIDE_FROM", 0)
+    outside = convert(tmp_path / "outside.tflite")
+    data = outside.read_bytes()
+    model = flatbuffer.tflite_schema().Model.GetRootAs(data, 0)
+    offsets = [model.Buffers(i).Offset() for i in range(model.BuffersLength()) if model.Buffers(i).Offset() > 1]
+    assert len(offsets) > 50 and all(o % flatbuffer.OUTSIDE_ALIGNMENT == 0 for o in offsets)
+    assert b"buffer_location" in [model.Metadata(i).Name() for i in range(model.MetadataLength())]
+    assert flatbuffer.weight_bytes(data) == flatbuffer.weight_bytes(inline.read_bytes())
+
+    ours, reference = InterpreterRunner(outside), InterpreterRunner(inline)
+    ids = ours.encode("ROMEO: what light through yonder window breaks?")
+    np.testing.assert_array_equal(ours.logits(ids), reference.logits(ids))
+    assert ours.complete("ROMEO:", 24).token_ids == reference.complete("ROMEO:", 24).token_ids
+    bundle = build_bundle(outside, tmp_path / "outside.litertlm")
+    assert InterpreterRunner(bundle).complete("ROMEO:", 24).token_ids == reference.complete("ROMEO:", 24).token_ids
+
+    damaged = bytearray(data)
+    damaged[-3] ^= 1  # in the last weight, after the flatbuffer
+    (tmp_path / "damaged.tflite").write_bytes(damaged)
+    with pytest.raises(ModelFileError, match="do not match the checksum"):
+        InterpreterRunner(tmp_path / "damaged.tflite")

@@ -43,8 +43,15 @@ def default_decode_windows(context_length: int) -> list[int]:
 SIZE_MARGIN = 1.15
 
 
-def _file_bytes(strategy, weights: int) -> float:
-    """Bytes of the largest flatbuffer a strategy writes for ``weights`` weights."""
+def _file_bytes(strategy, weights: int, mode: str = "prefill_decode") -> float:
+    """Bytes of the largest flatbuffer a strategy needs for ``weights`` weights in ``mode``.
+
+    None, for weights bound into a ``prefill_decode`` graph: the files we write keep their weights
+    after the flatbuffer once they pass ``flatbuffer.OUTSIDE_FROM``. A strategy that quantizes the
+    float32 file (ai-edge-quantizer, not tried on files past 2 GiB) needs that file to be one
+    flatbuffer, and so do weights frozen into the graph by TensorFlow's converter."""
+    if mode == "prefill_decode" and binds_weights(strategy) and not strategy.quantizes_float_file:
+        return 0.0
     return weights * max(strategy.weight_bytes, 4.0 if strategy.quantizes_float_file else 0.0) * SIZE_MARGIN
 
 
@@ -97,15 +104,15 @@ def weights_before_loading(model, family=None) -> int | None:
     return fam.count_weights(config) if isinstance(config, dict) else None
 
 
-def check_fits(weights: int, strategy, name: str = "this model") -> None:
+def check_fits(weights: int, strategy, name: str = "this model", mode: str = "prefill_decode") -> None:
     """``ModelTooLargeError`` now, before conversion, if the file (or the float32 file a strategy starts
-    from) would pass the flatbuffer limit; it names the strategies that fit."""
+    from) would pass the flatbuffer limit (``_file_bytes``); it names the strategies that fit."""
     from llm_tflite.errors import ModelTooLargeError
     from llm_tflite.litert import flatbuffer
     from llm_tflite.plugins.registry import strategies
 
     limit = flatbuffer.FLATBUFFER_LIMIT
-    if _file_bytes(strategy, weights) <= limit:
+    if _file_bytes(strategy, weights, mode) <= limit:
         return
 
     def size(n: float) -> str:
@@ -115,11 +122,11 @@ def check_fits(weights: int, strategy, name: str = "this model") -> None:
     capacity = f"{limit / 2**30:g} GiB" if limit >= 2**30 else size(limit)
     what = "the float32 file it quantizes" if strategy.quantizes_float_file and strategy.weight_bytes < 4 else "its file"
     fitting = [f"{s.name} (~{size(s.weight_bytes * weights)})"
-               for s in (r.item for r in strategies().values()) if _file_bytes(s, weights) <= limit]
+               for s in (r.item for r in strategies().values()) if _file_bytes(s, weights, mode) <= limit]
     advice = f"Strategies that fit: {', '.join(fitting)}." if fitting else "No registered strategy fits; use a smaller model."
     raise ModelTooLargeError(
         f"{name} has {count} weights: with --quantize {strategy.name}, {what} would need about "
-        f"{size(_file_bytes(strategy, weights))}, over the {capacity} a .tflite flatbuffer can address. {advice}"
+        f"{size(_file_bytes(strategy, weights, mode))}, over the {capacity} a .tflite flatbuffer can address. {advice}"
     )
 
 
@@ -264,14 +271,14 @@ class Converter:
         name = model if isinstance(model, str) else "this model"
         weights = weights_before_loading(model, family)
         if weights is not None:  # too large for the strategy: said before loading a 1.5B model
-            check_fits(weights, self.quantizer.strategy, name)
+            check_fits(weights, self.quantizer.strategy, name, self.mode)
         steps = progress(total=4, desc="convert", unit="step")
         try:
             _stage(steps, "loading model")
             fam, lm = load_model(model, family=family, random_weights=random_weights)
             lm = in_float32(lm)  # mixed_float16 / mixed_bfloat16 training: the file of the float32 copy
             if weights is None:
-                check_fits(int(lm.count_params()), self.quantizer.strategy, name)
+                check_fits(int(lm.count_params()), self.quantizer.strategy, name, self.mode)
             steps.update()
             _stage(steps, "tracing")
             try:

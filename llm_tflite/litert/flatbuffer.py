@@ -44,8 +44,13 @@ def unpack_model(tflite_model: bytes):
     model = schema.ModelT.InitFromPackedBuf(packed, 0)
     for buffer in model.buffers or []:
         if getattr(buffer, "offset", 0) > 1 and getattr(buffer, "size", 0):
-            buffer.data = np.frombuffer(tflite_model, np.uint8, count=buffer.size, offset=buffer.offset).copy()
+            data = np.frombuffer(tflite_model, np.uint8, count=buffer.size, offset=buffer.offset)
+            buffer.data = data if isinstance(tflite_model, bytes) else data.copy()
             buffer.offset, buffer.size = 0, 0
+    location = [m for m in model.metadata or [] if m.name == BUFFER_LOCATION[0]]
+    if location:  # packing decides again where the buffers go (pack_into_bytearray)
+        model.metadata = [m for m in model.metadata if m.name != BUFFER_LOCATION[0]]
+        drop_unused_buffers(model)
     return model
 
 
@@ -121,7 +126,67 @@ def pack_model(model) -> bytes:
     return bytes(pack_into_bytearray(model))
 
 
+#: Past this many bytes of weights, they are stored after the flatbuffer (``Buffer.offset``/``size``,
+#: "buffer_offset mode"), as TensorFlow's exporter does past its 2 GiB limit minus 512 MiB: the
+#: flatbuffer holds the graph only, and the file can pass 2 GiB (a float32 Qwen 3 0.6B: 2.4 GB).
+OUTSIDE_FROM = FLATBUFFER_LIMIT - (512 << 20)
+#: Alignment of weights stored after the flatbuffer (LiteRT's host memory alignment).
+OUTSIDE_ALIGNMENT = 64
+#: The metadata entry that marks buffer_offset mode, as TensorFlow's exporter writes it.
+BUFFER_LOCATION = (b"buffer_location", b"outside flatbuffers")
+
+
 def pack_into_bytearray(model) -> bytearray:
+    """Serialize: inline, or with the weights after the flatbuffer when they pass ``OUTSIDE_FROM``.
+
+    Memory either way: the model's arrays and the file being written."""
+    arrays = sum(b.data.nbytes for b in model.buffers or [] if isinstance(b.data, np.ndarray))
+    if arrays <= OUTSIDE_FROM:
+        return _pack_inline(model)
+    return _pack_outside(model)
+
+
+def _pack_outside(model) -> bytearray:
+    """The flatbuffer with every weight buffer's ``offset``/``size`` pointing after it, then the weights,
+    each aligned to ``OUTSIDE_ALIGNMENT``; metadata stays inline (the record is read from it)."""
+    schema = tflite_schema()
+    metadata = {m.buffer for m in model.metadata or []}
+    moved = [(b, b.data) for i, b in enumerate(model.buffers) if i not in metadata
+             and isinstance(b.data, np.ndarray) and b.data.nbytes]
+    entry, location = schema.MetadataT(), schema.BufferT()
+    entry.name, location.data = BUFFER_LOCATION[0], np.frombuffer(BUFFER_LOCATION[1], np.uint8)
+    model.buffers.append(location)
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in model.metadata or [] if m.name != BUFFER_LOCATION[0]] + [entry]
+
+    def align(n: int) -> int:
+        return -(-n // OUTSIDE_ALIGNMENT) * OUTSIDE_ALIGNMENT
+
+    try:
+        for buffer, data in moved:  # placeholders: 64-bit fields are written the same size whatever they hold
+            buffer.data, buffer.offset, buffer.size = None, 2, data.nbytes
+        head = len(_pack_inline(model))
+        at, places = align(head), []
+        for buffer, data in moved:
+            buffer.offset = at
+            places.append(at)
+            at = align(at + data.nbytes)
+        packed = _pack_inline(model)
+        if len(packed) != head:
+            raise AssertionError(f"the flatbuffer changed size between passes ({head} -> {len(packed)})")
+        packed.extend(bytes(at - head))
+        for (buffer, data), place in zip(moved, places):
+            np.frombuffer(packed, np.uint8, count=data.nbytes, offset=place)[:] = \
+                np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        return packed
+    finally:  # the ModelT is the caller's: leave it as it was
+        for buffer, data in moved:
+            buffer.data, buffer.offset, buffer.size = data, 0, 0
+        model.metadata = [m for m in model.metadata if m is not entry]
+        model.buffers.pop()
+
+
+def _pack_inline(model) -> bytearray:
     """Serialize; identical quantization parameters and strings are written once and shared.
 
     Memory: the model's arrays and the builder, sized for them up front (growing by doubling

@@ -83,7 +83,7 @@ def pack_with_metadata(model, record: dict) -> bytes:
     entry.buffer = len(model.buffers) - 1
     model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_NAME.encode()] + [entry]
     packed = pack_into_bytearray(model)
-    field_at = packed.rfind(_checksum_field(_UNSET_CHECKSUM))
+    field_at = packed.rfind(_checksum_field(_UNSET_CHECKSUM), *_record_span(packed, "the converted model"))
     value_at = field_at + len(_checksum_field("")) - 1
     packed[value_at : value_at + 64] = _digest(packed, field_at).encode()
     return bytes(packed)
