@@ -36,7 +36,7 @@ import numpy as np
 
 from llm_tflite.errors import ConversionError
 from llm_tflite.litert.flatbuffer import (builtin_code, drop_unused_buffers, drop_unused_tensors, opcode_index,
-                                         pack_model, tflite_schema, unpack_model)
+                                         pack_into_bytearray, tflite_schema, unpack_model)
 
 #: Formats ``bind_weights`` writes weights in.
 FORMATS = ("float32", "float16", "int8", "int4_blockwise_32", "int4_blockwise_128")
@@ -357,7 +357,9 @@ def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]
         _drop_dead_ops(subgraph)
         drop_unused_tensors(model, index)
     drop_unused_buffers(model)
-    return pack_model(model)
+    packed = pack_into_bytearray(model)
+    del model, binder  # the bound arrays: a float32 1B model's are 4.9 GB, not to be held beside two copies
+    return bytes(packed)
 
 
 def _blockwise(schema, subgraph, name: bytes, buffer: int, shape: list, block: int):
