@@ -298,7 +298,7 @@ class Converter:
             _stage(steps, "quantizing")
             tflite_model = self._quantize(tflite_model, metadata)
             _stage(steps, "writing")
-            tflite_model = add_metadata(tflite_model, metadata)
+            tflite_model = add_metadata(tflite_model, metadata, as_bytes=False)  # no third copy of a 2.4 GB file
             write_atomic(output, tflite_model)
             steps.update()
         finally:

@@ -64,13 +64,14 @@ def _hash_range(digest, data, start: int, end: int, chunk: int = 32 << 20) -> No
             release_pages(data, at, stop)
 
 
-def add_metadata(tflite_model: bytes, record: dict) -> bytes:
-    """Return ``tflite_model`` with ``record`` stored as its ``llm_tflite`` metadata, checksummed."""
+def add_metadata(tflite_model: bytes, record: dict, *, as_bytes: bool = True) -> bytes | bytearray:
+    """Return ``tflite_model`` with ``record`` stored as its ``llm_tflite`` metadata, checksummed
+    (``as_bytes=False``: the bytearray it was packed in, without a copy of the file)."""
     check_flatbuffer(tflite_model, "the converter output")
-    return pack_with_metadata(unpack_model(tflite_model), record)
+    return pack_with_metadata(unpack_model(tflite_model), record, as_bytes=as_bytes)
 
 
-def pack_with_metadata(model, record: dict) -> bytes:
+def pack_with_metadata(model, record: dict, *, as_bytes: bool = True) -> bytes | bytearray:
     """Serialize the ``ModelT`` ``model`` with ``record`` as its ``llm_tflite`` metadata, checksummed."""
     schema = tflite_schema()
     buffer = schema.BufferT()
@@ -86,7 +87,7 @@ def pack_with_metadata(model, record: dict) -> bytes:
     field_at = packed.rfind(_checksum_field(_UNSET_CHECKSUM), *_record_span(packed, "the converted model"))
     value_at = field_at + len(_checksum_field("")) - 1
     packed[value_at : value_at + 64] = _digest(packed, field_at).encode()
-    return bytes(packed)
+    return bytes(packed) if as_bytes else packed
 
 
 def _record_span(buf, where: str) -> tuple[int, int]:
