@@ -136,19 +136,23 @@ OUTSIDE_ALIGNMENT = 64
 BUFFER_LOCATION = (b"buffer_location", b"outside flatbuffers")
 
 
-def pack_into_bytearray(model) -> bytearray:
+def pack_into_bytearray(model, *, consume: bool = False) -> bytearray:
     """Serialize: inline, or with the weights after the flatbuffer when they pass ``OUTSIDE_FROM``.
 
-    Memory either way: the model's arrays and the file being written."""
+    Memory: the model's arrays and the file being written; with ``consume`` (the caller discards
+    ``model``), weights written after the flatbuffer are let go one by one as they are copied, so
+    the two are not held whole together."""
     arrays = sum(b.data.nbytes for b in model.buffers or [] if isinstance(b.data, np.ndarray))
     if arrays <= OUTSIDE_FROM:
         return _pack_inline(model)
-    return _pack_outside(model)
+    return _pack_outside(model, consume)
 
 
-def _pack_outside(model) -> bytearray:
+def _pack_outside(model, consume: bool = False) -> bytearray:
     """The flatbuffer with every weight buffer's ``offset``/``size`` pointing after it, then the weights,
-    each aligned to ``OUTSIDE_ALIGNMENT``; metadata stays inline (the record is read from it)."""
+    each aligned to ``OUTSIDE_ALIGNMENT``; metadata stays inline (the record is read from it). The
+    file grows weight by weight (a large bytearray is resized in place), so with ``consume`` the
+    weights' pages move from the model to the file rather than being held twice."""
     schema = tflite_schema()
     metadata = {m.buffer for m in model.metadata or []}
     moved = [(b, b.data) for i, b in enumerate(model.buffers) if i not in metadata
@@ -174,10 +178,12 @@ def _pack_outside(model) -> bytearray:
         packed = _pack_inline(model)
         if len(packed) != head:
             raise AssertionError(f"the flatbuffer changed size between passes ({head} -> {len(packed)})")
-        packed.extend(bytes(at - head))
-        for (buffer, data), place in zip(moved, places):
-            np.frombuffer(packed, np.uint8, count=data.nbytes, offset=place)[:] = \
-                np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        for index, place in enumerate(places):
+            packed.extend(bytes(place - len(packed)))  # alignment
+            packed.extend(memoryview(np.ascontiguousarray(moved[index][1]).reshape(-1).view(np.uint8)))
+            if consume:
+                moved[index] = (moved[index][0], None)
+        packed.extend(bytes(at - len(packed)))
         return packed
     finally:  # the ModelT is the caller's: leave it as it was
         for buffer, data in moved:
