@@ -244,3 +244,40 @@ def test_signatures_convert_unfrozen_to_the_same_bytes(request, source, monkeypa
                         lambda *a, **k: freezes.append(1) or real(*a, **k))
     assert convert(True) == frozen
     assert not freezes
+
+
+@pytest.mark.parametrize("strategy", ["none", "dynamic_int8"])
+def test_a_model_loaded_for_conversion_is_let_go_before_binding(tiny_gpt2_dir, tmp_path, monkeypatch, strategy):
+    """The conversion loads the model, traces the graph, writes the weights beside the output and lets
+    the Keras model go; the weights are then bound from the mapped files: the conversion holds the file
+    being built and one weight, not the float32 model beside them. Same bytes as binding from memory,
+    and nothing is left beside the output."""
+    import gc
+    import os
+    import weakref
+
+    from llm_tflite.export import converter as converter_module
+
+    loaded, alive_at_binding = [], []
+    load = converter_module.load_model
+
+    def load_and_watch(*args, **kwargs):
+        fam, lm = load(*args, **kwargs)
+        loaded.append((weakref.ref(lm), weakref.ref(lm.weights[0].value)))  # the model, a TensorFlow variable
+        return fam, lm
+
+    bind = converter_module._Binding.bind
+
+    def bind_and_check(self):
+        gc.collect()
+        alive_at_binding.append([ref() is not None for ref in loaded[-1]])
+        return bind(self)
+
+    monkeypatch.setattr(converter_module, "load_model", load_and_watch)
+    monkeypatch.setattr(converter_module._Binding, "bind", bind_and_check)
+    spilled = _convert(str(tiny_gpt2_dir), tmp_path / "spilled" / "model.tflite", strategy)
+    assert alive_at_binding == [[False, False]] and os.listdir(tmp_path / "spilled") == ["model.tflite"]
+    monkeypatch.setattr(converter_module._Binding, "spill", lambda *args: None)
+    in_memory = _convert(str(tiny_gpt2_dir), tmp_path / "in_memory.tflite", strategy)
+    assert alive_at_binding[1] == [False, True]  # bound from the variables themselves
+    assert spilled.read_bytes() == in_memory.read_bytes()

@@ -155,6 +155,60 @@ class ConversionResult:
     metadata: dict
 
 
+class _Binding:
+    """A converted graph whose ``weight_{i}`` inputs are still to be bound (``llm_tflite.litert.bind``).
+
+    ``spill`` writes the weights to ``.npy`` files in a temporary directory and reads them back
+    mapped, one at a time, while binding: the Keras model can be let go first. A context manager:
+    the directory is removed on exit."""
+
+    def __init__(self, graph: bytes, weights: list, fmt: str):
+        self.graph, self.weights, self.fmt = graph, weights, fmt
+        self._directory = None
+
+    def spill(self, variables: list, where: str) -> None:
+        """Write each variable to ``where`` (the output's directory: it must hold the file anyway) and
+        read them from there; stays in memory, with a log line, where the disk has no room."""
+        import shutil
+
+        import numpy as np
+
+        needed = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+        try:
+            os.makedirs(where, exist_ok=True)
+            free = shutil.disk_usage(where).free
+            if free < needed * 1.1 + (1 << 30):
+                raise OSError(f"{free / 1e9:.1f} GB free, the weights need {needed / 1e9:.1f} GB")
+            self._directory = tempfile.TemporaryDirectory(prefix=".llm_tflite_weights_", dir=where)
+            paths = []
+            for i, variable in enumerate(variables):
+                paths.append(os.path.join(self._directory.name, f"{i}.npy"))
+                np.save(paths[-1], variable.numpy(), allow_pickle=False)
+        except OSError as e:  # no room, no permission: bind from memory, as for a model passed in
+            logger.info("convert: cannot write the weights to %s (%s): binding them from memory", where, e)
+            self.__exit__()
+            self._directory = None
+            return
+        self.weights = [lambda path=path: np.load(path, mmap_mode="r", allow_pickle=False) for path in paths]
+
+    def bind(self) -> bytes:
+        from llm_tflite.litert.bind import bind_weights
+
+        weights, self.weights = self.weights, None
+        bar = progress(total=len(weights), desc="binding weights", unit="weight", leave=False)
+        try:
+            return bind_weights(self.graph, weights, self.fmt, progress=lambda n: bar.update(n - bar.n))
+        finally:
+            bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._directory is not None:
+            self._directory.cleanup()
+
+
 class Converter:
     """Converts a Keras causal LM to a self-contained ``.tflite`` file.
 
@@ -281,9 +335,12 @@ class Converter:
                 check_fits(int(lm.count_params()), self.quantizer.strategy, name, self.mode)
             steps.update()
             _stage(steps, "tracing")
+            # a model loaded here (or a float32 copy made here) is ours to let go before its weights are
+            # bound: they are spilled to a file beside the output and read back one at a time
+            spill_to = os.path.dirname(os.path.abspath(output)) if lm is not model else None
             try:
                 metadata = self._metadata(fam, lm)
-                tflite_model = self._convert(fam, lm, metadata, steps)
+                tflite_model = self._convert(fam, lm, metadata, steps, spill_to)
             except (LLMTFLiteError, ValueError, KeyboardInterrupt):
                 raise
             except Exception as e:  # family code (possibly a plugin's) failed while tracing
@@ -292,9 +349,12 @@ class Converter:
                     f"{str(e)[:500]}. If the family comes from a plugin (llm-tflite plugins shows which), "
                     "report it there; --mode prefill_decode works for every family."
                 ) from e
-            steps.update()
-            del lm  # the weights are in the file now: a 1.5B model's float32 copy is 6 GB
+            del lm  # a 1.5B model's float32 copy is 6 GB
             gc.collect()
+            if isinstance(tflite_model, _Binding):
+                with tflite_model:
+                    tflite_model = tflite_model.bind()
+            steps.update()
             _stage(steps, "quantizing")
             tflite_model = self._quantize(tflite_model, metadata)
             _stage(steps, "writing")
@@ -450,24 +510,24 @@ class Converter:
                    output_names(spec, self.hidden_states, rows))
             del fn, converter
 
-    def _convert_graph_then_bind(self, tf, fam, lm, metadata) -> bytes:
+    def _convert_graph_then_bind(self, tf, fam, lm, metadata, spill_to=None) -> "_Binding":
         """The graph converted without its weights, which are then bound one at a time
-        (``llm_tflite.litert.bind``): memory and time that grow with the model, not 25x it."""
+        (``llm_tflite.litert.bind``): memory and time that grow with the model, not 25x it.
+
+        With ``spill_to`` (a directory), the weights are first written there, so the caller can let
+        the Keras model go before they are bound: the conversion then holds the file being built and
+        one weight, not the model's float32 weights beside them."""
         from llm_tflite.export.prefill_decode import model_variables
-        from llm_tflite.litert.bind import bind_weights
         from llm_tflite.litert.rewrite import SignatureMerger
 
         weights = model_variables(lm)
         merger = SignatureMerger()
         for key, data, inputs, outputs in self._signatures(tf, fam, lm, metadata, weights):
             merger.add(key, data, inputs, outputs)
-        graph = merger.result()
-        bar = progress(total=len(weights), desc="binding weights", unit="weight", leave=False)
-        try:
-            return bind_weights(graph, [variable.numpy for variable in weights], self.quantizer.strategy.bind_format,
-                                progress=lambda n: bar.update(n - bar.n))
-        finally:
-            bar.close()
+        binding = _Binding(merger.result(), [variable.numpy for variable in weights], self.quantizer.strategy.bind_format)
+        if spill_to is not None:
+            binding.spill(weights, spill_to)
+        return binding
 
     def _convert_frozen(self, tf, fam, lm, metadata) -> bytes:
         """One frozen function and conversion per signature, merged as they come (a SavedModel holding
@@ -479,7 +539,8 @@ class Converter:
             merger.add(key, data, inputs, outputs)
         return merger.result()
 
-    def _convert(self, fam, lm, metadata, steps) -> bytes:
+    def _convert(self, fam, lm, metadata, steps, spill_to=None) -> "bytes | _Binding":
+        """The converted model, or (weights bound after the graph) the ``_Binding`` that makes it."""
         tf = import_tensorflow()
 
         if self.mode == "prefill_decode":
@@ -490,7 +551,7 @@ class Converter:
                 from llm_tflite.export.prefill_decode import CapturedStateError
 
                 try:
-                    tflite_model = self._convert_graph_then_bind(tf, fam, lm, metadata)
+                    tflite_model = self._convert_graph_then_bind(tf, fam, lm, metadata, spill_to)
                 except CapturedStateError as e:
                     logger.debug("convert: %s; freezing the weights into the graph instead", e)
             if tflite_model is None:
@@ -514,7 +575,7 @@ class Converter:
                 self.quantizer.configure(converter, self.calibration)
                 tflite_model = self._run_converter(converter)
         if self.mode == "prefill_decode":
-            bad = non_builtin_ops(tflite_model)
+            bad = non_builtin_ops(tflite_model.graph if isinstance(tflite_model, _Binding) else tflite_model)
             if bad:
                 raise ConversionError(
                     f"the prefill_decode graph needs non-builtin ops {sorted(bad)}; family "
