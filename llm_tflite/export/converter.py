@@ -155,6 +155,23 @@ class ConversionResult:
     metadata: dict
 
 
+def _write_rows(path: str, variable, block_bytes: int = 64 << 20) -> None:
+    """Write a Keras variable to an ``.npy`` file 64 MB of rows at a time (a 1 GB embedding is not
+    copied whole out of TensorFlow beside itself; the file's pages are the page cache's, not ours)."""
+    import numpy as np
+
+    shape = tuple(int(d) for d in variable.shape)
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(variable.dtype), shape=shape)
+    if not shape or array.size == 0:
+        array[...] = np.asarray(variable.numpy())
+    else:
+        rows = max(1, block_bytes // max(1, array[0].nbytes))
+        for start in range(0, shape[0], rows):
+            array[start : start + rows] = np.asarray(variable.value[start : start + rows])
+    array.flush()
+    del array
+
+
 class _Binding:
     """A converted graph whose ``weight_{i}`` inputs are still to be bound (``llm_tflite.litert.bind``).
 
@@ -183,7 +200,7 @@ class _Binding:
             paths = []
             for i, variable in enumerate(variables):
                 paths.append(os.path.join(self._directory.name, f"{i}.npy"))
-                np.save(paths[-1], variable.numpy(), allow_pickle=False)
+                _write_rows(paths[-1], variable)
         except OSError as e:  # no room, no permission: bind from memory, as for a model passed in
             logger.info("convert: cannot write the weights to %s (%s): binding them from memory", where, e)
             self.__exit__()
