@@ -197,6 +197,20 @@ def test_bench_on_a_generate_file_says_why_not(tiny_tflite, tmp_path):
     assert out.returncode == 1 and "needs a prefill_decode file" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_bench_flags_a_rate_above_its_bound_as_a_mis_measurement(tiny_tflite, monkeypatch, capsys):
+    """Decoding faster than bandwidth / bytes read cannot happen: it means a bandwidth sample was taken
+    while the machine was busy (or the bytes were miscounted), so it is flagged, not reported as reached."""
+    from llm_tflite.cli.main import main
+    from llm_tflite.evaluation import bench
+
+    samples = iter([2e3, 1e3, 1.5e3])  # bytes/s: far below what any decode step needs
+    monkeypatch.setattr(bench, "read_bandwidth_apart", lambda threads: next(samples))
+    assert main(["bench", str(tiny_tflite), "--new-tokens", "8", "--prompt-tokens", "4", "--runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "read bandwidth: 0.0 GB/s, the highest of 3 samples" in out and "spread 67%" in out
+    assert out.count("above the bound, so a mis-measurement") == 2 and "reached" not in out
+
+
 def test_bench_reports_every_field(tiny_tflite):
     out = cli("bench", tiny_tflite, "--new-tokens", "8", "--prompt-tokens", "4,16", "--runs", "2", "--json")
     assert out.returncode == 0, out.stderr
@@ -218,6 +232,12 @@ def test_bench_reports_every_field(tiny_tflite):
     assert late["bytes_read_per_token"]["kv_cache"] == 2 * 2 * 128 * 32 * 4  # the whole context
     assert late["fraction_of_bound"] == pytest.approx(late["median"] / late["bound_tokens_per_s"])
     assert result["read_bandwidth_bytes_per_s"] > 1e8 and result["peak_rss_bytes"] > result["file_bytes"]
+    bandwidth = result["read_bandwidth"]  # sampled before, between and after the runs; the bound uses the highest
+    assert len(bandwidth["samples_bytes_per_s"]) == 3
+    assert result["read_bandwidth_bytes_per_s"] == bandwidth["max_bytes_per_s"] == max(bandwidth["samples_bytes_per_s"])
+    assert bandwidth["min_bytes_per_s"] <= bandwidth["median_bytes_per_s"] <= bandwidth["max_bytes_per_s"]
+    assert result["bound_exceeded"] == [name for name, figures in (("early", result["decode_fraction_of_bound"]),
+                                                                   ("late", late["fraction_of_bound"])) if figures > 1]
     assert result["decode_fraction_of_bound"] == pytest.approx(
         result["decode_tokens_per_s"] / result["decode_bound_tokens_per_s"])
     assert result["generate_decode_tokens_per_s"] > 0 and result["decode_over_generate"] == pytest.approx(

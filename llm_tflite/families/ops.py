@@ -82,8 +82,8 @@ def causal_attention(query, key_cache, value_cache, input_pos, *, scale: float |
     """Scaled dot-product attention of ``query`` ``[1, L, H, D]`` over cached keys at positions <= its own.
 
     ``key_cache`` ``[1, kv_heads, C, D]``, ``value_cache`` ``[1, kv_heads, D, C]``. Multi-query and
-    grouped-query attention (fewer key heads than query heads) repeat the key/value heads (a decode
-    step groups the query heads instead).
+    grouped-query attention (fewer key heads than query heads) group the query heads by the key head
+    they share: the caches are read as they are, never repeated.
 
     Args:
         scale: what the query is multiplied by (default ``1 / sqrt(D)``; Gemma's
@@ -104,11 +104,13 @@ def causal_attention(query, key_cache, value_cache, input_pos, *, scale: float |
     if window is not None and window < key_cache.shape[2]:  # the slots a decode window may see
         key_cache, value_cache = key_cache[:, :, :window, :], value_cache[:, :, :, :window]
     kv_heads = key_cache.shape[1]
-    if kv_heads != num_heads:
-        key_cache = tf.repeat(key_cache, num_heads // kv_heads, axis=1)
-        value_cache = tf.repeat(value_cache, num_heads // kv_heads, axis=1)
+    group = num_heads // kv_heads
+    # the query heads grouped by the key head they share: [1, kv_heads, group * L, D], so the caches
+    # are read as laid out (no repeated copy of them per call), as a decode step does
     query = query * tf.constant(1.0 / head_dim**0.5 if scale is None else scale, query.dtype)
-    scores = tf.einsum("bqhd,bhkd->bhqk", query, key_cache)
+    query = tf.reshape(tf.transpose(tf.reshape(query, [length, kv_heads, group, head_dim]), [1, 2, 0, 3]),
+                       [1, kv_heads, group * length, head_dim])
+    scores = tf.matmul(query, key_cache, transpose_b=True)  # [1, kv_heads, group * L, C]
     if soft_cap is not None:
         cap = tf.constant(soft_cap, scores.dtype)
         scores = tf.tanh(scores / cap) * cap
@@ -117,9 +119,13 @@ def causal_attention(query, key_cache, value_cache, input_pos, *, scale: float |
     visible = slots <= input_pos[:, None]  # [L, C]
     if sliding_window is not None and sliding_window < context:
         visible = tf.logical_and(visible, slots > input_pos[:, None] - sliding_window)
-    scores = tf.where(visible[None, None], scores, tf.constant(-1e9, scores.dtype))
+    if group > 1:
+        visible = tf.tile(visible, [group, 1])  # [group * L, C], in the query's order
+    scores = scores + tf.where(visible, tf.constant(0.0, scores.dtype), tf.constant(-1e9, scores.dtype))
     probs = tf.nn.softmax(scores, axis=-1)
-    return tf.einsum("bhqk,bhdk->bqhd", probs, value_cache)
+    out = tf.matmul(probs, value_cache, transpose_b=True)  # [1, kv_heads, group * L, D]
+    return tf.reshape(tf.transpose(tf.reshape(out, [kv_heads, group, length, head_dim]), [2, 0, 1, 3]),
+                      [1, length, num_heads, head_dim])
 
 
 def _decode_attention(query, key_caches: Rows, value_caches: Rows, input_pos, scale, soft_cap, sliding_window):
