@@ -44,6 +44,26 @@ def test_checkpoint_converts_with_keras_hubs_logits(family, tmp_path):
     assert run_cached_parity_test(lm, path, ids[:64], ids[64:]) < 1e-4
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_large_weights_are_ported_by_rows_to_the_same_values(family, tmp_path, monkeypatch):
+    """Weights past ``PORT_BLOCK_BYTES`` are read from the checkpoint and assigned a block of rows at a
+    time (no whole copies beside the variable); here the block is 4 KB, so every matrix without a
+    reshaping hook (the embedding) goes that way: the same weights as KerasHub's loader."""
+    from llm_tflite.families import loading
+
+    directory = write_hf_checkpoint(tmp_path / "ckpt", family)
+    reference = [w.numpy() for w in _keras_hub_load(directory, family).weights]
+    ported = []
+    original = loading._safetensor_slice
+    monkeypatch.setattr(loading, "_safetensor_slice", lambda *a: ported.append(a[1]) or original(*a))
+    monkeypatch.setattr(loading, "PORT_BLOCK_BYTES", 4096)
+    _, lm = load_model(directory)
+    assert any("embed_tokens" in key for key in ported)  # the others are reshaped by hooks: KerasHub ports them
+    assert len(lm.weights) == len(reference)
+    for ours, theirs in zip(lm.weights, reference):
+        np.testing.assert_array_equal(ours.numpy(), theirs)
+
+
 #: English, code, digits, Chinese, emoji (with a skin-tone modifier), Arabic, and each family's turn markers.
 MULTILINGUAL = ("ROMEO: But soft! It's 1234567 apples, x=3.14;\n\ndef f(x):\n    return x ** 2  # code\n"
                 "你好，世界！今天天气很好。🙂👍🏽 مرحبا بالعالم  café ﬁ")

@@ -3,6 +3,7 @@ with errors that say what went wrong and what to do."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -216,6 +217,64 @@ def in_float32(causal_lm):
         keras.config.set_dtype_policy(previous)
 
 
+#: A Hugging Face weight this large (bytes) is ported into its variable a block of rows at a time.
+PORT_BLOCK_BYTES = 64 << 20
+
+
+@contextlib.contextmanager
+def _ported_by_rows():
+    """KerasHub's Transformers loader (``SafetensorLoader.port_weight``), without two whole copies of a
+    large weight beside its variable (the tensor read from the file, and TensorFlow's copy of it at
+    ``assign``): a weight that needs no reshaping hook is read from the file and assigned
+    ``PORT_BLOCK_BYTES`` of rows at a time. Gemma 3 270M's 0.6 GiB embedding made the conversion's
+    peak: +1.25 GiB while it was ported. Other weights, and other backends, go through KerasHub's own."""
+    import numpy as np
+    from keras_hub.src.utils.transformers import safetensor_utils
+
+    from llm_tflite.console import keras_backend
+
+    loader = safetensor_utils.SafetensorLoader
+    original = loader.port_weight
+
+    def port_weight(self, keras_variable, hf_weight_key, hook_fn=None):
+        shape = tuple(int(d) for d in keras_variable.shape)
+        dtype = np.dtype(keras_variable.dtype)
+        large = len(shape) >= 2 and int(np.prod(shape)) * dtype.itemsize > PORT_BLOCK_BYTES
+        if hook_fn is not None or not large or keras_backend() != "tensorflow":
+            return original(self, keras_variable, hf_weight_key, hook_fn)
+        stored = _safetensor_slice(self, hf_weight_key)
+        if tuple(stored.get_shape()) != shape:
+            return original(self, keras_variable, hf_weight_key, hook_fn)  # KerasHub says what is wrong
+        rows = max(1, PORT_BLOCK_BYTES // (int(np.prod(shape[1:])) * dtype.itemsize))
+        for start in range(0, shape[0], rows):
+            end = min(start + rows, shape[0])  # safetensors refuses a slice past the end
+            keras_variable.value[start:end].assign(np.asarray(stored[start:end], dtype))
+
+    loader.port_weight = port_weight
+    try:
+        yield
+    finally:
+        loader.port_weight = original
+
+
+def _safetensor_slice(loader, hf_weight_key):
+    """The lazily read tensor ``SafetensorLoader.get_tensor`` would return whole (its file and key
+    resolution, KerasHub 0.30)."""
+    import safetensors
+    from keras_hub.src.utils.preset_utils import SAFETENSOR_FILE, get_file
+
+    if loader.safetensor_config is None:
+        fname = loader.fname if loader.fname is not None else SAFETENSOR_FILE
+    else:
+        fname = loader.safetensor_config["weight_map"][loader.get_prefixed_key(
+            hf_weight_key, loader.safetensor_config["weight_map"])]
+    file = loader.safetensor_files.get(fname)
+    if file is None:
+        file = loader.safetensor_files[fname] = loader.enter_context(
+            safetensors.safe_open(get_file(loader.preset, fname), framework="np"))
+    return file.get_slice(loader.get_prefixed_key(hf_weight_key, file))
+
+
 def load_keras_preset(task_cls, source: str, **kwargs):
     """``task_cls.from_preset(source, **kwargs)``, turning download and file errors into
     ``ModelSourceError``. ``source``: a KerasHub preset (name, handle or directory) or a Hugging Face
@@ -234,7 +293,8 @@ def load_keras_preset(task_cls, source: str, **kwargs):
 
         kwargs["dtype"] = keras.config.dtype_policy()
     try:
-        loaded = task_cls.from_preset(source, **kwargs)
+        with _ported_by_rows():
+            loaded = task_cls.from_preset(source, **kwargs)
     except Exception as e:  # kagglehub/HF raise many types; none helps a user on its own
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = (
