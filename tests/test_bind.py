@@ -84,14 +84,20 @@ def _matmul_graph(inputs: int, outputs: int) -> bytes:
 
 def test_int4_weights_too_narrow_for_a_block_fail_clearly():
     with pytest.raises(ConversionError, match=r"weight 0 \(8x40\): width 40 is not divisible by block size 32.*"
-                                              "use int4_blockwise .blocks of 32. or an int8 strategy"):
+                                              "multiple of the block size; use an int8 strategy"):
         bind_weights(_matmul_graph(40, 8), [lambda: np.ones((40, 8), np.float32)], "int4_blockwise_32")
+    with pytest.raises(ConversionError, match=r"width 96 is not divisible by block size 128.*"
+                                              "use int4_blockwise .blocks of 32. or an int8 strategy"):
+        bind_weights(_matmul_graph(96, 8), [lambda: np.ones((96, 8), np.float32)], "int4_blockwise_128")
     bound = bind_weights(_matmul_graph(64, 8), [lambda: np.ones((64, 8), np.float32)], "int4_blockwise_32")
     from ai_edge_litert.interpreter import Interpreter
 
     runner = Interpreter(model_content=bound).get_signature_runner("run")
     import ml_dtypes
 
+    zeros = bind_weights(_matmul_graph(64, 8), [lambda: np.zeros((64, 8), np.float32)], "int4_blockwise_32")
+    assert Interpreter(model_content=zeros).get_signature_runner("run")(
+        x=np.ones((1, 64), np.float32))["y"].tolist() == [[0.0] * 8]  # all-zero blocks: values 0 (scale 0 would not load)
     scale = float(np.float32(1 / 7).astype(ml_dtypes.bfloat16))  # max/7, rounded to 8 mantissa bits
     assert runner(x=np.ones((1, 64), np.float32))["y"] == pytest.approx(np.full((1, 8), 64 * 7 * scale), rel=1e-5)
 

@@ -43,14 +43,14 @@ def default_decode_windows(context_length: int) -> list[int]:
 SIZE_MARGIN = 1.15
 
 
-def _file_bytes(strategy, weights: int, mode: str = "prefill_decode") -> float:
+def _file_bytes(strategy, weights: int, mode: str = "prefill_decode", frozen: bool = False) -> float:
     """Bytes of the largest flatbuffer a strategy needs for ``weights`` weights in ``mode``.
 
     None, for weights bound into a ``prefill_decode`` graph: the files we write keep their weights
     after the flatbuffer once they pass ``flatbuffer.OUTSIDE_FROM``. A strategy that quantizes the
     float32 file (ai-edge-quantizer, not tried on files past 2 GiB) needs that file to be one
     flatbuffer, and so do weights frozen into the graph by TensorFlow's converter."""
-    if mode == "prefill_decode" and binds_weights(strategy) and not strategy.quantizes_float_file:
+    if mode == "prefill_decode" and not frozen and binds_weights(strategy) and not strategy.quantizes_float_file:
         return 0.0
     return weights * max(strategy.weight_bytes, 4.0 if strategy.quantizes_float_file else 0.0) * SIZE_MARGIN
 
@@ -104,7 +104,8 @@ def weights_before_loading(model, family=None) -> int | None:
     return fam.count_weights(config) if isinstance(config, dict) else None
 
 
-def check_fits(weights: int, strategy, name: str = "this model", mode: str = "prefill_decode") -> None:
+def check_fits(weights: int, strategy, name: str = "this model", mode: str = "prefill_decode",
+               frozen: bool = False) -> None:
     """``ModelTooLargeError`` now, before conversion, if the file (or the float32 file a strategy starts
     from) would pass the flatbuffer limit (``_file_bytes``); it names the strategies that fit."""
     from llm_tflite.errors import ModelTooLargeError
@@ -112,7 +113,7 @@ def check_fits(weights: int, strategy, name: str = "this model", mode: str = "pr
     from llm_tflite.plugins.registry import strategies
 
     limit = flatbuffer.FLATBUFFER_LIMIT
-    if _file_bytes(strategy, weights, mode) <= limit:
+    if _file_bytes(strategy, weights, mode, frozen) <= limit:
         return
 
     def size(n: float) -> str:
@@ -122,11 +123,12 @@ def check_fits(weights: int, strategy, name: str = "this model", mode: str = "pr
     capacity = f"{limit / 2**30:g} GiB" if limit >= 2**30 else size(limit)
     what = "the float32 file it quantizes" if strategy.quantizes_float_file and strategy.weight_bytes < 4 else "its file"
     fitting = [f"{s.name} (~{size(s.weight_bytes * weights)})"
-               for s in (r.item for r in strategies().values()) if _file_bytes(s, weights, mode) <= limit]
+               for s in (r.item for r in strategies().values())
+               if mode in s.export_modes and _file_bytes(s, weights, mode, frozen) <= limit]
     advice = f"Strategies that fit: {', '.join(fitting)}." if fitting else "No registered strategy fits; use a smaller model."
     raise ModelTooLargeError(
         f"{name} has {count} weights: with --quantize {strategy.name}, {what} would need about "
-        f"{size(_file_bytes(strategy, weights, mode))}, over the {capacity} a .tflite flatbuffer can address. {advice}"
+        f"{size(_file_bytes(strategy, weights, mode, frozen))}, over the {capacity} a .tflite flatbuffer can address. {advice}"
     )
 
 
@@ -160,29 +162,32 @@ def _return_freed_memory() -> None:
     threshold (which grows to 32 MB as large blocks are freed) in its heaps, so a model's 12 MB
     matrices, once freed, would stay counted against the conversion. A no-op elsewhere."""
     import ctypes
-    import ctypes.util
+    import sys
 
+    if not sys.platform.startswith("linux"):
+        return
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl)
         pass
 
 
 def _write_rows(path: str, variable, block_bytes: int = 64 << 20) -> None:
     """Write a Keras variable to an ``.npy`` file 64 MB of rows at a time (a 1 GB embedding is not
-    copied whole out of TensorFlow beside itself; the file's pages are the page cache's, not ours)."""
+    copied whole out of TensorFlow beside itself), through ordinary writes: a disk that fills up
+    raises ``OSError`` (a mapped sparse file would kill the process with SIGBUS)."""
     import numpy as np
 
-    shape = tuple(int(d) for d in variable.shape)
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(variable.dtype), shape=shape)
-    if not shape or array.size == 0:
-        array[...] = np.asarray(variable.numpy())
-    else:
-        rows = max(1, block_bytes // max(1, array[0].nbytes))
+    shape, dtype = tuple(int(d) for d in variable.shape), np.dtype(variable.dtype)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+        if len(shape) < 1 or not all(shape):
+            f.write(np.asarray(variable.numpy(), dtype).tobytes())
+            return
+        rows = max(1, block_bytes // max(1, int(np.prod(shape[1:])) * dtype.itemsize))
         for start in range(0, shape[0], rows):
-            array[start : start + rows] = np.asarray(variable.value[start : start + rows])
-    array.flush()
-    del array
+            f.write(np.ascontiguousarray(np.asarray(variable.value[start : start + rows]), dtype).tobytes())
 
 
 class _Binding:
@@ -214,12 +219,17 @@ class _Binding:
             for i, variable in enumerate(variables):
                 paths.append(os.path.join(self._directory.name, f"{i}.npy"))
                 _write_rows(paths[-1], variable)
+            mapped = [np.load(path, mmap_mode="r", allow_pickle=False) for path in paths]
         except OSError as e:  # no room, no permission: bind from memory, as for a model passed in
             logger.info("convert: cannot write the weights to %s (%s): binding them from memory", where, e)
             self.__exit__()
-            self._directory = None
             return
-        self.weights = [lambda path=path: np.load(path, mmap_mode="r", allow_pickle=False) for path in paths]
+        except BaseException:  # interrupted: nothing left beside the output
+            self.__exit__()
+            raise
+        if os.name == "posix":  # mapped files live on unlinked: nothing is left behind, even if killed
+            self.__exit__()
+        self.weights = [lambda array=array: array for array in mapped]
 
     def bind(self) -> bytes:
         from llm_tflite.litert.bind import bind_weights
@@ -228,6 +238,13 @@ class _Binding:
         bar = progress(total=len(weights), desc="binding weights", unit="weight", leave=False)
         try:
             return bind_weights(self.graph, weights, self.fmt, progress=lambda n: bar.update(n - bar.n))
+        except (LLMTFLiteError, KeyboardInterrupt):
+            raise
+        except MemoryError as e:
+            raise ConversionError("ran out of memory while binding the weights; convert on a machine with more "
+                                  "memory, or with a smaller --quantize format") from e
+        except Exception as e:  # a spilled file that cannot be read back, a graph bind cannot rewrite
+            raise ConversionError(f"binding the weights failed: {type(e).__name__}: {str(e)[:300]}") from e
         finally:
             bar.close()
 
@@ -236,7 +253,11 @@ class _Binding:
 
     def __exit__(self, *exc):
         if self._directory is not None:
-            self._directory.cleanup()
+            directory, self._directory = self._directory, None
+            try:
+                directory.cleanup()
+            except OSError as e:  # Windows: a file still mapped; the original error matters more
+                logger.warning("convert: could not remove %s: %s", directory.name, e)
 
 
 class Converter:
@@ -556,6 +577,7 @@ class Converter:
         for key, data, inputs, outputs in self._signatures(tf, fam, lm, metadata, weights):
             merger.add(key, data, inputs, outputs)
         binding = _Binding(merger.result(), [variable.numpy for variable in weights], self.quantizer.strategy.bind_format)
+        self._check_builtin(fam, binding.graph)  # before minutes of writing weights, not after
         if spill_to is not None:
             binding.spill(weights, spill_to)
         return binding
@@ -585,6 +607,8 @@ class Converter:
                     tflite_model = self._convert_graph_then_bind(tf, fam, lm, metadata, spill_to)
                 except CapturedStateError as e:
                     logger.debug("convert: %s; freezing the weights into the graph instead", e)
+                    # frozen weights go through TensorFlow's converter: one flatbuffer, held to its limit
+                    check_fits(int(lm.count_params()), self.quantizer.strategy, mode=self.mode, frozen=True)
             if tflite_model is None:
                 tflite_model = self._convert_frozen(tf, fam, lm, metadata)
         else:
@@ -605,11 +629,15 @@ class Converter:
                 configure_generate_converter(converter)
                 self.quantizer.configure(converter, self.calibration)
                 tflite_model = self._run_converter(converter)
-        if self.mode == "prefill_decode":
-            bad = non_builtin_ops(tflite_model.graph if isinstance(tflite_model, _Binding) else tflite_model)
-            if bad:
-                raise ConversionError(
-                    f"the prefill_decode graph needs non-builtin ops {sorted(bad)}; family "
-                    f"{fam.name!r} must express its forward pass with builtin TFLite ops"
-                )
+        if self.mode == "prefill_decode" and not isinstance(tflite_model, _Binding):
+            self._check_builtin(fam, tflite_model)
         return tflite_model
+
+    @staticmethod
+    def _check_builtin(fam, tflite_model: bytes) -> None:
+        bad = non_builtin_ops(tflite_model)
+        if bad:
+            raise ConversionError(
+                f"the prefill_decode graph needs non-builtin ops {sorted(bad)}; family "
+                f"{fam.name!r} must express its forward pass with builtin TFLite ops"
+            )

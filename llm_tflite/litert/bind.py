@@ -173,7 +173,8 @@ def _int4_blocks(array: np.ndarray, block: int, block_bytes: int = 64 << 20) -> 
     """Symmetric int4 in blocks of ``block`` along each row (the op's input channels), as
     ai-edge-quantizer's blockwise recipe computes it, so files are the same whichever wrote them:
     ``scale = max|block| / 7`` rounded to bfloat16's 8-bit mantissa and stored as float16,
-    ``q = clip(rint(x / scale), -8, 7)``, two values a byte, the first in the low nibble.
+    ``q = clip(rint(x / scale), -8, 7)``, two values a byte, the first in the low nibble (one
+    difference: an all-zero block gets float16's smallest normal scale, not 0, which XNNPACK refuses).
 
     Returns the packed bytes (``[rows * cols / 2]`` uint8) and the scales (``[rows, cols / block]``
     float16). Computed ``block_bytes`` of rows at a time: beside the float32 weight, only its
@@ -192,6 +193,9 @@ def _int4_blocks(array: np.ndarray, block: int, block_bytes: int = 64 << 20) -> 
         part = rows[start : start + step].astype(np.float32, copy=False).reshape(-1, width // block, block)
         bound = np.maximum(np.maximum(np.abs(part.min(axis=2)), np.abs(part.max(axis=2))), np.float32(1e-9))
         scale = (bound / np.float32(7)).astype(ml_dtypes.bfloat16).astype(np.float16)
+        # An all-zero block's scale underflows to 0, which XNNPACK refuses ("unsupported scale value"):
+        # the smallest normal float16 instead (its values are 0 either way; ai-edge-quantizer writes 0).
+        scale = np.where(scale == 0, np.finfo(np.float16).tiny, scale).astype(np.float16)
         scales[start : start + step] = scale
         values = np.clip(np.rint(part / scale.astype(np.float32)[..., None]), -8, 7).astype(np.int8).reshape(-1)
         low, high = values[0::2].view(np.uint8) & 0x0F, values[1::2].view(np.uint8) & 0x0F
@@ -283,10 +287,10 @@ def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]
                     try:
                         value, scale = _int4_blocks(value, block)
                     except ValueError as e:
+                        other = "int4_blockwise (blocks of 32) or " if block != 32 else ""
                         raise ConversionError(
                             f"weight {weight} ({'x'.join(map(str, shape))}): {e}. The model has weights whose width "
-                            "is not a multiple of the block size; use int4_blockwise (blocks of 32) or an int8 "
-                            "strategy.") from e
+                            f"is not a multiple of the block size; use {other}an int8 strategy.") from e
                     q = binder.add_buffer(scale), list(scale.shape)  # a scales tensor per subgraph, below
                     tensor_type = schema.TensorType.INT4
                 elif stored == "float16":

@@ -94,7 +94,7 @@ def drop_unused_tensors(model, subgraph_index: int) -> None:
     for op in subgraph.operators:
         used |= {i for i in list(op.inputs) + list(op.outputs) if i >= 0}
     blockwise = [t.quantization.details for t in (subgraph.tensors[i] for i in used) if _blockwise_details(t)]
-    used |= {i for d in blockwise for i in (d.scales, d.zeroPoints) if i >= 0}  # int4 blocks' scales tensors
+    used |= blockwise_references(subgraph, used)  # int4 blocks' scales tensors
     order = sorted(used)
     new = {old: i for i, old in enumerate(order)}
     subgraph.tensors = [subgraph.tensors[i] for i in order]
@@ -112,6 +112,14 @@ def drop_unused_tensors(model, subgraph_index: int) -> None:
         if signature.subgraphIndex == subgraph_index:
             for entry in list(signature.inputs) + list(signature.outputs):
                 entry.tensorIndex = new[entry.tensorIndex]
+
+
+def blockwise_references(subgraph, tensors) -> set[int]:
+    """The tensors that blockwise-quantized ones among ``tensors`` read through their quantization
+    details (an int4 weight's scales), not as op inputs: a rewrite must keep them with the weight."""
+    details = [subgraph.tensors[i].quantization.details for i in tensors
+               if i >= 0 and _blockwise_details(subgraph.tensors[i])]
+    return {i for d in details for i in (d.scales, d.zeroPoints) if i >= 0}
 
 
 def _blockwise_details(tensor) -> bool:

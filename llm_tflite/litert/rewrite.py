@@ -6,8 +6,8 @@ import hashlib
 
 import numpy as np
 
-from llm_tflite.litert.flatbuffer import (builtin_code, drop_unused_buffers, opcode_index, pack_model, tflite_schema,
-                                         unpack_model)
+from llm_tflite.litert.flatbuffer import (blockwise_references, builtin_code, drop_unused_buffers, opcode_index,
+                                         pack_model, tflite_schema, unpack_model)
 
 
 def _load(tflite_model: bytes):
@@ -286,6 +286,7 @@ def _repack_without_unread_buffers(schema, model) -> bytes:
     for sg in model.subgraphs:
         referenced = {i for op in sg.operators for i in list(op.inputs) + list(op.outputs)}
         referenced |= set(sg.inputs) | set(sg.outputs)
+        referenced |= blockwise_references(sg, referenced)  # int4 blocks' scales, read through their weight
         used |= {sg.tensors[i].buffer for i in referenced if i >= 0}
     for index, buffer in enumerate(model.buffers):
         if index not in used and buffer.data is not None and len(buffer.data):
