@@ -105,9 +105,11 @@ def causal_attention(query, key_cache, value_cache, input_pos, *, scale: float |
         key_cache, value_cache = key_cache[:, :, :window, :], value_cache[:, :, :, :window]
     kv_heads = key_cache.shape[1]
     group = num_heads // kv_heads
+    query = query * tf.constant(1.0 / head_dim**0.5 if scale is None else scale, query.dtype)
+    if None in query.shape:  # a generate graph (dynamic batch and length): repeated caches, as KerasHub does
+        return _attention_repeating_caches(query, key_cache, value_cache, input_pos, group, soft_cap, sliding_window)
     # the query heads grouped by the key head they share: [1, kv_heads, group * L, D], so the caches
     # are read as laid out (no repeated copy of them per call), as a decode step does
-    query = query * tf.constant(1.0 / head_dim**0.5 if scale is None else scale, query.dtype)
     query = tf.reshape(tf.transpose(tf.reshape(query, [length, kv_heads, group, head_dim]), [1, 2, 0, 3]),
                        [1, kv_heads, group * length, head_dim])
     scores = tf.matmul(query, key_cache, transpose_b=True)  # [1, kv_heads, group * L, C]
@@ -126,6 +128,25 @@ def causal_attention(query, key_cache, value_cache, input_pos, *, scale: float |
     out = tf.matmul(probs, value_cache, transpose_b=True)  # [1, kv_heads, group * L, D]
     return tf.reshape(tf.transpose(tf.reshape(out, [kv_heads, group, length, head_dim]), [2, 0, 1, 3]),
                       [1, length, num_heads, head_dim])
+
+
+def _attention_repeating_caches(query, key_cache, value_cache, input_pos, group, soft_cap, sliding_window):
+    """``causal_attention`` (``query`` already scaled) with the key/value heads repeated ``group`` times:
+    for graphs whose shapes are not all known."""
+    if group > 1:
+        key_cache = tf.repeat(key_cache, group, axis=1)
+        value_cache = tf.repeat(value_cache, group, axis=1)
+    scores = tf.einsum("bqhd,bhkd->bhqk", query, key_cache)
+    if soft_cap is not None:
+        cap = tf.constant(soft_cap, scores.dtype)
+        scores = tf.tanh(scores / cap) * cap
+    context = key_cache.shape[2]
+    slots = tf.range(context)[None, :]
+    visible = slots <= input_pos[:, None]  # [L, C]
+    if sliding_window is not None and sliding_window < context:
+        visible = tf.logical_and(visible, slots > input_pos[:, None] - sliding_window)
+    scores = tf.where(visible[None, None], scores, tf.constant(-1e9, scores.dtype))
+    return tf.einsum("bhqk,bhdk->bqhd", tf.nn.softmax(scores, axis=-1), value_cache)
 
 
 def _decode_attention(query, key_caches: Rows, value_caches: Rows, input_pos, scale, soft_cap, sliding_window):
