@@ -185,6 +185,17 @@ def test_weights_past_the_flatbuffer_limit_go_after_it(tiny_gpt2_dir, tmp_path, 
     assert ours.complete("ROMEO:", 24).token_ids == reference.complete("ROMEO:", 24).token_ids
     bundle = build_bundle(outside, tmp_path / "outside.litertlm")
     assert InterpreterRunner(bundle).complete("ROMEO:", 24).token_ids == reference.complete("ROMEO:", 24).token_ids
+    import litert_lm  # LiteRT-LM's engine reads the weights after the flatbuffer too
+
+    engine = litert_lm.Engine(str(bundle), backend=litert_lm.Backend.CPU(thread_count=2))
+    try:
+        with engine.create_session(apply_prompt_template=False, max_output_tokens=16,
+                                   sampler_config=litert_lm.SamplerConfig(top_k=1)) as session:
+            session.run_prefill(["ROMEO:"])
+            text = "".join(r.texts[0] for r in session.run_decode_async())
+    finally:
+        engine.close()
+    assert text == reference.complete("ROMEO:", 16, stop_token_ids=[]).text
 
     damaged = bytearray(data)
     damaged[-3] ^= 1  # in the last weight, after the flatbuffer
