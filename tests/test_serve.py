@@ -302,11 +302,15 @@ def test_requests_in_flight_per_key_are_limited(tiny_tflite):
     from llm_tflite.serve.app import Limits, create_app
 
     calls = []
+    # the first stream must still run when the second request comes: greedy, which runs all 40 tokens
+    # (sampled at temperature 1, an early end-of-text token let it finish first, once in CI)
+    assert InterpreterRunner(tiny_tflite).complete("ROMEO:", 40).completion_tokens == 40
     served = Server(create_app(tiny_tflite, workers=2, runner_factory=_slow_factory(tiny_tflite, 0.05, calls),
                                api_keys=[KEY], limits=Limits(max_streams_per_key=1)))
     try:
         connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
-        connection.request("POST", "/v1/completions", json.dumps({"prompt": "ROMEO:", "max_tokens": 40, "stream": True}),
+        connection.request("POST", "/v1/completions", json.dumps({"prompt": "ROMEO:", "max_tokens": 40, "stream": True,
+                                                                  "temperature": 0}),
                            {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
         response = connection.getresponse()
         response.read1(64)  # the stream has started

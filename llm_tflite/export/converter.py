@@ -46,7 +46,7 @@ SIZE_MARGIN = 1.15
 def _file_bytes(strategy, weights: int, mode: str = "prefill_decode", frozen: bool = False) -> float:
     """Bytes of the largest flatbuffer a strategy needs for ``weights`` weights in ``mode``.
 
-    None, for weights bound into a ``prefill_decode`` graph: the files we write keep their weights
+    Nothing (0) for weights bound into a ``prefill_decode`` graph: the files we write keep their weights
     after the flatbuffer once they pass ``flatbuffer.OUTSIDE_FROM``. A strategy that quantizes the
     float32 file (ai-edge-quantizer, not tried on files past 2 GiB) needs that file to be one
     flatbuffer, and so do weights frozen into the graph by TensorFlow's converter."""
@@ -193,9 +193,9 @@ def _write_rows(path: str, variable, block_bytes: int = 64 << 20) -> None:
 class _Binding:
     """A converted graph whose ``weight_{i}`` inputs are still to be bound (``llm_tflite.litert.bind``).
 
-    ``spill`` writes the weights to ``.npy`` files in a temporary directory and reads them back
-    mapped, one at a time, while binding: the Keras model can be let go first. A context manager:
-    the directory is removed on exit."""
+    ``spill`` writes the weights to ``.npy`` files in a temporary directory and maps them, so the
+    Keras model can be let go before binding reads them (on POSIX the files are unlinked as soon as
+    they are mapped). A context manager: the directory, if still there, is removed on exit."""
 
     def __init__(self, graph: bytes, weights: list, fmt: str):
         self.graph, self.weights, self.fmt = graph, weights, fmt
