@@ -113,14 +113,8 @@ def causal_attention(query, key_cache, value_cache, input_pos, *, scale: float |
     query = tf.reshape(tf.transpose(tf.reshape(query, [length, kv_heads, group, head_dim]), [1, 2, 0, 3]),
                        [1, kv_heads, group * length, head_dim])
     scores = tf.matmul(query, key_cache, transpose_b=True)  # [1, kv_heads, group * L, C]
-    if soft_cap is not None:
-        cap = tf.constant(soft_cap, scores.dtype)
-        scores = tf.tanh(scores / cap) * cap
-    context = key_cache.shape[2]
-    slots = tf.range(context)[None, :]
-    visible = slots <= input_pos[:, None]  # [L, C]
-    if sliding_window is not None and sliding_window < context:
-        visible = tf.logical_and(visible, slots > input_pos[:, None] - sliding_window)
+    scores = _soft_capped(scores, soft_cap)
+    visible = _visible(input_pos, key_cache.shape[2], sliding_window)  # [L, C]
     if group > 1:
         visible = tf.tile(visible, [group, 1])  # [group * L, C], in the query's order
     scores = scores + tf.where(visible, tf.constant(0.0, scores.dtype), tf.constant(-1e9, scores.dtype))
@@ -130,6 +124,24 @@ def causal_attention(query, key_cache, value_cache, input_pos, *, scale: float |
                       [1, length, num_heads, head_dim])
 
 
+def _soft_capped(scores, soft_cap):
+    """Gemma 2's attention logit soft-capping, ``cap * tanh(scores / cap)`` (``None``: the scores)."""
+    if soft_cap is None:
+        return scores
+    cap = tf.constant(soft_cap, scores.dtype)
+    return tf.tanh(scores / cap) * cap
+
+
+def _visible(input_pos, context: int, sliding_window):
+    """``[L, C]``: which of ``context`` cache slots the token at each of ``input_pos`` may attend to
+    (its own and earlier ones; with a sliding window, only the last ``sliding_window`` of them)."""
+    slots = tf.range(context)[None, :]
+    visible = slots <= input_pos[:, None]
+    if sliding_window is not None and sliding_window < context:
+        visible = tf.logical_and(visible, slots > input_pos[:, None] - sliding_window)
+    return visible
+
+
 def _attention_repeating_caches(query, key_cache, value_cache, input_pos, group, soft_cap, sliding_window):
     """``causal_attention`` (``query`` already scaled) with the key/value heads repeated ``group`` times:
     for graphs whose shapes are not all known."""
@@ -137,14 +149,8 @@ def _attention_repeating_caches(query, key_cache, value_cache, input_pos, group,
         key_cache = tf.repeat(key_cache, group, axis=1)
         value_cache = tf.repeat(value_cache, group, axis=1)
     scores = tf.einsum("bqhd,bhkd->bhqk", query, key_cache)
-    if soft_cap is not None:
-        cap = tf.constant(soft_cap, scores.dtype)
-        scores = tf.tanh(scores / cap) * cap
-    context = key_cache.shape[2]
-    slots = tf.range(context)[None, :]
-    visible = slots <= input_pos[:, None]  # [L, C]
-    if sliding_window is not None and sliding_window < context:
-        visible = tf.logical_and(visible, slots > input_pos[:, None] - sliding_window)
+    scores = _soft_capped(scores, soft_cap)
+    visible = _visible(input_pos, key_cache.shape[2], sliding_window)  # [L, C]
     scores = tf.where(visible[None, None], scores, tf.constant(-1e9, scores.dtype))
     return tf.einsum("bhqk,bhdk->bqhd", tf.nn.softmax(scores, axis=-1), value_cache)
 
@@ -171,9 +177,7 @@ def _attend_one(query, key_cache, value_cache, input_pos, soft_cap, sliding_wind
     if window is not None and window < key_cache.shape[2]:  # the slots a decode window may see
         key_cache, value_cache = key_cache[:, :, :window, :], value_cache[:, :, :, :window]
     scores = tf.matmul(query, key_cache, transpose_b=True)  # [1, kv_heads, group, C]
-    if soft_cap is not None:
-        cap = tf.constant(soft_cap, scores.dtype)
-        scores = tf.tanh(scores / cap) * cap
+    scores = _soft_capped(scores, soft_cap)
     slots = tf.range(key_cache.shape[2])
     visible = slots <= input_pos[0]
     if sliding_window is not None and sliding_window < key_cache.shape[2]:
