@@ -31,7 +31,7 @@ def step_costs(runner) -> None:
     engine = runner.engine
     sequences = [runner.sequence() for _ in range(8)]
     for sequence in sequences:
-        sequence.feed(runner.encode("ROMEO: hello there"))
+        sequence.feed_last(runner.encode("ROMEO: hello there"))
     pad = engine.new_state()
     costs = {rows: ([], []) for rows in (1, 2, 4, 8)}
     for _ in range(4):
@@ -108,7 +108,7 @@ def two_workers(path) -> None:
 
     def steps_per_second(runner, out, index):
         sequence = runner.sequence()
-        sequence.feed(runner.encode("ROMEO: hello"))
+        sequence.feed_last(runner.encode("ROMEO: hello"))
         start = time.perf_counter()
         for _ in range(60):
             sequence.position = 20
@@ -132,7 +132,7 @@ def two_workers(path) -> None:
     alone_rate = (count[0] - start_count) / (time.perf_counter() - start)
     sequence = one.sequence()
     start_count, start = count[0], time.perf_counter()
-    sequence.feed(list(range(100, 228)))
+    sequence.feed_last(list(range(100, 228)))
     took = time.perf_counter() - start
     stop.set()
     spinner.join()

@@ -54,7 +54,7 @@ def main() -> None:
     steps, masks = [], []
     for _ in range(args.runs):
         sequence = runner.sequence()
-        sequence.feed(prompt)
+        sequence.feed_last(prompt)
         for token in tokens:
             t = time.perf_counter()
             logits = sequence.feed([token])[-1]

@@ -44,13 +44,21 @@ def run_cached_parity_test(lm, tflite_path, prompt_ids, step_ids, tolerance=1e-4
     """The file's logits over ``prompt_ids`` (prefill signatures) and then ``step_ids`` one at a time
     (decode signatures, reading the cache) equal Keras's logits of the whole sequence within
     ``tolerance`` (max abs / std). Returns the error."""
-    sequence = InterpreterRunner(tflite_path).sequence()
+    runner = InterpreterRunner(tflite_path)
+    sequence = runner.sequence()
     got = np.concatenate([sequence.feed(list(prompt_ids))] + [sequence.feed([int(t)]) for t in step_ids])
     expected = keras_logits_fn(lm)(list(prompt_ids) + list(step_ids))
     assert got.shape == expected.shape
     error = float(np.abs(got - expected).max() / expected.std())
     assert error < tolerance, f"normalised max abs error {error:.2e} over {len(prompt_ids)} + {len(step_ids)} tokens"
-    return error
+    # As generation runs it: the prompt through prefill signatures without logits, its last token
+    # and the steps through decode.
+    sequence = runner.sequence()
+    got = np.stack([sequence.feed_last(list(prompt_ids))] + [sequence.feed_last([int(t)]) for t in step_ids])
+    tail = expected[len(prompt_ids) - 1 :]
+    generation_error = float(np.abs(got - tail).max() / expected.std())
+    assert generation_error < tolerance, f"feed_last: normalised max abs error {generation_error:.2e}"
+    return max(error, generation_error)
 
 
 def keras_greedy_ids(lm, prompt_ids, max_new_tokens, eos_id) -> list[int]:
@@ -105,11 +113,13 @@ def run_prefill_decode_file_test(tflite_path, num_layers) -> dict:
     signatures = interpreter.get_signature_list()
     assert "decode" in signatures
     assert {f"prefill_{n}" for n in meta["prefill_lengths"]} <= set(signatures)
+    assert {f"score_{n}" for n in meta["score_lengths"]} <= set(signatures)
     assert {f"decode_window_{w}" for w in meta.get("decode_windows", [])} <= set(signatures)
     caches = {f"kv_cache_{kind}_{i}" for i in range(num_layers) for kind in "kv"}
     for name, sig in signatures.items():
         assert set(sig["inputs"]) == caches | {"tokens", "input_pos"}, name
-        assert set(sig["outputs"]) == caches | {"logits"}, name
+        # prefill_{L}: the caches only, as LiteRT-LM's files; score_{L} and decode: logits too
+        assert set(sig["outputs"]) == caches | ({"logits"} if not name.startswith("prefill_") else set()), name
     assert all(len(t["shape"]) <= 5 for t in interpreter.get_tensor_details())
     return meta
 

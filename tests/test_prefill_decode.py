@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from llm_tflite.testing import run_greedy_test, run_parity_test, run_prefill_decode_file_test
 from llm_tflite import InterpreterRunner, read_metadata
@@ -97,3 +98,59 @@ def test_the_seeds_keras_nlp_code_converts(tiny_gpt2_dir, tmp_path):
     Converter(prefill_lengths=(4,)).convert(lm, str(path))
     assert read_metadata(path)["family"] == "gpt2"
     run_greedy_test(lm, path, "ROMEO:", max_new_tokens=12)
+
+
+def test_prefill_outputs_no_logits_and_older_files_with_logits_in_prefill_still_run(tiny_gpt2_dir, tmp_path):
+    """``prefill_{L}`` outputs the caches only (LiteRT-LM's convention): generation runs a prompt but
+    its last token through it and the last through ``decode``; scoring runs ``score_{L}``. A file
+    written before ``score_{L}`` existed (logits in ``prefill_{L}``, no ``score_lengths`` in its
+    record) gives the same logits and the same tokens."""
+    from llm_tflite import Converter
+    from llm_tflite.litert.flatbuffer import pack_model, unpack_model
+    from llm_tflite.litert.metadata import add_metadata
+
+    new = tmp_path / "new.tflite"
+    Converter(prefill_lengths=(4, 16), score_lengths=(4, 16), decode_windows=()).convert(str(tiny_gpt2_dir), str(new))
+    record = read_metadata(new)
+    assert record["score_lengths"] == [4, 16]
+    # the older layout: score_{L} under the name prefill_{L}, no score_lengths
+    model = unpack_model(new.read_bytes())
+    model.signatureDefs = [d for d in model.signatureDefs if not d.signatureKey.startswith(b"prefill_")]
+    for d in model.signatureDefs:
+        d.signatureKey = d.signatureKey.replace(b"score_", b"prefill_")
+    del record["score_lengths"]
+    old = tmp_path / "old.tflite"
+    old.write_bytes(add_metadata(pack_model(model), record))
+
+    runners = {"new": InterpreterRunner(new), "old": InterpreterRunner(old)}
+    assert not runners["new"].engine.prefill_logits and runners["old"].engine.prefill_logits
+    ids = runners["new"].encode("ROMEO: what light through yonder window breaks? It is the east")[:21]
+    for runner in runners.values():  # 16 + 4 + 1 tokens
+        used = []
+        runner.engine.call = lambda name, inputs, call=runner.engine.call, used=used: used.append(name) or call(name, inputs)
+        runner.sequence().feed_last(ids)
+        runner.used = used
+    assert runners["new"].used == ["prefill_16", "prefill_4", "decode"]
+    assert runners["old"].used == ["prefill_16", "prefill_4", "decode"]
+    logits = {key: runner.logits(ids) for key, runner in runners.items()}
+    np.testing.assert_array_equal(logits["new"], logits["old"])
+    for key, runner in runners.items():
+        sequence = runner.sequence()
+        np.testing.assert_allclose(sequence.feed_last(ids), logits["new"][-1], atol=1e-4, rtol=0)
+        # the caches prefill_{L} wrote: the next step's logits equal scoring the whole sequence
+        step = int(logits["new"][-1].argmax())
+        np.testing.assert_allclose(sequence.feed_last([step]), runner.logits(ids + [step])[-1], atol=1e-4, rtol=0)
+    texts = {key: runner.generate("ROMEO:", max_new_tokens=12, sampler="greedy") for key, runner in runners.items()}
+    assert texts["new"] == texts["old"]
+
+
+def test_feed_last_refuses_nothing_and_what_does_not_fit(tiny_tflite):
+    from llm_tflite.errors import ContextLengthError, InvalidArgumentError
+
+    sequence = InterpreterRunner(tiny_tflite).sequence()
+    with pytest.raises(InvalidArgumentError, match="at least one token"):
+        sequence.feed_last([])
+    with pytest.raises(ContextLengthError, match="129 tokens do not fit the context of 128"):
+        sequence.feed_last([5] * 129)
+    assert sequence.position == 0  # nothing was fed
+    assert sequence.feed([]).shape == (0, sequence.engine.vocab_size)

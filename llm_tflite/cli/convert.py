@@ -42,6 +42,7 @@ def cmd_convert(args) -> int:
         quantize=args.quantize,
         context_length=args.context_length,
         prefill_lengths=args.prefill_lengths or DEFAULT_PREFILL_LENGTHS,
+        score_lengths="auto" if args.score_lengths is None else args.score_lengths,
         decode_windows="auto" if args.decode_windows is None else args.decode_windows,
         batch_sizes=args.batch_sizes or (),
         max_length=args.max_length,
@@ -115,6 +116,9 @@ def add_commands(cli) -> None:
     p.add_argument("--prefill-lengths", type=int_list,
                    help=f"prefill_decode: prompt lengths with their own signature "
                    f"(default: {','.join(map(str, DEFAULT_PREFILL_LENGTHS))})")
+    p.add_argument("--score-lengths", type=int_list,
+                   help="prefill_decode: lengths of prefill signatures that also output every token's logits, what "
+                   "eval, compare and scoring use (default: the longest prefill length; '' for none)")
     p.add_argument("--decode-windows", type=int_list,
                    help="prefill_decode: decode signatures that attend over the first W cache slots only, used while "
                    "the position is below W (default: 128, 256, ... below the context; '' for none)")

@@ -268,7 +268,12 @@ class Converter:
             (whole loop in one graph, needs Flex + TF Text ops).
         quantize: a registered strategy name or a ``Quantizer``.
         context_length: KV-cache length (default: the model's, at most 1024).
-        prefill_lengths: prompt lengths with a ``prefill_{L}`` signature.
+        prefill_lengths: prompt lengths with a ``prefill_{L}`` signature (caches only, no logits:
+            what generation and LiteRT-LM run a prompt with).
+        score_lengths: lengths with a ``score_{L}`` signature, a prefill that also outputs every
+            token's logits (``Sequence.feed``: eval, compare, scoring). Default ``"auto"``: the
+            longest prefill length that fits the context; ``()`` for none (scoring then runs
+            token by token).
         decode_windows: ``decode_window_{W}`` signatures, which attend over the first ``W`` cache
             slots only, used while the position is below ``W`` (default ``"auto"``: 128, 256, ...
             below the context; ``()`` for none).
@@ -290,8 +295,8 @@ class Converter:
     """
 
     def __init__(self, mode="prefill_decode", quantize="none", *, context_length=None,
-                 prefill_lengths=DEFAULT_PREFILL_LENGTHS, decode_windows="auto", max_length=100, sampler="greedy",
-                 seed=None,
+                 prefill_lengths=DEFAULT_PREFILL_LENGTHS, score_lengths="auto", decode_windows="auto", max_length=100,
+                 sampler="greedy", seed=None,
                  temperature=sampling.TEMPERATURE, top_k=sampling.TOP_K, top_p=sampling.TOP_P,
                  calibration=None, hidden_states=False, chat_template=None, batch_sizes=()):
         if mode not in EXPORT_MODES:
@@ -330,6 +335,9 @@ class Converter:
                 calibration = text_calibration(calibration)
         self.context_length = context_length
         self.prefill_lengths = tuple(sorted(set(int(n) for n in prefill_lengths)))
+        if score_lengths != "auto" and not all(isinstance(n, int) and n >= 1 for n in score_lengths):
+            raise InvalidArgumentError(f"score_lengths must be 'auto' or positive integers, got {score_lengths!r}")
+        self.score_lengths = score_lengths if score_lengths == "auto" else tuple(sorted(set(score_lengths)))
         if decode_windows != "auto" and not all(isinstance(w, int) and w >= 1 for w in decode_windows):
             raise InvalidArgumentError(f"decode_windows must be 'auto' or positive integers, got {decode_windows!r}")
         self.decode_windows = decode_windows if decode_windows == "auto" else tuple(sorted(set(decode_windows)))
@@ -350,6 +358,7 @@ class Converter:
         self._settings = {
             "mode": mode, "quantize": self.quantizer.name, "context_length": context_length,
             "prefill_lengths": list(self.prefill_lengths),
+            "score_lengths": self.score_lengths if score_lengths == "auto" else list(self.score_lengths),
             "decode_windows": self.decode_windows if decode_windows == "auto" else list(self.decode_windows),
             "max_length": max_length, "sampler": sampler, "seed": seed, "temperature": temperature, "top_k": top_k,
             "top_p": top_p, "calibration": calibration_source, "hidden_states": self.hidden_states,
@@ -504,9 +513,12 @@ class Converter:
                 raise ConversionError(f"family {fam.name!r} does not say its forward pass can decode a batch "
                                       "(ModelFamily.batched_decode); convert without batch_sizes")
             spec = fam.kv_cache_spec(lm)
+            prefill_lengths = [n for n in self.prefill_lengths if n <= context_length]
             record.update(
                 context_length=context_length,
-                prefill_lengths=[n for n in self.prefill_lengths if n <= context_length],
+                prefill_lengths=prefill_lengths,
+                score_lengths=[n for n in (prefill_lengths[-1:] if self.score_lengths == "auto"
+                                           else self.score_lengths) if n <= context_length],
                 decode_windows=[w for w in (default_decode_windows(context_length) if self.decode_windows == "auto"
                                             else self.decode_windows) if w < context_length],
                 decode_batch_sizes=list(self.batch_sizes),
@@ -543,12 +555,13 @@ class Converter:
 
         spec = fam.kv_cache_spec(lm)
         extra = weight_names(weights) if weights is not None else []
-        table = signatures(metadata["prefill_lengths"], metadata["decode_windows"], metadata["decode_batch_sizes"])
-        for key, (length, window, rows) in table.items():
+        table = signatures(metadata["prefill_lengths"], metadata["decode_windows"], metadata["decode_batch_sizes"],
+                           metadata["score_lengths"])
+        for key, (length, window, rows, logits) in table.items():
             logger.debug("convert: signature %s", key)
             with quiet_native():  # tracing (and freezing) runs Grappler, which logs its sessions
                 fn = signature_function(fam, lm, spec, metadata["context_length"], length, self.hidden_states,
-                                        window, weights, rows)
+                                        window, weights, rows, logits)
             converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
             if weights is None:
                 self.quantizer.configure(converter, self.calibration)
@@ -559,7 +572,7 @@ class Converter:
                 converter._experimental_disable_fuse_mul_and_fc = True
                 skip_freezing(converter, fn, tf)
             yield (key, self._run_converter(converter), input_names(spec, rows) + extra,
-                   output_names(spec, self.hidden_states, rows))
+                   output_names(spec, self.hidden_states, rows, logits))
             del fn, converter
 
     def _convert_graph_then_bind(self, tf, fam, lm, metadata, spill_to=None) -> "_Binding":

@@ -1,8 +1,15 @@
 """The ``prefill_decode`` export mode: the LiteRT-LM signature convention.
 
 ``prefill_{L}``: inputs ``tokens`` int32 ``[1, L]``, ``input_pos`` int32 ``[L]`` and the
-caches; outputs ``logits`` float32 ``[1, L, vocab]`` and the updated caches.
-``decode``: the same with ``L = 1``. ``decode_window_{W}``: ``decode`` attending over the first
+caches; outputs the updated caches only, as LiteRT-LM's own files do: an engine runs a prompt
+but its last token through prefill and the last through ``decode``. Logits over the whole
+vocabulary for every prompt token would cost more than the rest of the network on large
+vocabularies (Gemma 3: 1.7x). ``score_{L}``: the same inputs, outputs ``logits`` float32
+``[1, L, vocab]`` (and ``hidden_states``) beside the caches: what scoring a text needs
+(``Sequence.feed``: eval, compare); LiteRT-LM ignores them. Files written before
+``score_lengths`` was recorded have logits in ``prefill_{L}`` and no ``score_{L}``.
+``decode``: inputs as ``prefill_1``, outputs ``logits`` ``[1, 1, vocab]`` and the caches.
+``decode_window_{W}``: ``decode`` attending over the first
 ``W`` cache slots only, for positions below ``W`` (cheaper early in a long context; LiteRT-LM
 uses ``decode`` and ignores them). Caches are float32 in LiteRT-LM's layout:
 ``kv_cache_k_{i}`` ``[1, kv_heads, context_length, head_dim]`` and ``kv_cache_v_{i}``
@@ -17,6 +24,8 @@ the whole batch; attention runs per row over that row's cache. LiteRT-LM ignores
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
@@ -43,10 +52,12 @@ def input_names(spec: KVCacheSpec, rows: int = 0) -> list[str]:
     return ["tokens", "input_pos"] + (batch_cache_names(spec, rows) if rows else cache_names(spec))
 
 
-def output_names(spec: KVCacheSpec, hidden_states: bool = False, rows: int = 0) -> list[str]:
-    """Signature outputs, in the functions' flattened (sorted-key) order."""
+def output_names(spec: KVCacheSpec, hidden_states: bool = False, rows: int = 0, logits: bool = True) -> list[str]:
+    """Signature outputs, in the functions' flattened (sorted-key) order (``logits``: False for a
+    ``prefill_{L}``, which outputs the caches only)."""
     caches = batch_cache_names(spec, rows) if rows else cache_names(spec)
-    return sorted(["logits"] + caches + (["hidden_states"] if hidden_states else []))
+    scores = ["logits"] + (["hidden_states"] if hidden_states else []) if logits else []
+    return sorted(scores + caches)
 
 
 class CapturedStateError(ValueError):
@@ -71,14 +82,15 @@ def weight_names(weights) -> list[str]:
 
 def signature_function(family, model, spec: KVCacheSpec, context_length: int, length: int,
                        hidden_states: bool = False, window: int | None = None, weights: list | None = None,
-                       rows: int = 0):
+                       rows: int = 0, logits: bool = True):
     """The concrete function of one signature, which processes ``length`` tokens.
 
     ``rows``: a batched decode (``length`` 1) of that many sequences, each with its own caches
     (``families.ops.Rows``).
 
     With ``hidden_states`` it also outputs the last hidden states ``[1, L, hidden]`` (what
-    contrastive search compares), from the family's ``forward_with_hidden_states``.
+    contrastive search compares), from the family's ``forward_with_hidden_states``. Without
+    ``logits`` it outputs the caches only (a ``prefill_{L}``): the converter drops the head.
 
     ``weights`` (``model_variables(model)``): take them as inputs ``weight_{i}`` after the
     caches, read through ``keras.StatelessScope``, so the graph holds no weight at all (they are
@@ -110,12 +122,12 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
             caches = [(Rows(layer[:rows]), Rows(layer[rows:])) for layer in layers]
         else:
             caches = list(zip(flat_caches[0::2], flat_caches[1::2]))
-        if hidden_states:
-            logits, new_caches, hidden = family.forward_with_hidden_states(model, tokens, input_pos, caches)
-            outputs = {"logits": tf.cast(logits, tf.float32), "hidden_states": tf.cast(hidden, tf.float32)}
+        if hidden_states and logits:
+            logits_, new_caches, hidden = family.forward_with_hidden_states(model, tokens, input_pos, caches)
+            outputs = {"logits": tf.cast(logits_, tf.float32), "hidden_states": tf.cast(hidden, tf.float32)}
         else:
-            logits, new_caches = family.forward_with_cache(model, tokens, input_pos, caches)
-            outputs = {"logits": tf.cast(logits, tf.float32)}
+            logits_, new_caches = family.forward_with_cache(model, tokens, input_pos, caches)
+            outputs = {"logits": tf.cast(logits_, tf.float32)} if logits else {}
         if rows:
             outputs = {key: tf.reshape(value, [rows, 1, -1]) for key, value in outputs.items()}
         for i, (k, v) in enumerate(new_caches):
@@ -145,14 +157,31 @@ def decode_window_name(window: int) -> str:
     return f"decode_window_{int(window)}"
 
 
-def signatures(prefill_lengths, decode_windows=(), batch_sizes=()) -> dict[str, tuple[int, int | None, int]]:
-    """``{"prefill_8": (8, None, 0), ..., "decode": (1, None, 0), "decode_window_128": (1, 128, 0),
-    "decode_batch_4": (1, None, 4), "decode_batch_4_window_128": (1, 128, 4)}``: each signature,
-    the tokens it takes, the cache slots it attends over (None: all) and its rows (0: one sequence)."""
-    table = {f"prefill_{n}": (int(n), None, 0) for n in prefill_lengths}
-    table["decode"] = (1, None, 0)
-    table.update({decode_window_name(w): (1, int(w), 0) for w in decode_windows})
+def score_name(length: int) -> str:
+    return f"score_{int(length)}"
+
+
+class Signature(NamedTuple):
+    """One signature: the tokens it takes, the cache slots it attends over (None: all), its rows
+    (0: one sequence) and whether it outputs logits (a ``prefill_{L}`` does not)."""
+
+    length: int
+    window: int | None = None
+    rows: int = 0
+    logits: bool = True
+
+
+def signatures(prefill_lengths, decode_windows=(), batch_sizes=(), score_lengths=None) -> dict[str, Signature]:
+    """Each signature of a file by name: ``prefill_{L}``, ``score_{L}``, ``decode``,
+    ``decode_window_{W}``, ``decode_batch_{B}`` and ``decode_batch_{B}_window_{W}``.
+
+    ``score_lengths`` None: a file written before ``score_{L}`` existed, whose ``prefill_{L}``
+    output logits."""
+    table = {f"prefill_{n}": Signature(int(n), logits=score_lengths is None) for n in prefill_lengths}
+    table.update({score_name(n): Signature(int(n)) for n in score_lengths or ()})
+    table["decode"] = Signature(1)
+    table.update({decode_window_name(w): Signature(1, int(w)) for w in decode_windows})
     for rows in batch_sizes:
-        table[decode_batch_name(rows)] = (1, None, int(rows))
-        table.update({decode_batch_name(rows, w): (1, int(w), int(rows)) for w in decode_windows})
+        table[decode_batch_name(rows)] = Signature(1, None, int(rows))
+        table.update({decode_batch_name(rows, w): Signature(1, int(w), int(rows)) for w in decode_windows})
     return table

@@ -5,7 +5,8 @@ mechanism, which stock tools preserve). It needs neither TensorFlow nor Keras to
 the flatbuffer schema comes with ``ai_edge_litert`` (or TensorFlow as a fallback).
 
 Fields: ``format`` (version), ``family``, ``export_mode``, ``quantization``,
-``context_length``, ``prefill_lengths``, ``tokenizer`` (its own type and data),
+``context_length``, ``prefill_lengths``, ``score_lengths`` (its ``prefill_{L}`` output no logits;
+absent in older files, whose do), ``tokenizer`` (its own type and data),
 ``bos_id``, ``eos_id``, ``add_bos``, ``default_sampler``, ``model`` (sizes), ``kv_cache``,
 ``chat`` (optional: ``template``, ``bos_token``, ``eos_token``, ``stop_token_ids``),
 and (format 2) ``sha256``: the checksum of the whole file with this field's value zeroed,
@@ -195,6 +196,9 @@ def validate_record(record, where: str = "this file") -> dict:
         lengths = record.get("prefill_lengths")
         _require(isinstance(lengths, list) and all(_is_int(n, 1, record["context_length"]) for n in lengths), where,
                  "'prefill_lengths' must be a list of lengths 1..context_length")
+        scores = record.get("score_lengths", [])
+        _require(isinstance(scores, list) and all(_is_int(n, 1, record["context_length"]) for n in scores), where,
+                 "'score_lengths' must be a list of lengths 1..context_length")
         windows = record.get("decode_windows", [])
         _require(isinstance(windows, list) and all(_is_int(w, 1, record["context_length"] - 1) for w in windows),
                  where, "'decode_windows' must be a list of windows 1..context_length-1")

@@ -52,18 +52,23 @@ class TextCalibration:
         def record(name, inputs):
             calls.setdefault(name, []).append({k: np.array(v) for k, v in inputs.items()})
 
-        # A prompt of exactly L tokens selects prefill_L, so every prefill signature is calibrated.
-        lengths = [n for n in runner.prefill_lengths if n + DECODE_STEPS <= runner.context_length] or [1]
+        # A prompt of exactly L + 1 tokens runs prefill_L (and decode), of exactly L tokens score_L, so
+        # every prefill and score signature is calibrated.
+        engine = runner.engine
+        fits = [n for n in sorted({*engine.prefill_lengths, *engine.score_lengths})
+                if n + 1 + DECODE_STEPS <= runner.context_length]
         bar = progress(total=len(self.texts), desc="calibrate", unit="sample")
         try:
             for text in self.texts:
                 ids = runner.encode(text)
-                for length in lengths:
+                for length in fits or [1]:
+                    if length in engine.score_lengths and not engine.prefill_logits:
+                        runner.sequence(observer=record).feed(ids[:length])
                     sequence = runner.sequence(observer=record)
-                    logits = sequence.feed(ids[:length])[-1]
+                    logits = sequence.feed_last(ids[: length + 1])
                     for _ in range(DECODE_STEPS):  # greedy steps: the decode signature's real inputs
-                        logits = sequence.feed([int(np.argmax(logits))])[-1]
-                yield _every_decode_signature(calls, runner.engine)
+                        logits = sequence.feed_last([int(np.argmax(logits))])
+                yield _every_decode_signature(calls, engine)
                 calls.clear()
                 bar.update()
         finally:

@@ -179,7 +179,7 @@ class BatchingEngine(SequenceEngine):
                 self._decode(group[start : start + self.max_rows])
         if prefill is not None:
             self._finish([prefill], lambda: [self.inner.call(prefill.name, dict(
-                tokens=prefill.tokens, input_pos=prefill.input_pos, caches=prefill.sequence.caches))["logits"]])
+                tokens=prefill.tokens, input_pos=prefill.input_pos, caches=prefill.sequence.caches)).get("logits")])
 
     def _calls(self, jobs: list[_Job]) -> list[list[_Job]]:
         """The decode calls of one step. A call attends over the decode window of its furthest row, so

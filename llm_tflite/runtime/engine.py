@@ -159,7 +159,7 @@ class SequenceEngine(Engine):
         if sequence is None:
             sequence = self.sequence()
         start = sequence.position = min(sequence.position, len(prompt_ids) - 1)
-        logits = sequence.feed(prompt_ids[start:])[-1]
+        logits = sequence.feed_last(prompt_ids[start:])
         history = list(prompt_ids)
         sequence.start_generation()
         try:
@@ -176,7 +176,7 @@ class SequenceEngine(Engine):
                     yield token, "context"
                     return
                 yield token, None
-                logits = sequence.feed([token])[-1]
+                logits = sequence.feed_last([token])
         finally:
             sequence.idle()  # a batching engine's next step does not wait for this sequence
 
@@ -184,7 +184,7 @@ class SequenceEngine(Engine):
         from llm_tflite.runtime.search import beam_search
 
         sequence = self.sequence()
-        logits = sequence.feed(ids)[-1]
+        logits = sequence.feed_last(ids)
         room = self.context_length - sequence.position + 1  # the last token is never fed
         cap = min(limit, room)
         tokens = beam_search(sequence, logits, max_new_tokens=cap,

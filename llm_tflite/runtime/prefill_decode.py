@@ -157,6 +157,12 @@ class PrefillDecodeEngine(SequenceEngine):
     def _prepare(self, metadata: dict, path) -> None:
         self.context_length = self.token_budget = int(metadata["context_length"])
         self.prefill_lengths = sorted(int(n) for n in metadata.get("prefill_lengths", []))
+        #: Whether ``prefill_{L}`` outputs logits: in files written before ``score_{L}`` existed
+        #: (``llm_tflite.export.prefill_decode``), which score with their prefill signatures.
+        self.prefill_logits = "score_lengths" not in metadata
+        #: Lengths of the prefill signatures that output every token's logits (``score_signature``).
+        self.score_lengths = self.prefill_lengths if self.prefill_logits else \
+            sorted(int(n) for n in metadata["score_lengths"])
         self.decode_windows = sorted(int(w) for w in metadata.get("decode_windows", []))
         #: ``decode_batch_{B}`` signatures: ``decode_rows`` runs up to the largest at once
         self.batch_sizes = sorted(int(b) for b in metadata.get("decode_batch_sizes", []))
@@ -210,7 +216,15 @@ class PrefillDecodeEngine(SequenceEngine):
     def _signature_lengths(self) -> dict[str, int]:
         """The signatures the record lists, and the tokens each takes."""
         return {"decode": 1, **{f"decode_window_{w}": 1 for w in self.decode_windows},
-                **{f"prefill_{n}": n for n in self.prefill_lengths}}
+                **{f"prefill_{n}": n for n in self.prefill_lengths},
+                **{self.score_signature(n): n for n in self.score_lengths}}
+
+    def score_signature(self, length: int) -> str:
+        """The signature that runs ``length`` tokens and outputs their logits."""
+        return f"prefill_{length}" if self.prefill_logits else f"score_{length}"
+
+    def outputs_logits(self, name: str) -> bool:
+        return self.prefill_logits or not name.startswith("prefill_")
 
     def decode_window(self, position: int) -> int | None:
         """The smallest decode window above ``position`` (the cheapest signature for a token there), or None."""
@@ -254,7 +268,8 @@ class PrefillDecodeEngine(SequenceEngine):
 
     def _signature_buffers(self, name: str) -> dict:
         """The buffers of a signature's small tensors, made once: tokens, positions, logits (hidden states)."""
-        outputs = ["logits"] + (["hidden_states"] if self.has_hidden_states else [])
+        outputs = (["logits"] + (["hidden_states"] if self.has_hidden_states else [])) if self.outputs_logits(name) \
+            else []
         return {
             "inputs": {key: self.model.create_input_buffer_by_name(name, key) for key in ("tokens", "input_pos")},
             "outputs": {key: self.model.create_output_buffer_by_name(name, key) for key in outputs},
@@ -279,8 +294,9 @@ class PrefillDecodeEngine(SequenceEngine):
             found = {key: list(value["shape"]) for key, value in inputs.items()}
             same_types = all(str(inputs[c]["dtype"]) == "float32" and list(outputs[c]["shape"]) == expected[c]
                              for c in caches if c in inputs and c in outputs)
-            if found != expected or set(outputs) != {"logits", *caches, *hidden} or not same_types or \
-                    list(outputs["logits"]["shape"][:2]) != [1, length]:
+            scores = {"logits", *hidden} if self.outputs_logits(name) else set()
+            if found != expected or set(outputs) != {*scores, *caches} or not same_types or \
+                    (scores and list(outputs["logits"]["shape"][:2]) != [1, length]):
                 raise ModelFileError(
                     f"{path!r}: signature {name!r} does not match the file's record (context {self.context_length}, "
                     f"cache {cache_shape}, {len(caches)} caches); the file is damaged or inconsistent, re-convert it"
@@ -329,11 +345,12 @@ class PrefillDecodeEngine(SequenceEngine):
                 buffer.write(arrays[name])
         return twin
 
-    def chunk_length(self, remaining: int, position: int) -> int:
-        """Signature length of the next call: the longest prefill no longer than ``remaining``, and for
-        a rest shorter than every prefill the shortest one (padded). A 64-token prompt runs as 32 + 32
-        rather than one 128 call doing twice the work; padding stays below the shortest prefill."""
-        fitting = [n for n in self.prefill_lengths if position + n <= self.context_length]
+    def chunk_length(self, remaining: int, position: int, lengths: list[int]) -> int:
+        """Signature length of the next call, among ``lengths`` (of prefill or score signatures): the
+        longest no longer than ``remaining``, and for a rest shorter than all of them the shortest
+        (padded); 1 (decode) for a last token. A 64-token prompt runs as 32 + 32 rather than one 128
+        call doing twice the work; padding stays below the shortest length."""
+        fitting = [n for n in lengths if position + n <= self.context_length]
         if not fitting or remaining == 1:
             return 1
         within = [n for n in fitting if n <= remaining]
@@ -341,7 +358,8 @@ class PrefillDecodeEngine(SequenceEngine):
 
     def call(self, name: str, inputs: dict) -> dict:
         """Run one signature on ``inputs`` (``tokens``, ``input_pos``, ``caches``: a state, updated in
-        place); return ``logits`` (and ``hidden_states``). Serialised, so threads may share the engine."""
+        place); return ``logits`` (and ``hidden_states``; nothing for a ``prefill_{L}`` without
+        logits). Serialised, so threads may share the engine."""
         try:
             with self._lock:
                 io = self._io.get(name)
@@ -368,8 +386,8 @@ class Sequence:
 
     Example:
         >>> seq = runner.sequence()  # doctest: +SKIP
-        >>> logits = seq.feed(runner.encode("ROMEO:"))[-1]  # doctest: +SKIP
-        >>> logits = seq.feed([int(logits.argmax())])[-1]  # doctest: +SKIP
+        >>> logits = seq.feed_last(runner.encode("ROMEO:"))  # doctest: +SKIP
+        >>> logits = seq.feed_last([int(logits.argmax())])  # doctest: +SKIP
     """
 
     def __init__(self, engine: PrefillDecodeEngine, observer: Observer | None = None):
@@ -392,8 +410,24 @@ class Sequence:
         return twin
 
     def feed(self, token_ids) -> np.ndarray:
-        """Run ``token_ids`` after what was fed before; return their logits ``[n, vocab]``."""
+        """Run ``token_ids`` after what was fed before; return their logits ``[n, vocab]`` (scoring:
+        ``score_{L}`` signatures). For the last token's alone, ``feed_last`` is cheaper."""
         return self._feed(token_ids, hidden=False)[0]
+
+    def feed_last(self, token_ids) -> np.ndarray:
+        """Run ``token_ids`` (at least one) after what was fed before; return the next-token logits
+        after the last ``[vocab]``: what generation needs. All but the last run through prefill
+        signatures that compute no logits, the last through ``decode``, as LiteRT-LM runs a prompt."""
+        token_ids = [int(t) for t in token_ids]
+        if not token_ids:
+            from llm_tflite.errors import InvalidArgumentError
+
+            raise InvalidArgumentError("feed_last needs at least one token")
+        if self.engine.prefill_logits:  # an older file's prefill outputs logits anyway
+            return self._feed(token_ids, hidden=False)[0][-1]
+        self._check_room(len(token_ids))
+        self._feed(token_ids[:-1], hidden=False, score=False)
+        return self._feed(token_ids[-1:], hidden=False)[0][-1]
 
     def feed_with_hidden(self, token_ids) -> tuple[np.ndarray, np.ndarray]:
         """Logits ``[n, vocab]`` and last hidden states ``[n, hidden]`` (files converted with ``--hidden-states``)."""
@@ -418,26 +452,37 @@ class Sequence:
             self.observer(name, dict(tokens=tokens, input_pos=input_pos, **self.engine.read_state(self.caches)))
         return self.engine.call(name, dict(tokens=tokens, input_pos=input_pos, caches=self.caches))
 
-    def _feed(self, token_ids, hidden: bool):
+    def _check_room(self, count: int) -> None:
+        if self.position + count > self.context_length:
+            raise ContextLengthError(f"{self.position + count} tokens do not fit the context of {self.context_length} tokens")
+
+    def _feed(self, token_ids, hidden: bool, score: bool = True):
+        """Run ``token_ids``; with ``score``, return their logits (and hidden states), else nothing
+        (``prefill_{L}`` signatures; a chunk of one token still runs ``decode``)."""
         token_ids = [int(t) for t in token_ids]
-        if self.position + len(token_ids) > self.context_length:
-            raise ContextLengthError(
-                f"{self.position + len(token_ids)} tokens do not fit the context of {self.context_length} tokens"
-            )
+        self._check_room(len(token_ids))
+        engine = self.engine
         outputs, hiddens = [], []
         i = 0
         while i < len(token_ids):
-            length = self.engine.chunk_length(len(token_ids) - i, self.position)
+            length = engine.chunk_length(len(token_ids) - i, self.position,
+                                         engine.score_lengths if score else engine.prefill_lengths)
             chunk = token_ids[i : i + length]
             tokens = np.zeros((1, length), np.int32)
             tokens[0, : len(chunk)] = chunk
             input_pos = np.arange(self.position, self.position + length, dtype=np.int32)
-            name = self.engine.decode_signature(self.position) if length == 1 else f"prefill_{length}"
+            name = engine.decode_signature(self.position) if length == 1 else \
+                engine.score_signature(length) if score else f"prefill_{length}"
             result = self._run(name, tokens, input_pos, hidden)
-            outputs.append(result["logits"].reshape(length, -1)[: len(chunk)])
+            if score:
+                outputs.append(result["logits"].reshape(length, -1)[: len(chunk)])
             if hidden:
                 hiddens.append(result["hidden_states"].reshape(length, -1)[: len(chunk)])
             i += len(chunk)
             self.position += len(chunk)
             self.fed += len(chunk)
+        if not score:
+            return None, None
+        if not outputs:  # nothing fed
+            return np.zeros((0, engine.vocab_size), np.float32), (np.zeros((0, 0), np.float32) if hidden else None)
         return np.concatenate(outputs, axis=0), (np.concatenate(hiddens, axis=0) if hidden else None)
