@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import assert_same_as_ai_edge_quantizer
-from llm_tflite import Converter, InterpreterRunner, load_model
+from llm_tflite import Converter, InterpreterRunner, load_model, read_metadata
+from llm_tflite.errors import ModelFileError
 from llm_tflite.plugins.registry import get_family
 from llm_tflite.testing import (engine_steps_agreeing, run_cached_parity_test, run_greedy_test,
                                 run_prefill_decode_file_test)
@@ -141,7 +142,12 @@ def test_litert_lm_engine_decodes_our_greedy_tokens(tiny, tmp_path, name):
 
     from llm_tflite.export.bundle import build_bundle
 
-    _, path = tiny(name)
+    lm, path = tiny(name)
+    if name == "gemma3":  # the local layers' ring caches: LiteRT-LM 0.18 reads the context from the first cache
+        with pytest.raises(ModelFileError, match="--no-ring-caches"):
+            build_bundle(path, tmp_path / "ring.litertlm")
+        path = tmp_path / "naive.tflite"
+        Converter(context_length=128, prefill_lengths=(8, 32), ring_caches=False).convert(lm, str(path), family=name)
     bundle = build_bundle(path, tmp_path / f"{name}.litertlm")
     runner = InterpreterRunner(bundle)
     ours = list(runner.generate_ids(runner.encode(PROMPT), 32, stop_token_ids=[]))
@@ -221,3 +227,34 @@ def test_batched_decode_rows_equal_each_sequence_alone(tiny, tmp_path):
         for sequence in sequences:
             sequence.position += 1
     assert sequences[1].position > 64
+
+
+def test_gemma3_local_layers_keep_only_their_window(tiny, tmp_path):
+    """Gemma 3's local layers (window 24) keep 24 + 32 slots (window plus the longest chunk) instead of
+    the context of 128 (``families.ops.Ring``), and give the naive layout's logits: past several
+    wraps of the ring, through prefill, score and decode signatures, decode windows and padded chunks."""
+    lm, ring_path = tiny("gemma3")  # context 128, prefill and score lengths up to 32
+    record = read_metadata(ring_path)
+    assert record["kv_cache"]["sliding_windows"] == [24] * 5 + [None]
+    assert record["kv_cache"]["lengths"] == [56] * 5 + [128]
+    naive_path = tmp_path / "naive.tflite"
+    Converter(context_length=128, prefill_lengths=(8, 32), ring_caches=False).convert(lm, str(naive_path),
+                                                                                        family="gemma3")
+    assert read_metadata(naive_path)["kv_cache"]["lengths"] == [128] * 6
+    ring, naive = InterpreterRunner(ring_path), InterpreterRunner(naive_path)
+    specs = ring.engine.cache_specs
+    assert specs["kv_cache_k_0"][0] == (1, 2, 56, 64) and specs["kv_cache_v_4"][0] == (1, 2, 64, 56)
+    assert specs["kv_cache_k_5"][0] == (1, 2, 128, 64)
+    assert sum(np.prod(s) for s, _ in specs.values()) / sum(np.prod(s) for s, _ in naive.engine.cache_specs.values()) \
+        == (5 * 56 + 128) / (6 * 128)
+    ids = [int(i) for i in np.random.default_rng(11).integers(10, 4000, 126)]
+    for chunks in ([100, 26], [5, 37, 1, 1, 3, 50, 29]):  # 32-token chunks, padded ones, single tokens
+        a, b = ring.sequence(), naive.sequence()
+        at = 0
+        for size in chunks:
+            np.testing.assert_allclose(a.feed(ids[at : at + size]), b.feed(ids[at : at + size]), rtol=0, atol=1e-5)
+            at += size
+    # generation: prompts through prefill signatures without logits, then decode steps
+    prompt = ids[:90]
+    assert list(ring.generate_ids(prompt, 30, stop_token_ids=[])) == list(naive.generate_ids(prompt, 30,
+                                                                                              stop_token_ids=[]))

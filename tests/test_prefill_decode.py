@@ -103,8 +103,8 @@ def test_the_seeds_keras_nlp_code_converts(tiny_gpt2_dir, tmp_path):
 def test_prefill_outputs_no_logits_and_older_files_with_logits_in_prefill_still_run(tiny_gpt2_dir, tmp_path):
     """``prefill_{L}`` outputs the caches only (LiteRT-LM's convention): generation runs a prompt but
     its last token through it and the last through ``decode``; scoring runs ``score_{L}``. A file
-    written before ``score_{L}`` existed (logits in ``prefill_{L}``, no ``score_lengths`` in its
-    record) gives the same logits and the same tokens."""
+    written before ``score_{L}`` existed (format 2: logits in ``prefill_{L}``, no ``score_lengths``)
+    gives the same logits and the same tokens."""
     from llm_tflite import Converter
     from llm_tflite.litert.flatbuffer import pack_model, unpack_model
     from llm_tflite.litert.metadata import add_metadata
@@ -119,6 +119,7 @@ def test_prefill_outputs_no_logits_and_older_files_with_logits_in_prefill_still_
     for d in model.signatureDefs:
         d.signatureKey = d.signatureKey.replace(b"score_", b"prefill_")
     del record["score_lengths"]
+    record["format"] = 2
     old = tmp_path / "old.tflite"
     old.write_bytes(add_metadata(pack_model(model), record))
 

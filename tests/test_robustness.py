@@ -131,7 +131,7 @@ def test_files_without_a_checksum_from_format_1_still_run(tiny_tflite, tmp_path)
     data = tiny_tflite.read_bytes()
     record = read_metadata_from_bytes(data)
     good = record["sha256"]
-    old = data.replace(b'"format": 2', b'"format": 1').replace(f'"sha256": "{good}"'.encode(),
+    old = data.replace(b'"format": 3', b'"format": 1').replace(f'"sha256": "{good}"'.encode(),
                                                              b'"unused": "' + b"0" * 64 + b'"')  # same length
     assert json.loads(old[old.rfind(b'{"format"'):old.find(b"}", old.rfind(b'"unused"')) + 1])["format"] == 1
     path = tmp_path / "v1.tflite"

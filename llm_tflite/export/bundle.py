@@ -152,6 +152,12 @@ def build_bundle(model_path, output, *, max_num_tokens: int | None = None) -> st
     if record.get("kv_cache_layout") != "transposed":
         raise ModelFileError(f"{model_path!r} was converted before llm-tflite wrote LiteRT-LM's KV-cache "
                              "layout (its record has no kv_cache_layout); convert the model again")
+    if set(record["kv_cache"].get("lengths", [record["context_length"]])) != {record["context_length"]}:
+        # LiteRT-LM 0.18 takes its token limit from the first key cache ("Passed in max_num_tokens (128) is
+        # larger than what the static model supports (56). Using model limit."): a local layer's ring
+        raise ModelFileError(f"{model_path!r} keeps only their window in its local layers' caches, and LiteRT-LM "
+                             "0.18 reads the context from the first layer's cache (it would stop at the window); "
+                             "convert the model again with --no-ring-caches (ring_caches=False) for LiteRT-LM")
     if max_num_tokens is not None and not 1 <= max_num_tokens <= record["context_length"]:
         raise InvalidArgumentError(f"max_num_tokens must be 1..{record['context_length']} (the file's context), "
                                    f"got {max_num_tokens}")

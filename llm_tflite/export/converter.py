@@ -274,6 +274,9 @@ class Converter:
             token's logits (``Sequence.feed``: eval, compare, scoring). Default ``"auto"``: the
             longest prefill length that fits the context; ``()`` for none (scoring then runs
             token by token).
+        ring_caches: ``prefill_decode`` mode: a local (sliding-window) layer's caches hold its window
+            plus the longest prefill, not the whole context (``families.ops.Ring``; Gemma 3: 5 of 6
+            layers). Default True; False for the naive layout.
         decode_windows: ``decode_window_{W}`` signatures, which attend over the first ``W`` cache
             slots only, used while the position is below ``W`` (default ``"auto"``: 128, 256, ...
             below the context; ``()`` for none).
@@ -295,8 +298,8 @@ class Converter:
     """
 
     def __init__(self, mode="prefill_decode", quantize="none", *, context_length=None,
-                 prefill_lengths=DEFAULT_PREFILL_LENGTHS, score_lengths="auto", decode_windows="auto", max_length=100,
-                 sampler="greedy", seed=None,
+                 prefill_lengths=DEFAULT_PREFILL_LENGTHS, score_lengths="auto", ring_caches=True, decode_windows="auto",
+                 max_length=100, sampler="greedy", seed=None,
                  temperature=sampling.TEMPERATURE, top_k=sampling.TOP_K, top_p=sampling.TOP_P,
                  calibration=None, hidden_states=False, chat_template=None, batch_sizes=()):
         if mode not in EXPORT_MODES:
@@ -338,6 +341,7 @@ class Converter:
         if score_lengths != "auto" and not all(isinstance(n, int) and n >= 1 for n in score_lengths):
             raise InvalidArgumentError(f"score_lengths must be 'auto' or positive integers, got {score_lengths!r}")
         self.score_lengths = score_lengths if score_lengths == "auto" else tuple(sorted(set(score_lengths)))
+        self.ring_caches = bool(ring_caches)
         if decode_windows != "auto" and not all(isinstance(w, int) and w >= 1 for w in decode_windows):
             raise InvalidArgumentError(f"decode_windows must be 'auto' or positive integers, got {decode_windows!r}")
         self.decode_windows = decode_windows if decode_windows == "auto" else tuple(sorted(set(decode_windows)))
@@ -359,6 +363,7 @@ class Converter:
             "mode": mode, "quantize": self.quantizer.name, "context_length": context_length,
             "prefill_lengths": list(self.prefill_lengths),
             "score_lengths": self.score_lengths if score_lengths == "auto" else list(self.score_lengths),
+            "ring_caches": self.ring_caches,
             "decode_windows": self.decode_windows if decode_windows == "auto" else list(self.decode_windows),
             "max_length": max_length, "sampler": sampler, "seed": seed, "temperature": temperature, "top_k": top_k,
             "top_p": top_p, "calibration": calibration_source, "hidden_states": self.hidden_states,
@@ -514,15 +519,23 @@ class Converter:
                                       "(ModelFamily.batched_decode); convert without batch_sizes")
             spec = fam.kv_cache_spec(lm)
             prefill_lengths = [n for n in self.prefill_lengths if n <= context_length]
+            score_lengths = [n for n in (prefill_lengths[-1:] if self.score_lengths == "auto" else self.score_lengths)
+                             if n <= context_length]
+            kv_cache = dataclasses.asdict(spec)
+            if spec.sliding_windows:
+                kv_cache["sliding_windows"] = list(spec.sliding_windows)
+                kv_cache["lengths"] = spec.cache_lengths(context_length, max([1, *prefill_lengths, *score_lengths]),
+                                                         self.ring_caches)
+            else:
+                del kv_cache["sliding_windows"]
             record.update(
                 context_length=context_length,
                 prefill_lengths=prefill_lengths,
-                score_lengths=[n for n in (prefill_lengths[-1:] if self.score_lengths == "auto"
-                                           else self.score_lengths) if n <= context_length],
+                score_lengths=score_lengths,
                 decode_windows=[w for w in (default_decode_windows(context_length) if self.decode_windows == "auto"
                                             else self.decode_windows) if w < context_length],
                 decode_batch_sizes=list(self.batch_sizes),
-                kv_cache=dataclasses.asdict(spec),
+                kv_cache=kv_cache,
                 kv_cache_layout="transposed",  # families.ops: LiteRT-LM's layout
                 default_sampler="greedy",
                 hidden_states=self.hidden_states,
@@ -561,7 +574,7 @@ class Converter:
             logger.debug("convert: signature %s", key)
             with quiet_native():  # tracing (and freezing) runs Grappler, which logs its sessions
                 fn = signature_function(fam, lm, spec, metadata["context_length"], length, self.hidden_states,
-                                        window, weights, rows, logits)
+                                        window, weights, rows, logits, metadata["kv_cache"].get("lengths"))
             converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
             if weights is None:
                 self.quantizer.configure(converter, self.calibration)

@@ -31,7 +31,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from llm_tflite.families.base import KVCacheSpec
-from llm_tflite.families.ops import Rows, attention_window, cache_shapes
+from llm_tflite.families.ops import Ring, Rows, attention_window, cache_shapes
 from llm_tflite.litert.bind import WEIGHT_PREFIX
 from llm_tflite.runtime.prefill_decode import decode_batch_name, row_cache_name  # the runtime reads these names
 
@@ -82,7 +82,7 @@ def weight_names(weights) -> list[str]:
 
 def signature_function(family, model, spec: KVCacheSpec, context_length: int, length: int,
                        hidden_states: bool = False, window: int | None = None, weights: list | None = None,
-                       rows: int = 0, logits: bool = True):
+                       rows: int = 0, logits: bool = True, lengths: list[int] | None = None):
     """The concrete function of one signature, which processes ``length`` tokens.
 
     ``rows``: a batched decode (``length`` 1) of that many sequences, each with its own caches
@@ -91,18 +91,25 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
     With ``hidden_states`` it also outputs the last hidden states ``[1, L, hidden]`` (what
     contrastive search compares), from the family's ``forward_with_hidden_states``. Without
     ``logits`` it outputs the caches only (a ``prefill_{L}``): the converter drops the head.
+    ``lengths``: each layer's cache length (``KVCacheSpec.cache_lengths``; default the context); a layer's
+    caches shorter than the context are a ``Ring``.
 
     ``weights`` (``model_variables(model)``): take them as inputs ``weight_{i}`` after the
     caches, read through ``keras.StatelessScope``, so the graph holds no weight at all (they are
     bound after conversion: ``llm_tflite.litert.bind``). Without it the weights are frozen
     into the graph as constants.
     """
-    key_shape, value_shape = cache_shapes(spec.num_kv_heads, spec.head_dim, context_length)
+    lengths = lengths or [context_length] * spec.num_layers
+    shapes = [cache_shapes(spec.num_kv_heads, spec.head_dim, n) for n in lengths]
     names = batch_cache_names(spec, rows) if rows else cache_names(spec)
+
+    def layer(name: str) -> int:
+        return int(name.split("_")[3])  # kv_cache_k_{i}(_row{b})
+
     input_signature = [
         tf.TensorSpec([rows, 1] if rows else [1, length], tf.int32, name="tokens"),
         tf.TensorSpec([rows or length], tf.int32, name="input_pos"),
-    ] + [tf.TensorSpec(key_shape if "_k_" in name else value_shape, tf.float32, name=name) for name in names]
+    ] + [tf.TensorSpec(shapes[layer(name)][0 if "_k_" in name else 1], tf.float32, name=name) for name in names]
     if weights is not None:
         input_signature += [tf.TensorSpec(v.shape, v.dtype, name=name) for v, name in zip(weights, weight_names(weights))]
 
@@ -122,6 +129,7 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
             caches = [(Rows(layer[:rows]), Rows(layer[rows:])) for layer in layers]
         else:
             caches = list(zip(flat_caches[0::2], flat_caches[1::2]))
+        caches = [Ring(pair) if n < context_length else pair for pair, n in zip(caches, lengths)]
         if hidden_states and logits:
             logits_, new_caches, hidden = family.forward_with_hidden_states(model, tokens, input_pos, caches)
             outputs = {"logits": tf.cast(logits_, tf.float32), "hidden_states": tf.cast(hidden, tf.float32)}

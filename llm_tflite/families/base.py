@@ -29,6 +29,16 @@ class KVCacheSpec:
     num_layers: int
     num_kv_heads: int
     head_dim: int
+    #: Each layer's sliding window in tokens, or None (global); empty: every layer is global. A
+    #: local layer's caches may hold only its window plus a chunk (``families.ops.Ring``): the
+    #: converter decides (``Converter(ring_caches=...)``) and records each cache's length.
+    sliding_windows: tuple = ()
+
+    def cache_lengths(self, context_length: int, longest_chunk: int, ring: bool = True) -> list[int]:
+        """Each layer's cache length: the context, or for a local layer (with ``ring``) its window
+        plus the longest chunk a signature takes, when that is shorter (``families.ops.Ring``)."""
+        windows = self.sliding_windows or [None] * self.num_layers
+        return [min(context_length, int(w) + int(longest_chunk)) if ring and w else context_length for w in windows]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +193,9 @@ class ModelFamily:
             tokens: int32 ``[1, L]``.
             input_pos: int32 ``[L]``, consecutive positions of ``tokens``.
             caches: list of ``(k, v)`` float32, one pair per layer: keys ``[1, heads, context, head_dim]``,
-                values ``[1, heads, head_dim, context]`` (``llm_tflite.families.cache_shapes``).
+                values ``[1, heads, head_dim, context]`` (``llm_tflite.families.cache_shapes``). A local
+                layer's pair (``KVCacheSpec.sliding_windows``) may be a ``families.ops.Ring``, shorter:
+                pass ``ring=True`` to the cache updates and ``causal_attention`` for it.
 
         Returns:
             ``(logits [1, L, vocab], new_caches)``; use ``llm_tflite.families.update_key_cache`` / ``update_value_cache`` to write

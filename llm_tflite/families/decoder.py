@@ -89,11 +89,15 @@ def keras_rope(layer) -> Callable:
 
 
 def run_blocks(blocks: list[Block], x, input_pos, caches):
-    """The decoder layers over ``x`` ``[1, L, hidden]`` at ``input_pos``; returns ``(x, new_caches)``."""
-    from llm_tflite.families.ops import causal_attention, update_key_cache, update_value_cache
+    """The decoder layers over ``x`` ``[1, L, hidden]`` at ``input_pos``; returns ``(x, new_caches)``.
+
+    A local layer's caches may be a ``families.ops.Ring`` (its last slots only)."""
+    from llm_tflite.families.ops import Ring, causal_attention, update_key_cache, update_value_cache
 
     new_caches = []
-    for block, (key_cache, value_cache) in zip(blocks, caches):
+    for block, layer_caches in zip(blocks, caches):
+        key_cache, value_cache = layer_caches
+        ring = isinstance(layer_caches, Ring)
         attention = block.attention
         h = block.attention_norm(x)
         query, key = attention.query(h), attention.key(h)
@@ -102,10 +106,10 @@ def run_blocks(blocks: list[Block], x, input_pos, caches):
         if attention.key_norm is not None:
             key = attention.key_norm(key)
         query, key = attention.rope(query, input_pos), attention.rope(key, input_pos)
-        key_cache = update_key_cache(key_cache, key, input_pos)
-        value_cache = update_value_cache(value_cache, attention.value(h), input_pos)
+        key_cache = update_key_cache(key_cache, key, input_pos, ring)
+        value_cache = update_value_cache(value_cache, attention.value(h), input_pos, ring)
         context = causal_attention(query, key_cache, value_cache, input_pos, scale=attention.scale,
-                                   soft_cap=attention.soft_cap, sliding_window=attention.sliding_window)
+                                   soft_cap=attention.soft_cap, sliding_window=attention.sliding_window, ring=ring)
         attended = attention.output(context)
         if block.post_attention_norm is not None:
             attended = block.post_attention_norm(attended)
@@ -228,7 +232,8 @@ class DecoderFamily(ModelFamily):
         backbone = model.backbone
         head_dim = getattr(backbone, "head_dim", None) or backbone.hidden_dim // backbone.num_query_heads
         return KVCacheSpec(num_layers=backbone.num_layers, num_kv_heads=backbone.num_key_value_heads,
-                           head_dim=int(head_dim))
+                           head_dim=int(head_dim),
+                           sliding_windows=tuple(block.attention.sliding_window for block in self.blocks(model)))
 
     def forward_with_cache(self, model, tokens, input_pos, caches):
         logits, new_caches, _ = self.forward_with_hidden_states(model, tokens, input_pos, caches)

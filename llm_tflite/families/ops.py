@@ -38,47 +38,74 @@ class Rows(tuple):
     cache updates and attention below run per row, every other op of a family runs unchanged."""
 
 
+class Ring(tuple):
+    """A local layer's ``(key cache, value cache)`` that holds only its last ``R`` positions:
+    position ``p`` lives in slot ``p mod R``. ``R`` (the caches' length) is the layer's window plus
+    the longest chunk a signature takes (``KVCacheSpec.cache_lengths``), so a chunk written before it attends
+    never overwrites a position any of its tokens still sees, and a padded chunk's filler lands
+    only in slots no later token sees. The attention mask follows from the slot's age
+    ``(p - slot) mod R``: visible when it is below the window and not before position 0."""
+
+
 def cache_shapes(num_kv_heads: int, head_dim: int, context_length: int) -> tuple[list[int], list[int]]:
     """``(key cache shape, value cache shape)`` of one layer."""
     return [1, num_kv_heads, context_length, head_dim], [1, num_kv_heads, head_dim, context_length]
 
 
-def update_key_cache(cache: tf.Tensor, key: tf.Tensor, input_pos: tf.Tensor) -> tf.Tensor:
+def update_key_cache(cache: tf.Tensor, key: tf.Tensor, input_pos: tf.Tensor, ring: bool = False) -> tf.Tensor:
     """Write ``key`` ``[1, L, H, D]`` into ``cache`` ``[1, H, C, D]`` at ``input_pos[0]``.
 
     Lowers to TFLite's builtin DYNAMIC_UPDATE_SLICE, which updates in place where the
     runtime allows. The caller guarantees ``input_pos[0] + L <= C``. ``Rows`` of caches: row ``b``'s
-    key goes into its own cache at ``input_pos[b]``.
+    key goes into its own cache at ``input_pos[b]``. ``ring``: the cache is a ``Ring``'s, written at
+    ``input_pos mod C``, a chunk wrapping around its end.
     """
     _, length, heads, dim = key.shape
     if isinstance(cache, Rows):  # B tokens [1, B, H, D] are B updates [1, H, 1, D] in memory: one reshape, one split
         updates = tf.split(tf.reshape(key, [len(cache), heads, 1, dim]), len(cache))
-        return Rows(_write(row, update, position, axis=2)
+        return Rows(_write(row, update, position, axis=2, ring=ring)
                     for row, update, position in zip(cache, updates, tf.split(input_pos, len(cache))))
     # one token: [1, 1, H, D] is already [1, H, 1, D] in memory (a reshape, not a transpose)
     update = tf.reshape(key, [1, heads, 1, dim]) if length == 1 else tf.transpose(key, [0, 2, 1, 3])
-    return _write(cache, update, input_pos, axis=2)
+    return _write(cache, update, input_pos, axis=2, ring=ring)
 
 
-def update_value_cache(cache: tf.Tensor, value: tf.Tensor, input_pos: tf.Tensor) -> tf.Tensor:
-    """Write ``value`` ``[1, L, H, D]`` into ``cache`` ``[1, H, D, C]`` at ``input_pos[0]`` (``Rows``: per row)."""
+def update_value_cache(cache: tf.Tensor, value: tf.Tensor, input_pos: tf.Tensor, ring: bool = False) -> tf.Tensor:
+    """Write ``value`` ``[1, L, H, D]`` into ``cache`` ``[1, H, D, C]`` at ``input_pos[0]`` (``Rows``: per row;
+    ``ring``: at ``input_pos mod C``)."""
     _, length, heads, dim = value.shape
     if isinstance(cache, Rows):
         updates = tf.split(tf.reshape(value, [len(cache), heads, dim, 1]), len(cache))
-        return Rows(_write(row, update, position, axis=3)
+        return Rows(_write(row, update, position, axis=3, ring=ring)
                     for row, update, position in zip(cache, updates, tf.split(input_pos, len(cache))))
     update = tf.reshape(value, [1, heads, dim, 1]) if length == 1 else tf.transpose(value, [0, 2, 3, 1])
-    return _write(cache, update, input_pos, axis=3)
+    return _write(cache, update, input_pos, axis=3, ring=ring)
 
 
-def _write(cache, update, input_pos, axis: int):
-    """``update`` into ``cache`` from ``input_pos[0]`` along ``axis`` (DYNAMIC_UPDATE_SLICE)."""
+def _write(cache, update, input_pos, axis: int, ring: bool = False):
+    """``update`` into ``cache`` from ``input_pos[0]`` along ``axis`` (DYNAMIC_UPDATE_SLICE); ``ring``: from
+    ``input_pos[0] mod C``, the part past the end going to the start."""
     zero = tf.zeros([], tf.int32)
-    return xla.dynamic_update_slice(cache, update, tf.stack([input_pos[0] if i == axis else zero for i in range(4)]))
+    capacity, length = cache.shape[axis], update.shape[axis]
+    start = tf.math.floormod(input_pos[0], capacity) if ring else input_pos[0]
+    at = tf.stack([start if i == axis else zero for i in range(4)])
+    if not ring or length == 1:  # one slot never wraps: updated in place
+        return xla.dynamic_update_slice(cache, update, at)
+
+    def part(tensor, begin, size):
+        return tf.slice(tensor, [begin if i == axis else 0 for i in range(4)],
+                        [size if i == axis else -1 for i in range(4)])
+
+    # written into the cache followed by a copy of its first L slots, then the part past the end folded back
+    extended = xla.dynamic_update_slice(tf.concat([cache, part(cache, 0, length)], axis), update, at)
+    shape = [length if i == axis else 1 for i in range(4)]
+    wrapped = tf.reshape(tf.range(length) < start + length - capacity, shape)
+    head = tf.where(wrapped, part(extended, capacity, length), part(extended, 0, length))
+    return tf.concat([head, part(extended, length, capacity - length)], axis)
 
 
 def causal_attention(query, key_cache, value_cache, input_pos, *, scale: float | None = None,
-                     soft_cap: float | None = None, sliding_window: int | None = None):
+                     soft_cap: float | None = None, sliding_window: int | None = None, ring: bool = False):
     """Scaled dot-product attention of ``query`` ``[1, L, H, D]`` over cached keys at positions <= its own.
 
     ``key_cache`` ``[1, kv_heads, C, D]``, ``value_cache`` ``[1, kv_heads, D, C]``. Multi-query and
@@ -93,13 +120,15 @@ def causal_attention(query, key_cache, value_cache, input_pos, *, scale: float |
             ``p - window + 1 .. p`` only (Gemma 3's local layers).
 
     With ``Rows`` of caches (a batched decode), token ``b`` of ``query`` attends over row ``b``'s
-    caches up to its own position ``input_pos[b]``.
+    caches up to its own position ``input_pos[b]``. ``ring``: the caches are a ``Ring``'s (a local
+    layer's last slots, already holding the query's own keys).
     """
     _, length, num_heads, head_dim = query.shape
     if length == 1 or isinstance(key_cache, Rows):  # a decode step: one token (per row)
         if not isinstance(key_cache, Rows):
             key_cache, value_cache = Rows([key_cache]), Rows([value_cache])
-        return _decode_attention(query, key_cache, value_cache, input_pos, scale, soft_cap, sliding_window)
+        return _decode_attention(query, key_cache, value_cache, input_pos, scale, soft_cap, sliding_window, ring)
+    capacity = key_cache.shape[2]
     window = _window[0]
     if window is not None and window < key_cache.shape[2]:  # the slots a decode window may see
         key_cache, value_cache = key_cache[:, :, :window, :], value_cache[:, :, :, :window]
@@ -114,7 +143,7 @@ def causal_attention(query, key_cache, value_cache, input_pos, *, scale: float |
                        [1, kv_heads, group * length, head_dim])
     scores = tf.matmul(query, key_cache, transpose_b=True)  # [1, kv_heads, group * L, C]
     scores = _soft_capped(scores, soft_cap)
-    visible = _visible(input_pos, key_cache.shape[2], sliding_window)  # [L, C]
+    visible = _visible(input_pos, key_cache.shape[2], sliding_window, capacity if ring else None)  # [L, C]
     if group > 1:
         visible = tf.tile(visible, [group, 1])  # [group * L, C], in the query's order
     scores = scores + tf.where(visible, tf.constant(0.0, scores.dtype), tf.constant(-1e9, scores.dtype))
@@ -132,10 +161,16 @@ def _soft_capped(scores, soft_cap):
     return tf.tanh(scores / cap) * cap
 
 
-def _visible(input_pos, context: int, sliding_window):
+def _visible(input_pos, context: int, sliding_window, ring: int | None = None):
     """``[L, C]``: which of ``context`` cache slots the token at each of ``input_pos`` may attend to
-    (its own and earlier ones; with a sliding window, only the last ``sliding_window`` of them)."""
+    (its own and earlier ones; with a sliding window, only the last ``sliding_window`` of them).
+
+    ``ring``: the length of a ``Ring``'s caches, whose slot ``s`` holds position ``p - age`` with
+    ``age = (p - s) mod ring``: visible when ``age < sliding_window`` and ``age <= p``."""
     slots = tf.range(context)[None, :]
+    if ring is not None:
+        age = tf.math.floormod(input_pos[:, None] - slots, ring)
+        return tf.logical_and(age <= input_pos[:, None], age < sliding_window)
     visible = slots <= input_pos[:, None]
     if sliding_window is not None and sliding_window < context:
         visible = tf.logical_and(visible, slots > input_pos[:, None] - sliding_window)
@@ -155,7 +190,8 @@ def _attention_repeating_caches(query, key_cache, value_cache, input_pos, group,
     return tf.einsum("bhqk,bhdk->bqhd", tf.nn.softmax(scores, axis=-1), value_cache)
 
 
-def _decode_attention(query, key_caches: Rows, value_caches: Rows, input_pos, scale, soft_cap, sliding_window):
+def _decode_attention(query, key_caches: Rows, value_caches: Rows, input_pos, scale, soft_cap, sliding_window,
+                      ring: bool = False):
     """``causal_attention`` of one token per row (``query`` ``[1, rows, H, D]``), in the fewest ops: a
     decode step runs it per layer, a batched one per layer and row. The query heads are grouped
     by the key head they share (no repeated caches) and scaled for all rows at once; each row
@@ -165,22 +201,20 @@ def _decode_attention(query, key_caches: Rows, value_caches: Rows, input_pos, sc
     query = tf.reshape(query, [rows, kv_heads, num_heads // kv_heads, head_dim])
     query = query * tf.constant(1.0 / head_dim**0.5 if scale is None else scale, query.dtype)
     queries, positions = (tf.split(query, rows), tf.split(input_pos, rows)) if rows > 1 else ([query], [input_pos])
-    contexts = [_attend_one(q, keys, values, position, soft_cap, sliding_window)
+    contexts = [_attend_one(q, keys, values, position, soft_cap, sliding_window, ring)
                 for q, keys, values, position in zip(queries, key_caches, value_caches, positions)]
     return tf.reshape(tf.concat(contexts, axis=0) if rows > 1 else contexts[0], [1, rows, num_heads, head_dim])
 
 
-def _attend_one(query, key_cache, value_cache, input_pos, soft_cap, sliding_window):
+def _attend_one(query, key_cache, value_cache, input_pos, soft_cap, sliding_window, ring: bool = False):
     """One row's attention: ``query`` ``[1, kv_heads, group, D]`` (scaled) against its caches as laid out
     (two matrix products), the mask as an added bias; its context ``[1, kv_heads, group, D]``."""
+    capacity = key_cache.shape[2]
     window = _window[0]
     if window is not None and window < key_cache.shape[2]:  # the slots a decode window may see
         key_cache, value_cache = key_cache[:, :, :window, :], value_cache[:, :, :, :window]
     scores = tf.matmul(query, key_cache, transpose_b=True)  # [1, kv_heads, group, C]
     scores = _soft_capped(scores, soft_cap)
-    slots = tf.range(key_cache.shape[2])
-    visible = slots <= input_pos[0]
-    if sliding_window is not None and sliding_window < key_cache.shape[2]:
-        visible = tf.logical_and(visible, slots > input_pos[0] - sliding_window)
+    visible = _visible(input_pos[:1], key_cache.shape[2], sliding_window, capacity if ring else None)[0]
     scores = scores + tf.where(visible, tf.constant(0.0, scores.dtype), tf.constant(-1e9, scores.dtype))
     return tf.matmul(tf.nn.softmax(scores, axis=-1), value_cache, transpose_b=True)

@@ -5,8 +5,9 @@ mechanism, which stock tools preserve). It needs neither TensorFlow nor Keras to
 the flatbuffer schema comes with ``ai_edge_litert`` (or TensorFlow as a fallback).
 
 Fields: ``format`` (version), ``family``, ``export_mode``, ``quantization``,
-``context_length``, ``prefill_lengths``, ``score_lengths`` (its ``prefill_{L}`` output no logits;
-absent in older files, whose do), ``tokenizer`` (its own type and data),
+``context_length``, ``prefill_lengths``, ``score_lengths`` (format 3: ``prefill_{L}`` outputs no
+logits, ``score_{L}`` does; before, ``prefill_{L}`` did), ``kv_cache`` (``num_layers``, ``num_kv_heads``, ``head_dim``; with
+local layers ``sliding_windows`` and each layer's cache ``lengths``), ``tokenizer`` (its own type and data),
 ``bos_id``, ``eos_id``, ``add_bos``, ``default_sampler``, ``model`` (sizes), ``kv_cache``,
 ``chat`` (optional: ``template``, ``bos_token``, ``eos_token``, ``stop_token_ids``),
 and (format 2) ``sha256``: the checksum of the whole file with this field's value zeroed,
@@ -30,9 +31,10 @@ from llm_tflite.litert.flatbuffer import (check_flatbuffer, pack_into_bytearray,
 from llm_tflite.litert.litertlm import model_bytes
 
 METADATA_NAME = "llm_tflite"
-#: Written by this version; 1 (no checksum) is still read.
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+#: Written by this version; 1 (no checksum) and 2 (logits from ``prefill_{L}``, no ``score_{L}``) are
+#: still read.
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
 CHECKSUM_KEY = "sha256"
 _UNSET_CHECKSUM = "0" * 64
 #: Longest chat template a record may carry (``llm_tflite.tokenizers.chat_template`` renders it).
@@ -196,7 +198,7 @@ def validate_record(record, where: str = "this file") -> dict:
         lengths = record.get("prefill_lengths")
         _require(isinstance(lengths, list) and all(_is_int(n, 1, record["context_length"]) for n in lengths), where,
                  "'prefill_lengths' must be a list of lengths 1..context_length")
-        scores = record.get("score_lengths", [])
+        scores = record.get("score_lengths", [] if fmt < 3 else None)
         _require(isinstance(scores, list) and all(_is_int(n, 1, record["context_length"]) for n in scores), where,
                  "'score_lengths' must be a list of lengths 1..context_length")
         windows = record.get("decode_windows", [])
@@ -209,6 +211,17 @@ def validate_record(record, where: str = "this file") -> dict:
         _require(isinstance(cache, dict) and all(_is_int(cache.get(k), 1, 1 << 16)
                                                  for k in ("num_layers", "num_kv_heads", "head_dim")),
                  where, "'kv_cache' must give num_layers, num_kv_heads and head_dim")
+        layers = cache["num_layers"]
+        lengths = cache.get("lengths", [record["context_length"]] * layers)
+        _require(isinstance(lengths, list) and len(lengths) == layers
+                 and all(_is_int(n, 1, record["context_length"]) for n in lengths), where,
+                 "'kv_cache' lengths must give each layer's cache length, 1..context_length")
+        windows = cache.get("sliding_windows", [None] * layers)
+        _require(isinstance(windows, list) and len(windows) == layers
+                 and all(w is None or _is_int(w, 1, 1 << 20) for w in windows), where,
+                 "'kv_cache' sliding_windows must give each layer's window or null")
+        _require(all(n == record["context_length"] or w is not None for n, w in zip(lengths, windows)), where,
+                 "'kv_cache': only a layer with a sliding window may keep fewer slots than the context")
     else:
         _require(_is_int(record.get("max_length"), 1, 1 << 20), where, "'max_length' must be a positive integer")
     return record

@@ -158,7 +158,7 @@ class PrefillDecodeEngine(SequenceEngine):
         self.context_length = self.token_budget = int(metadata["context_length"])
         self.prefill_lengths = sorted(int(n) for n in metadata.get("prefill_lengths", []))
         #: Whether ``prefill_{L}`` outputs logits: in files written before ``score_{L}`` existed
-        #: (``llm_tflite.export.prefill_decode``), which score with their prefill signatures.
+        #: (before format 3, ``llm_tflite.export.prefill_decode``), which score with their prefill signatures.
         self.prefill_logits = "score_lengths" not in metadata
         #: Lengths of the prefill signatures that output every token's logits (``score_signature``).
         self.score_lengths = self.prefill_lengths if self.prefill_logits else \
@@ -279,18 +279,20 @@ class PrefillDecodeEngine(SequenceEngine):
     def _check_graph(self, metadata: dict, path) -> None:
         """The signatures' tensors must be what the record says: a mismatch would generate garbage."""
         spec = metadata["kv_cache"]
-        caches = [f"kv_cache_{kind}_{i}" for i in range(spec["num_layers"]) for kind in "kv"]
         heads, dim, context = spec["num_kv_heads"], spec["head_dim"], self.context_length
-        if metadata.get("kv_cache_layout") == "transposed":  # LiteRT-LM's (llm_tflite.families.ops)
-            shapes = {"k": [1, heads, context, dim], "v": [1, heads, dim, context]}
-        else:  # files written before the layout was recorded
-            shapes = {"k": [1, context, heads, dim], "v": [1, context, heads, dim]}
-        cache_shape = shapes["k"]
+        shapes = {}  # cache name -> shape; a local layer's may be shorter (a ring: llm_tflite.families.ops.Ring)
+        for i, length in enumerate(spec.get("lengths", [context] * spec["num_layers"])):
+            if metadata.get("kv_cache_layout") == "transposed":  # LiteRT-LM's (llm_tflite.families.ops)
+                shapes.update({f"kv_cache_k_{i}": [1, heads, length, dim], f"kv_cache_v_{i}": [1, heads, dim, length]})
+            else:  # files written before the layout was recorded
+                shapes.update({f"kv_cache_{kind}_{i}": [1, context, heads, dim] for kind in "kv"})
+        caches = list(shapes)
+        cache_shape = shapes["kv_cache_k_0"]
         hidden = {"hidden_states"} if self.has_hidden_states else set()
         for name, length in self._signature_lengths().items():
             inputs, outputs = self.input_details[name], self.output_details[name]
             expected = {"tokens": [1, length], "input_pos": [length],
-                        **{c: shapes[c.split("_")[2]] for c in caches}}
+                        **shapes}
             found = {key: list(value["shape"]) for key, value in inputs.items()}
             same_types = all(str(inputs[c]["dtype"]) == "float32" and list(outputs[c]["shape"]) == expected[c]
                              for c in caches if c in inputs and c in outputs)
@@ -303,7 +305,7 @@ class PrefillDecodeEngine(SequenceEngine):
                 )
         for name, rows in self._batch_signatures().items():
             inputs, outputs = self.input_details[name], self.output_details[name]
-            row_caches = {row_cache_name(c, b): shapes[c.split("_")[2]] for c in caches for b in range(rows)}
+            row_caches = {row_cache_name(c, b): shapes[c] for c in caches for b in range(rows)}
             expected = {"tokens": [rows, 1], "input_pos": [rows], **row_caches}
             found = {key: list(value["shape"]) for key, value in inputs.items()}
             if found != expected or set(outputs) != {"logits", *row_caches, *hidden} or \
