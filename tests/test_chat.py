@@ -41,7 +41,7 @@ def chat_files(tmp_path_factory):
     for family in ("qwen3", "gemma3", "llama3"):
         directory = write_hf_checkpoint(root / family, family)
         path = root / f"{family}.tflite"
-        # LiteRT-LM runs them too: no ring caches (it reads the context from the first layer's cache)
+        # LiteRT-LM runs them too: no ring caches (it takes the shortest cache as its token limit)
         Converter(context_length=512, prefill_lengths=(8, 32), ring_caches=False).convert(directory, str(path))
         files[family] = (directory, str(path))
     return files

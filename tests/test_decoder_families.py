@@ -143,7 +143,7 @@ def test_litert_lm_engine_decodes_our_greedy_tokens(tiny, tmp_path, name):
     from llm_tflite.export.bundle import build_bundle
 
     lm, path = tiny(name)
-    if name == "gemma3":  # the local layers' ring caches: LiteRT-LM 0.18 reads the context from the first cache
+    if name == "gemma3":  # ring caches: LiteRT-LM 0.18 takes the shortest cache as its token limit
         with pytest.raises(ModelFileError, match="--no-ring-caches"):
             build_bundle(path, tmp_path / "ring.litertlm")
         path = tmp_path / "naive.tflite"

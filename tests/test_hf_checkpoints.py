@@ -106,6 +106,46 @@ def test_file_tokenizes_as_the_real_library_on_multilingual_text(family, tmp_pat
         assert runner.metadata["tokenizer"]["type"] == "hf_tokenizer"
 
 
+@pytest.mark.parametrize("family", ["gemma3", "qwen3"])
+def test_a_bundle_carries_one_copy_of_the_tokenizer(family, tmp_path):
+    """The bundle's tokenizer section holds the checkpoint's own tokenizer (SentencePiece model,
+    tokenizer.json), so the record in its model section points at it instead of a second copy; the
+    runner fills it back from the section, checked by its sha256."""
+    from llm_tflite import read_metadata
+    from llm_tflite.errors import ModelFileError
+    from llm_tflite.export.bundle import build_bundle
+    from llm_tflite.litert.litertlm import sections, tflite_section
+
+    directory = write_hf_checkpoint(tmp_path / "ckpt", family)
+    tflite = tmp_path / f"{family}.tflite"
+    Converter(context_length=64, prefill_lengths=(8,), ring_caches=False).convert(directory, str(tflite))
+    bundle = build_bundle(tflite, tmp_path / f"{family}.litertlm")
+    data = open(bundle, "rb").read()
+    tokenizer = [s for s in sections(data) if s.kind in ("sentencepiece_tokenizer", "hf_tokenizer_zlib")]
+    assert [s.kind for s in tokenizer] == ["sentencepiece_tokenizer" if family == "gemma3" else "hf_tokenizer_zlib"]
+    stored = read_metadata(bundle)["tokenizer"]
+    assert stored["section"] == tokenizer[0].kind and not {"model", "json"} & set(stored)
+    own = read_metadata(tflite)["tokenizer"]
+    saved = len(own["model"] if family == "gemma3" else own["json"])
+    assert len(tflite_section(data)) < tflite.stat().st_size - saved + 4096
+    original, bundled = InterpreterRunner(tflite), InterpreterRunner(bundle)
+    assert bundled.metadata["tokenizer"] == own
+    for text in (MULTILINGUAL, TURNS[family]):
+        assert bundled.encode(text) == original.encode(text)
+    assert bundled.generate(TEXT, max_new_tokens=8) == original.generate(TEXT, max_new_tokens=8)
+    # another tokenizer in the section than the one the model was bundled with
+    middle = (tokenizer[0].begin + tokenizer[0].end) // 2
+    tampered = tmp_path / "tampered.litertlm"
+    tampered.write_bytes(data[:middle] + bytes([data[middle] ^ 1]) + data[middle + 1 :])
+    with pytest.raises(ModelFileError, match="damaged .litertlm bundle"):
+        InterpreterRunner(tampered)
+    # the model section alone says where its tokenizer is
+    alone = tmp_path / "alone.tflite"
+    alone.write_bytes(bytes(tflite_section(data)))
+    with pytest.raises(ModelFileError, match="run the bundle"):
+        InterpreterRunner(alone)
+
+
 @pytest.mark.slow
 def test_litert_lm_reads_the_checkpoints_tokenizer(tmp_path):
     import litert_lm

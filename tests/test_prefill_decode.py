@@ -155,3 +155,15 @@ def test_feed_last_refuses_nothing_and_what_does_not_fit(tiny_tflite):
         sequence.feed_last([5] * 129)
     assert sequence.position == 0  # nothing was fed
     assert sequence.feed([]).shape == (0, sequence.engine.vocab_size)
+
+
+def test_writing_the_record_again_replaces_it(tiny_tflite):
+    """A record written again takes the old one's place: the same record gives the same bytes, not a
+    file holding both (bundling rewrites the record of every model it carries)."""
+    from llm_tflite.litert.metadata import add_metadata, read_metadata_from_bytes
+
+    data = tiny_tflite.read_bytes()
+    record = read_metadata_from_bytes(data)
+    assert add_metadata(data, record) == data
+    longer = add_metadata(data, {**record, "note": "x" * 1000})  # the record is ~100 KB: not kept twice
+    assert 1000 <= len(longer) - len(data) < 1100 and read_metadata_from_bytes(longer)["note"] == "x" * 1000

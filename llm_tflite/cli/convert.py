@@ -43,7 +43,7 @@ def cmd_convert(args) -> int:
         context_length=args.context_length,
         prefill_lengths=args.prefill_lengths or DEFAULT_PREFILL_LENGTHS,
         score_lengths="auto" if args.score_lengths is None else args.score_lengths,
-        ring_caches=not (args.no_ring_caches or bundle),  # LiteRT-LM 0.18 reads the context from the first cache
+        ring_caches=not (args.no_ring_caches or bundle),  # LiteRT-LM 0.18: the shortest cache is its token limit
         decode_windows="auto" if args.decode_windows is None else args.decode_windows,
         batch_sizes=args.batch_sizes or (),
         max_length=args.max_length,
@@ -123,7 +123,7 @@ def add_commands(cli) -> None:
     p.add_argument("--no-ring-caches", action="store_true",
                    help="prefill_decode: local (sliding-window) layers keep a cache of the whole context, not "
                    "their window plus the longest prefill (always so for --format litertlm: LiteRT-LM 0.18 "
-                   "reads the context from the first layer's cache)")
+                   "takes the shortest cache as its token limit)")
     p.add_argument("--decode-windows", type=int_list,
                    help="prefill_decode: decode signatures that attend over the first W cache slots only, used while "
                    "the position is below W (default: 128, 256, ... below the context; '' for none)")

@@ -20,8 +20,8 @@ from llm_tflite.errors import (InvalidArgumentError, ModelFileError, RuntimeFail
                                UnsupportedRuntimeError)
 from llm_tflite.export import bundle_worker
 from llm_tflite.litert.flatbuffer import check_writable, read_model_file
-from llm_tflite.litert.litertlm import bundle_stop_ids, is_litertlm, tflite_section
-from llm_tflite.litert.metadata import read_verified_metadata
+from llm_tflite.litert.litertlm import bundle_stop_ids, is_litertlm, tflite_section, tokenizer_reference
+from llm_tflite.litert.metadata import add_metadata, read_verified_metadata
 
 LITERTLM_EXTRA = "pip install 'llm-tflite[litertlm]'"
 #: Where ``scripts/setup.sh`` puts the builder's own environment, inside the main one.
@@ -153,19 +153,26 @@ def build_bundle(model_path, output, *, max_num_tokens: int | None = None) -> st
         raise ModelFileError(f"{model_path!r} was converted before llm-tflite wrote LiteRT-LM's KV-cache "
                              "layout (its record has no kv_cache_layout); convert the model again")
     if set(record["kv_cache"].get("lengths", [record["context_length"]])) != {record["context_length"]}:
-        # LiteRT-LM 0.18 takes its token limit from the first key cache ("Passed in max_num_tokens (128) is
-        # larger than what the static model supports (56). Using model limit."): a local layer's ring
-        raise ModelFileError(f"{model_path!r} keeps only their window in its local layers' caches, and LiteRT-LM "
-                             "0.18 reads the context from the first layer's cache (it would stop at the window); "
+        # LiteRT-LM 0.18.1 takes the shortest cache as its token limit ("Passed in max_num_tokens (256) is
+        # larger than what the static model supports (56)"), even with a global layer's cache named and
+        # listed first: it would stop at a local layer's window and generate wrong tokens before that.
+        raise ModelFileError(f"{model_path!r} keeps only their window in its local layers' caches (ring caches), "
+                             "which LiteRT-LM 0.18 cannot run: it takes the shortest cache as its token limit; "
                              "convert the model again with --no-ring-caches (ring_caches=False) for LiteRT-LM")
     if max_num_tokens is not None and not 1 <= max_num_tokens <= record["context_length"]:
         raise InvalidArgumentError(f"max_num_tokens must be 1..{record['context_length']} (the file's context), "
                                    f"got {max_num_tokens}")
     family = family_of(record)
     kind, tokenizer = family.litertlm_tokenizer(record["tokenizer"])
+    reference = tokenizer_reference(record["tokenizer"], kind, tokenizer)
     directory = os.path.dirname(os.path.abspath(output))
     os.makedirs(directory, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory, prefix=".litertlm-") as work:
+        if reference is not None:  # the record points at the tokenizer section: one copy in the bundle, not two
+            model_path = os.path.join(work, "model.tflite")
+            with open(model_path, "wb") as f:
+                f.write(add_metadata(data, {**record, "tokenizer": reference}, as_bytes=False))
+        del data
         tokenizer_path = os.path.join(work, "tokenizer.json" if kind == "hf" else "tokenizer.model")
         with open(tokenizer_path, "wb") as f:
             f.write(tokenizer)

@@ -2,9 +2,10 @@
 
 A bundle is a container: an 8-byte magic ``LITERTLM``, a version, a flatbuffer header
 listing sections (``schema/core/litertlm_header_schema.fbs`` in LiteRT-LM), then the
-sections: our ``prefill_decode`` ``.tflite`` (unchanged, record and checksum included),
-the tokenizer (an HF ``tokenizer.json`` or a SentencePiece model; the family's
-``litertlm_tokenizer`` decides) and an ``LlmMetadata`` protobuf (start/stop tokens,
+sections: our ``prefill_decode`` ``.tflite`` (record and checksum included; where the
+tokenizer section holds the record's own tokenizer, the record points at it instead of
+carrying a second copy: ``tokenizer_reference``), the tokenizer (an HF ``tokenizer.json`` or a
+SentencePiece model; the family's ``litertlm_tokenizer`` decides) and an ``LlmMetadata`` protobuf (start/stop tokens,
 context, default sampler).
 
 This module reads them: ``tflite_section`` takes the model back out of a bundle (no
@@ -195,6 +196,60 @@ def check_engine_sections(data, where: str = "this file") -> None:
     except Exception as e:  # zlib.error, JSON, sentencepiece's RuntimeError, ValueError
         raise ModelFileError(f"{where} is a damaged .litertlm bundle (its {part} section: {type(e).__name__}: {e}); "
                              "copy it again or bundle the model again") from e
+
+
+#: The tokenizer section each ``litertlm_tokenizer`` kind is written to.
+TOKENIZER_SECTIONS = {"hf": "hf_tokenizer_zlib", "sentencepiece": "sentencepiece_tokenizer"}
+
+
+def tokenizer_reference(spec: dict, kind: str, tokenizer: bytes) -> dict | None:
+    """The record entry that stands for ``spec`` inside a bundle whose tokenizer section holds
+    ``tokenizer`` (``kind``: ``hf`` or ``sentencepiece``): the spec without its data, the section's
+    name and the data's sha256. None when the section's bytes are not the spec's own data (a
+    family's variant of it, GPT-2's BPE rewritten as ``tokenizer.json``): the record keeps it then."""
+    import base64
+    import hashlib
+
+    own = {"hf_tokenizer": ("json", lambda v: v.encode("utf-8")), "sentencepiece": ("model", base64.b64decode)}
+    field = own.get(spec.get("type"))
+    if field is None or TOKENIZER_SECTIONS.get(kind) is None or field[1](spec[field[0]]) != tokenizer:
+        return None
+    return {**{k: v for k, v in spec.items() if k != field[0]}, "section": TOKENIZER_SECTIONS[kind],
+            "sha256": hashlib.sha256(tokenizer).hexdigest()}
+
+
+def bundled_tokenizer(data, spec: dict, where: str = "this file") -> dict:
+    """``spec`` whole again: a record's reference to its bundle's tokenizer section (``tokenizer_reference``)
+    filled from that section, checked against the record's sha256. Other specs as they are."""
+    import base64
+    import hashlib
+    import zlib
+
+    if "section" not in spec:
+        return spec
+    if not is_litertlm(data):
+        raise ModelFileError(f"{where}: its tokenizer is in the .litertlm bundle the model came from; run the bundle")
+    found = [s for s in sections(data, where) if s.kind == spec["section"]]
+    if len(found) != 1 or spec["section"] not in TOKENIZER_SECTIONS.values():
+        raise ModelFileError(f"{where} is a damaged .litertlm bundle (its record's tokenizer section "
+                             f"{spec['section']!r} is not there); copy it again or bundle the model again")
+    blob = bytes(data[found[0].begin:found[0].end])
+    try:
+        if spec["section"] == "hf_tokenizer_zlib":
+            size = int.from_bytes(blob[:8], "little")
+            if size > MAX_TOKENIZER_BYTES:
+                raise ValueError(f"unpacked size {size}")
+            blob = zlib.decompressobj().decompress(blob[8:], size + 1)
+    except (ValueError, zlib.error) as e:
+        raise ModelFileError(f"{where} is a damaged .litertlm bundle (its tokenizer section: {e}); copy it again "
+                             "or bundle the model again") from e
+    if hashlib.sha256(blob).hexdigest() != spec.get("sha256"):
+        raise ModelFileError(f"{where} is a damaged .litertlm bundle (its tokenizer section is not the one its "
+                             "model was bundled with); copy it again or bundle the model again")
+    whole = {k: v for k, v in spec.items() if k not in ("section", "sha256")}
+    if spec["section"] == "hf_tokenizer_zlib":
+        return {**whole, "json": blob.decode("utf-8")}
+    return {**whole, "model": base64.b64encode(blob).decode("ascii")}
 
 
 def model_bytes(data, where: str = "this file") -> bytes:

@@ -81,11 +81,19 @@ def pack_with_metadata(model, record: dict, *, as_bytes: bool = True) -> bytes |
     record = {k: v for k, v in record.items() if k != CHECKSUM_KEY}
     record = {"format": FORMAT_VERSION, **record, CHECKSUM_KEY: _UNSET_CHECKSUM}  # the checksum last
     buffer.data = np.frombuffer(json.dumps(record, ensure_ascii=False).encode("utf-8"), np.uint8)
+    existing = [m for m in (model.metadata or []) if m.name == METADATA_NAME.encode()]
+    if existing:  # a record written again replaces the old one's buffer rather than leaving it behind
+        model.buffers[existing[0].buffer] = buffer
+        return _pack_checksummed(model, as_bytes)
     model.buffers.append(buffer)
     entry = schema.MetadataT()
     entry.name = METADATA_NAME
     entry.buffer = len(model.buffers) - 1
-    model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_NAME.encode()] + [entry]
+    model.metadata = list(model.metadata or []) + [entry]
+    return _pack_checksummed(model, as_bytes)
+
+
+def _pack_checksummed(model, as_bytes: bool) -> bytes | bytearray:
     packed = pack_into_bytearray(model)
     field_at = packed.rfind(_checksum_field(_UNSET_CHECKSUM), *_record_span(packed, "the converted model"))
     value_at = field_at + len(_checksum_field("")) - 1

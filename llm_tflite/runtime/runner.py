@@ -15,7 +15,7 @@ import numpy as np
 
 from llm_tflite.errors import ContextLengthError, DataError, InvalidArgumentError
 from llm_tflite.litert.flatbuffer import check_tensor_sizes, map_model_file
-from llm_tflite.litert.litertlm import is_litertlm, model_bytes
+from llm_tflite.litert.litertlm import bundled_tokenizer, is_litertlm, model_bytes
 from llm_tflite.litert.metadata import read_verified_metadata
 from llm_tflite.runtime import sampling
 from llm_tflite.runtime.engine import BACKENDS, Chunk, ModelFile, Request, check_container, open_engine
@@ -98,10 +98,12 @@ class InterpreterRunner:
         self.is_bundle = is_litertlm(container)
         check_container(backend, self.path, container, self.is_bundle)
         data = model_bytes(container, repr(self.path))
-        del container
         # The file is untrusted: checksum, record schema and tensor shapes are checked before
         # the native runtime sees a byte of it.
         self.metadata = read_verified_metadata(data, repr(self.path))
+        # a bundle's record may point at its tokenizer section instead of carrying a copy
+        self.metadata["tokenizer"] = bundled_tokenizer(container, self.metadata["tokenizer"], repr(self.path))
+        del container
         check_tensor_sizes(data, repr(self.path), limit=max(1 << 30, 2 * len(data)))
         self.export_mode = self.metadata["export_mode"]
         self.tokenizer = tokenizer_from_spec(self.metadata["tokenizer"])
