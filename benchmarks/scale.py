@@ -43,8 +43,9 @@ def kv_cache_bytes(path: pathlib.Path) -> int:
     from llm_tflite.litert.metadata import read_metadata
 
     record = read_metadata(path)
-    spec = record["kv_cache"]
-    return 2 * spec["num_layers"] * spec["num_kv_heads"] * spec["head_dim"] * record["context_length"] * 4
+    spec = record["kv_cache"]  # each layer's cache length: a local layer's ring may be shorter than the context
+    lengths = spec.get("lengths", [record["context_length"]] * spec["num_layers"])
+    return 2 * spec["num_kv_heads"] * spec["head_dim"] * sum(lengths) * 4
 
 
 def main() -> int:

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from llm_tflite import Converter, InterpreterRunner
+from llm_tflite import Converter, InterpreterRunner, read_metadata
 from llm_tflite.errors import ChatTemplateError, ContextLengthError, ConversationFileError, InvalidArgumentError
 from llm_tflite.runtime.chat import Conversation
 from llm_tflite.testing import write_hf_checkpoint
@@ -182,6 +182,48 @@ print(json.dumps(out))
     replies = [m["content"] for m in conversation.messages if m["role"] == "assistant"][5:]
     assert [runner.decode(ids) for ids, _, _ in again] == replies
     assert [fed for _, _, fed in again] == fed_before[5:]  # the restored cache spares the same prefill
+
+
+def test_ring_cache_conversations_reply_as_a_fresh_prefill_and_save(chat_files, tmp_path):
+    """Gemma 3's local layers keeping 56 slots (ring caches): a conversation longer than that, its
+    cached turns and a saved and loaded copy reply as a fresh prefill of the history does; a prompt
+    that would move a ring's sequence back more than one token is not served from the cache."""
+    from llm_tflite.runtime.chat import PrefixCache
+
+    directory, _ = chat_files["gemma3"]
+    path = tmp_path / "ring.tflite"
+    Converter(context_length=512, prefill_lengths=(8, 32)).convert(directory, str(path))
+    runner = InterpreterRunner(path)
+    assert runner.engine.has_rings and read_metadata(path)["kv_cache"]["lengths"][0] == 56
+    conversation = runner.conversation()
+    for turn in range(4):
+        question = f"Question number {turn}, asked at some length so that the history passes the window?"
+        before = list(conversation.messages)
+        result = conversation.send(question, max_new_tokens=8)
+        assert result.token_ids == runner.chat(before + [{"role": "user", "content": question}], 8).token_ids
+    assert result.cached_tokens > 56
+    saved = tmp_path / "ring.llmchat"
+    conversation.save(saved)
+    loaded = Conversation.load(runner, saved)
+    history = list(conversation.messages) + [{"role": "user", "content": "And one more?"}]
+    fresh = runner.chat(history, 8).token_ids
+    one_more = [c.send("And one more?", max_new_tokens=8).token_ids for c in (conversation, loaded)]
+    assert one_more[0] == one_more[1] == fresh
+    # 70 tokens: 69 through prefill_32, prefill_32 and a prefill_8 holding 5 (slots up to 71 written), then
+    # decode; the rings keep 56 = 24 + 32 slots: back to 71 - 32 = 39 is right, further is not
+    sequence = runner.sequence()
+    sequence.feed_last(list(range(100, 170)))
+    assert sequence.written == 72 and runner.engine.ring_slack == 32
+    assert sequence.can_rewind_to(39) and not sequence.can_rewind_to(38)
+    cache = PrefixCache(1)
+    cache.put(sequence, list(range(100, 170)))
+    assert cache.take(list(range(100, 137)) + [5, 6]) is None  # 37 shared
+    cache.put(sequence, list(range(100, 170)))
+    reused = cache.take(list(range(100, 145)) + [5, 6])
+    assert reused is sequence and reused.position == 45
+    reference = runner.sequence()
+    reference.feed_last(list(range(100, 145)))
+    np.testing.assert_allclose(reused.feed_last([5, 6]), reference.feed_last([5, 6]), rtol=0, atol=1e-5)
 
 
 def test_conversation_drops_the_oldest_turns_when_the_history_outgrows_the_context(chat_files):

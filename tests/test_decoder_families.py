@@ -233,22 +233,25 @@ def test_gemma3_local_layers_keep_only_their_window(tiny, tmp_path):
     """Gemma 3's local layers (window 24) keep 24 + 32 slots (window plus the longest chunk) instead of
     the context of 128 (``families.ops.Ring``), and give the naive layout's logits: past several
     wraps of the ring, through prefill, score and decode signatures, decode windows and padded chunks."""
-    lm, ring_path = tiny("gemma3")  # context 128, prefill and score lengths up to 32
+    lm, _ = tiny("gemma3")
+    ring_path, naive_path = tmp_path / "ring.tflite", tmp_path / "naive.tflite"
+    for path, ring in ((ring_path, True), (naive_path, False)):  # a decode window (32) shorter than a ring (56)
+        Converter(context_length=128, prefill_lengths=(8, 32), decode_windows=(32,), ring_caches=ring).convert(
+            lm, str(path), family="gemma3")
     record = read_metadata(ring_path)
     assert record["kv_cache"]["sliding_windows"] == [24] * 5 + [None]
     assert record["kv_cache"]["lengths"] == [56] * 5 + [128]
-    naive_path = tmp_path / "naive.tflite"
-    Converter(context_length=128, prefill_lengths=(8, 32), ring_caches=False).convert(lm, str(naive_path),
-                                                                                        family="gemma3")
     assert read_metadata(naive_path)["kv_cache"]["lengths"] == [128] * 6
     ring, naive = InterpreterRunner(ring_path), InterpreterRunner(naive_path)
+    used = []
+    ring.engine.call = lambda name, inputs, call=ring.engine.call: used.append(name) or call(name, inputs)
     specs = ring.engine.cache_specs
     assert specs["kv_cache_k_0"][0] == (1, 2, 56, 64) and specs["kv_cache_v_4"][0] == (1, 2, 64, 56)
     assert specs["kv_cache_k_5"][0] == (1, 2, 128, 64)
     assert sum(np.prod(s) for s, _ in specs.values()) / sum(np.prod(s) for s, _ in naive.engine.cache_specs.values()) \
         == (5 * 56 + 128) / (6 * 128)
     ids = [int(i) for i in np.random.default_rng(11).integers(10, 4000, 126)]
-    for chunks in ([100, 26], [5, 37, 1, 1, 3, 50, 29]):  # 32-token chunks, padded ones, single tokens
+    for chunks in ([100, 26], [1, 4, 37, 1, 1, 3, 50, 29]):  # 32-token chunks, padded ones, single tokens
         a, b = ring.sequence(), naive.sequence()
         at = 0
         for size in chunks:
@@ -258,3 +261,4 @@ def test_gemma3_local_layers_keep_only_their_window(tiny, tmp_path):
     prompt = ids[:90]
     assert list(ring.generate_ids(prompt, 30, stop_token_ids=[])) == list(naive.generate_ids(prompt, 30,
                                                                                               stop_token_ids=[]))
+    assert {"decode_window_32", "decode", "score_32", "prefill_32", "prefill_8"} <= set(used)

@@ -107,7 +107,7 @@ def test_file_tokenizes_as_the_real_library_on_multilingual_text(family, tmp_pat
 
 
 @pytest.mark.parametrize("family", ["gemma3", "qwen3"])
-def test_a_bundle_carries_one_copy_of_the_tokenizer(family, tmp_path):
+def test_a_bundle_carries_one_copy_of_the_tokenizer(family, tmp_path, caplog):
     """The bundle's tokenizer section holds the checkpoint's own tokenizer (SentencePiece model,
     tokenizer.json), so the record in its model section points at it instead of a second copy; the
     runner fills it back from the section, checked by its sha256."""
@@ -128,8 +128,11 @@ def test_a_bundle_carries_one_copy_of_the_tokenizer(family, tmp_path):
     own = read_metadata(tflite)["tokenizer"]
     saved = len(own["model"] if family == "gemma3" else own["json"])
     assert len(tflite_section(data)) < tflite.stat().st_size - saved + 4096
-    original, bundled = InterpreterRunner(tflite), InterpreterRunner(bundle)
+    original, bundled = InterpreterRunner(tflite), InterpreterRunner(bundle, weight_cache=tmp_path / "cache")
     assert bundled.metadata["tokenizer"] == own
+    with caplog.at_level("INFO"):  # the cached model section is found again, not rebuilt
+        InterpreterRunner(bundle, weight_cache=tmp_path / "cache")
+    assert "rebuilding" not in caplog.text
     for text in (MULTILINGUAL, TURNS[family]):
         assert bundled.encode(text) == original.encode(text)
     assert bundled.generate(TEXT, max_new_tokens=8) == original.generate(TEXT, max_new_tokens=8)

@@ -149,10 +149,7 @@ def decode_bytes_per_token(runner, position: int | None = None, weights: int | N
     (``held_weight_bytes``, unless given), and the KV cache slots its signature attends over (a
     decode window's, or the whole cache)."""
     weights = held_weight_bytes(runner) if weights is None else weights
-    cache = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
-                for shape, dtype in runner.engine.cache_specs.values())
-    window = None if position is None else runner.engine.decode_window(position)
-    cache = cache * window // runner.context_length if window else cache
+    cache = runner.engine.cache_bytes(None if position is None else runner.engine.decode_window(position))
     return {"weights": weights, "kv_cache": cache, "total": weights + cache}
 
 

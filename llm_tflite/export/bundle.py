@@ -164,7 +164,8 @@ def build_bundle(model_path, output, *, max_num_tokens: int | None = None) -> st
                                    f"got {max_num_tokens}")
     family = family_of(record)
     kind, tokenizer = family.litertlm_tokenizer(record["tokenizer"])
-    reference = tokenizer_reference(record["tokenizer"], kind, tokenizer)
+    # (a record of format 3 or later: older versions of llm-tflite then say "upgrade" rather than fail on it)
+    reference = tokenizer_reference(record["tokenizer"], kind, tokenizer) if record["format"] >= 3 else None
     directory = os.path.dirname(os.path.abspath(output))
     os.makedirs(directory, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory, prefix=".litertlm-") as work:

@@ -240,15 +240,16 @@ def bundled_tokenizer(data, spec: dict, where: str = "this file") -> dict:
             if size > MAX_TOKENIZER_BYTES:
                 raise ValueError(f"unpacked size {size}")
             blob = zlib.decompressobj().decompress(blob[8:], size + 1)
-    except (ValueError, zlib.error) as e:
+        text = blob.decode("utf-8") if spec["section"] == "hf_tokenizer_zlib" else None
+    except (ValueError, zlib.error) as e:  # UnicodeDecodeError is a ValueError
         raise ModelFileError(f"{where} is a damaged .litertlm bundle (its tokenizer section: {e}); copy it again "
                              "or bundle the model again") from e
     if hashlib.sha256(blob).hexdigest() != spec.get("sha256"):
         raise ModelFileError(f"{where} is a damaged .litertlm bundle (its tokenizer section is not the one its "
                              "model was bundled with); copy it again or bundle the model again")
     whole = {k: v for k, v in spec.items() if k not in ("section", "sha256")}
-    if spec["section"] == "hf_tokenizer_zlib":
-        return {**whole, "json": blob.decode("utf-8")}
+    if text is not None:
+        return {**whole, "json": text}
     return {**whole, "model": base64.b64encode(blob).decode("ascii")}
 
 

@@ -82,15 +82,24 @@ def pack_with_metadata(model, record: dict, *, as_bytes: bool = True) -> bytes |
     record = {"format": FORMAT_VERSION, **record, CHECKSUM_KEY: _UNSET_CHECKSUM}  # the checksum last
     buffer.data = np.frombuffer(json.dumps(record, ensure_ascii=False).encode("utf-8"), np.uint8)
     existing = [m for m in (model.metadata or []) if m.name == METADATA_NAME.encode()]
-    if existing:  # a record written again replaces the old one's buffer rather than leaving it behind
-        model.buffers[existing[0].buffer] = buffer
+    if existing and _only_the_record_reads(model, existing[0].buffer):
+        model.buffers[existing[0].buffer] = buffer  # a record written again replaces the old one's buffer
         return _pack_checksummed(model, as_bytes)
     model.buffers.append(buffer)
     entry = schema.MetadataT()
     entry.name = METADATA_NAME
     entry.buffer = len(model.buffers) - 1
-    model.metadata = list(model.metadata or []) + [entry]
+    model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_NAME.encode()] + [entry]
     return _pack_checksummed(model, as_bytes)
+
+
+def _only_the_record_reads(model, index) -> bool:
+    """Whether buffer ``index`` exists and no tensor or other metadata entry reads it."""
+    if not isinstance(index, int) or not 0 < index < len(model.buffers):
+        return False
+    readers = [t.buffer for g in model.subgraphs or [] for t in g.tensors or []]
+    readers += [m.buffer for m in model.metadata or [] if m.name != METADATA_NAME.encode()]
+    return index not in readers
 
 
 def _pack_checksummed(model, as_bytes: bool) -> bytes | bytearray:

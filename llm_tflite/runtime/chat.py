@@ -109,7 +109,10 @@ class PrefixCache:
             if best is None:
                 return None
             sequence, _ = self.entries.pop(best)
-        sequence.position = min(shared, len(ids) - 1)  # at least one token is fed for the next logits
+        position = min(shared, len(ids) - 1)  # at least one token is fed for the next logits
+        if not getattr(sequence, "can_rewind_to", lambda _: True)(position):
+            return None  # ring caches have written over what the earlier position would see again
+        sequence.position = position
         return sequence
 
     def put(self, sequence, tokens: list[int]) -> None:
@@ -198,7 +201,8 @@ class Conversation:
             position = sequence.position
             header["tokens"] = [int(t) for t in tokens[:position]]
             for name, array in runner.engine.read_state(sequence.caches).items():
-                used = np.ascontiguousarray(np.take(array, range(position), axis=_position_axis(runner, name)))
+                axis = _position_axis(runner, name)  # a ring (a local layer's) holds fewer slots than positions
+                used = np.ascontiguousarray(np.take(array, range(min(position, array.shape[axis])), axis=axis))
                 header["caches"].append({"name": name, "shape": list(used.shape), "dtype": str(used.dtype)})
                 blobs.append(used.tobytes())
         text = json.dumps(header).encode("utf-8")
@@ -274,7 +278,8 @@ class Conversation:
             name = cache["name"]
             shape, dtype = specs[name]
             want = list(shape)
-            want[_position_axis(runner, name)] = len(tokens)
+            axis = _position_axis(runner, name)
+            want[axis] = min(len(tokens), shape[axis])
             if cache.get("shape") != want or cache.get("dtype") != str(dtype):
                 raise ConversationFileError(f"{where}: cache {name!r} is not of this model's shape")
             nbytes = int(np.prod(want)) * dtype.itemsize
@@ -285,7 +290,7 @@ class Conversation:
                 raise ConversationFileError(f"{where}: cache {name!r} holds values that are not finite")
             full = np.zeros(shape, dtype)
             index = [slice(None)] * len(shape)
-            index[_position_axis(runner, name)] = slice(0, len(tokens))
+            index[axis] = slice(0, want[axis])
             full[tuple(index)] = used
             arrays[name] = full
             offset += nbytes
@@ -299,6 +304,4 @@ class Conversation:
 
 def _position_axis(runner, cache_name: str) -> int:
     """The axis of a cache that runs over positions (``llm_tflite.families.ops`` layouts)."""
-    if runner.metadata.get("kv_cache_layout") == "transposed":
-        return 2 if cache_name.startswith("kv_cache_k_") else 3
-    return 1
+    return runner.engine.position_axes[cache_name]

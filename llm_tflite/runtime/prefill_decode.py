@@ -175,6 +175,16 @@ class PrefillDecodeEngine(SequenceEngine):
             name: (tuple(detail["shape"]), np.dtype(detail["dtype"]))
             for name, detail in self.input_details["decode"].items() if name.startswith("kv_cache_")
         }
+        transposed = metadata.get("kv_cache_layout") == "transposed"  # LiteRT-LM's (llm_tflite.families.ops)
+        #: Each cache's axis over positions (slots).
+        self.position_axes = {name: ((2 if name.startswith("kv_cache_k_") else 3) if transposed else 1)
+                              for name in self.cache_specs}
+        #: Whether some local layer keeps only its last slots, and the fewest slots a ring keeps beyond its
+        #: layer's window (``Sequence.can_rewind_to``).
+        lengths = metadata["kv_cache"].get("lengths", [])
+        windows = metadata["kv_cache"].get("sliding_windows", [None] * len(lengths))
+        self.has_rings = any(n != self.context_length for n in lengths)
+        self.ring_slack = min((n - w for n, w in zip(lengths, windows) if n != self.context_length), default=None)
         self.vocab_size = int(self.output_details["decode"]["logits"]["shape"][-1])
         self._lock = threading.Lock()
         self._spare_state = None
@@ -225,6 +235,15 @@ class PrefillDecodeEngine(SequenceEngine):
 
     def outputs_logits(self, name: str) -> bool:
         return self.prefill_logits or not name.startswith("prefill_")
+
+    def cache_bytes(self, window: int | None = None) -> int:
+        """Bytes of the caches a call attending over the first ``window`` slots reads (None: all):
+        ``window`` slots of each cache, or all of a shorter one (a local layer's ring)."""
+        total = 0
+        for name, (shape, dtype) in self.cache_specs.items():
+            slots = shape[self.position_axes[name]]
+            total += int(np.prod(shape)) // slots * min(slots, window or slots) * dtype.itemsize
+        return total
 
     def decode_window(self, position: int) -> int | None:
         """The smallest decode window above ``position`` (the cheapest signature for a token there), or None."""
@@ -399,6 +418,8 @@ class Sequence:
         self.caches = engine.new_state()
         #: Tokens fed so far, over the sequence's life (a chat turn's prefill is the difference).
         self.fed = 0
+        #: One past the furthest position any call wrote, padding included (``can_rewind_to``).
+        self.written = 0
 
     @property
     def context_length(self) -> int:
@@ -408,6 +429,7 @@ class Sequence:
         """A copy that continues independently (beams, candidates): its own copy of the caches."""
         twin = Sequence.__new__(type(self))
         twin.engine, twin.observer, twin.position, twin.fed = self.engine, self.observer, self.position, 0
+        twin.written = self.written
         twin.caches = self.engine.copy_state(self.caches)
         return twin
 
@@ -444,6 +466,17 @@ class Sequence:
         """Say the sequence will be fed token after token, each soon after the last (a generation's
         loop): a batching engine (``llm_tflite.runtime.batching``) waits a moment for it before a step."""
 
+    def can_rewind_to(self, position: int) -> bool:
+        """Whether moving back to ``position`` (fed tokens after it forgotten) leaves the caches right.
+
+        A full-length cache keeps every position, so any. A ring (a local layer's last ``R`` slots,
+        ``llm_tflite.families.ops.Ring``) has written later positions, and padded chunks' filler, over
+        slots: going back is right while the furthest slot ever written is at most the ring's slack
+        (``R`` minus the window) past ``position``. Then every slot a token from ``position`` on sees
+        still holds its position, and every slot written past it stays out of its window. One token
+        back (a cached prompt's last token fed again) always is."""
+        return not self.engine.has_rings or self.written - 1 - position <= self.engine.ring_slack
+
     def idle(self) -> None:
         """Say the sequence will not be fed for now (its generation ended): a batching engine
         stops waiting for it. Feeding it again is fine."""
@@ -476,6 +509,7 @@ class Sequence:
             name = engine.decode_signature(self.position) if length == 1 else \
                 engine.score_signature(length) if score else f"prefill_{length}"
             result = self._run(name, tokens, input_pos, hidden)
+            self.written = max(self.written, self.position + length)
             if score:
                 outputs.append(result["logits"].reshape(length, -1)[: len(chunk)])
             if hidden:

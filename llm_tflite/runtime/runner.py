@@ -100,9 +100,10 @@ class InterpreterRunner:
         data = model_bytes(container, repr(self.path))
         # The file is untrusted: checksum, record schema and tensor shapes are checked before
         # the native runtime sees a byte of it.
-        self.metadata = read_verified_metadata(data, repr(self.path))
-        # a bundle's record may point at its tokenizer section instead of carrying a copy
-        self.metadata["tokenizer"] = bundled_tokenizer(container, self.metadata["tokenizer"], repr(self.path))
+        record = read_verified_metadata(data, repr(self.path))
+        # a bundle's record may point at its tokenizer section instead of carrying a copy: the runner's view
+        # has it whole; the engine gets the record as stored (its weight cache compares it)
+        self.metadata = {**record, "tokenizer": bundled_tokenizer(container, record["tokenizer"], repr(self.path))}
         del container
         check_tensor_sizes(data, repr(self.path), limit=max(1 << 30, 2 * len(data)))
         self.export_mode = self.metadata["export_mode"]
@@ -112,7 +113,7 @@ class InterpreterRunner:
         self.bos_id = self.metadata.get("bos_id")
         self.eos_id = self.metadata.get("eos_id")
         self.add_bos = bool(self.metadata.get("add_bos", False))
-        model = ModelFile(self.path, data, self.is_bundle, self.metadata, self.tokenizer)
+        model = ModelFile(self.path, data, self.is_bundle, record, self.tokenizer)
         del data  # the engine drops the model's bytes once it has them elsewhere (a bundle's section copy)
         #: What runs the file (``llm_tflite.runtime.engine``): the compiled model and its signatures for
         #: a prefill_decode file, the graph for a generate-mode file, or LiteRT-LM's engine.
