@@ -288,3 +288,21 @@ def test_every_sampler_setting_has_an_option():
     for command in ("generate", "autocomplete"):
         args = parser.parse_args([command, "m.tflite", "text"])
         assert set(sampling.SETTINGS) <= set(vars(args)), command
+
+
+def test_log_lines_go_to_stderr_as_it_is_when_they_are_logged(monkeypatch):
+    """A server thread logging after the stderr it started with was closed (a test's capture, a
+    notebook cell) writes to the current one, not to the closed file."""
+    import io
+    import logging
+
+    from llm_tflite.cli.main import configure_logging
+
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    configure_logging(0)
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("llm_tflite").info("request 1 -> 200")
+    assert second.getvalue() == "llm-tflite: request 1 -> 200\n"

@@ -64,12 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a line is logged, not as it was when logging was set
+    up: a server thread outliving a redirected stderr (a test's capture, a notebook cell) would
+    otherwise write to a closed file."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def configure_logging(verbosity: int) -> None:
     """Our log lines on stderr; ``-v`` also lets TensorFlow and LiteRT speak."""
     if verbosity > 0:
         os.environ["LLM_TFLITE_VERBOSE"] = "1"
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("llm-tflite: %(message)s"))
     logger = logging.getLogger("llm_tflite")
     logger.handlers[:] = [handler]
