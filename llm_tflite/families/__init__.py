@@ -6,7 +6,7 @@ What a family plugin may import from here (docs/plugins.md):
 - ``ModelFamily``, ``KVCacheSpec``, ``Preset``: the interface (also top-level ``llm_tflite`` names);
 - ``load_keras_preset``, ``is_preset_dir``, ``preset_class_name``: loading KerasHub presets
   with errors that say what to do (``loading``);
-- ``causal_attention``, ``update_key_cache``, ``update_value_cache``, ``cache_shapes``: the
+- ``causal_attention``, ``update_key_cache``, ``update_value_cache``, ``cache_shapes``, ``Ring``: the
   TensorFlow building blocks of ``forward_with_cache`` that convert to builtin ops only (``ops``);
 - ``keras_generate_function``: the ``--mode generate`` graph of ``generate_function`` (``generate_graph``);
 - ``DecoderFamily``, ``Block``, ``Attention``, ``gated_mlp``, ``keras_rope``, ``llama_style_block``: the kit of decoder parts
@@ -23,6 +23,7 @@ from llm_tflite.families.decoder import Attention, Block, DecoderFamily, gated_m
 from llm_tflite.families.loading import is_preset_dir, load_keras_preset, preset_class_name
 
 _LAZY = {
+    "Ring": "ops",
     "cache_shapes": "ops",
     "causal_attention": "ops",
     "update_key_cache": "ops",
