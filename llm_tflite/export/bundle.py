@@ -156,7 +156,7 @@ def build_bundle(model_path, output, *, max_num_tokens: int | None = None) -> st
         # LiteRT-LM 0.18.1 takes the shortest cache as its token limit ("Passed in max_num_tokens (256) is
         # larger than what the static model supports (56)"), even with a global layer's cache named and
         # listed first: it would stop at a local layer's window and generate wrong tokens before that.
-        raise ModelFileError(f"{model_path!r} keeps only their window in its local layers' caches (ring caches), "
+        raise ModelFileError(f"in {model_path!r} the local layers' caches keep only their window (ring caches), "
                              "which LiteRT-LM 0.18 cannot run: it takes the shortest cache as its token limit; "
                              "convert the model again with --no-ring-caches (ring_caches=False) for LiteRT-LM")
     if max_num_tokens is not None and not 1 <= max_num_tokens <= record["context_length"]:
