@@ -325,6 +325,9 @@ def test_prefix_cache_keeps_other_conversations_and_history_trims_with_few_rende
     class Seq:
         position = 0
 
+        def can_rewind_to(self, position):  # full-length caches: any position
+            return True
+
     cache = PrefixCache(2)
     mine, other = Seq(), Seq()
     cache.put(mine, [1, 2, 3, 4, 5, 6])

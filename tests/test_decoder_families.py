@@ -248,6 +248,11 @@ def test_gemma3_local_layers_keep_only_their_window(tiny, tmp_path):
     specs = ring.engine.cache_specs
     assert specs["kv_cache_k_0"][0] == (1, 2, 56, 64) and specs["kv_cache_v_4"][0] == (1, 2, 64, 56)
     assert specs["kv_cache_k_5"][0] == (1, 2, 128, 64)
+    # what a call attending over W slots reads (bench, batching): W of each cache, or a ring whole
+    slot = 2 * 2 * 64 * 4  # a key and a value slot: 2 heads x 64 dims of float32
+    assert ring.engine.cache_bytes(None) == slot * (5 * 56 + 128)
+    assert ring.engine.cache_bytes(32) == slot * 6 * 32
+    assert ring.engine.cache_bytes(64) == slot * (5 * 56 + 64) and naive.engine.cache_bytes(64) == slot * 6 * 64
     assert sum(np.prod(s) for s, _ in specs.values()) / sum(np.prod(s) for s, _ in naive.engine.cache_specs.values()) \
         == (5 * 56 + 128) / (6 * 128)
     ids = [int(i) for i in np.random.default_rng(11).integers(10, 4000, 126)]

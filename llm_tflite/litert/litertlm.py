@@ -167,8 +167,6 @@ MAX_TOKENIZER_BYTES = 1 << 28
 def check_engine_sections(data, where: str = "this file") -> None:
     """What LiteRT-LM's engine reads besides the model, checked before it does (it would not
     always fail cleanly): one tokenizer that unpacks and parses, one well-formed ``LlmMetadata``."""
-    import zlib
-
     found = sections(data, where)
     tokenizers = [s for s in found if s.kind in ("hf_tokenizer_zlib", "sentencepiece_tokenizer")]
     metadata = [s for s in found if s.kind == "llm_metadata"]
@@ -176,15 +174,11 @@ def check_engine_sections(data, where: str = "this file") -> None:
         raise ModelFileError(f"{where} needs one tokenizer and one LlmMetadata section for LiteRT-LM; it has "
                              f"{len(tokenizers)} and {len(metadata)}: bundle the model again with `llm-tflite bundle`")
     section = tokenizers[0]
-    blob = bytes(data[section.begin:section.end])
     part = section.kind
     try:
+        blob = _unpacked(section.kind, bytes(data[section.begin:section.end]))
         if section.kind == "hf_tokenizer_zlib":
-            size = int.from_bytes(blob[:8], "little")
-            if len(blob) < 8 or size > MAX_TOKENIZER_BYTES:
-                raise ValueError(f"unpacked size {size}")
-            text = zlib.decompressobj().decompress(blob[8:], size + 1)
-            if len(text) != size or not isinstance(json.loads(text).get("model"), dict):
+            if not isinstance(json.loads(blob).get("model"), dict):
                 raise ValueError("not an HF tokenizer.json")
         else:
             import sentencepiece
@@ -200,6 +194,24 @@ def check_engine_sections(data, where: str = "this file") -> None:
 
 #: The tokenizer section each ``litertlm_tokenizer`` kind is written to.
 TOKENIZER_SECTIONS = {"hf": "hf_tokenizer_zlib", "sentencepiece": "sentencepiece_tokenizer"}
+#: The field of a tokenizer spec that holds its data: tokenizer.json text, a base64 SentencePiece model.
+_SPEC_DATA = {"hf_tokenizer": "json", "sentencepiece": "model"}
+
+
+def _unpacked(section_kind: str, blob: bytes) -> bytes:
+    """A tokenizer section's bytes as the tokenizer's own (an ``hf_tokenizer_zlib`` section is an 8-byte
+    size and zlib data); ``ValueError`` or ``zlib.error`` when it does not unpack to that size."""
+    import zlib
+
+    if section_kind != "hf_tokenizer_zlib":
+        return blob
+    size = int.from_bytes(blob[:8], "little")
+    if len(blob) < 8 or size > MAX_TOKENIZER_BYTES:
+        raise ValueError(f"unpacked size {size}")
+    text = zlib.decompressobj().decompress(blob[8:], size + 1)
+    if len(text) != size:
+        raise ValueError(f"unpacks to {len(text)} bytes, not {size}")
+    return text
 
 
 def tokenizer_reference(spec: dict, kind: str, tokenizer: bytes) -> dict | None:
@@ -210,11 +222,13 @@ def tokenizer_reference(spec: dict, kind: str, tokenizer: bytes) -> dict | None:
     import base64
     import hashlib
 
-    own = {"hf_tokenizer": ("json", lambda v: v.encode("utf-8")), "sentencepiece": ("model", base64.b64decode)}
-    field = own.get(spec.get("type"))
-    if field is None or TOKENIZER_SECTIONS.get(kind) is None or field[1](spec[field[0]]) != tokenizer:
+    field = _SPEC_DATA.get(spec.get("type"))
+    if field is None or TOKENIZER_SECTIONS.get(kind) is None:
         return None
-    return {**{k: v for k, v in spec.items() if k != field[0]}, "section": TOKENIZER_SECTIONS[kind],
+    own = spec[field].encode("utf-8") if field == "json" else base64.b64decode(spec[field])
+    if own != tokenizer:
+        return None
+    return {**{k: v for k, v in spec.items() if k != field}, "section": TOKENIZER_SECTIONS[kind],
             "sha256": hashlib.sha256(tokenizer).hexdigest()}
 
 
@@ -230,16 +244,11 @@ def bundled_tokenizer(data, spec: dict, where: str = "this file") -> dict:
     if not is_litertlm(data):
         raise ModelFileError(f"{where}: its tokenizer is in the .litertlm bundle the model came from; run the bundle")
     found = [s for s in sections(data, where) if s.kind == spec["section"]]
-    if len(found) != 1 or spec["section"] not in TOKENIZER_SECTIONS.values():
+    if len(found) != 1 or spec["section"] not in TOKENIZER_SECTIONS.values() or spec.get("type") not in _SPEC_DATA:
         raise ModelFileError(f"{where} is a damaged .litertlm bundle (its record's tokenizer section "
                              f"{spec['section']!r} is not there); copy it again or bundle the model again")
-    blob = bytes(data[found[0].begin:found[0].end])
     try:
-        if spec["section"] == "hf_tokenizer_zlib":
-            size = int.from_bytes(blob[:8], "little")
-            if size > MAX_TOKENIZER_BYTES:
-                raise ValueError(f"unpacked size {size}")
-            blob = zlib.decompressobj().decompress(blob[8:], size + 1)
+        blob = _unpacked(spec["section"], bytes(data[found[0].begin:found[0].end]))
         text = blob.decode("utf-8") if spec["section"] == "hf_tokenizer_zlib" else None
     except (ValueError, zlib.error) as e:  # UnicodeDecodeError is a ValueError
         raise ModelFileError(f"{where} is a damaged .litertlm bundle (its tokenizer section: {e}); copy it again "
@@ -248,9 +257,7 @@ def bundled_tokenizer(data, spec: dict, where: str = "this file") -> dict:
         raise ModelFileError(f"{where} is a damaged .litertlm bundle (its tokenizer section is not the one its "
                              "model was bundled with); copy it again or bundle the model again")
     whole = {k: v for k, v in spec.items() if k not in ("section", "sha256")}
-    if text is not None:
-        return {**whole, "json": text}
-    return {**whole, "model": base64.b64encode(blob).decode("ascii")}
+    return {**whole, _SPEC_DATA[whole["type"]]: text if text is not None else base64.b64encode(blob).decode("ascii")}
 
 
 def model_bytes(data, where: str = "this file") -> bytes:

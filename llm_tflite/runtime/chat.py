@@ -110,7 +110,7 @@ class PrefixCache:
                 return None
             sequence, _ = self.entries.pop(best)
         position = min(shared, len(ids) - 1)  # at least one token is fed for the next logits
-        if not getattr(sequence, "can_rewind_to", lambda _: True)(position):
+        if not sequence.can_rewind_to(position):
             return None  # ring caches have written over what the earlier position would see again
         sequence.position = position
         return sequence
