@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -147,8 +148,52 @@ def keras_backend() -> str:
     return os.environ.get("KERAS_BACKEND") or "tensorflow"
 
 
+def virtual_cpu_devices(environ=None) -> int:
+    """How many CPU devices ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` asks JAX for (0 if none)."""
+    flags = (os.environ if environ is None else environ).get("XLA_FLAGS", "")
+    found = re.findall(r"--xla_force_host_platform_device_count=(\d+)", flags)
+    return int(found[-1]) if found else 0
+
+
+def xla_cpu_threads(environ=None) -> int:
+    """The threads XLA's CPU client runs device programs on: ``NPROC`` if set, else the cores."""
+    value = (os.environ if environ is None else environ).get("NPROC", "")
+    return int(value) if value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)
+
+
+def threads_for_cpu_devices(devices: int) -> int:
+    """Threads XLA's CPU client should have for ``devices`` CPU devices that run collectives.
+
+    Each device's program holds one pool thread while it waits in a collective for the others.
+    With as many threads as devices (2 virtual devices on 2 cores), two programs in flight can hold
+    every thread, each waiting for a device whose turn never comes: XLA aborts the process after
+    40 s ("Termination timeout for all gather"). Measured here under load: 1 abort in 5 runs of
+    tests/test_backends.py's two-device training with 2 threads, none in 6 with 8."""
+    return 4 * devices
+
+
+def make_room_for_cpu_devices(environ=None) -> None:
+    """Give XLA's CPU client ``threads_for_cpu_devices`` threads when ``XLA_FLAGS`` asks for several
+    virtual CPU devices and neither ``NPROC`` nor the cores provide them. XLA reads ``NPROC`` once,
+    when JAX first makes its CPU client: this runs before Keras on JAX is imported."""
+    environ = os.environ if environ is None else environ
+    devices = virtual_cpu_devices(environ)
+    if devices > 1 and "NPROC" not in environ and xla_cpu_threads(environ) < threads_for_cpu_devices(devices):
+        environ["NPROC"] = str(threads_for_cpu_devices(devices))
+        logger.debug("NPROC=%s: %d virtual CPU devices need that many XLA threads", environ["NPROC"], devices)
+
+
 #: The backends training runs on (``finetune --backend``); conversion and evaluation need TensorFlow.
 TRAINING_BACKENDS = ("tensorflow", "jax")
+
+
+def _jax_has_devices() -> bool:
+    """True once JAX has made its clients (after which ``NPROC`` no longer counts)."""
+    if "jax" not in sys.modules:
+        return False
+    from jax._src import xla_bridge  # no public way to ask without making them
+
+    return xla_bridge.backends_are_initialized()
 
 
 def import_keras(backends=("tensorflow",)):
@@ -166,6 +211,8 @@ def import_keras(backends=("tensorflow",)):
             f"Keras uses the {backend!r} backend (KERAS_BACKEND), but this runs on {' or '.join(backends)}: set "
             f"KERAS_BACKEND={backends[0]} before Python starts (or before the first `import keras`), then retry."
         )
+    if backend == "jax" and not _jax_has_devices():
+        make_room_for_cpu_devices()
     import_tensorflow()  # KerasHub's tokenizers run on TensorFlow whatever the backend
     try:
         with quiet_native():

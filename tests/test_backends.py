@@ -27,6 +27,7 @@ def run_jax(script: str, *, devices: int = 1, timeout: int = 900) -> dict:
     """Run ``script`` in a process whose Keras runs on JAX; it prints one JSON line last, returned."""
     env = {**os.environ, "KERAS_BACKEND": "jax", "LLM_TFLITE_NO_PROGRESS": "1",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    env.pop("NPROC", None)  # what XLA's CPU client gets is the library's doing
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, env=env,
                           timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -144,15 +145,56 @@ def test_data_parallel_on_two_devices_equals_one_and_model_parallel_lowers_loss(
         two = two_model.get_weights()
         on = len(two_model.backbone.token_embedding.embeddings.value.sharding.device_set)
         r = finetune({SHIPPED!r}, data, distribution="model", mesh="1x2", **kw)
+        import os
         print(json.dumps({{"devices": keras.distribution.list_devices(), "data_parallel_on": on,
+                          "nproc": os.environ.get("NPROC"),
                           "diff": max(float(np.abs(a - b).max()) for a, b in zip(one, two)),
                           "before": r.before["nats_per_token"], "after": r.after["nats_per_token"],
                           "sharding": str(r.model.backbone.token_embedding.embeddings.value.sharding.spec)}}))
     """, devices=2)
     assert out["devices"] == ["cpu:0", "cpu:1"] and out["data_parallel_on"] == 2  # replicated on both
+    # XLA's CPU client got threads enough for two devices' collectives (on 2 cores it aborted 1 run in 5)
+    assert out["nproc"] == ("8" if (os.cpu_count() or 1) < 8 else None), out
     assert out["diff"] < 1e-5, out
     assert out["after"] < out["before"], out
     assert "model" in out["sharding"], out
+
+
+def test_virtual_cpu_devices_get_threads_enough_for_their_collectives(monkeypatch):
+    """XLA_FLAGS asking for several CPU devices on few cores: NPROC (XLA's CPU thread count) becomes 4 per
+    device, unless the user set it or the cores suffice; a process whose JAX started first is warned."""
+    from llm_tflite.console import make_room_for_cpu_devices, virtual_cpu_devices
+
+    flags = "--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count=2"
+    assert virtual_cpu_devices({"XLA_FLAGS": flags}) == 2 and virtual_cpu_devices({}) == 0
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    environ = {"XLA_FLAGS": flags}
+    make_room_for_cpu_devices(environ)
+    assert environ["NPROC"] == "8"
+    for untouched in ({"XLA_FLAGS": flags, "NPROC": "3"}, {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
+                      {}):
+        before = dict(untouched)
+        make_room_for_cpu_devices(untouched)
+        assert untouched == before
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    environ = {"XLA_FLAGS": flags}
+    make_room_for_cpu_devices(environ)
+    assert "NPROC" not in environ
+
+    env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": flags}
+    env.pop("NPROC", None)
+    script = """
+        import jax, keras
+        jax.devices()  # JAX's CPU client exists before llm-tflite sees the process
+        from llm_tflite.console import import_keras
+        from llm_tflite.training.distribution import make_distribution
+        make_distribution(import_keras(("jax",)), "data")
+    """
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    if (os.cpu_count() or 1) < 8:
+        assert "2 CPU devices on" in done.stderr and "set NPROC=8 before JAX starts" in done.stderr, done.stderr
 
 
 def test_training_options_are_checked_before_the_model_loads(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 
+from llm_tflite.console import logger, threads_for_cpu_devices, xla_cpu_threads
 from llm_tflite.errors import InvalidArgumentError, UnsupportedRuntimeError
 
 DISTRIBUTIONS = ("data", "model")
@@ -58,6 +59,16 @@ def standard_layout_map(keras, mesh, model_dim: str = "model", data_dim: str = "
     return layout_map
 
 
+def _warn_if_cpu_devices_lack_threads(devices) -> None:
+    """Several CPU devices on too few XLA threads can abort mid-training (``console.threads_for_cpu_devices``);
+    ``console.import_keras`` prevents it unless JAX made its CPU client before llm-tflite saw it."""
+    needed = threads_for_cpu_devices(len(devices))
+    if len(devices) > 1 and all(str(d).startswith("cpu") for d in devices) and xla_cpu_threads() < needed:
+        logger.warning("%d CPU devices on %d XLA threads can deadlock in a collective (XLA then aborts after 40 s): "
+                       "set NPROC=%d before JAX starts (before anything in this process uses JAX)",
+                       len(devices), xla_cpu_threads(), needed)
+
+
 def make_distribution(keras, kind: str, *, mesh=None, backbone_class=None, batch_size: int | None = None):
     """A ``keras.distribution`` for ``kind`` (``"data"`` or ``"model"``), on every device there is."""
     if kind not in DISTRIBUTIONS:
@@ -68,6 +79,7 @@ def make_distribution(keras, kind: str, *, mesh=None, backbone_class=None, batch
     if several_hosts():
         keras.distribution.initialize()  # several hosts: the coordinator and this process' id from the environment
     devices = keras.distribution.list_devices()
+    _warn_if_cpu_devices_lack_threads(devices)
     if kind == "data":
         if batch_size is not None and batch_size % len(devices):
             raise InvalidArgumentError(f"data parallelism splits each batch over {len(devices)} devices: make "
