@@ -22,6 +22,32 @@ def shakespeare_text() -> str:
     return SHAKESPEARE.read_text(encoding="utf-8")
 
 
+def _dequantized(state: dict) -> dict:
+    """An int8 state's caches as float32 (values times their per-slot scales), and their scales."""
+    import numpy as np
+
+    return {name: (state[name].astype(np.float32) * state[f"{name}_scale"], state[f"{name}_scale"])
+            for name in state if not name.endswith("_scale")}
+
+
+def assert_int8_caches_within_half_a_step(int8_state: dict, float_state: dict, slots: int) -> None:
+    """Each written slot of the first layer's int8 caches (whose keys and values depend on the tokens
+    alone, not on earlier layers' attention) is the float32 file's vector rounded to 127 steps of its
+    largest magnitude: its scale that magnitude / 127, each element within half a step."""
+    import numpy as np
+
+    for name, (values, scales) in _dequantized(int8_state).items():
+        if not name.endswith("_0"):
+            continue
+        axis = 2 if name.startswith("kv_cache_k_") else 3
+        used = [slice(None)] * 4
+        used[axis] = slice(0, slots)
+        got, want, step = values[tuple(used)], float_state[name][tuple(used)], scales[tuple(used)]
+        assert np.all(np.abs(got - want) <= step / 2 * 1.001 + 1e-7), name
+        np.testing.assert_allclose(step.squeeze(), (np.abs(want).max(axis=5 - axis) / 127).squeeze(), rtol=1e-5,
+                                   atol=1e-9)
+
+
 def assert_same_as_ai_edge_quantizer(bound_path, float_path, strategy: str) -> None:
     """``strategy``'s file, with int4 weights bound into the graph, is the file ai-edge-quantizer's
     blockwise recipe writes from the float32 file: the same constants (values, float16 scales,

@@ -29,6 +29,9 @@ def cmd_convert(args) -> int:
         if args.mode != "prefill_decode":
             raise InvalidArgumentError("--format litertlm needs --mode prefill_decode: LiteRT-LM runs prefill_decode "
                                        "files (its loop is the engine's)")
+        if args.kv_cache != "float32":
+            raise InvalidArgumentError(f"--format litertlm needs float32 caches, not --kv-cache {args.kv_cache}: "
+                                       "LiteRT-LM takes every kv_cache_* input for a cache of its own layout")
         check_writable(args.output)
         find_builder()
 
@@ -45,6 +48,7 @@ def cmd_convert(args) -> int:
         score_lengths="auto" if args.score_lengths is None else args.score_lengths,
         ring_caches=not (args.no_ring_caches or bundle),  # LiteRT-LM 0.18: the shortest cache is its token limit
         decode_windows="auto" if args.decode_windows is None else args.decode_windows,
+        kv_cache=args.kv_cache,
         batch_sizes=args.batch_sizes or (),
         max_length=args.max_length,
         sampler=args.sampler,
@@ -99,6 +103,7 @@ def add_commands(cli) -> None:
     from llm_tflite.export.converter import DEFAULT_PREFILL_LENGTHS, EXPORT_MODES
     from llm_tflite.runtime import sampling
     from llm_tflite.runtime.sampling import GENERATE_SAMPLERS
+    from llm_tflite.litert.metadata import KV_CACHE_TYPES
 
     p = cli.add_parser("convert", help="convert a model to a .tflite file")
     p.add_argument("model", help="preset name (llm-tflite plugins lists them), KerasHub handle, or local preset directory")
@@ -124,6 +129,9 @@ def add_commands(cli) -> None:
                    help="prefill_decode: local (sliding-window) layers keep a cache of the whole context, not "
                    "their window plus the longest prefill (always so for --format litertlm: LiteRT-LM 0.18 "
                    "takes the shortest cache as its token limit)")
+    p.add_argument("--kv-cache", choices=KV_CACHE_TYPES, default="float32",
+                   help="prefill_decode: the caches' type; int8 keeps one float32 scale per slot and head beside "
+                   "int8 values: about a quarter of the memory (not for LiteRT-LM)")
     p.add_argument("--decode-windows", type=int_list,
                    help="prefill_decode: decode signatures that attend over the first W cache slots only, used while "
                    "the position is below W (default: 128, 256, ... below the context; '' for none)")

@@ -159,6 +159,10 @@ def build_bundle(model_path, output, *, max_num_tokens: int | None = None) -> st
         raise ModelFileError(f"in {model_path!r} the local layers' caches keep only their window (ring caches), "
                              "which LiteRT-LM 0.18 cannot run: it takes the shortest cache as its token limit; "
                              "convert the model again with --no-ring-caches (ring_caches=False) for LiteRT-LM")
+    if record["kv_cache"].get("dtype", "float32") != "float32":
+        raise ModelFileError(f"{model_path!r} keeps int8 caches with their scales beside them, which LiteRT-LM "
+                             "cannot run: it takes every kv_cache_* input for a float cache of its own layout; "
+                             "convert the model again without --kv-cache int8 for LiteRT-LM")
     if max_num_tokens is not None and not 1 <= max_num_tokens <= record["context_length"]:
         raise InvalidArgumentError(f"max_num_tokens must be 1..{record['context_length']} (the file's context), "
                                    f"got {max_num_tokens}")

@@ -8,7 +8,8 @@ import os
 import tempfile
 
 from llm_tflite.litert.flatbuffer import check_writable, non_builtin_ops, write_atomic
-from llm_tflite.litert.metadata import FORMAT_VERSION, MAX_BATCH_SIZE, add_metadata
+from llm_tflite.litert.metadata import (FORMAT_VERSION, KV_CACHE_TYPES, MAX_BATCH_SIZE, QUANTIZED_CACHE_FORMAT,
+                                        add_metadata)
 from llm_tflite.errors import ConversionError, InvalidArgumentError, LLMTFLiteError, ModelSourceError
 from llm_tflite.console import import_tensorflow, keras_backend, logger, progress, quiet_native
 from llm_tflite.quantize.base import Quantizer
@@ -277,6 +278,10 @@ class Converter:
         ring_caches: ``prefill_decode`` mode: a local (sliding-window) layer's caches hold its window
             plus the longest prefill, not the whole context (``families.ops.Ring``; Gemma 3: 5 of 6
             layers). Default True; False for the naive layout.
+        kv_cache: ``prefill_decode`` mode: the caches' type, ``"float32"`` (default) or ``"int8"``: int8
+            values with one float32 scale per slot and head (``families.ops.Quantized``), about a
+            quarter of the memory and of what a step reads late in the context. LiteRT-LM cannot run
+            them (its engine takes every ``kv_cache_*`` input for a cache of the model's layout).
         decode_windows: ``decode_window_{W}`` signatures, which attend over the first ``W`` cache
             slots only, used while the position is below ``W`` (default ``"auto"``: 128, 256, ...
             below the context; ``()`` for none).
@@ -299,7 +304,7 @@ class Converter:
 
     def __init__(self, mode="prefill_decode", quantize="none", *, context_length=None,
                  prefill_lengths=DEFAULT_PREFILL_LENGTHS, score_lengths="auto", ring_caches=True, decode_windows="auto",
-                 max_length=100, sampler="greedy", seed=None,
+                 kv_cache="float32", max_length=100, sampler="greedy", seed=None,
                  temperature=sampling.TEMPERATURE, top_k=sampling.TOP_K, top_p=sampling.TOP_P,
                  calibration=None, hidden_states=False, chat_template=None, batch_sizes=()):
         if mode not in EXPORT_MODES:
@@ -342,6 +347,11 @@ class Converter:
             raise InvalidArgumentError(f"score_lengths must be 'auto' or positive integers, got {score_lengths!r}")
         self.score_lengths = score_lengths if score_lengths == "auto" else tuple(sorted(set(score_lengths)))
         self.ring_caches = bool(ring_caches)
+        if kv_cache not in KV_CACHE_TYPES:
+            raise InvalidArgumentError(f"kv_cache must be one of {', '.join(KV_CACHE_TYPES)}, not {kv_cache!r}")
+        if kv_cache != "float32" and mode != "prefill_decode":
+            raise InvalidArgumentError("kv_cache is a prefill_decode option (a generate graph keeps its caches inside)")
+        self.kv_cache = kv_cache
         if decode_windows != "auto" and not all(isinstance(w, int) and w >= 1 for w in decode_windows):
             raise InvalidArgumentError(f"decode_windows must be 'auto' or positive integers, got {decode_windows!r}")
         self.decode_windows = decode_windows if decode_windows == "auto" else tuple(sorted(set(decode_windows)))
@@ -363,7 +373,7 @@ class Converter:
             "mode": mode, "quantize": self.quantizer.name, "context_length": context_length,
             "prefill_lengths": list(self.prefill_lengths),
             "score_lengths": self.score_lengths if score_lengths == "auto" else list(self.score_lengths),
-            "ring_caches": self.ring_caches,
+            "ring_caches": self.ring_caches, "kv_cache": self.kv_cache,
             "decode_windows": self.decode_windows if decode_windows == "auto" else list(self.decode_windows),
             "max_length": max_length, "sampler": sampler, "seed": seed, "temperature": temperature, "top_k": top_k,
             "top_p": top_p, "calibration": calibration_source, "hidden_states": self.hidden_states,
@@ -517,7 +527,7 @@ class Converter:
             if self.batch_sizes and not fam.batched_decode:
                 raise ConversionError(f"family {fam.name!r} does not say its forward pass can decode a batch "
                                       "(ModelFamily.batched_decode); convert without batch_sizes")
-            spec = fam.kv_cache_spec(lm)
+            spec = self._kv_cache_spec(fam, lm)
             prefill_lengths = [n for n in self.prefill_lengths if n <= context_length]
             score_lengths = [n for n in (prefill_lengths[-1:] if self.score_lengths == "auto" else self.score_lengths)
                              if n <= context_length]
@@ -528,6 +538,10 @@ class Converter:
                                                          self.ring_caches)
             else:
                 del kv_cache["sliding_windows"]
+            if spec.dtype == "float32":  # the type every reader knows
+                del kv_cache["dtype"]
+            else:  # readers before format 4 would take the scales for caches and call the file damaged
+                record["format"] = QUANTIZED_CACHE_FORMAT
             record.update(
                 context_length=context_length,
                 prefill_lengths=prefill_lengths,
@@ -560,13 +574,17 @@ class Converter:
                 "Try another strategy (llm-tflite plugins lists them); if it comes from a plugin, report it there."
             ) from e
 
+    def _kv_cache_spec(self, fam, lm):
+        """The family's cache spec with this converter's cache type."""
+        return dataclasses.replace(fam.kv_cache_spec(lm), dtype=self.kv_cache)
+
     def _signatures(self, tf, fam, lm, metadata, weights=None):
         """``(key, converted single-signature flatbuffer, input names, output names)`` per signature,
         one at a time (merged as they come: ``SignatureMerger``)."""
         from llm_tflite.export.prefill_decode import (input_names, output_names, signature_function, signatures,
                                                       weight_names)
 
-        spec = fam.kv_cache_spec(lm)
+        spec = self._kv_cache_spec(fam, lm)
         extra = weight_names(weights) if weights is not None else []
         table = signatures(metadata["prefill_lengths"], metadata["decode_windows"], metadata["decode_batch_sizes"],
                            metadata["score_lengths"])

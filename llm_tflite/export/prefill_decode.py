@@ -11,7 +11,8 @@ vocabularies (Gemma 3: 1.7x). ``score_{L}``: the same inputs, outputs ``logits``
 ``decode``: inputs as ``prefill_1``, outputs ``logits`` ``[1, 1, vocab]`` and the caches.
 ``decode_window_{W}``: ``decode`` attending over the first
 ``W`` cache slots only, for positions below ``W`` (cheaper early in a long context; LiteRT-LM
-uses ``decode`` and ignores them). Caches are float32 in LiteRT-LM's layout:
+uses ``decode`` and ignores them). Caches are float32 (or int8 with ``kv_cache_k_{i}_scale`` /
+``kv_cache_v_{i}_scale`` beside them: ``KVCacheSpec.dtype``) in LiteRT-LM's layout:
 ``kv_cache_k_{i}`` ``[1, kv_heads, context_length, head_dim]`` and ``kv_cache_v_{i}``
 ``[1, kv_heads, head_dim, context_length]`` (metadata ``kv_cache_layout: "transposed"``; files
 written before it hold both as ``[1, context_length, kv_heads, head_dim]`` and still run).
@@ -31,16 +32,27 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from llm_tflite.families.base import KVCacheSpec
-from llm_tflite.families.ops import Ring, Rows, attention_window, cache_shapes
+from llm_tflite.families.ops import Quantized, Ring, Rows, attention_window, cache_shapes
 from llm_tflite.litert.bind import WEIGHT_PREFIX
 from llm_tflite.runtime.prefill_decode import decode_batch_name, row_cache_name  # the runtime reads these names
 
 
 def cache_names(spec: KVCacheSpec) -> list[str]:
+    """Each layer's caches in order: keys, values (and with int8 caches their scales)."""
     names = []
     for i in range(spec.num_layers):
         names += [f"kv_cache_k_{i}", f"kv_cache_v_{i}"]
+        if spec.dtype == "int8":
+            names += [f"kv_cache_k_{i}_scale", f"kv_cache_v_{i}_scale"]
     return names
+
+
+def cache_input_spec(spec: KVCacheSpec, name: str, length: int) -> tf.TensorSpec:
+    """The input ``name`` (``kv_cache_{k|v}_{i}[_scale][_row{b}]``) of a layer whose caches hold ``length`` slots."""
+    heads, dim = spec.num_kv_heads, (1 if "_scale" in name else spec.head_dim)  # a scale per slot and head
+    key, value = cache_shapes(heads, dim, length)
+    dtype = tf.int8 if spec.dtype == "int8" and "_scale" not in name else tf.float32
+    return tf.TensorSpec(key if "_k_" in name else value, dtype, name=name)
 
 
 def batch_cache_names(spec: KVCacheSpec, rows: int) -> list[str]:
@@ -100,8 +112,8 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
     into the graph as constants.
     """
     lengths = lengths or [context_length] * spec.num_layers
-    shapes = [cache_shapes(spec.num_kv_heads, spec.head_dim, n) for n in lengths]
     names = batch_cache_names(spec, rows) if rows else cache_names(spec)
+    per_layer = 4 if spec.dtype == "int8" else 2  # keys, values (scales)
 
     def layer(name: str) -> int:
         return int(name.split("_")[3])  # kv_cache_k_{i}(_row{b})
@@ -109,7 +121,7 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
     input_signature = [
         tf.TensorSpec([rows, 1] if rows else [1, length], tf.int32, name="tokens"),
         tf.TensorSpec([rows or length], tf.int32, name="input_pos"),
-    ] + [tf.TensorSpec(shapes[layer(name)][0 if "_k_" in name else 1], tf.float32, name=name) for name in names]
+    ] + [cache_input_spec(spec, name, lengths[layer(name)]) for name in names]
     if weights is not None:
         input_signature += [tf.TensorSpec(v.shape, v.dtype, name=name) for v, name in zip(weights, weight_names(weights))]
 
@@ -123,12 +135,17 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
             return forward(tokens, input_pos, rest[: len(names)])
 
     def forward(tokens, input_pos, flat_caches):
+        step = per_layer * (rows or 1)
+        layers = [list(flat_caches[i : i + step]) for i in range(0, len(flat_caches), step)]
         if rows:  # the B rows as B tokens of one sequence, each with its own caches and position
             tokens = tf.reshape(tokens, [1, rows])
-            layers = [flat_caches[i : i + 2 * rows] for i in range(0, len(flat_caches), 2 * rows)]
-            caches = [(Rows(layer[:rows]), Rows(layer[rows:])) for layer in layers]
-        else:
-            caches = list(zip(flat_caches[0::2], flat_caches[1::2]))
+            layers = [[layer[j * rows : (j + 1) * rows] for j in range(per_layer)] for layer in layers]
+        if per_layer == 4:  # int8 values and their scales: one Quantized cache (per row)
+            layers = [[Rows(map(Quantized, zip(v, s))) if rows else Quantized((v, s))
+                       for v, s in ((layer[0], layer[2]), (layer[1], layer[3]))] for layer in layers]
+        elif rows:
+            layers = [[Rows(part) for part in layer] for layer in layers]
+        caches = [tuple(layer) for layer in layers]
         caches = [Ring(pair) if n < context_length else pair for pair, n in zip(caches, lengths)]
         if hidden_states and logits:
             logits_, new_caches, hidden = family.forward_with_hidden_states(model, tokens, input_pos, caches)
@@ -139,13 +156,12 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
         if rows:
             outputs = {key: tf.reshape(value, [rows, 1, -1]) for key, value in outputs.items()}
         for i, (k, v) in enumerate(new_caches):
-            if rows:
-                for b in range(rows):
-                    outputs[row_cache_name(f"kv_cache_k_{i}", b)] = k[b]
-                    outputs[row_cache_name(f"kv_cache_v_{i}", b)] = v[b]
-            else:
-                outputs[f"kv_cache_k_{i}"] = k
-                outputs[f"kv_cache_v_{i}"] = v
+            for b, (row_k, row_v) in enumerate(zip(k, v) if rows else [(k, v)]):
+                named = {f"kv_cache_k_{i}": row_k, f"kv_cache_v_{i}": row_v}
+                if per_layer == 4:
+                    named = {f"kv_cache_k_{i}": row_k[0], f"kv_cache_v_{i}": row_v[0],
+                             f"kv_cache_k_{i}_scale": row_k[1], f"kv_cache_v_{i}_scale": row_v[1]}
+                outputs.update({row_cache_name(name, b) if rows else name: t for name, t in named.items()})
         return outputs
 
     with attention_window(window):

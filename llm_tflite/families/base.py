@@ -33,6 +33,11 @@ class KVCacheSpec:
     #: local layer's caches may hold only its window plus a chunk (``families.ops.Ring``): the
     #: converter decides (``Converter(ring_caches=...)``) and records each cache's length.
     sliding_windows: tuple = ()
+    #: The caches' type, the converter's choice (``Converter(kv_cache=...)``): ``float32``, or ``int8``
+    #: values with one float32 scale per slot and head beside them, ``kv_cache_k_{i}_scale``
+    #: ``[1, heads, context, 1]`` and ``kv_cache_v_{i}_scale`` ``[1, heads, 1, context]``
+    #: (``families.ops.Quantized``, what a family's cache pair then holds).
+    dtype: str = "float32"
 
     def cache_lengths(self, context_length: int, longest_chunk: int, ring: bool = True) -> list[int]:
         """Each layer's cache length: the context, or for a local layer (with ``ring``) its window

@@ -47,6 +47,14 @@ class Ring(tuple):
     ``(p - slot) mod R``: visible when it is below the window and not before position 0."""
 
 
+class Quantized(tuple):
+    """An int8 cache ``(values, scales)`` (``Converter(kv_cache="int8")``): ``values`` int8 in a float
+    cache's layout, ``scales`` float32 with the head-dimension axis of size 1 (keys ``[1, H, C, 1]``,
+    values ``[1, H, 1, C]``), so slot ``c`` of head ``h`` holds ``values * scale``. A written vector is
+    quantized to 127 steps of its largest magnitude; attention reads the int8 values as they are and
+    applies the scales where they factor out: keys' to the scores, values' to the probabilities."""
+
+
 def cache_shapes(num_kv_heads: int, head_dim: int, context_length: int) -> tuple[list[int], list[int]]:
     """``(key cache shape, value cache shape)`` of one layer."""
     return [1, num_kv_heads, context_length, head_dim], [1, num_kv_heads, head_dim, context_length]
@@ -85,6 +93,12 @@ def update_value_cache(cache: tf.Tensor, value: tf.Tensor, input_pos: tf.Tensor,
 def _write(cache, update, input_pos, axis: int, ring: bool = False):
     """``update`` into ``cache`` from ``input_pos[0]`` along ``axis`` (DYNAMIC_UPDATE_SLICE); ``ring``: from
     ``input_pos[0] mod C``, the part past the end going to the start."""
+    if isinstance(cache, Quantized):  # one scale per slot and head: over the head dimension, the other axis
+        values, scales = cache
+        scale = tf.reduce_max(tf.abs(update), axis=5 - axis, keepdims=True) / 127.0
+        steps = tf.round(update / tf.maximum(scale, tf.constant(1e-30, update.dtype)))
+        return Quantized((_write(values, tf.cast(steps, tf.int8), input_pos, axis, ring),
+                          _write(scales, scale, input_pos, axis, ring)))
     zero = tf.zeros([], tf.int32)
     capacity, length = cache.shape[axis], update.shape[axis]
     start = tf.math.floormod(input_pos[0], capacity) if ring else input_pos[0]
@@ -128,11 +142,9 @@ def causal_attention(query, key_cache, value_cache, input_pos, *, scale: float |
         if not isinstance(key_cache, Rows):
             key_cache, value_cache = Rows([key_cache]), Rows([value_cache])
         return _decode_attention(query, key_cache, value_cache, input_pos, scale, soft_cap, sliding_window, ring)
-    capacity = key_cache.shape[2]
-    window = _window[0]
-    if window is not None and window < key_cache.shape[2]:  # the slots a decode window may see
-        key_cache, value_cache = key_cache[:, :, :window, :], value_cache[:, :, :, :window]
-    kv_heads = key_cache.shape[1]
+    capacity = _slots(key_cache)
+    key_cache, value_cache = _first_slots(key_cache, value_cache, _window[0])
+    kv_heads = _part(key_cache).shape[1]
     group = num_heads // kv_heads
     query = query * tf.constant(1.0 / head_dim**0.5 if scale is None else scale, query.dtype)
     if None in query.shape:  # a generate graph (dynamic batch and length): repeated caches, as KerasHub does
@@ -141,16 +153,53 @@ def causal_attention(query, key_cache, value_cache, input_pos, *, scale: float |
     # are read as laid out (no repeated copy of them per call), as a decode step does
     query = tf.reshape(tf.transpose(tf.reshape(query, [length, kv_heads, group, head_dim]), [1, 2, 0, 3]),
                        [1, kv_heads, group * length, head_dim])
-    scores = tf.matmul(query, key_cache, transpose_b=True)  # [1, kv_heads, group * L, C]
+    scores = _scores(query, key_cache)  # [1, kv_heads, group * L, C]
     scores = _soft_capped(scores, soft_cap)
-    visible = _visible(input_pos, key_cache.shape[2], sliding_window, capacity if ring else None)  # [L, C]
+    visible = _visible(input_pos, _slots(key_cache), sliding_window, capacity if ring else None)  # [L, C]
     if group > 1:
         visible = tf.tile(visible, [group, 1])  # [group * L, C], in the query's order
     scores = scores + tf.where(visible, tf.constant(0.0, scores.dtype), tf.constant(-1e9, scores.dtype))
-    probs = tf.nn.softmax(scores, axis=-1)
-    out = tf.matmul(probs, value_cache, transpose_b=True)  # [1, kv_heads, group * L, D]
+    out = _context(tf.nn.softmax(scores, axis=-1), value_cache)  # [1, kv_heads, group * L, D]
     return tf.reshape(tf.transpose(tf.reshape(out, [kv_heads, group, length, head_dim]), [2, 0, 1, 3]),
                       [1, length, num_heads, head_dim])
+
+
+def _part(cache):
+    """A cache's values tensor (a ``Quantized`` cache's int8 values, or the cache itself)."""
+    return cache[0] if isinstance(cache, Quantized) else cache
+
+
+def _slots(key_cache) -> int:
+    return _part(key_cache).shape[2]
+
+
+def _first_slots(key_cache, value_cache, window):
+    """The caches' first ``window`` slots (all with None or a window past their end): a decode window's."""
+    if window is None or window >= _slots(key_cache):
+        return key_cache, value_cache
+    if isinstance(key_cache, Quantized):
+        return (Quantized(t[:, :, :window, :] for t in key_cache), Quantized(t[:, :, :, :window] for t in value_cache))
+    return key_cache[:, :, :window, :], value_cache[:, :, :, :window]
+
+
+def _scores(query, key_cache):
+    """``query`` ``[1, kv_heads, Q, D]`` times the keys ``[1, kv_heads, C, D]``: ``[1, kv_heads, Q, C]``. An int8
+    cache's values are multiplied as they are (cast), its per-slot scales applied to the scores."""
+    if not isinstance(key_cache, Quantized):
+        return tf.matmul(query, key_cache, transpose_b=True)
+    values, scales = key_cache
+    _, heads, slots, _ = values.shape
+    scores = tf.matmul(query, tf.cast(values, query.dtype), transpose_b=True)
+    return scores * tf.reshape(scales, [1, heads, 1, slots])  # [1, H, C, 1] is [1, H, 1, C] in memory
+
+
+def _context(probs, value_cache):
+    """``probs`` ``[1, kv_heads, Q, C]`` times the values ``[1, kv_heads, D, C]``: ``[1, kv_heads, Q, D]``. An
+    int8 cache's per-slot scales weight the probabilities first."""
+    if not isinstance(value_cache, Quantized):
+        return tf.matmul(probs, value_cache, transpose_b=True)
+    values, scales = value_cache
+    return tf.matmul(probs * scales, tf.cast(values, probs.dtype), transpose_b=True)
 
 
 def _soft_capped(scores, soft_cap):
@@ -180,6 +229,8 @@ def _visible(input_pos, context: int, sliding_window, ring: int | None = None):
 def _attention_repeating_caches(query, key_cache, value_cache, input_pos, group, soft_cap, sliding_window):
     """``causal_attention`` (``query`` already scaled) with the key/value heads repeated ``group`` times:
     for graphs whose shapes are not all known."""
+    if isinstance(key_cache, Quantized):
+        raise TypeError("int8 caches are for prefill_decode files, whose shapes are known")
     if group > 1:
         key_cache = tf.repeat(key_cache, group, axis=1)
         value_cache = tf.repeat(value_cache, group, axis=1)
@@ -197,7 +248,7 @@ def _decode_attention(query, key_caches: Rows, value_caches: Rows, input_pos, sc
     by the key head they share (no repeated caches) and scaled for all rows at once; each row
     attends over its own caches; one reshape back."""
     rows, (_, _, num_heads, head_dim) = len(key_caches), query.shape
-    kv_heads = key_caches[0].shape[1]
+    kv_heads = _part(key_caches[0]).shape[1]
     query = tf.reshape(query, [rows, kv_heads, num_heads // kv_heads, head_dim])
     query = query * tf.constant(1.0 / head_dim**0.5 if scale is None else scale, query.dtype)
     queries, positions = (tf.split(query, rows), tf.split(input_pos, rows)) if rows > 1 else ([query], [input_pos])
@@ -209,12 +260,10 @@ def _decode_attention(query, key_caches: Rows, value_caches: Rows, input_pos, sc
 def _attend_one(query, key_cache, value_cache, input_pos, soft_cap, sliding_window, ring: bool = False):
     """One row's attention: ``query`` ``[1, kv_heads, group, D]`` (scaled) against its caches as laid out
     (two matrix products), the mask as an added bias; its context ``[1, kv_heads, group, D]``."""
-    capacity = key_cache.shape[2]
-    window = _window[0]
-    if window is not None and window < key_cache.shape[2]:  # the slots a decode window may see
-        key_cache, value_cache = key_cache[:, :, :window, :], value_cache[:, :, :, :window]
-    scores = tf.matmul(query, key_cache, transpose_b=True)  # [1, kv_heads, group, C]
+    capacity = _slots(key_cache)
+    key_cache, value_cache = _first_slots(key_cache, value_cache, _window[0])
+    scores = _scores(query, key_cache)  # [1, kv_heads, group, C]
     scores = _soft_capped(scores, soft_cap)
-    visible = _visible(input_pos[:1], key_cache.shape[2], sliding_window, capacity if ring else None)[0]
+    visible = _visible(input_pos[:1], _slots(key_cache), sliding_window, capacity if ring else None)[0]
     scores = scores + tf.where(visible, tf.constant(0.0, scores.dtype), tf.constant(-1e9, scores.dtype))
-    return tf.matmul(tf.nn.softmax(scores, axis=-1), value_cache, transpose_b=True)
+    return _context(tf.nn.softmax(scores, axis=-1), value_cache)

@@ -7,7 +7,8 @@ the flatbuffer schema comes with ``ai_edge_litert`` (or TensorFlow as a fallback
 Fields: ``format`` (version), ``family``, ``export_mode``, ``quantization``,
 ``context_length``, ``prefill_lengths``, ``score_lengths`` (format 3: ``prefill_{L}`` outputs no
 logits, ``score_{L}`` does; before, ``prefill_{L}`` did), ``kv_cache`` (``num_layers``, ``num_kv_heads``, ``head_dim``; with
-local layers ``sliding_windows`` and each layer's cache ``lengths``), ``tokenizer`` (its own type and data),
+local layers ``sliding_windows`` and each layer's cache ``lengths``; format 4: ``dtype`` ``int8``, the
+caches int8 with ``kv_cache_{k|v}_{i}_scale`` beside them), ``tokenizer`` (its own type and data),
 ``bos_id``, ``eos_id``, ``add_bos``, ``default_sampler``, ``model`` (sizes), ``kv_cache``,
 ``chat`` (optional: ``template``, ``bos_token``, ``eos_token``, ``stop_token_ids``),
 and (format 2) ``sha256``: the checksum of the whole file with this field's value zeroed,
@@ -34,7 +35,11 @@ METADATA_NAME = "llm_tflite"
 #: Written by this version; 1 (no checksum) and 2 (logits from ``prefill_{L}``, no ``score_{L}``) are
 #: still read.
 FORMAT_VERSION = 3
-READABLE_FORMATS = (1, 2, 3)
+#: Written instead for int8 caches (``kv_cache.dtype``), which a format-3 reader cannot run.
+QUANTIZED_CACHE_FORMAT = 4
+READABLE_FORMATS = (1, 2, 3, 4)
+#: The caches' types (``Converter(kv_cache=...)``, the record's ``kv_cache.dtype``).
+KV_CACHE_TYPES = ("float32", "int8")
 CHECKSUM_KEY = "sha256"
 _UNSET_CHECKSUM = "0" * 64
 #: Longest chat template a record may carry (``llm_tflite.tokenizers.chat_template`` renders it).
@@ -239,6 +244,10 @@ def validate_record(record, where: str = "this file") -> dict:
                  "'kv_cache' sliding_windows must give each layer's window or null")
         _require(all(n == record["context_length"] or w is not None for n, w in zip(lengths, windows)), where,
                  "'kv_cache': only a layer with a sliding window may keep fewer slots than the context")
+        _require(cache.get("dtype", "float32") in KV_CACHE_TYPES and (cache.get("dtype", "float32") == "float32"
+                                                                      or fmt >= QUANTIZED_CACHE_FORMAT), where,
+                 f"'kv_cache' dtype must be one of {', '.join(KV_CACHE_TYPES)} (int8 from format "
+                 f"{QUANTIZED_CACHE_FORMAT})")
     else:
         _require(_is_int(record.get("max_length"), 1, 1 << 20), where, "'max_length' must be a positive integer")
     return record

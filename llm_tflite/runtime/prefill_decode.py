@@ -57,6 +57,10 @@ def decode_batch_name(rows: int, window: int | None = None) -> str:
     return f"decode_batch_{int(rows)}" + ("" if window is None else f"_window_{int(window)}")
 
 
+#: What a signature call costs beyond the tokens it computes, in tokens (``PrefillDecodeEngine.chunks``).
+CALL_COST = 16
+
+
 def row_cache_name(name: str, row: int) -> str:
     """A batched signature's input for row ``row`` of cache ``name``: ``kv_cache_k_0_row3``."""
     return f"{name}_row{row}"
@@ -300,11 +304,16 @@ class PrefillDecodeEngine(SequenceEngine):
         spec = metadata["kv_cache"]
         heads, dim, context = spec["num_kv_heads"], spec["head_dim"], self.context_length
         shapes = {}  # cache name -> shape; a local layer's may be shorter (a ring: llm_tflite.families.ops.Ring)
+        quantized = spec.get("dtype", "float32") == "int8"  # int8 values, a float32 scale per slot and head
         for i, length in enumerate(spec.get("lengths", [context] * spec["num_layers"])):
             if metadata.get("kv_cache_layout") == "transposed":  # LiteRT-LM's (llm_tflite.families.ops)
                 shapes.update({f"kv_cache_k_{i}": [1, heads, length, dim], f"kv_cache_v_{i}": [1, heads, dim, length]})
+                if quantized:
+                    shapes.update({f"kv_cache_k_{i}_scale": [1, heads, length, 1],
+                                   f"kv_cache_v_{i}_scale": [1, heads, 1, length]})
             else:  # files written before the layout was recorded
                 shapes.update({f"kv_cache_{kind}_{i}": [1, context, heads, dim] for kind in "kv"})
+        types = {name: "int8" if quantized and not name.endswith("_scale") else "float32" for name in shapes}
         caches = list(shapes)
         cache_shape = shapes["kv_cache_k_0"]
         hidden = {"hidden_states"} if self.has_hidden_states else set()
@@ -313,7 +322,7 @@ class PrefillDecodeEngine(SequenceEngine):
             expected = {"tokens": [1, length], "input_pos": [length],
                         **shapes}
             found = {key: list(value["shape"]) for key, value in inputs.items()}
-            same_types = all(str(inputs[c]["dtype"]) == "float32" and list(outputs[c]["shape"]) == expected[c]
+            same_types = all(np.dtype(inputs[c]["dtype"]) == types[c] and list(outputs[c]["shape"]) == expected[c]
                              for c in caches if c in inputs and c in outputs)
             scores = {"logits", *hidden} if self.outputs_logits(name) else set()
             if found != expected or set(outputs) != {*scores, *caches} or not same_types or \
@@ -329,8 +338,8 @@ class PrefillDecodeEngine(SequenceEngine):
             found = {key: list(value["shape"]) for key, value in inputs.items()}
             if found != expected or set(outputs) != {"logits", *row_caches, *hidden} or \
                     list(outputs["logits"]["shape"][:2]) != [rows, 1] or \
-                    any(str(inputs[c]["dtype"]) != "float32" or list(outputs[c]["shape"]) != row_caches[c]
-                        for c in row_caches):
+                    any(np.dtype(inputs[row_cache_name(c, b)]["dtype"]) != types[c]
+                        or list(outputs[row_cache_name(c, b)]["shape"]) != shapes[c] for c in caches for b in range(rows)):
                 raise ModelFileError(f"{path!r}: signature {name!r} does not match the file's record ({rows} rows, "
                                      f"cache {cache_shape}); the file is damaged or inconsistent, re-convert it")
 
@@ -366,16 +375,25 @@ class PrefillDecodeEngine(SequenceEngine):
                 buffer.write(arrays[name])
         return twin
 
-    def chunk_length(self, remaining: int, position: int, lengths: list[int]) -> int:
-        """Signature length of the next call, among ``lengths`` (of prefill or score signatures): the
-        longest no longer than ``remaining``, and for a rest shorter than all of them the shortest
-        (padded); 1 (decode) for a last token. A 64-token prompt runs as 32 + 32 rather than one 128
-        call doing twice the work; padding stays below the shortest length."""
-        fitting = [n for n in lengths if position + n <= self.context_length]
-        if not fitting or remaining == 1:
-            return 1
-        within = [n for n in fitting if n <= remaining]
-        return max(within) if within else min(fitting)
+    def chunks(self, count: int, position: int, lengths: list[int]) -> list[int]:
+        """Signature lengths of the calls that run ``count`` tokens from ``position``, among ``lengths``
+        (of prefill or score signatures) and 1 (decode): the cheapest plan, the last call padded.
+
+        A call costs its padded length plus ``CALL_COST`` tokens: every call reads all the weights
+        (GPT-2 124M float32: a prefill_8 call takes as long as ~20 tokens of a long prefill). So 63
+        tokens run as 32 + 32 (one token of padding), not 32 + 8 + 8 + 8 + 8; 64 as 32 + 32, not one
+        128 call doing twice the work; 100 as one 128 call; a single token through decode."""
+        end = position + count
+        best = [(0, 0)]  # tokens left -> (cost, first call's length)
+        for left in range(1, count + 1):
+            fitting = [1, *(n for n in lengths if end - left + n <= self.context_length)]
+            cost, n = min((CALL_COST + n + best[max(left - n, 0)][0], -n) for n in fitting)  # ties: longest first
+            best.append((cost, -n))
+        plan, left = [], count
+        while left:
+            plan.append(best[left][1])
+            left = max(left - plan[-1], 0)
+        return plan
 
     def call(self, name: str, inputs: dict) -> dict:
         """Run one signature on ``inputs`` (``tokens``, ``input_pos``, ``caches``: a state, updated in
@@ -499,9 +517,8 @@ class Sequence:
         engine = self.engine
         outputs, hiddens = [], []
         i = 0
-        while i < len(token_ids):
-            length = engine.chunk_length(len(token_ids) - i, self.position,
-                                         engine.score_lengths if score else engine.prefill_lengths)
+        for length in engine.chunks(len(token_ids), self.position,
+                                    engine.score_lengths if score else engine.prefill_lengths):
             chunk = token_ids[i : i + length]
             tokens = np.zeros((1, length), np.int32)
             tokens[0, : len(chunk)] = chunk
