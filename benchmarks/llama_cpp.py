@@ -206,7 +206,10 @@ def llama(gguf: pathlib.Path, threads: int, context: int, runs: int, extra: list
 
 def compare(args) -> dict:
     pairs = [tuple(pair.split(":")) for pair in args.pairs.split(",")]
-    files = {s: our_file(s, args.context, args.convert_args.split()) for s, _ in pairs}
+    # OURS is a strategy, or a strategy with int8 caches: dynamic_int8+kv-int8
+    files = {s: our_file(s.split("+")[0], args.context,
+                         args.convert_args.split() + (["--kv-cache", "int8"] if s.endswith("+kv-int8") else []))
+             for s, _ in pairs}
     ggufs = {k: gpt2_gguf(k) for _, k in pairs}
     runs = []
     for round_ in range(args.rounds):
@@ -289,7 +292,8 @@ def main() -> int:
     gguf = sub.add_parser("gguf", help="write GPT-2 124M (random weights) as GGUF; print its path")
     gguf.add_argument("kind", nargs="?", default="Q8_0", choices=["F32", "F16", "Q8_0", "Q4_0"])
     both = sub.add_parser("compare", help="both engines side by side; the ratios into --doc")
-    both.add_argument("--pairs", default=PAIRS, help=f"OURS:GGUF_TYPE,... (default: {PAIRS})")
+    both.add_argument("--pairs", default=PAIRS, help=f"OURS:GGUF_TYPE,... (default: {PAIRS}); OURS+kv-int8 "
+                      "converts with --kv-cache int8")
     both.add_argument("--rounds", type=int, default=2)
     both.add_argument("--runs", type=int, default=3, help="repetitions inside each engine's benchmark")
     both.add_argument("--threads", type=int, default=2)

@@ -184,6 +184,13 @@ def test_int8_caches_keep_each_slot_to_half_a_step_and_score_as_float32_caches_d
     record = read_metadata(paths["int8"])
     assert record["format"] == 4 and record["kv_cache"]["dtype"] == "int8"
     assert read_metadata(paths["float32"])["format"] == 3 and "dtype" not in read_metadata(paths["float32"])["kv_cache"]
+    # the cache reads and writes are DEQUANTIZE / QUANTIZE (scale 1), which XNNPACK runs, not CAST
+    from llm_tflite.litert.flatbuffer import builtin_code, tflite_schema, unpack_model
+
+    model, ops = unpack_model(paths["int8"].read_bytes()), tflite_schema().BuiltinOperator
+    decode = model.subgraphs[next(s.subgraphIndex for s in model.signatureDefs if s.signatureKey == b"decode")]
+    used = [builtin_code(model.operatorCodes[op.opcodeIndex]) for op in decode.operators]
+    assert ops.CAST not in used and used.count(ops.DEQUANTIZE) == used.count(ops.QUANTIZE) == 2 * 4  # 4 layers
     full, small = InterpreterRunner(paths["float32"]), InterpreterRunner(paths["int8"])
     specs = small.engine.cache_specs
     assert specs["kv_cache_k_0"] == ((1, 4, 256, 64), np.dtype("int8"))

@@ -583,6 +583,7 @@ class Converter:
         one at a time (merged as they come: ``SignatureMerger``)."""
         from llm_tflite.export.prefill_decode import (input_names, output_names, signature_function, signatures,
                                                       weight_names)
+        from llm_tflite.litert.rewrite import int8_casts_to_quantization
 
         spec = self._kv_cache_spec(fam, lm)
         extra = weight_names(weights) if weights is not None else []
@@ -602,8 +603,10 @@ class Converter:
                 # a weight bind_weights cannot store as int8 (RMSNorm families: Gemma's head, Qwen's MLP).
                 converter._experimental_disable_fuse_mul_and_fc = True
                 skip_freezing(converter, fn, tf)
-            yield (key, self._run_converter(converter), input_names(spec, rows) + extra,
-                   output_names(spec, self.hidden_states, rows, logits))
+            converted = self._run_converter(converter)
+            if spec.dtype == "int8":  # the cache casts as ops XNNPACK runs
+                converted = int8_casts_to_quantization(converted)
+            yield (key, converted, input_names(spec, rows) + extra, output_names(spec, self.hidden_states, rows, logits))
             del fn, converter
 
     def _convert_graph_then_bind(self, tf, fam, lm, metadata, spill_to=None) -> "_Binding":

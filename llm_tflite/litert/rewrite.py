@@ -293,3 +293,35 @@ def _repack_without_unread_buffers(schema, model) -> bytes:
             model.buffers[index] = schema.BufferT()
     drop_unused_buffers(model)
     return _pack(model)
+
+
+def int8_casts_to_quantization(tflite_model: bytes) -> bytes:
+    """Turn the ``CAST``s between int8 caches and float32 (``families.ops.Quantized``) into
+    ``DEQUANTIZE`` / ``QUANTIZE`` over int8 tensors of scale 1 and zero point 0.
+
+    The values are the same (a cast of an integer-valued float is exact, and so is quantizing one
+    with scale 1); the point is that XNNPACK runs ``DEQUANTIZE`` and ``QUANTIZE`` and never
+    ``CAST``, so with casts each layer's cache reads and writes left the delegate. Int8 tensors that
+    already carry quantization (a strategy's weights) are left alone."""
+    schema, model = _load(tflite_model)
+    ops, types = schema.BuiltinOperator, schema.TensorType
+    changed = False
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            if builtin_code(model.operatorCodes[op.opcodeIndex]) != ops.CAST:
+                continue
+            source, target = (subgraph.tensors[op.inputs[0]], subgraph.tensors[op.outputs[0]])
+            kind = {(types.INT8, types.FLOAT32): ops.DEQUANTIZE, (types.FLOAT32, types.INT8): ops.QUANTIZE}.get(
+                (source.type, target.type))
+            if kind is None:
+                continue
+            op.opcodeIndex = opcode_index(schema, model, kind)
+            op.builtinOptionsType, op.builtinOptions = 0, None
+            changed = True
+        for tensor in subgraph.tensors:
+            if tensor.type == types.INT8 and (tensor.quantization is None or not tensor.quantization.scale):
+                quantization = schema.QuantizationParametersT()
+                quantization.scale, quantization.zeroPoint, quantization.quantizedDimension = [1.0], [0], 0
+                tensor.quantization = quantization
+                changed = True
+    return _pack(model) if changed else tflite_model
