@@ -9,7 +9,7 @@ The source is the llama.cpp tree vendored by the ``llama-cpp-python`` sdist on P
 to llama.cpp from a machine that reaches package registries only): ``pip download --no-deps
 --no-binary :all: llama-cpp-python``, unpacked and built with CMake for this CPU (about 6 minutes
 on 2 cores), all under ``build/llama_cpp/`` and reused by later runs. ``LLAMA_CPP_DIR`` names an
-already unpacked tree instead (its ``build/bin`` is reused when it holds the tools).
+already unpacked tree instead (its ``build/bin`` is reused when it holds the tools, built without AMX).
 
 GGUF files: the same architecture as ``llm-tflite convert gpt2_base_en --random-weights``
 (12 layers, 768 wide, 12 heads, 3,072 MLP, 1,024 positions, 50,257 tokens) with random weights
@@ -35,6 +35,7 @@ import glob
 import json
 import os
 import pathlib
+import statistics
 import subprocess
 import sys
 
@@ -67,7 +68,8 @@ def tools() -> pathlib.Path:
     """The directory holding ``llama-server``, ``llama-bench`` and ``llama-quantize`` (built once)."""
     source = source_dir()
     bin_dir = source / "build" / "bin"
-    if all((bin_dir / tool).exists() for tool in TOOLS):
+    cache = source / "build" / "CMakeCache.txt"
+    if all((bin_dir / tool).exists() for tool in TOOLS) and "mno-amx" in (cache.read_text() if cache.exists() else ""):
         return bin_dir
     print("building llama.cpp (CPU, this machine's instructions; ~6 min on 2 cores)", file=sys.stderr)
     # This VM's CPU lists AMX, but the hypervisor does not enable its state: AMX tile instructions
@@ -233,12 +235,14 @@ def write_doc(result: dict, doc: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def ratios(strategy, name):
-        return [r["ours_figures"][name] / r["llama_cpp_figures"][name] for r in result["runs"] if r["ours"] == strategy]
+    def runs(strategy, kind):
+        return [r for r in result["runs"] if (r["ours"], r["llama_cpp"]) == (strategy, kind)]
 
-    def medians(strategy, engine, name):
-        values = sorted(r[engine][name] for r in result["runs"] if r["ours"] == strategy)
-        return values[len(values) // 2]
+    def ratios(strategy, kind, name):
+        return [r["ours_figures"][name] / r["llama_cpp_figures"][name] for r in runs(strategy, kind)]
+
+    def medians(strategy, kind, engine, name):
+        return statistics.median(r[engine][name] for r in runs(strategy, kind))
 
     extra = f", llama.cpp `{result['llama_args']}`" if result["llama_args"] else ""
     lines = [f"Measured {__import__('datetime').date.today()} on this machine ({os.cpu_count()} cores), GPT-2 124M "
@@ -248,7 +252,7 @@ def write_doc(result: dict, doc: pathlib.Path) -> None:
     for strategy, kind in result["pairs"]:
         cells = []
         for name in FIGURES:
-            values = ratios(strategy, name)
+            values = ratios(strategy, kind, name)
             low, high = min(values), max(values)
             cells.append(f"{low:.2f}x" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}x")
         lines.append(f"| {strategy} / {kind} | " + " | ".join(cells) + " |")
@@ -256,7 +260,7 @@ def write_doc(result: dict, doc: pathlib.Path) -> None:
               "| ours / llama.cpp | " + " | ".join(FIGURES) + " |", "|---|" + "---:|" * len(FIGURES)]
     for strategy, kind in result["pairs"]:
         lines.append(f"| {strategy} / {kind} | " + " | ".join(
-            f"{medians(strategy, 'ours_figures', n):.1f} / {medians(strategy, 'llama_cpp_figures', n):.1f}"
+            f"{medians(strategy, kind, 'ours_figures', n):.1f} / {medians(strategy, kind, 'llama_cpp_figures', n):.1f}"
             for n in FIGURES) + " |")
     figure = doc.parent / "images" / "llama_cpp.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
@@ -264,8 +268,8 @@ def write_doc(result: dict, doc: pathlib.Path) -> None:
     width = 0.8 / len(result["pairs"])
     for i, (strategy, kind) in enumerate(result["pairs"]):
         xs = [x + (i - (len(result["pairs"]) - 1) / 2) * width for x in range(len(FIGURES))]
-        lows = [min(ratios(strategy, n)) for n in FIGURES]
-        highs = [max(ratios(strategy, n)) for n in FIGURES]
+        lows = [min(ratios(strategy, kind, n)) for n in FIGURES]
+        highs = [max(ratios(strategy, kind, n)) for n in FIGURES]
         ax.bar(xs, highs, width, label=f"{strategy} / {kind}", alpha=0.85)
         ax.scatter(xs, lows, color="k", s=8, zorder=3)
     ax.axhline(1.0, color="k", linestyle="--", linewidth=1)

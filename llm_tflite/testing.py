@@ -109,17 +109,25 @@ def run_prefill_decode_file_test(tflite_path, num_layers) -> dict:
     meta = metadata.read_metadata_from_bytes(data)
     from ai_edge_litert.interpreter import Interpreter
 
+    from llm_tflite.runtime.prefill_decode import caches_only
+
     interpreter = Interpreter(model_content=data)
     signatures = interpreter.get_signature_list()
     assert "decode" in signatures
     assert {f"prefill_{n}" for n in meta["prefill_lengths"]} <= set(signatures)
     assert {f"score_{n}" for n in meta["score_lengths"]} <= set(signatures)
     assert {f"decode_window_{w}" for w in meta.get("decode_windows", [])} <= set(signatures)
-    caches = {f"kv_cache_{kind}_{i}" for i in range(num_layers) for kind in "kv"}
+    assert {f"window_{w}_prefill_{n}" for w in meta.get("prefill_windows", []) for n in meta["prefill_lengths"]
+            if n < w} <= set(signatures)
+    scales = ("", "_scale") if meta["kv_cache"].get("dtype") == "int8" else ("",)  # int8 caches' scales beside them
+    caches = {f"kv_cache_{kind}_{i}{suffix}" for i in range(num_layers) for kind in "kv" for suffix in scales}
     for name, sig in signatures.items():
-        assert set(sig["inputs"]) == caches | {"tokens", "input_pos"}, name
+        expected = caches
+        if name.startswith("decode_batch_"):  # decode_batch_{B}[_window_{W}]: each row's own caches
+            expected = {f"{c}_row{b}" for c in caches for b in range(int(name.split("_")[2]))}
+        assert set(sig["inputs"]) == expected | {"tokens", "input_pos"}, name
         # prefill_{L}: the caches only, as LiteRT-LM's files; score_{L} and decode: logits too
-        assert set(sig["outputs"]) == caches | ({"logits"} if not name.startswith("prefill_") else set()), name
+        assert set(sig["outputs"]) == expected | (set() if caches_only(name) else {"logits"}), name
     assert all(len(t["shape"]) <= 5 for t in interpreter.get_tensor_details())
     return meta
 

@@ -181,7 +181,7 @@ def test_int8_caches_keep_each_slot_to_half_a_step_and_score_as_float32_caches_d
     for kv, path in paths.items():
         Converter(context_length=256, prefill_lengths=(8, 32), kv_cache=kv, batch_sizes=(2,)).convert(
             "gpt2_tiny_shakespeare", str(path))
-    record = read_metadata(paths["int8"])
+    record = run_prefill_decode_file_test(paths["int8"], num_layers=4)  # caches and their scales in every signature
     assert record["format"] == 4 and record["kv_cache"]["dtype"] == "int8"
     assert read_metadata(paths["float32"])["format"] == 3 and "dtype" not in read_metadata(paths["float32"])["kv_cache"]
     # the cache reads and writes are DEQUANTIZE / QUANTIZE (scale 1), which XNNPACK runs, not CAST
@@ -257,3 +257,26 @@ def test_prompts_run_in_the_fewest_weight_reads():
     # near the end of the context only calls whose padding fits: 100 tokens from 900 end at 1,000
     plan = engine.chunks(100, 900, [8, 32, 128])
     assert sum(plan) >= 100 and 900 + sum(plan) <= 1024 and 128 not in plan, plan
+
+
+def test_prompt_chunks_ending_within_a_window_attend_over_it_alone(tiny_gpt2_dir, tiny_tflite, tmp_path):
+    """Each prefill length below a decode window W gets window_{W}_prefill_{L} (not prefill_...: LiteRT-LM
+    takes those for prefills), used for chunks that end within W: the logits of the file without windows."""
+    from llm_tflite import Converter
+
+    plain = tmp_path / "plain.tflite"
+    Converter(prefill_lengths=(4, 16), decode_windows=()).convert(str(tiny_gpt2_dir), str(plain))
+    assert read_metadata(tiny_tflite)["prefill_windows"] == [32, 64]
+    assert read_metadata(plain)["prefill_windows"] == []
+    windowed, full = InterpreterRunner(tiny_tflite), InterpreterRunner(plain)
+    used = []
+    windowed.engine.call = lambda name, inputs, call=windowed.engine.call: used.append(name) or call(name, inputs)
+    ids = [(i * 53) % 300 + 5 for i in range(80)]
+    a, b = windowed.sequence(), full.sequence()
+    np.testing.assert_allclose(a.feed_last(ids[:50]), b.feed_last(ids[:50]), rtol=0, atol=1e-5)
+    # 49 tokens as 16 + 16 + 16 (ending at 16, 32: window 32; 48: window 64) and one through decode
+    assert used == ["window_32_prefill_16", "window_32_prefill_16", "window_64_prefill_16", "decode_window_64",
+                    "decode_window_64"], used
+    used.clear()
+    np.testing.assert_allclose(a.feed_last(ids[50:80]), b.feed_last(ids[50:80]), rtol=0, atol=1e-5)
+    assert used[0] == "prefill_16" and "window_" not in " ".join(used[:-1]), used  # from 50: past window 64

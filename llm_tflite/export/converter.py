@@ -284,7 +284,8 @@ class Converter:
             them (its engine takes every ``kv_cache_*`` input for a cache of the model's layout).
         decode_windows: ``decode_window_{W}`` signatures, which attend over the first ``W`` cache
             slots only, used while the position is below ``W`` (default ``"auto"``: 128, 256, ...
-            below the context; ``()`` for none).
+            below the context; ``()`` for none); each prefill length below ``W`` gets a
+            ``window_{W}_prefill_{L}`` too, for prompt chunks that end within ``W``.
         max_length: ``generate`` mode: total tokens (prompt + continuation).
         sampler: ``generate`` mode: ``greedy``, ``top_k`` or ``top_p``.
         seed: ``generate`` mode: seed of a random sampler.
@@ -542,12 +543,14 @@ class Converter:
                 del kv_cache["dtype"]
             else:  # readers before format 4 would take the scales for caches and call the file damaged
                 record["format"] = QUANTIZED_CACHE_FORMAT
+            windows = [w for w in (default_decode_windows(context_length) if self.decode_windows == "auto"
+                                   else self.decode_windows) if w < context_length]
             record.update(
                 context_length=context_length,
                 prefill_lengths=prefill_lengths,
                 score_lengths=score_lengths,
-                decode_windows=[w for w in (default_decode_windows(context_length) if self.decode_windows == "auto"
-                                            else self.decode_windows) if w < context_length],
+                decode_windows=windows,
+                prefill_windows=[w for w in windows if prefill_lengths and min(prefill_lengths) < w],
                 decode_batch_sizes=list(self.batch_sizes),
                 kv_cache=kv_cache,
                 kv_cache_layout="transposed",  # families.ops: LiteRT-LM's layout
@@ -588,7 +591,7 @@ class Converter:
         spec = self._kv_cache_spec(fam, lm)
         extra = weight_names(weights) if weights is not None else []
         table = signatures(metadata["prefill_lengths"], metadata["decode_windows"], metadata["decode_batch_sizes"],
-                           metadata["score_lengths"])
+                           metadata["score_lengths"], metadata["prefill_windows"])
         for key, (length, window, rows, logits) in table.items():
             logger.debug("convert: signature %s", key)
             with quiet_native():  # tracing (and freezing) runs Grappler, which logs its sessions

@@ -9,6 +9,9 @@ vocabularies (Gemma 3: 1.7x). ``score_{L}``: the same inputs, outputs ``logits``
 (``Sequence.feed``: eval, compare); LiteRT-LM ignores them. Files written before
 ``score_lengths`` was recorded have logits in ``prefill_{L}`` and no ``score_{L}``.
 ``decode``: inputs as ``prefill_1``, outputs ``logits`` ``[1, 1, vocab]`` and the caches.
+``window_{W}_prefill_{L}``: ``prefill_{L}`` attending over the first ``W`` cache slots, for
+chunks that end within them (record ``prefill_windows``: the decode windows above ``L``; not
+named ``prefill_...``, which LiteRT-LM would take for a prefill of that length).
 ``decode_window_{W}``: ``decode`` attending over the first
 ``W`` cache slots only, for positions below ``W`` (cheaper early in a long context; LiteRT-LM
 uses ``decode`` and ignores them). Caches are float32 (or int8 with ``kv_cache_k_{i}_scale`` /
@@ -34,7 +37,8 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 from llm_tflite.families.base import KVCacheSpec
 from llm_tflite.families.ops import Quantized, Ring, Rows, attention_window, cache_shapes
 from llm_tflite.litert.bind import WEIGHT_PREFIX
-from llm_tflite.runtime.prefill_decode import decode_batch_name, row_cache_name  # the runtime reads these names
+from llm_tflite.runtime.prefill_decode import (decode_batch_name, prefill_window_name,  # the runtime reads these names
+                                               row_cache_name)
 
 
 def cache_names(spec: KVCacheSpec) -> list[str]:
@@ -195,13 +199,16 @@ class Signature(NamedTuple):
     logits: bool = True
 
 
-def signatures(prefill_lengths, decode_windows=(), batch_sizes=(), score_lengths=None) -> dict[str, Signature]:
-    """Each signature of a file by name: ``prefill_{L}``, ``score_{L}``, ``decode``,
-    ``decode_window_{W}``, ``decode_batch_{B}`` and ``decode_batch_{B}_window_{W}``.
+def signatures(prefill_lengths, decode_windows=(), batch_sizes=(), score_lengths=None,
+               prefill_windows=()) -> dict[str, Signature]:
+    """Each signature of a file by name: ``prefill_{L}``, ``window_{W}_prefill_{L}``, ``score_{L}``,
+    ``decode``, ``decode_window_{W}``, ``decode_batch_{B}`` and ``decode_batch_{B}_window_{W}``.
 
     ``score_lengths`` None: a file written before ``score_{L}`` existed, whose ``prefill_{L}``
     output logits."""
     table = {f"prefill_{n}": Signature(int(n), logits=score_lengths is None) for n in prefill_lengths}
+    table.update({prefill_window_name(n, w): Signature(int(n), int(w), logits=False)
+                  for n in prefill_lengths for w in prefill_windows if n < w})
     table.update({score_name(n): Signature(int(n)) for n in score_lengths or ()})
     table["decode"] = Signature(1)
     table.update({decode_window_name(w): Signature(1, int(w)) for w in decode_windows})

@@ -223,9 +223,10 @@ def validate_record(record, where: str = "this file") -> dict:
         scores = record.get("score_lengths", [] if fmt < 3 else None)
         _require(isinstance(scores, list) and all(_is_int(n, 1, record["context_length"]) for n in scores), where,
                  "'score_lengths' must be a list of lengths 1..context_length")
-        windows = record.get("decode_windows", [])
-        _require(isinstance(windows, list) and all(_is_int(w, 1, record["context_length"] - 1) for w in windows),
-                 where, "'decode_windows' must be a list of windows 1..context_length-1")
+        for key in ("decode_windows", "prefill_windows"):
+            windows = record.get(key, [])
+            _require(isinstance(windows, list) and all(_is_int(w, 1, record["context_length"] - 1) for w in windows),
+                     where, f"'{key}' must be a list of windows 1..context_length-1")
         batches = record.get("decode_batch_sizes", [])
         _require(isinstance(batches, list) and all(_is_int(b, 2, MAX_BATCH_SIZE) for b in batches),
                  where, f"'decode_batch_sizes' must be a list of sizes 2..{MAX_BATCH_SIZE}")

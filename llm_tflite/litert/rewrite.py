@@ -311,17 +311,33 @@ def int8_casts_to_quantization(tflite_model: bytes) -> bytes:
             if builtin_code(model.operatorCodes[op.opcodeIndex]) != ops.CAST:
                 continue
             source, target = (subgraph.tensors[op.inputs[0]], subgraph.tensors[op.outputs[0]])
-            kind = {(types.INT8, types.FLOAT32): ops.DEQUANTIZE, (types.FLOAT32, types.INT8): ops.QUANTIZE}.get(
-                (source.type, target.type))
-            if kind is None:
+            # (operator, version): DEQUANTIZE from int8 is version 2, QUANTIZE to int8 per tensor version 1
+            kind = {(types.INT8, types.FLOAT32): (ops.DEQUANTIZE, 2),
+                    (types.FLOAT32, types.INT8): (ops.QUANTIZE, 1)}.get((source.type, target.type))
+            integers = source if source.type == types.INT8 else target
+            if kind is None or not _unit_or_no_quantization(integers):  # a scaled tensor's cast is no dequantize
                 continue
-            op.opcodeIndex = opcode_index(schema, model, kind)
+            op.opcodeIndex = opcode_index(schema, model, *kind)
             op.builtinOptionsType, op.builtinOptions = 0, None
             changed = True
         for tensor in subgraph.tensors:
-            if tensor.type == types.INT8 and (tensor.quantization is None or not tensor.quantization.scale):
+            if tensor.type == types.INT8 and not _scaled(tensor):
                 quantization = schema.QuantizationParametersT()
                 quantization.scale, quantization.zeroPoint, quantization.quantizedDimension = [1.0], [0], 0
                 tensor.quantization = quantization
                 changed = True
     return _pack(model) if changed else tflite_model
+
+
+def _scaled(tensor) -> bool:
+    """Whether a tensor carries quantization scales (a strategy's weights, or a rewritten cache)."""
+    q = tensor.quantization
+    return q is not None and q.scale is not None and len(q.scale) > 0
+
+
+def _unit_or_no_quantization(tensor) -> bool:
+    """An int8 tensor without quantization scales, or with scale 1 and zero point 0."""
+    if not _scaled(tensor):
+        return True
+    q = tensor.quantization
+    return list(q.scale) == [1.0] and (q.zeroPoint is None or [int(z) for z in q.zeroPoint] in ([], [0]))

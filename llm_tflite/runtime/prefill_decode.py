@@ -57,6 +57,18 @@ def decode_batch_name(rows: int, window: int | None = None) -> str:
     return f"decode_batch_{int(rows)}" + ("" if window is None else f"_window_{int(window)}")
 
 
+def prefill_window_name(length: int, window: int) -> str:
+    """``window_{window}_prefill_{length}``: a prefill that attends over the first ``window`` slots,
+    for chunks ending below it. Not ``prefill_...``: LiteRT-LM takes every signature whose name
+    starts with "prefill" for a prefill of the length of its positions (one per length)."""
+    return f"window_{int(window)}_prefill_{int(length)}"
+
+
+def caches_only(name: str) -> bool:
+    """Whether signature ``name`` outputs the caches only (a prefill, in files since format 3)."""
+    return name.startswith("prefill_") or "_prefill_" in name
+
+
 #: What a signature call costs beyond the tokens it computes, in tokens (``PrefillDecodeEngine.chunks``).
 CALL_COST = 16
 
@@ -168,6 +180,8 @@ class PrefillDecodeEngine(SequenceEngine):
         self.score_lengths = self.prefill_lengths if self.prefill_logits else \
             sorted(int(n) for n in metadata["score_lengths"])
         self.decode_windows = sorted(int(w) for w in metadata.get("decode_windows", []))
+        #: Windows with ``window_{W}_prefill_{L}`` signatures (for each prefill length below ``W``).
+        self.prefill_windows = sorted(int(w) for w in metadata.get("prefill_windows", []))
         #: ``decode_batch_{B}`` signatures: ``decode_rows`` runs up to the largest at once
         self.batch_sizes = sorted(int(b) for b in metadata.get("decode_batch_sizes", []))
         missing = [s for s in [*self._signature_lengths(), *self._batch_signatures()] if s not in self.input_details]
@@ -231,6 +245,7 @@ class PrefillDecodeEngine(SequenceEngine):
         """The signatures the record lists, and the tokens each takes."""
         return {"decode": 1, **{f"decode_window_{w}": 1 for w in self.decode_windows},
                 **{f"prefill_{n}": n for n in self.prefill_lengths},
+                **{prefill_window_name(n, w): n for n in self.prefill_lengths for w in self.prefill_windows if n < w},
                 **{self.score_signature(n): n for n in self.score_lengths}}
 
     def score_signature(self, length: int) -> str:
@@ -238,7 +253,13 @@ class PrefillDecodeEngine(SequenceEngine):
         return f"prefill_{length}" if self.prefill_logits else f"score_{length}"
 
     def outputs_logits(self, name: str) -> bool:
-        return self.prefill_logits or not name.startswith("prefill_")
+        return self.prefill_logits or not caches_only(name)
+
+    def prefill_signature(self, length: int, position: int) -> str:
+        """The cheapest caches-only prefill of ``length`` tokens from ``position``: one attending over
+        the smallest window the chunk ends within, else over the whole cache."""
+        window = next((w for w in self.prefill_windows if length < w and position + length <= w), None)
+        return f"prefill_{length}" if window is None else prefill_window_name(length, window)
 
     def cache_bytes(self, window: int | None = None) -> int:
         """Bytes of the caches a call attending over the first ``window`` slots reads (None: all):
@@ -524,7 +545,7 @@ class Sequence:
             tokens[0, : len(chunk)] = chunk
             input_pos = np.arange(self.position, self.position + length, dtype=np.int32)
             name = engine.decode_signature(self.position) if length == 1 else \
-                engine.score_signature(length) if score else f"prefill_{length}"
+                engine.score_signature(length) if score else engine.prefill_signature(length, self.position)
             result = self._run(name, tokens, input_pos, hidden)
             self.written = max(self.written, self.position + length)
             if score:
