@@ -21,8 +21,9 @@ _window: list = [None]
 def attention_window(slots: int | None):
     """While tracing a signature: ``causal_attention`` reads only the first ``slots`` cache slots.
 
-    A ``decode_window_{W}`` signature (used while the position is below ``W``) then costs what
-    a ``W``-token context costs, not the whole cache. Families that attend with their own code
+    A ``decode_window_{W}`` signature (used while the position is below ``W``) or a
+    ``window_{W}_prefill_{L}`` (for prompt chunks that end within ``W``) then costs what a
+    ``W``-token context costs, not the whole cache. Families that attend with their own code
     stay correct; they only do not get faster.
     """
     _window[0], saved = slots, _window[0]
@@ -174,7 +175,8 @@ def _slots(key_cache) -> int:
 
 
 def _first_slots(key_cache, value_cache, window):
-    """The caches' first ``window`` slots (all with None or a window past their end): a decode window's."""
+    """The caches' first ``window`` slots (all with None or a window past their end): what a window
+    signature (``decode_window_{W}``, ``window_{W}_prefill_{L}``) attends over."""
     if window is None or window >= _slots(key_cache):
         return key_cache, value_cache
     if isinstance(key_cache, Quantized):
