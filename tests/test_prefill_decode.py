@@ -260,13 +260,14 @@ def test_prompts_run_in_the_fewest_weight_reads():
 
 
 def test_prompt_chunks_ending_within_a_window_attend_over_it_alone(tiny_gpt2_dir, tiny_tflite, tmp_path):
-    """Each prefill length below a decode window W gets window_{W}_prefill_{L} (not prefill_...: LiteRT-LM
-    takes those for prefills), used for chunks that end within W: the logits of the file without windows."""
+    """Each prefill length below a decode window W of at most a quarter of the context gets
+    window_{W}_prefill_{L} (not prefill_...: LiteRT-LM takes those for prefills), used for chunks that end
+    within W: the logits of the file without windows."""
     from llm_tflite import Converter
 
     plain = tmp_path / "plain.tflite"
     Converter(prefill_lengths=(4, 16), decode_windows=()).convert(str(tiny_gpt2_dir), str(plain))
-    assert read_metadata(tiny_tflite)["prefill_windows"] == [32, 64]
+    assert read_metadata(tiny_tflite)["prefill_windows"] == [32]  # context 128: 64 is more than a quarter
     assert read_metadata(plain)["prefill_windows"] == []
     windowed, full = InterpreterRunner(tiny_tflite), InterpreterRunner(plain)
     used = []
@@ -274,9 +275,9 @@ def test_prompt_chunks_ending_within_a_window_attend_over_it_alone(tiny_gpt2_dir
     ids = [(i * 53) % 300 + 5 for i in range(80)]
     a, b = windowed.sequence(), full.sequence()
     np.testing.assert_allclose(a.feed_last(ids[:50]), b.feed_last(ids[:50]), rtol=0, atol=1e-5)
-    # 49 tokens as 16 + 16 + 16 (ending at 16, 32: window 32; 48: window 64) and one through decode
-    assert used == ["window_32_prefill_16", "window_32_prefill_16", "window_64_prefill_16", "decode_window_64",
+    # 49 tokens as 16 + 16 + 16 (ending at 16 and 32: window 32; at 48: the whole cache) and one through decode
+    assert used == ["window_32_prefill_16", "window_32_prefill_16", "prefill_16", "decode_window_64",
                     "decode_window_64"], used
     used.clear()
     np.testing.assert_allclose(a.feed_last(ids[50:80]), b.feed_last(ids[50:80]), rtol=0, atol=1e-5)
-    assert used[0] == "prefill_16" and "window_" not in " ".join(used[:-1]), used  # from 50: past window 64
+    assert used[0] == "prefill_16" and "window_" not in " ".join(used[:-1]), used  # from 50: past window 32

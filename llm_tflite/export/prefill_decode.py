@@ -10,8 +10,9 @@ vocabularies (Gemma 3: 1.7x). ``score_{L}``: the same inputs, outputs ``logits``
 ``score_lengths`` was recorded have logits in ``prefill_{L}`` and no ``score_{L}``.
 ``decode``: inputs as ``prefill_1``, outputs ``logits`` ``[1, 1, vocab]`` and the caches.
 ``window_{W}_prefill_{L}``: ``prefill_{L}`` attending over the first ``W`` cache slots, for
-chunks that end within them (record ``prefill_windows``: the decode windows above ``L``; not
-named ``prefill_...``, which LiteRT-LM would take for a prefill of that length).
+chunks that end within them (record ``prefill_windows``: the decode windows above ``L`` and at
+most a quarter of the context; not named ``prefill_...``, which LiteRT-LM would take for a
+prefill of that length).
 ``decode_window_{W}``: ``decode`` attending over the first
 ``W`` cache slots only, for positions below ``W`` (cheaper early in a long context; LiteRT-LM
 uses ``decode`` and ignores them). Caches are float32 (or int8 with ``kv_cache_k_{i}_scale`` /

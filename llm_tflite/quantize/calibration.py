@@ -68,7 +68,7 @@ class TextCalibration:
                     logits = sequence.feed_last(ids[: length + 1])
                     for _ in range(DECODE_STEPS):  # greedy steps: the decode signature's real inputs
                         logits = sequence.feed_last([int(np.argmax(logits))])
-                yield _every_decode_signature(calls, engine)
+                yield _every_signature_that_could_run_it(calls, engine)
                 calls.clear()
                 bar.update()
         finally:
@@ -105,14 +105,23 @@ def calibration_from_text(text: str, num_samples: int = 64, source: str = "text"
     return TextCalibration([s for s in samples if s.strip()], source=source)
 
 
-def _every_decode_signature(calls: dict, engine) -> dict:
-    """``calls`` with each decode step also given to every decode signature that could have run it.
+def _every_signature_that_could_run_it(calls: dict, engine) -> dict:
+    """``calls`` with each decode step and prompt chunk also given to every signature that could
+    have run it.
 
     A step at position ``p`` computes the same in ``decode`` and in any ``decode_window_{W}``
-    with ``W > p``; the runner used the smallest, so the larger windows (and ``decode``) would
-    otherwise see no calibration data.
+    with ``W > p``; a chunk of ``L`` tokens ending at ``e`` the same in ``prefill_{L}`` and in any
+    ``window_{W}_prefill_{L}`` with ``e <= W``. The runner used the smallest window, so the larger
+    ones (and the whole-cache signatures) would otherwise see no calibration data.
     """
-    names = ["decode"] + [f"decode_window_{w}" for w in engine.decode_windows]
-    steps = [call for name in names for call in calls.get(name, [])]
-    windows = {"decode": engine.context_length, **{f"decode_window_{w}": w for w in engine.decode_windows}}
-    return {**calls, **{name: [c for c in steps if int(c["input_pos"][0]) < windows[name]] for name in names}}
+    from llm_tflite.runtime.prefill_decode import prefill_window_name
+
+    groups = [{"decode": engine.context_length, **{f"decode_window_{w}": w for w in engine.decode_windows}}]
+    groups += [{f"prefill_{n}": engine.context_length,
+                **{prefill_window_name(n, w): w for w in engine.prefill_windows if n < w}}
+               for n in engine.prefill_lengths]
+    pooled = dict(calls)
+    for windows in groups:  # signature -> the slots it sees: a call fits when its last position is within
+        steps = [call for name in windows for call in calls.get(name, [])]
+        pooled.update({name: [c for c in steps if int(c["input_pos"][-1]) < w] for name, w in windows.items()})
+    return pooled
