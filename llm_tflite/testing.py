@@ -119,13 +119,17 @@ def run_prefill_decode_file_test(tflite_path, num_layers) -> dict:
     assert {f"decode_window_{w}" for w in meta.get("decode_windows", [])} <= set(signatures)
     assert {f"window_{w}_prefill_{n}" for w in meta.get("prefill_windows", []) for n in meta["prefill_lengths"]
             if n < w} <= set(signatures)
+    prompt_lengths = meta.get("prompt_lengths", [])
+    prompts = {f"prompt_{n}" for n in prompt_lengths} | {
+        f"window_{w}_prompt_{n}" for w in meta.get("prefill_windows", []) for n in prompt_lengths if n < w}
+    assert prompts <= set(signatures)
     scales = ("", "_scale") if meta["kv_cache"].get("dtype") == "int8" else ("",)  # int8 caches' scales beside them
     caches = {f"kv_cache_{kind}_{i}{suffix}" for i in range(num_layers) for kind in "kv" for suffix in scales}
     for name, sig in signatures.items():
         expected = caches
         if name.startswith("decode_batch_"):  # decode_batch_{B}[_window_{W}]: each row's own caches
             expected = {f"{c}_row{b}" for c in caches for b in range(int(name.split("_")[2]))}
-        assert set(sig["inputs"]) == expected | {"tokens", "input_pos"}, name
+        assert set(sig["inputs"]) == expected | {"tokens", "input_pos"} | ({"last"} if name in prompts else set()), name
         # prefill_{L}: the caches only, as LiteRT-LM's files; score_{L} and decode: logits too
         assert set(sig["outputs"]) == expected | (set() if caches_only(name) else {"logits"}), name
     assert all(len(t["shape"]) <= 5 for t in interpreter.get_tensor_details())

@@ -142,12 +142,13 @@ def tiny_gpt2(tiny_gpt2_dir):
 
 @pytest.fixture(scope="session")
 def tiny_tflite(tiny_gpt2_dir, tmp_path_factory):
-    """The tiny GPT-2 as a float32 prefill_decode file with prefill lengths 4 and 16 and decode
-    windows 32 and 64 (so every runner test crosses from window to window to the full decode)."""
+    """The tiny GPT-2 as a float32 prefill_decode file with prefill (and prompt) lengths 4 and 16 and
+    decode windows 32 and 64 (so every runner test crosses from window to window to the full decode)."""
     from llm_tflite import Converter
 
     path = tmp_path_factory.mktemp("tflite") / "tiny.tflite"
-    Converter(prefill_lengths=(4, 16), decode_windows=(32, 64)).convert(str(tiny_gpt2_dir), str(path))
+    Converter(prefill_lengths=(4, 16), prompt_lengths=(4, 16), decode_windows=(32, 64)).convert(
+        str(tiny_gpt2_dir), str(path))
     return path
 
 

@@ -101,20 +101,29 @@ def test_the_seeds_keras_nlp_code_converts(tiny_gpt2_dir, tmp_path):
 
 
 def test_prefill_outputs_no_logits_and_older_files_with_logits_in_prefill_still_run(tiny_gpt2_dir, tmp_path):
-    """``prefill_{L}`` outputs the caches only (LiteRT-LM's convention): generation runs a prompt but
-    its last token through it and the last through ``decode``; scoring runs ``score_{L}``. A file
-    written before ``score_{L}`` existed (format 2: logits in ``prefill_{L}``, no ``score_lengths``)
-    gives the same logits and the same tokens."""
+    """``prefill_{L}`` outputs the caches only (LiteRT-LM's convention): generation runs a prompt's
+    chunks through it and the last through ``prompt_{L}``; scoring runs ``score_{L}``. Files written
+    before ``prompt_{L}`` (no ``prompt_signatures``: all but the last token through prefill, the last
+    through ``decode``) and before ``score_{L}`` (format 2: logits in ``prefill_{L}``, no
+    ``score_lengths``) give the same logits and the same tokens."""
     from llm_tflite import Converter
     from llm_tflite.litert.flatbuffer import pack_model, unpack_model
     from llm_tflite.litert.metadata import add_metadata
 
     new = tmp_path / "new.tflite"
-    Converter(prefill_lengths=(4, 16), score_lengths=(4, 16), decode_windows=()).convert(str(tiny_gpt2_dir), str(new))
+    Converter(prefill_lengths=(4, 16), score_lengths=(4, 16), prompt_lengths=(4, 16), decode_windows=()).convert(
+        str(tiny_gpt2_dir), str(new))
     record = read_metadata(new)
     assert record["score_lengths"] == [4, 16]
     # the older layout: score_{L} under the name prefill_{L}, no score_lengths
+    assert record["prompt_lengths"] == [4, 16]
+    # the layout before prompt_{L}
     model = unpack_model(new.read_bytes())
+    model.signatureDefs = [d for d in model.signatureDefs if not d.signatureKey.startswith(b"prompt_")]
+    del record["prompt_lengths"]
+    before = tmp_path / "before.tflite"
+    before.write_bytes(add_metadata(pack_model(model), record))
+    # the older layout: score_{L} under the name prefill_{L}, no score_lengths
     model.signatureDefs = [d for d in model.signatureDefs if not d.signatureKey.startswith(b"prefill_")]
     for d in model.signatureDefs:
         d.signatureKey = d.signatureKey.replace(b"score_", b"prefill_")
@@ -123,18 +132,21 @@ def test_prefill_outputs_no_logits_and_older_files_with_logits_in_prefill_still_
     old = tmp_path / "old.tflite"
     old.write_bytes(add_metadata(pack_model(model), record))
 
-    runners = {"new": InterpreterRunner(new), "old": InterpreterRunner(old)}
+    runners = {"new": InterpreterRunner(new), "before": InterpreterRunner(before), "old": InterpreterRunner(old)}
     assert not runners["new"].engine.prefill_logits and runners["old"].engine.prefill_logits
+    assert runners["new"].engine.prompt_lengths == [4, 16] and not runners["before"].engine.prompt_lengths
     ids = runners["new"].encode("ROMEO: what light through yonder window breaks? It is the east")[:21]
     for runner in runners.values():  # 16 + 4 + 1 tokens
         used = []
         runner.engine.call = lambda name, inputs, call=runner.engine.call, used=used: used.append(name) or call(name, inputs)
         runner.sequence().feed_last(ids)
         runner.used = used
-    assert runners["new"].used == ["prefill_16", "prefill_4", "decode"]
+    assert runners["new"].used == ["prefill_16", "prompt_16"]  # 21 tokens: 16 and 5, padded
+    assert runners["before"].used == ["prefill_16", "prefill_4", "decode"]
     assert runners["old"].used == ["prefill_16", "prefill_16"]  # its prefill gives logits: 21 tokens, padded
     logits = {key: runner.logits(ids) for key, runner in runners.items()}
     np.testing.assert_array_equal(logits["new"], logits["old"])
+    np.testing.assert_array_equal(logits["new"], logits["before"])
     for key, runner in runners.items():
         sequence = runner.sequence()
         np.testing.assert_allclose(sequence.feed_last(ids), logits["new"][-1], atol=1e-4, rtol=0)
@@ -142,7 +154,7 @@ def test_prefill_outputs_no_logits_and_older_files_with_logits_in_prefill_still_
         step = int(logits["new"][-1].argmax())
         np.testing.assert_allclose(sequence.feed_last([step]), runner.logits(ids + [step])[-1], atol=1e-4, rtol=0)
     texts = {key: runner.generate("ROMEO:", max_new_tokens=12, sampler="greedy") for key, runner in runners.items()}
-    assert texts["new"] == texts["old"]
+    assert texts["new"] == texts["old"] == texts["before"]
 
 
 def test_feed_last_refuses_nothing_and_what_does_not_fit(tiny_tflite):
@@ -259,6 +271,22 @@ def test_prompts_run_in_the_fewest_weight_reads():
     assert sum(plan) >= 100 and 900 + sum(plan) <= 1024 and 128 not in plan, plan
 
 
+def test_a_prompt_with_its_last_tokens_logits_plans_its_last_call_too():
+    """feed_last's plan: prefill chunks, then prompt_{L} for the last tokens or decode for the last
+    alone, whichever reads the weights fewer times (prefill 8/32/128, prompt_8: the default)."""
+    from llm_tflite import Converter
+    from llm_tflite.errors import InvalidArgumentError
+    from llm_tflite.runtime.prefill_decode import PrefillDecodeEngine
+
+    engine = PrefillDecodeEngine.__new__(PrefillDecodeEngine)
+    engine.context_length, engine.prefill_lengths, engine.prompt_lengths = 1024, [8, 32, 128], [8]
+    plans = {count: engine.last_chunks(count, 0) for count in (1, 5, 8, 12, 64)}
+    assert plans == {1: [(1, 1)], 5: [(8, 5)], 8: [(8, 8)], 12: [(8, 8), (8, 4)], 64: [(32, 32), (32, 31), (1, 1)]}
+    assert engine.last_chunks(4, 1019) == [(1, 1)] * 4  # ending at 1,023: prompt_8 would pass the end
+    with pytest.raises(InvalidArgumentError, match="prompt_lengths must be 'auto' or some of the prefill lengths"):
+        Converter(prefill_lengths=(8, 32), prompt_lengths=(16,))
+
+
 def test_prompt_chunks_ending_within_a_window_attend_over_it_alone(tiny_gpt2_dir, tiny_tflite, tmp_path):
     """Each prefill length below a decode window W of at most a quarter of the context gets
     window_{W}_prefill_{L} (not prefill_...: LiteRT-LM takes those for prefills), used for chunks that end
@@ -269,15 +297,64 @@ def test_prompt_chunks_ending_within_a_window_attend_over_it_alone(tiny_gpt2_dir
     Converter(prefill_lengths=(4, 16), decode_windows=()).convert(str(tiny_gpt2_dir), str(plain))
     assert read_metadata(tiny_tflite)["prefill_windows"] == [32]  # context 128: 64 is more than a quarter
     assert read_metadata(plain)["prefill_windows"] == []
+    assert read_metadata(plain)["prompt_lengths"] == [4]  # by default the shortest prefill length alone
     windowed, full = InterpreterRunner(tiny_tflite), InterpreterRunner(plain)
     used = []
     windowed.engine.call = lambda name, inputs, call=windowed.engine.call: used.append(name) or call(name, inputs)
     ids = [(i * 53) % 300 + 5 for i in range(80)]
     a, b = windowed.sequence(), full.sequence()
     np.testing.assert_allclose(a.feed_last(ids[:50]), b.feed_last(ids[:50]), rtol=0, atol=1e-5)
-    # 49 tokens as 16 + 16 + 16 (ending at 16 and 32: window 32; at 48: the whole cache) and one through decode
-    assert used == ["window_32_prefill_16", "window_32_prefill_16", "prefill_16", "decode_window_64",
-                    "decode_window_64"], used
+    # 50 tokens as 16 + 16 + 16 + 4 (ending at 16 and 32: window 32; at 48: the whole cache), the last
+    # chunk (2 tokens, padded) and its logits in prompt_4
+    assert used == ["window_32_prefill_16", "window_32_prefill_16", "prefill_16", "prompt_4"], used
     used.clear()
     np.testing.assert_allclose(a.feed_last(ids[50:80]), b.feed_last(ids[50:80]), rtol=0, atol=1e-5)
-    assert used[0] == "prefill_16" and "window_" not in " ".join(used[:-1]), used  # from 50: past window 32
+    assert used == ["prefill_16", "prompt_16"], used  # 30 tokens from 50: past window 32
+
+
+def _tensor_shapes(data: bytes, signature: str) -> list[list[int]]:
+    """The shapes of the tensors in the subgraph of ``signature``."""
+    from llm_tflite.litert.flatbuffer import unpack_model
+
+    model = unpack_model(data)
+    index = next(d.subgraphIndex for d in model.signatureDefs if d.signatureKey.decode() == signature)
+    return [list(t.shape) for t in model.subgraphs[index].tensors]
+
+
+def test_a_prompts_last_chunk_runs_with_its_logits_in_one_call(tiny_tflite):
+    """``prompt_{L}`` (and ``window_{W}_prompt_{L}``) runs a prompt's last chunk and outputs the logits
+    of the token at input ``last`` alone: a prompt of up to L tokens is one call, not a prefill and a
+    decode that each read every weight, and the head computes that one row. Logits equal scoring the
+    whole text, and the caches it writes (padding after ``last`` included) serve the next step."""
+    from llm_tflite.testing import run_prefill_decode_file_test
+
+    run_prefill_decode_file_test(tiny_tflite, num_layers=2)  # inputs tokens, input_pos, last; outputs logits
+    data = tiny_tflite.read_bytes()
+    vocab = InterpreterRunner(tiny_tflite).engine.vocab_size
+    assert any(shape[-2:] == [16, vocab] for shape in _tensor_shapes(data, "score_16"))
+    assert not any(vocab in shape and 16 in shape for shape in _tensor_shapes(data, "prompt_16"))
+    assert [1, 1, vocab] in _tensor_shapes(data, "prompt_16")
+
+    runner = InterpreterRunner(tiny_tflite)
+    used = []
+    runner.engine.call = lambda name, inputs, call=runner.engine.call: used.append(name) or call(name, inputs)
+    ids = [(i * 37) % 290 + 7 for i in range(90)]
+    cases = {  # (tokens fed before, prompt tokens): the calls, in order
+        (0, 1): ["decode_window_32"], (0, 3): ["window_32_prompt_4"], (0, 4): ["window_32_prompt_4"],
+        (0, 16): ["window_32_prompt_16"], (0, 20): ["window_32_prefill_16", "window_32_prompt_4"],
+        (0, 40): ["window_32_prefill_16", "window_32_prefill_16", "prompt_16"],  # 8 tokens, padded
+        (30, 2): ["prompt_4"], (30, 9): ["prompt_16"],
+        (20, 7): ["prompt_16"],  # one padded call of 16 costs less than two of 4; it ends past 32
+    }
+    for (start, count), calls in cases.items():
+        sequence = runner.sequence()
+        if start:
+            sequence.feed(ids[:start])
+        used.clear()
+        logits = sequence.feed_last(ids[start : start + count])
+        assert used == calls, (start, count, used)
+        expected = runner.logits(ids[: start + count])
+        np.testing.assert_allclose(logits, expected[-1], rtol=0, atol=1e-5 * np.abs(expected).max())
+        step = int(logits.argmax())
+        np.testing.assert_allclose(sequence.feed_last([step]), runner.logits(ids[: start + count] + [step])[-1],
+                                   rtol=0, atol=1e-5 * np.abs(expected).max())

@@ -61,13 +61,17 @@ def test_full_int8_calibrates_every_signature(tiny_gpt2_dir, tiny_tflite, tmp_pa
     assert len(samples) == 6
     for recorded in samples:
         assert set(recorded) == {"prefill_4", "prefill_16", "score_16", "decode", "decode_window_32",
-                                 "decode_window_64", "window_32_prefill_4", "window_32_prefill_16"}
+                                 "decode_window_64", "window_32_prefill_4", "window_32_prefill_16", "prompt_4",
+                                 "prompt_16", "window_32_prompt_4", "window_32_prompt_16"}
         assert all(set(call) >= {"tokens", "input_pos", "kv_cache_k_0"} for calls in recorded.values() for call in calls)
-        # 2 prompts of L + 1 tokens: prefill_L, then the last token and 8 steps at positions 4-12 and
-        # 16-24 through decode; every decode signature may run each of them
-        assert len(recorded["prefill_16"]) == len(recorded["score_16"]) == 1 and len(recorded["decode"]) == 2 * 9
+        assert all(set(call) >= {"last"} for name in ("prompt_4", "prompt_16") for call in recorded[name])
+        # 2 prompts of L tokens through prefill_L, then a token and 8 steps at positions 4-12 and 16-24
+        # through decode (every decode signature may run each of them); 2 of L tokens through prompt_L
+        assert len(recorded["prefill_16"]) == len(recorded["score_16"]) == len(recorded["prompt_16"]) == 1
+        assert len(recorded["decode"]) == 2 * 9
         # the prompt's chunk ends within 32 slots: every prefill_16 signature that could run it gets it
         assert len(recorded["window_32_prefill_16"]) == len(recorded["window_32_prefill_4"]) == 1
+        assert len(recorded["window_32_prompt_16"]) == len(recorded["window_32_prompt_4"]) == 1
         assert len(recorded["decode_window_32"]) == len(recorded["decode_window_64"]) == 2 * 9
         assert any(np.abs(call["kv_cache_k_0"]).max() > 0 for call in recorded["decode"])  # real caches
     path = tmp_path / "full.tflite"

@@ -46,6 +46,7 @@ def cmd_convert(args) -> int:
         context_length=args.context_length,
         prefill_lengths=args.prefill_lengths or DEFAULT_PREFILL_LENGTHS,
         score_lengths="auto" if args.score_lengths is None else args.score_lengths,
+        prompt_lengths="auto" if args.prompt_lengths is None else args.prompt_lengths,
         ring_caches=not (args.no_ring_caches or bundle),  # LiteRT-LM 0.18: the shortest cache is its token limit
         decode_windows="auto" if args.decode_windows is None else args.decode_windows,
         kv_cache=args.kv_cache,
@@ -122,6 +123,10 @@ def add_commands(cli) -> None:
     p.add_argument("--prefill-lengths", type=int_list,
                    help=f"prefill_decode: prompt lengths with their own signature "
                    f"(default: {','.join(map(str, DEFAULT_PREFILL_LENGTHS))})")
+    p.add_argument("--prompt-lengths", type=int_list,
+                   help="prefill_decode: prefill lengths whose prompt_{L} signature runs a prompt's last chunk "
+                   "and outputs its last token's logits, one call instead of a prefill and a decode (default: "
+                   "the shortest prefill length; '' for none)")
     p.add_argument("--score-lengths", type=int_list,
                    help="prefill_decode: lengths of prefill signatures that also output every token's logits, what "
                    "eval, compare and scoring use (default: the longest prefill length; '' for none)")

@@ -271,6 +271,11 @@ class Converter:
         context_length: KV-cache length (default: the model's, at most 1024).
         prefill_lengths: prompt lengths with a ``prefill_{L}`` signature (caches only, no logits:
             what generation and LiteRT-LM run a prompt with).
+        prompt_lengths: prefill lengths with a ``prompt_{L}`` signature, which runs a prompt's last
+            chunk and outputs its last token's logits: a prompt of up to ``L`` tokens in one call, not
+            a prefill and a ``decode`` that each read every weight. Default ``"auto"``: the shortest
+            prefill length (short prompts, where that call is half the work; each signature adds
+            graph bytes); ``()`` for none.
         score_lengths: lengths with a ``score_{L}`` signature, a prefill that also outputs every
             token's logits (``Sequence.feed``: eval, compare, scoring). Default ``"auto"``: the
             longest prefill length that fits the context; ``()`` for none (scoring then runs
@@ -305,7 +310,8 @@ class Converter:
     """
 
     def __init__(self, mode="prefill_decode", quantize="none", *, context_length=None,
-                 prefill_lengths=DEFAULT_PREFILL_LENGTHS, score_lengths="auto", ring_caches=True, decode_windows="auto",
+                 prefill_lengths=DEFAULT_PREFILL_LENGTHS, score_lengths="auto", prompt_lengths="auto", ring_caches=True,
+                 decode_windows="auto",
                  kv_cache="float32", max_length=100, sampler="greedy", seed=None,
                  temperature=sampling.TEMPERATURE, top_k=sampling.TOP_K, top_p=sampling.TOP_P,
                  calibration=None, hidden_states=False, chat_template=None, batch_sizes=()):
@@ -348,6 +354,10 @@ class Converter:
         if score_lengths != "auto" and not all(isinstance(n, int) and n >= 1 for n in score_lengths):
             raise InvalidArgumentError(f"score_lengths must be 'auto' or positive integers, got {score_lengths!r}")
         self.score_lengths = score_lengths if score_lengths == "auto" else tuple(sorted(set(score_lengths)))
+        if prompt_lengths != "auto" and not set(prompt_lengths) <= set(self.prefill_lengths):
+            raise InvalidArgumentError(f"prompt_lengths must be 'auto' or some of the prefill lengths "
+                                       f"{list(self.prefill_lengths)}, got {prompt_lengths!r}")
+        self.prompt_lengths = prompt_lengths if prompt_lengths == "auto" else tuple(sorted(set(prompt_lengths)))
         self.ring_caches = bool(ring_caches)
         if kv_cache not in KV_CACHE_TYPES:
             raise InvalidArgumentError(f"kv_cache must be one of {', '.join(KV_CACHE_TYPES)}, not {kv_cache!r}")
@@ -375,6 +385,7 @@ class Converter:
             "mode": mode, "quantize": self.quantizer.name, "context_length": context_length,
             "prefill_lengths": list(self.prefill_lengths),
             "score_lengths": self.score_lengths if score_lengths == "auto" else list(self.score_lengths),
+            "prompt_lengths": self.prompt_lengths if prompt_lengths == "auto" else list(self.prompt_lengths),
             "ring_caches": self.ring_caches, "kv_cache": self.kv_cache,
             "decode_windows": self.decode_windows if decode_windows == "auto" else list(self.decode_windows),
             "max_length": max_length, "sampler": sampler, "seed": seed, "temperature": temperature, "top_k": top_k,
@@ -556,6 +567,9 @@ class Converter:
                 # per-tensor scales put the shipped GPT-2 over its size target at context 256)
                 prefill_windows=[w for w in windows if prefill_lengths and min(prefill_lengths) < w
                                  and 4 * w <= context_length],
+                # prompt_{L}: a prompt's last chunk and its next-token logits in one call
+                prompt_lengths=prefill_lengths[:1] if self.prompt_lengths == "auto" else
+                [n for n in self.prompt_lengths if n in prefill_lengths],
                 decode_batch_sizes=list(self.batch_sizes),
                 kv_cache=kv_cache,
                 kv_cache_layout="transposed",  # families.ops: LiteRT-LM's layout
@@ -596,12 +610,13 @@ class Converter:
         spec = self._kv_cache_spec(fam, lm)
         extra = weight_names(weights) if weights is not None else []
         table = signatures(metadata["prefill_lengths"], metadata["decode_windows"], metadata["decode_batch_sizes"],
-                           metadata["score_lengths"], metadata["prefill_windows"])
-        for key, (length, window, rows, logits) in table.items():
+                           metadata["score_lengths"], metadata["prefill_windows"], metadata["prompt_lengths"])
+        for key, (length, window, rows, logits, last) in table.items():
             logger.debug("convert: signature %s", key)
+            hidden = self.hidden_states and not last
             with quiet_native():  # tracing (and freezing) runs Grappler, which logs its sessions
-                fn = signature_function(fam, lm, spec, metadata["context_length"], length, self.hidden_states,
-                                        window, weights, rows, logits, metadata["kv_cache"].get("lengths"))
+                fn = signature_function(fam, lm, spec, metadata["context_length"], length, hidden,
+                                        window, weights, rows, logits, metadata["kv_cache"].get("lengths"), last)
             converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
             if weights is None:
                 self.quantizer.configure(converter, self.calibration)
@@ -614,7 +629,7 @@ class Converter:
             converted = self._run_converter(converter)
             if spec.dtype == "int8":  # the cache casts as ops XNNPACK runs
                 converted = int8_casts_to_quantization(converted)
-            yield (key, converted, input_names(spec, rows) + extra, output_names(spec, self.hidden_states, rows, logits))
+            yield (key, converted, input_names(spec, rows, last) + extra, output_names(spec, hidden, rows, logits))
             del fn, converter
 
     def _convert_graph_then_bind(self, tf, fam, lm, metadata, spill_to=None) -> "_Binding":

@@ -9,7 +9,12 @@ vocabularies (Gemma 3: 1.7x). ``score_{L}``: the same inputs, outputs ``logits``
 (``Sequence.feed``: eval, compare); LiteRT-LM ignores them. Files written before
 ``score_lengths`` was recorded have logits in ``prefill_{L}`` and no ``score_{L}``.
 ``decode``: inputs as ``prefill_1``, outputs ``logits`` ``[1, 1, vocab]`` and the caches.
-``window_{W}_prefill_{L}``: ``prefill_{L}`` attending over the first ``W`` cache slots, for
+``prompt_{L}`` (record ``prompt_lengths``): ``prefill_{L}`` with one more input, ``last`` int32
+``[1]``, and one more output, ``logits`` ``[1, 1, vocab]`` of the token at ``last``: a prompt's last
+chunk (padding after ``last``), so a prompt of ``L`` tokens or fewer is one call, not a prefill and a
+``decode`` that each read every weight. The head runs for that one row (``families.ops.output_rows``).
+``window_{W}_prefill_{L}`` / ``window_{W}_prompt_{L}``: ``prefill_{L}`` / ``prompt_{L}`` attending
+over the first ``W`` cache slots, for
 chunks that end within them (record ``prefill_windows``: the decode windows above ``L`` and at
 most a quarter of the context; not named ``prefill_...``, which LiteRT-LM would take for a
 prefill of that length).
@@ -36,10 +41,10 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from llm_tflite.families.base import KVCacheSpec
-from llm_tflite.families.ops import Quantized, Ring, Rows, attention_window, cache_shapes
+from llm_tflite.families.ops import Quantized, Ring, Rows, attention_window, cache_shapes, prompt_last
 from llm_tflite.litert.bind import WEIGHT_PREFIX
 from llm_tflite.runtime.prefill_decode import (decode_batch_name, prefill_window_name,  # the runtime reads these names
-                                               row_cache_name)
+                                               prompt_name, row_cache_name)
 
 
 def cache_names(spec: KVCacheSpec) -> list[str]:
@@ -64,9 +69,11 @@ def batch_cache_names(spec: KVCacheSpec, rows: int) -> list[str]:
     return [row_cache_name(name, row) for name in cache_names(spec) for row in range(rows)]
 
 
-def input_names(spec: KVCacheSpec, rows: int = 0) -> list[str]:
-    """Signature inputs, in the functions' argument order (``rows``: of a batched decode)."""
-    return ["tokens", "input_pos"] + (batch_cache_names(spec, rows) if rows else cache_names(spec))
+def input_names(spec: KVCacheSpec, rows: int = 0, last: bool = False) -> list[str]:
+    """Signature inputs, in the functions' argument order (``rows``: of a batched decode; ``last``:
+    a ``prompt_{L}``)."""
+    return ["tokens", "input_pos"] + (["last"] if last else []) + \
+        (batch_cache_names(spec, rows) if rows else cache_names(spec))
 
 
 def output_names(spec: KVCacheSpec, hidden_states: bool = False, rows: int = 0, logits: bool = True) -> list[str]:
@@ -99,7 +106,7 @@ def weight_names(weights) -> list[str]:
 
 def signature_function(family, model, spec: KVCacheSpec, context_length: int, length: int,
                        hidden_states: bool = False, window: int | None = None, weights: list | None = None,
-                       rows: int = 0, logits: bool = True, lengths: list[int] | None = None):
+                       rows: int = 0, logits: bool = True, lengths: list[int] | None = None, last: bool = False):
     """The concrete function of one signature, which processes ``length`` tokens.
 
     ``rows``: a batched decode (``length`` 1) of that many sequences, each with its own caches
@@ -108,6 +115,8 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
     With ``hidden_states`` it also outputs the last hidden states ``[1, L, hidden]`` (what
     contrastive search compares), from the family's ``forward_with_hidden_states``. Without
     ``logits`` it outputs the caches only (a ``prefill_{L}``): the converter drops the head.
+    ``last``: a ``prompt_{L}``: input ``last`` int32 ``[1]``, and the logits of that token alone
+    (``families.ops.output_rows``; no hidden states).
     ``lengths``: each layer's cache length (``KVCacheSpec.cache_lengths``; default the context); a layer's
     caches shorter than the context are a ``Ring``.
 
@@ -126,20 +135,22 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
     input_signature = [
         tf.TensorSpec([rows, 1] if rows else [1, length], tf.int32, name="tokens"),
         tf.TensorSpec([rows or length], tf.int32, name="input_pos"),
-    ] + [cache_input_spec(spec, name, lengths[layer(name)]) for name in names]
+    ] + ([tf.TensorSpec([1], tf.int32, name="last")] if last else []) + \
+        [cache_input_spec(spec, name, lengths[layer(name)]) for name in names]
     if weights is not None:
         input_signature += [tf.TensorSpec(v.shape, v.dtype, name=name) for v, name in zip(weights, weight_names(weights))]
 
     @tf.function(input_signature=input_signature, autograph=False)
     def run(tokens, input_pos, *rest):
+        index, rest = (rest[0], rest[1:]) if last else (None, rest)
         if weights is None:
-            return forward(tokens, input_pos, rest)
+            return forward(tokens, input_pos, rest, index)
         import keras
 
         with keras.StatelessScope(state_mapping=list(zip(weights, rest[len(names):]))):
-            return forward(tokens, input_pos, rest[: len(names)])
+            return forward(tokens, input_pos, rest[: len(names)], index)
 
-    def forward(tokens, input_pos, flat_caches):
+    def forward(tokens, input_pos, flat_caches, index):
         step = per_layer * (rows or 1)
         layers = [list(flat_caches[i : i + step]) for i in range(0, len(flat_caches), step)]
         if rows:  # the B rows as B tokens of one sequence, each with its own caches and position
@@ -152,9 +163,15 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
             layers = [[Rows(part) for part in layer] for layer in layers]
         caches = [tuple(layer) for layer in layers]
         caches = [Ring(pair) if n < context_length else pair for pair, n in zip(caches, lengths)]
-        if hidden_states and logits:
+        if hidden_states and logits and not last:
             logits_, new_caches, hidden = family.forward_with_hidden_states(model, tokens, input_pos, caches)
             outputs = {"logits": tf.cast(logits_, tf.float32), "hidden_states": tf.cast(hidden, tf.float32)}
+        elif last:
+            with prompt_last(index):
+                logits_, new_caches = family.forward_with_cache(model, tokens, input_pos, caches)
+            if logits_.shape[1] != 1:  # a family that does not call output_rows: its row of the logits
+                logits_ = tf.gather(logits_, index, axis=1)
+            outputs = {"logits": tf.cast(logits_, tf.float32)}
         else:
             logits_, new_caches = family.forward_with_cache(model, tokens, input_pos, caches)
             outputs = {"logits": tf.cast(logits_, tf.float32)} if logits else {}
@@ -192,24 +209,29 @@ def score_name(length: int) -> str:
 
 class Signature(NamedTuple):
     """One signature: the tokens it takes, the cache slots it attends over (None: all), its rows
-    (0: one sequence) and whether it outputs logits (a ``prefill_{L}`` does not)."""
+    (0: one sequence), whether it outputs logits (a ``prefill_{L}`` does not) and whether those are
+    the logits of the token at input ``last`` alone (a ``prompt_{L}``)."""
 
     length: int
     window: int | None = None
     rows: int = 0
     logits: bool = True
+    last: bool = False
 
 
 def signatures(prefill_lengths, decode_windows=(), batch_sizes=(), score_lengths=None,
-               prefill_windows=()) -> dict[str, Signature]:
+               prefill_windows=(), prompt_lengths=()) -> dict[str, Signature]:
     """Each signature of a file by name: ``prefill_{L}``, ``window_{W}_prefill_{L}``, ``score_{L}``,
-    ``decode``, ``decode_window_{W}``, ``decode_batch_{B}`` and ``decode_batch_{B}_window_{W}``.
+    ``decode``, ``decode_window_{W}``, ``decode_batch_{B}`` and ``decode_batch_{B}_window_{W}``
+    (and ``prompt_{L}``, ``window_{W}_prompt_{L}`` for each of ``prompt_lengths``).
 
     ``score_lengths`` None: a file written before ``score_{L}`` existed, whose ``prefill_{L}``
     output logits."""
     table = {f"prefill_{n}": Signature(int(n), logits=score_lengths is None) for n in prefill_lengths}
     table.update({prefill_window_name(n, w): Signature(int(n), int(w), logits=False)
                   for n in prefill_lengths for w in prefill_windows if n < w})
+    table.update({prompt_name(n, w): Signature(int(n), w and int(w), last=True)
+                  for n in prompt_lengths for w in [None, *prefill_windows] if w is None or n < w})
     table.update({score_name(n): Signature(int(n)) for n in score_lengths or ()})
     table["decode"] = Signature(1)
     table.update({decode_window_name(w): Signature(1, int(w)) for w in decode_windows})

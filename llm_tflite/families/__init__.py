@@ -6,8 +6,9 @@ What a family plugin may import from here (docs/plugins.md):
 - ``ModelFamily``, ``KVCacheSpec``, ``Preset``: the interface (also top-level ``llm_tflite`` names);
 - ``load_keras_preset``, ``is_preset_dir``, ``preset_class_name``: loading KerasHub presets
   with errors that say what to do (``loading``);
-- ``causal_attention``, ``update_key_cache``, ``update_value_cache``, ``cache_shapes``, ``Ring``: the
-  TensorFlow building blocks of ``forward_with_cache`` that convert to builtin ops only (``ops``);
+- ``causal_attention``, ``update_key_cache``, ``update_value_cache``, ``cache_shapes``, ``Ring``,
+  ``output_rows``: the TensorFlow building blocks of ``forward_with_cache`` that convert to builtin
+  ops only (``ops``);
 - ``keras_generate_function``: the ``--mode generate`` graph of ``generate_function`` (``generate_graph``);
 - ``DecoderFamily``, ``Block``, ``Attention``, ``gated_mlp``, ``keras_rope``, ``llama_style_block``: the kit of decoder parts
   a family maps its KerasHub layers to (``decoder``).
@@ -26,6 +27,7 @@ _LAZY = {
     "Ring": "ops",
     "cache_shapes": "ops",
     "causal_attention": "ops",
+    "output_rows": "ops",
     "update_key_cache": "ops",
     "update_value_cache": "ops",
     "keras_generate_function": "generate_graph",

@@ -240,8 +240,11 @@ class DecoderFamily(ModelFamily):
         return logits, new_caches
 
     def forward_with_hidden_states(self, model, tokens, input_pos, caches):
+        from llm_tflite.families.ops import output_rows
+
         backbone = model.backbone
         x, new_caches = run_blocks(self.blocks(model), self.embed(model, tokens), input_pos, caches)
+        x = output_rows(x)  # a prompt's last token only, in a prompt_{L}
         x = backbone.layer_norm(x)  # what KerasHub's call_with_cache returns as hidden_states
         return backbone.token_embedding(x, reverse=True), new_caches, x  # tied or separate head, soft-capped
 

@@ -100,7 +100,7 @@ class GPT2Family(ModelFamily):
     def forward_with_hidden_states(self, model, tokens, input_pos, caches):
         import tensorflow as tf
 
-        from llm_tflite.families.ops import causal_attention, update_key_cache, update_value_cache
+        from llm_tflite.families.ops import causal_attention, output_rows, update_key_cache, update_value_cache
 
         backbone = model.backbone
         # 1-D lookups, so weight quantizers can treat them as EMBEDDING_LOOKUP tables.
@@ -117,6 +117,7 @@ class GPT2Family(ModelFamily):
             h = layer._feedforward_layer_norm(x)
             x = x + layer._feedforward_output_dense(layer._feedforward_intermediate_dense(h))
             new_caches.append((key_cache, value_cache))
+        x = output_rows(x)  # a prompt's last token only, in a prompt_{L}
         x = backbone.layer_norm(x)  # KerasHub's GPT2CausalLM.call_with_cache returns this as hidden_states
         return backbone.token_embedding(x, reverse=True), new_caches, x
 

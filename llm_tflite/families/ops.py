@@ -15,6 +15,7 @@ from tensorflow.compiler.tf2xla.python import xla
 
 
 _window: list = [None]
+_last: list = [None]
 
 
 @contextlib.contextmanager
@@ -31,6 +32,25 @@ def attention_window(slots: int | None):
         yield
     finally:
         _window[0] = saved
+
+
+@contextlib.contextmanager
+def prompt_last(index):
+    """While tracing a ``prompt_{L}`` signature (the last chunk of a prompt, whose next-token logits
+    generation needs): ``output_rows`` keeps only the token at ``index`` (int32 ``[1]``)."""
+    _last[0], saved = index, _last[0]
+    try:
+        yield
+    finally:
+        _last[0] = saved
+
+
+def output_rows(x):
+    """The rows of the last hidden states ``x`` ``[1, L, hidden]`` that the signature scores: all of
+    them, or in a ``prompt_{L}`` the prompt's last token's ``[1, 1, hidden]``. A family calls it before
+    its final norm and head, so a prompt costs one row of the head (Gemma 3's is a third of the 1B
+    model), not ``L``; a family that does not is still right (the signature picks the row from its logits)."""
+    return x if _last[0] is None else tf.gather(x, _last[0], axis=1)
 
 
 class Rows(tuple):

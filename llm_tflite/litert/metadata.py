@@ -227,6 +227,9 @@ def validate_record(record, where: str = "this file") -> dict:
             windows = record.get(key, [])
             _require(isinstance(windows, list) and all(_is_int(w, 1, record["context_length"] - 1) for w in windows),
                      where, f"'{key}' must be a list of windows 1..context_length-1")
+        prompts = record.get("prompt_lengths", [])
+        _require(isinstance(prompts, list) and all(n in lengths for n in prompts), where,
+                 "'prompt_lengths' must be a list of prefill lengths")
         batches = record.get("decode_batch_sizes", [])
         _require(isinstance(batches, list) and all(_is_int(b, 2, MAX_BATCH_SIZE) for b in batches),
                  where, f"'decode_batch_sizes' must be a list of sizes 2..{MAX_BATCH_SIZE}")

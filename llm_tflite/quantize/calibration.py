@@ -52,8 +52,8 @@ class TextCalibration:
         def record(name, inputs):
             calls.setdefault(name, []).append({k: np.array(v) for k, v in inputs.items()})
 
-        # A prompt of exactly L + 1 tokens runs prefill_L (and decode), of exactly L tokens score_L, so
-        # every prefill and score signature is calibrated.
+        # L tokens run as one chunk of L: prefilled, prefill_L (then decode); for their last token's logits,
+        # prompt_L; scored, score_L. So every prefill, prompt and score signature is calibrated.
         engine = runner.engine
         fits = [n for n in sorted({*engine.prefill_lengths, *engine.score_lengths})
                 if n + 1 + DECODE_STEPS <= runner.context_length]
@@ -64,8 +64,11 @@ class TextCalibration:
                 for length in fits or [1]:
                     if length in engine.score_lengths and not engine.prefill_logits:
                         runner.sequence(observer=record).feed(ids[:length])
+                    if length in engine.prompt_lengths:
+                        runner.sequence(observer=record).feed_last(ids[:length])
                     sequence = runner.sequence(observer=record)
-                    logits = sequence.feed_last(ids[: length + 1])
+                    sequence.prefill(ids[:length])
+                    logits = sequence.feed_last(ids[length : length + 1])
                     for _ in range(DECODE_STEPS):  # greedy steps: the decode signature's real inputs
                         logits = sequence.feed_last([int(np.argmax(logits))])
                 yield _every_signature_that_could_run_it(calls, engine)
@@ -111,15 +114,18 @@ def _every_signature_that_could_run_it(calls: dict, engine) -> dict:
 
     A step at position ``p`` computes the same in ``decode`` and in any ``decode_window_{W}``
     with ``W > p``; a chunk of ``L`` tokens ending at ``e`` the same in ``prefill_{L}`` and in any
-    ``window_{W}_prefill_{L}`` with ``e <= W``. The runner used the smallest window, so the larger
-    ones (and the whole-cache signatures) would otherwise see no calibration data.
+    ``window_{W}_prefill_{L}`` with ``e <= W`` (a prompt's last, in ``prompt_{L}`` and
+    ``window_{W}_prompt_{L}``). The runner used the smallest window, so the larger ones (and the
+    whole-cache signatures) would otherwise see no calibration data.
     """
-    from llm_tflite.runtime.prefill_decode import prefill_window_name
+    from llm_tflite.runtime.prefill_decode import prefill_window_name, prompt_name
 
     groups = [{"decode": engine.context_length, **{f"decode_window_{w}": w for w in engine.decode_windows}}]
     groups += [{f"prefill_{n}": engine.context_length,
                 **{prefill_window_name(n, w): w for w in engine.prefill_windows if n < w}}
                for n in engine.prefill_lengths]
+    groups += [{prompt_name(n): engine.context_length,
+                **{prompt_name(n, w): w for w in engine.prefill_windows if n < w}} for n in engine.prompt_lengths]
     pooled = dict(calls)
     for windows in groups:  # signature -> the slots it sees: a call fits when its last position is within
         steps = [call for name in windows for call in calls.get(name, [])]

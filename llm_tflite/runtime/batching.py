@@ -38,10 +38,10 @@ GATHER_SECONDS = 0.02
 class _Job:
     """One call a sequence waits for: a decode token, or a prompt chunk (``name``)."""
 
-    __slots__ = ("sequence", "tokens", "input_pos", "name", "done", "logits", "error")
+    __slots__ = ("sequence", "tokens", "input_pos", "name", "last", "done", "logits", "error")
 
-    def __init__(self, sequence, tokens, input_pos, name=None):
-        self.sequence, self.tokens, self.input_pos, self.name = sequence, tokens, input_pos, name
+    def __init__(self, sequence, tokens, input_pos, name=None, last=None):
+        self.sequence, self.tokens, self.input_pos, self.name, self.last = sequence, tokens, input_pos, name, last
         self.done = threading.Event()
         self.logits = self.error = None
 
@@ -179,7 +179,8 @@ class BatchingEngine(SequenceEngine):
                 self._decode(group[start : start + self.max_rows])
         if prefill is not None:
             self._finish([prefill], lambda: [self.inner.call(prefill.name, dict(
-                tokens=prefill.tokens, input_pos=prefill.input_pos, caches=prefill.sequence.caches)).get("logits")])
+                tokens=prefill.tokens, input_pos=prefill.input_pos, last=prefill.last,
+                caches=prefill.sequence.caches)).get("logits")])
 
     def _calls(self, jobs: list[_Job]) -> list[list[_Job]]:
         """The decode calls of one step. A call attends over the decode window of its furthest row, so
@@ -252,8 +253,8 @@ class BatchedSequence(Sequence):
         self.generating = False
         self.batching.idle(self)
 
-    def _run(self, name: str, tokens, input_pos, hidden: bool) -> dict:
+    def _run(self, name: str, tokens, input_pos, hidden: bool, last=None) -> dict:
         if hidden or self.observer is not None:  # contrastive search, calibration: directly, under the engine's lock
-            return super()._run(name, tokens, input_pos, hidden)
-        job = _Job(self, tokens, input_pos, None if tokens.shape[1] == 1 else name)
+            return super()._run(name, tokens, input_pos, hidden, last)
+        job = _Job(self, tokens, input_pos, None if tokens.shape[1] == 1 else name, last)
         return {"logits": self.batching.run(job)}

@@ -64,6 +64,12 @@ def prefill_window_name(length: int, window: int) -> str:
     return f"window_{int(window)}_prefill_{int(length)}"
 
 
+def prompt_name(length: int, window: int | None = None) -> str:
+    """``prompt_{length}`` (``window_{window}_prompt_{length}``): a prompt's last chunk, which outputs
+    the logits of the token at input ``last`` alone (``llm_tflite.export.prefill_decode``)."""
+    return f"prompt_{int(length)}" if window is None else f"window_{int(window)}_prompt_{int(length)}"
+
+
 def caches_only(name: str) -> bool:
     """Whether signature ``name`` outputs the caches only (a prefill, in files since format 3)."""
     return name.startswith("prefill_") or "_prefill_" in name
@@ -182,6 +188,8 @@ class PrefillDecodeEngine(SequenceEngine):
         self.decode_windows = sorted(int(w) for w in metadata.get("decode_windows", []))
         #: Windows with ``window_{W}_prefill_{L}`` signatures (for each prefill length below ``W``).
         self.prefill_windows = sorted(int(w) for w in metadata.get("prefill_windows", []))
+        #: Lengths with ``prompt_{L}`` (files before them: a prompt's last token runs through ``decode``).
+        self.prompt_lengths = sorted(int(n) for n in metadata.get("prompt_lengths", []))
         #: ``decode_batch_{B}`` signatures: ``decode_rows`` runs up to the largest at once
         self.batch_sizes = sorted(int(b) for b in metadata.get("decode_batch_sizes", []))
         missing = [s for s in [*self._signature_lengths(), *self._batch_signatures()] if s not in self.input_details]
@@ -229,7 +237,8 @@ class PrefillDecodeEngine(SequenceEngine):
             with quiet_native():
                 for name, length in self._signature_lengths().items():
                     self.call(name, dict(tokens=np.zeros((1, length), np.int32),
-                                         input_pos=np.arange(length, dtype=np.int32), caches=state))
+                                         input_pos=np.arange(length, dtype=np.int32), last=np.zeros(1, np.int32),
+                                         caches=state))
                 for name, rows in self._batch_signatures().items():
                     self.call(name, dict(tokens=np.zeros((rows, 1), np.int32), input_pos=np.zeros(rows, np.int32),
                                          caches=self._row_caches([state] * rows)))
@@ -246,7 +255,13 @@ class PrefillDecodeEngine(SequenceEngine):
         return {"decode": 1, **{f"decode_window_{w}": 1 for w in self.decode_windows},
                 **{f"prefill_{n}": n for n in self.prefill_lengths},
                 **{prefill_window_name(n, w): n for n in self.prefill_lengths for w in self.prefill_windows if n < w},
+                **self._prompt_signatures(),
                 **{self.score_signature(n): n for n in self.score_lengths}}
+
+    def _prompt_signatures(self) -> dict[str, int]:
+        """The ``prompt_{L}`` / ``window_{W}_prompt_{L}`` signatures, and the tokens each takes."""
+        return {prompt_name(n, w): n for n in self.prompt_lengths for w in [None, *self.prefill_windows]
+                if w is None or n < w}
 
     def score_signature(self, length: int) -> str:
         """The signature that runs ``length`` tokens and outputs their logits."""
@@ -258,8 +273,15 @@ class PrefillDecodeEngine(SequenceEngine):
     def prefill_signature(self, length: int, position: int) -> str:
         """The cheapest caches-only prefill of ``length`` tokens from ``position``: one attending over
         the smallest window the chunk ends within, else over the whole cache."""
-        window = next((w for w in self.prefill_windows if length < w and position + length <= w), None)
+        window = self._prefill_window(length, position)
         return f"prefill_{length}" if window is None else prefill_window_name(length, window)
+
+    def prompt_signature(self, length: int, position: int) -> str:
+        """The ``prompt_{L}`` (windowed as ``prefill_signature`` chooses) of a prompt's last chunk."""
+        return prompt_name(length, self._prefill_window(length, position))
+
+    def _prefill_window(self, length: int, position: int) -> int | None:
+        return next((w for w in self.prefill_windows if length < w and position + length <= w), None)
 
     def cache_bytes(self, window: int | None = None) -> int:
         """Bytes of the caches a call attending over the first ``window`` slots reads (None: all):
@@ -311,11 +333,12 @@ class PrefillDecodeEngine(SequenceEngine):
         return result["logits"].reshape(rows, -1)[:count]
 
     def _signature_buffers(self, name: str) -> dict:
-        """The buffers of a signature's small tensors, made once: tokens, positions, logits (hidden states)."""
-        outputs = (["logits"] + (["hidden_states"] if self.has_hidden_states else [])) if self.outputs_logits(name) \
-            else []
+        """The buffers of a signature's small tensors, made once: tokens, positions (a prompt's ``last``),
+        logits (hidden states)."""
+        outputs = [key for key in ("logits", "hidden_states") if key in self.output_details[name]]
+        inputs = [key for key in ("tokens", "input_pos", "last") if key in self.input_details[name]]
         return {
-            "inputs": {key: self.model.create_input_buffer_by_name(name, key) for key in ("tokens", "input_pos")},
+            "inputs": {key: self.model.create_input_buffer_by_name(name, key) for key in inputs},
             "outputs": {key: self.model.create_output_buffer_by_name(name, key) for key in outputs},
             "shapes": {key: tuple(self.output_details[name][key]["shape"]) for key in outputs},
         }
@@ -338,16 +361,17 @@ class PrefillDecodeEngine(SequenceEngine):
         caches = list(shapes)
         cache_shape = shapes["kv_cache_k_0"]
         hidden = {"hidden_states"} if self.has_hidden_states else set()
+        prompts = self._prompt_signatures()
         for name, length in self._signature_lengths().items():
             inputs, outputs = self.input_details[name], self.output_details[name]
-            expected = {"tokens": [1, length], "input_pos": [length],
-                        **shapes}
+            prompt = name in prompts  # the logits of input last's token alone
+            expected = {"tokens": [1, length], "input_pos": [length], **({"last": [1]} if prompt else {}), **shapes}
             found = {key: list(value["shape"]) for key, value in inputs.items()}
             same_types = all(np.dtype(inputs[c]["dtype"]) == types[c] and list(outputs[c]["shape"]) == expected[c]
                              for c in caches if c in inputs and c in outputs)
-            scores = {"logits", *hidden} if self.outputs_logits(name) else set()
+            scores = {"logits"} if prompt else {"logits", *hidden} if self.outputs_logits(name) else set()
             if found != expected or set(outputs) != {*scores, *caches} or not same_types or \
-                    (scores and list(outputs["logits"]["shape"][:2]) != [1, length]):
+                    (scores and list(outputs["logits"]["shape"][:2]) != [1, 1 if prompt else length]):
                 raise ModelFileError(
                     f"{path!r}: signature {name!r} does not match the file's record (context {self.context_length}, "
                     f"cache {cache_shape}, {len(caches)} caches); the file is damaged or inconsistent, re-convert it"
@@ -416,10 +440,33 @@ class PrefillDecodeEngine(SequenceEngine):
             left = max(left - plan[-1], 0)
         return plan
 
+    def last_chunks(self, count: int, position: int) -> list[tuple[int, int]]:
+        """``(signature length, tokens)`` of the calls that run ``count`` tokens from ``position`` and
+        give the last one's logits (``feed_last``): prefill chunks (``chunks``), then a ``prompt_{L}``
+        for the last tokens, or ``decode`` for the last alone, whichever plan costs least. With
+        ``prompt_{8}``: 8 tokens are one call; 64, with 32 and 128 beside it, 32 + 32 (31 tokens) and
+        ``decode``."""
+        best = None
+        for last in range(1, min(count, max(self.prompt_lengths, default=1)) + 1):
+            start = position + count - last
+            final = min([n for n in self.prompt_lengths if n >= last and start + n <= self.context_length]
+                        + ([1] if last == 1 else []), default=None)
+            if final is None:
+                continue
+            plan, left = [], count - last
+            for length in self.chunks(left, position, self.prefill_lengths):
+                plan.append((length, min(length, left)))
+                left -= plan[-1][1]
+            plan.append((final, last))
+            cost = sum(CALL_COST + length for length, _ in plan)
+            if best is None or cost < best[0]:
+                best = (cost, plan)
+        return best[1]
+
     def call(self, name: str, inputs: dict) -> dict:
-        """Run one signature on ``inputs`` (``tokens``, ``input_pos``, ``caches``: a state, updated in
-        place); return ``logits`` (and ``hidden_states``; nothing for a ``prefill_{L}`` without
-        logits). Serialised, so threads may share the engine."""
+        """Run one signature on ``inputs`` (``tokens``, ``input_pos``, a ``prompt_{L}``'s ``last``,
+        ``caches``: a state, updated in place); return ``logits`` (and ``hidden_states``; nothing for a
+        ``prefill_{L}`` without logits). Serialised, so threads may share the engine."""
         try:
             with self._lock:
                 io = self._io.get(name)
@@ -427,8 +474,8 @@ class PrefillDecodeEngine(SequenceEngine):
                     if name not in self.input_details:
                         raise ValueError(f"no signature {name!r}")
                     io = self._io[name] = self._signature_buffers(name)
-                io["inputs"]["tokens"].write(inputs["tokens"])
-                io["inputs"]["input_pos"].write(inputs["input_pos"])
+                for key, buffer in io["inputs"].items():
+                    buffer.write(inputs[key])
                 caches = inputs["caches"]
                 self.model.run_by_name(name, {**io["inputs"], **caches}, {**io["outputs"], **caches})
                 return {key: buffer.read(int(np.prod(io["shapes"][key])), np.float32).reshape(io["shapes"][key])
@@ -479,8 +526,10 @@ class Sequence:
 
     def feed_last(self, token_ids) -> np.ndarray:
         """Run ``token_ids`` (at least one) after what was fed before; return the next-token logits
-        after the last ``[vocab]``: what generation needs. All but the last run through prefill
-        signatures that compute no logits, the last through ``decode``, as LiteRT-LM runs a prompt."""
+        after the last ``[vocab]``: what generation needs. The prompt's chunks run through prefill
+        signatures that compute no logits, the last through ``prompt_{L}``, which computes its last
+        token's alone (or ``decode``, a chunk of one token). Files without ``prompt_{L}`` run all but
+        the last token through prefill and the last through ``decode``, as LiteRT-LM runs a prompt."""
         token_ids = [int(t) for t in token_ids]
         if not token_ids:
             from llm_tflite.errors import InvalidArgumentError
@@ -489,8 +538,15 @@ class Sequence:
         if self.engine.prefill_logits:  # an older file's prefill outputs logits anyway
             return self._feed(token_ids, hidden=False)[0][-1]
         self._check_room(len(token_ids))
-        self._feed(token_ids[:-1], hidden=False, score=False)
+        if self.engine.prompt_lengths:
+            return self._feed(token_ids, hidden=False, score=False, last=True)[0][-1]
+        self.prefill(token_ids[:-1])
         return self._feed(token_ids[-1:], hidden=False)[0][-1]
+
+    def prefill(self, token_ids) -> None:
+        """Run ``token_ids`` into the caches without computing any logits (``prefill_{L}``
+        signatures; a chunk of one token runs ``decode``): a prefix whose next-token logits nobody needs."""
+        self._feed(token_ids, hidden=False, score=False)
 
     def feed_with_hidden(self, token_ids) -> tuple[np.ndarray, np.ndarray]:
         """Logits ``[n, vocab]`` and last hidden states ``[n, hidden]`` (files converted with ``--hidden-states``)."""
@@ -520,42 +576,55 @@ class Sequence:
         """Say the sequence will not be fed for now (its generation ended): a batching engine
         stops waiting for it. Feeding it again is fine."""
 
-    def _run(self, name: str, tokens, input_pos, hidden: bool) -> dict:
-        """Run signature ``name`` on one chunk: ``logits`` (and ``hidden_states``)."""
+    def _run(self, name: str, tokens, input_pos, hidden: bool, last=None) -> dict:
+        """Run signature ``name`` on one chunk: ``logits`` (and ``hidden_states``); ``last``: a
+        ``prompt_{L}``'s input."""
+        inputs = dict(tokens=tokens, input_pos=input_pos, **({} if last is None else {"last": last}))
         if self.observer is not None:
-            self.observer(name, dict(tokens=tokens, input_pos=input_pos, **self.engine.read_state(self.caches)))
-        return self.engine.call(name, dict(tokens=tokens, input_pos=input_pos, caches=self.caches))
+            self.observer(name, {**inputs, **self.engine.read_state(self.caches)})
+        return self.engine.call(name, dict(inputs, caches=self.caches))
 
     def _check_room(self, count: int) -> None:
         if self.position + count > self.context_length:
             raise ContextLengthError(f"{self.position + count} tokens do not fit the context of {self.context_length} tokens")
 
-    def _feed(self, token_ids, hidden: bool, score: bool = True):
+    def _feed(self, token_ids, hidden: bool, score: bool = True, last: bool = False):
         """Run ``token_ids``; with ``score``, return their logits (and hidden states), else nothing
-        (``prefill_{L}`` signatures; a chunk of one token still runs ``decode``)."""
+        (``prefill_{L}`` signatures; a chunk of one token still runs ``decode``); with ``last`` (and
+        not ``score``), the last chunk runs ``prompt_{L}`` and its last token's logits ``[1, vocab]`` return."""
         token_ids = [int(t) for t in token_ids]
         self._check_room(len(token_ids))
         engine = self.engine
         outputs, hiddens = [], []
         i = 0
-        for length in engine.chunks(len(token_ids), self.position,
-                                    engine.score_lengths if score else engine.prefill_lengths):
-            chunk = token_ids[i : i + length]
+        if last:
+            plan = engine.last_chunks(len(token_ids), self.position)
+        else:
+            plan = [(n, n) for n in engine.chunks(len(token_ids), self.position,
+                                                  engine.score_lengths if score else engine.prefill_lengths)]
+        for k, (length, take) in enumerate(plan):
+            chunk = token_ids[i : i + take]
             tokens = np.zeros((1, length), np.int32)
             tokens[0, : len(chunk)] = chunk
             input_pos = np.arange(self.position, self.position + length, dtype=np.int32)
+            final = last and k == len(plan) - 1  # the prompt's last chunk: its last token's logits
+            index = np.array([len(chunk) - 1], np.int32) if final and length > 1 else None
             name = engine.decode_signature(self.position) if length == 1 else \
-                engine.score_signature(length) if score else engine.prefill_signature(length, self.position)
-            result = self._run(name, tokens, input_pos, hidden)
+                engine.score_signature(length) if score else \
+                engine.prompt_signature(length, self.position) if final else \
+                engine.prefill_signature(length, self.position)
+            result = self._run(name, tokens, input_pos, hidden, index)
             self.written = max(self.written, self.position + length)
             if score:
                 outputs.append(result["logits"].reshape(length, -1)[: len(chunk)])
+            elif final:
+                outputs.append(result["logits"].reshape(1, -1))
             if hidden:
                 hiddens.append(result["hidden_states"].reshape(length, -1)[: len(chunk)])
             i += len(chunk)
             self.position += len(chunk)
             self.fed += len(chunk)
-        if not score:
+        if not score and not last:
             return None, None
         if not outputs:  # nothing fed
             return np.zeros((0, engine.vocab_size), np.float32), (np.zeros((0, 0), np.float32) if hidden else None)

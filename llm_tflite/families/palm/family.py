@@ -102,7 +102,7 @@ class PaLMFamily(ModelFamily):
     def forward_with_hidden_states(self, model, tokens, input_pos, caches):
         import tensorflow as tf
 
-        from llm_tflite.families.ops import causal_attention, update_key_cache, update_value_cache
+        from llm_tflite.families.ops import causal_attention, output_rows, update_key_cache, update_value_cache
 
         backbone = model.backbone
         x = tf.gather(backbone.token_embedding.embeddings, tf.reshape(tokens, [-1]))[None]
@@ -115,6 +115,7 @@ class PaLMFamily(ModelFamily):
             value_cache = update_value_cache(value_cache, value, input_pos)
             x = block.combine(x, h, causal_attention(query, key_cache, value_cache, input_pos))
             new_caches.append((key_cache, value_cache))
+        x = output_rows(x)  # a prompt's last token only, in a prompt_{L}
         x = backbone.layer_norm(x)
         return backbone.token_embedding(x, reverse=True), new_caches, x
 
