@@ -4,8 +4,9 @@
 
 Files are timed in turn, round after round, each in a fresh process, so a slow minute of the
 machine falls on all of them. Prints the medians in milliseconds and the signatures the prompt ran.
-Not a test: compare files converted from the same model (with and without ``--prompt-lengths``,
-for instance) in one run.
+Not a test: compare files converted from the same model in one run, for instance
+``llm-tflite convert gpt2_base_en --random-weights --quantize dynamic_int8 --context-length 1024`` with
+and without ``--prompt-lengths ''`` (no ``prompt_{L}``: the prompt's last token through ``decode``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import pathlib
 import subprocess
 import sys
 import time
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def measure(path: str, prompt_tokens: int, repeats: int) -> dict:
