@@ -1,5 +1,6 @@
 """The prefill_decode export of GPT-2: file contract, parity with Keras, runtime without TensorFlow."""
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -358,3 +359,69 @@ def test_a_prompts_last_chunk_runs_with_its_logits_in_one_call(tiny_tflite):
         step = int(logits.argmax())
         np.testing.assert_allclose(sequence.feed_last([step]), runner.logits(ids[: start + count] + [step])[-1],
                                    rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_a_new_sequence_reuses_a_finished_ones_caches_cleared_where_it_wrote(tiny_tflite):
+    # The views over the runtime's cache buffers are native memory: a wrong address would crash the
+    # process, so this runs in one of its own. Every check reads the buffers through the runtime's own
+    # TensorBuffer.read, not through the views under test.
+    script = textwrap.dedent(f"""
+        import gc, json
+        import numpy as np
+        from llm_tflite import InterpreterRunner
+        import llm_tflite.runtime.prefill_decode as prefill_decode
+
+        def through_runtime(engine, state):
+            return {{name: buffer.read(int(np.prod(engine.cache_specs[name][0])), engine.cache_specs[name][1])
+                     .reshape(engine.cache_specs[name][0]) for name, buffer in state.items()}}
+
+        def same(a, b):
+            return sorted(a) == sorted(b) and all(np.array_equal(a[name], b[name]) for name in a)
+
+        def greedy(sequence, prompt, count):
+            logits, tokens = sequence.feed_last(prompt), []
+            for _ in range(count):
+                tokens.append(int(logits.argmax()))
+                logits = sequence.feed_last(tokens[-1:])
+            return tokens, logits
+
+        checks = {{}}
+        for views in (True, False):
+            if not views:  # a runtime that gives no host memory: every copy goes through TensorBuffer
+                prefill_decode.host_view = lambda *args: None
+            runner = InterpreterRunner({str(tiny_tflite)!r})
+            engine = runner.engine
+            first = runner.sequence()
+            checks[views, "views"] = first.caches.views is not None
+            checks[views, "new is zero"] = all(not a.any() for a in through_runtime(engine, first.caches).values())
+            tokens, logits = greedy(first, list(range(10, 50)), 30)  # 40 + 30 positions: past the 64 window
+            checks[views, "written"] = first.written
+            checks[views, "read"] = same(engine.read_state(first.caches), through_runtime(engine, first.caches))
+            twin = first.fork()
+            checks[views, "fork"] = same(through_runtime(engine, twin.caches), through_runtime(engine, first.caches))
+            checks[views, "fork continues"] = np.array_equal(twin.feed_last([7]), first.feed_last([7]))
+            state = first.caches
+            del first, twin
+            gc.collect()
+            second = runner.sequence()
+            checks[views, "reused"] = second.caches is state and second.written == 0
+            checks[views, "cleared"] = all(not a.any() for a in through_runtime(engine, second.caches).values())
+            checks[views, "same tokens"] = greedy(second, list(range(10, 50)), 30)[0] == tokens
+            short = runner.sequence()  # second still lives: new buffers
+            short.feed_last([1, 2, 3])
+            del second, short
+            gc.collect()
+            third = runner.sequence()  # second's (one spare only): cleared where it wrote
+            checks[views, "cleared again"] = all(not a.any() for a in through_runtime(engine, third.caches).values())
+        print("CHECKS", json.dumps({{" ".join(map(str, key)): value for key, value in checks.items()}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    checks = json.loads(out.stdout.split("CHECKS ", 1)[1])
+    expected = {}
+    for views in (True, False):
+        expected.update({f"{views} {key}": True for key in ("new is zero", "read", "fork", "fork continues", "reused",
+                                                              "cleared", "same tokens", "cleared again")})
+        expected[f"{views} views"] = views
+        expected[f"{views} written"] = 70  # 40 prompt tokens and 30 decoded, each at its own slot
+    assert checks == expected

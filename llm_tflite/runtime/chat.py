@@ -296,7 +296,7 @@ class Conversation:
             offset += nbytes
         if offset != len(body):
             raise ConversationFileError(f"{where} has {len(body) - offset} bytes more than its caches")
-        runner.engine.write_state(sequence.caches, arrays)
+        runner.engine.write_state(sequence.caches, arrays, written=len(tokens))
         sequence.position = len(tokens)
         conversation.cache.put(sequence, tokens)
         return conversation

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import Callable
 
 import numpy as np
@@ -25,6 +26,7 @@ from llm_tflite.console import quiet_native, quiet_native_exit
 from llm_tflite.errors import ContextLengthError, ModelFileError, RuntimeFailure
 from llm_tflite.litert.flatbuffer import release_mapped_file
 from llm_tflite.runtime.engine import ModelFile, SequenceEngine
+from llm_tflite.runtime.host_memory import host_view
 
 #: ``observer(signature_name, inputs)`` sees every signature call's inputs, caches as arrays
 #: (calibration records them).
@@ -82,6 +84,18 @@ CALL_COST = 16
 def row_cache_name(name: str, row: int) -> str:
     """A batched signature's input for row ``row`` of cache ``name``: ``kv_cache_k_0_row3``."""
     return f"{name}_row{row}"
+
+
+class State(dict):
+    """A sequence's cache buffers by name (what the signatures take), with NumPy views of them
+    (``runtime.host_memory``; None where the runtime gives none) and ``written``: one past the
+    furthest slot position any call wrote, padding included (what reusing it must clear)."""
+
+    __slots__ = ("views", "written")
+
+    def __init__(self, buffers: dict, views: dict | None):
+        super().__init__(buffers)
+        self.views, self.written = views, 0
 
 
 class PrefillDecodeEngine(SequenceEngine):
@@ -330,6 +344,9 @@ class PrefillDecodeEngine(SequenceEngine):
         name = self.decode_batch_signature(rows, int(max(positions)))
         result = self.call(name, dict(tokens=token_rows, input_pos=position_rows,
                                       caches=self._row_caches(list(states) + [pad] * (rows - count))))
+        for state, position in zip([*states, pad], [*positions, 0]):
+            if isinstance(state, State):
+                state.written = max(state.written, int(position) + 1)
         return result["logits"].reshape(rows, -1)[:count]
 
     def _signature_buffers(self, name: str) -> dict:
@@ -389,35 +406,67 @@ class PrefillDecodeEngine(SequenceEngine):
                                      f"cache {cache_shape}); the file is damaged or inconsistent, re-convert it")
 
     # -- sequence state: cache buffers ---------------------------------------------
-    def new_state(self) -> dict:
-        """Zeroed cache buffers for a new sequence."""
+    def new_state(self) -> State:
+        """Zeroed cache buffers for a new sequence: a finished sequence's (``recycle``), cleared
+        where it wrote, or new ones."""
         with self._lock:
             state, self._spare_state = self._spare_state, None
             if state is None:
-                state = {name: self.model.create_input_buffer_by_name("decode", name) for name in self.cache_specs}
-            for name, buffer in state.items():
-                buffer.write(np.zeros(*self.cache_specs[name]))
+                buffers = {name: self.model.create_input_buffer_by_name("decode", name) for name in self.cache_specs}
+                views = {name: host_view(buffer, *self.cache_specs[name]) for name, buffer in buffers.items()}
+                state = State(buffers, None if any(view is None for view in views.values()) else views)
+                state.written = self.context_length  # what a new buffer holds is unknown
+            self._clear(state)
         return state
+
+    def recycle(self, state: State) -> None:
+        """``state``'s sequence is gone: keep its buffers for the next ``new_state`` (one spare, as
+        the first sequence reuses the constructor's). Called by a finalizer, at any point of any
+        thread, so it takes no lock: a state lost to a race is only freed."""
+        if self._spare_state is None and isinstance(state, State):
+            self._spare_state = state
+
+    def _clear(self, state: State) -> None:
+        """Zero the slots ``state``'s calls wrote: with views, those slots alone (a new sequence after a
+        short one clears a fraction of its caches); else every buffer, through the runtime."""
+        for name, (shape, dtype) in self.cache_specs.items():
+            if state.views is None:
+                state[name].write(np.zeros(shape, dtype))
+                continue
+            axis = self.position_axes[name]
+            view = state.views[name]
+            if state.written >= shape[axis]:  # every slot (a ring's written positions wrap around it)
+                view.fill(0)
+            elif state.written:
+                view[(slice(None),) * axis + (slice(0, state.written),)] = 0
+        state.written = 0
 
     def read_state(self, state: dict) -> dict[str, np.ndarray]:
         """The caches of ``state`` as arrays (copies)."""
         with self._lock:
+            if getattr(state, "views", None) is not None:
+                return {name: view.copy() for name, view in state.views.items()}
             return {name: buffer.read(int(np.prod(self.cache_specs[name][0])), self.cache_specs[name][1])
                     .reshape(self.cache_specs[name][0]) for name, buffer in state.items()}
 
-    def write_state(self, state: dict, arrays: dict[str, np.ndarray]) -> None:
-        """Fill ``state``'s cache buffers with ``arrays`` (each of its cache's shape and type)."""
+    def write_state(self, state: dict, arrays: dict[str, np.ndarray], written: int | None = None) -> None:
+        """Fill ``state``'s cache buffers with ``arrays`` (each of its cache's shape and type), of which
+        slots from ``written`` on are zeros (None: any slot may hold something)."""
         with self._lock:
             for name, buffer in state.items():
-                buffer.write(np.ascontiguousarray(arrays[name], self.cache_specs[name][1]))
+                array = np.ascontiguousarray(arrays[name], self.cache_specs[name][1])
+                if getattr(state, "views", None) is not None:
+                    np.copyto(state.views[name], array.reshape(self.cache_specs[name][0]))
+                else:
+                    buffer.write(array)
+            if isinstance(state, State):
+                state.written = self.context_length if written is None else written
 
-    def copy_state(self, state: dict) -> dict:
+    def copy_state(self, state: State) -> State:
         """New cache buffers holding what ``state``'s hold (a fork)."""
-        arrays = self.read_state(state)
-        with self._lock:
-            twin = {name: self.model.create_input_buffer_by_name("decode", name) for name in state}
-            for name, buffer in twin.items():
-                buffer.write(arrays[name])
+        twin = self.new_state()
+        views = getattr(state, "views", None)
+        self.write_state(twin, self.read_state(state) if views is None else views, written=state.written)
         return twin
 
     def chunks(self, count: int, position: int, lengths: list[int]) -> list[int]:
@@ -478,6 +527,8 @@ class PrefillDecodeEngine(SequenceEngine):
                     buffer.write(inputs[key])
                 caches = inputs["caches"]
                 self.model.run_by_name(name, {**io["inputs"], **caches}, {**io["outputs"], **caches})
+                if isinstance(caches, State):
+                    caches.written = max(caches.written, int(np.max(inputs["input_pos"])) + 1)
                 return {key: buffer.read(int(np.prod(io["shapes"][key])), np.float32).reshape(io["shapes"][key])
                         for key, buffer in io["outputs"].items()}
         except (RuntimeError, ValueError) as e:
@@ -502,21 +553,25 @@ class Sequence:
         self.observer = observer
         self.position = 0
         self.caches = engine.new_state()
+        weakref.finalize(self, engine.recycle, self.caches)  # a new sequence reuses these buffers
         #: Tokens fed so far, over the sequence's life (a chat turn's prefill is the difference).
         self.fed = 0
-        #: One past the furthest position any call wrote, padding included (``can_rewind_to``).
-        self.written = 0
 
     @property
     def context_length(self) -> int:
         return self.engine.context_length
 
+    @property
+    def written(self) -> int:
+        """One past the furthest position any call wrote, padding included (``can_rewind_to``)."""
+        return self.caches.written
+
     def fork(self) -> "Sequence":
         """A copy that continues independently (beams, candidates): its own copy of the caches."""
         twin = Sequence.__new__(type(self))
         twin.engine, twin.observer, twin.position, twin.fed = self.engine, self.observer, self.position, 0
-        twin.written = self.written
         twin.caches = self.engine.copy_state(self.caches)
+        weakref.finalize(twin, self.engine.recycle, twin.caches)
         return twin
 
     def feed(self, token_ids) -> np.ndarray:
@@ -614,7 +669,6 @@ class Sequence:
                 engine.prompt_signature(length, self.position) if final else \
                 engine.prefill_signature(length, self.position)
             result = self._run(name, tokens, input_pos, hidden, index)
-            self.written = max(self.written, self.position + length)
             if score:
                 outputs.append(result["logits"].reshape(length, -1)[: len(chunk)])
             elif final:
