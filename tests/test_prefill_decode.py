@@ -370,6 +370,7 @@ def test_a_new_sequence_reuses_a_finished_ones_caches_cleared_where_it_wrote(tin
         import numpy as np
         from llm_tflite import InterpreterRunner
         import llm_tflite.runtime.prefill_decode as prefill_decode
+        from llm_tflite.runtime.host_memory import host_view
 
         def through_runtime(engine, state):
             return {{name: buffer.read(int(np.prod(engine.cache_specs[name][0])), engine.cache_specs[name][1])
@@ -393,6 +394,16 @@ def test_a_new_sequence_reuses_a_finished_ones_caches_cleared_where_it_wrote(tin
             engine = runner.engine
             first = runner.sequence()
             checks[views, "views"] = first.caches.views is not None
+            if views:  # a view is used only once a pattern written through the runtime reads back through it
+                class Deaf:  # a buffer whose writes never reach the memory the view sees
+                    def __init__(self, buffer):
+                        self.capsule = buffer.capsule
+                    def write(self, array):
+                        pass
+                buffer = engine.model.create_input_buffer_by_name("decode", "kv_cache_k_0")
+                spec = engine.cache_specs["kv_cache_k_0"]
+                checks["unverified view refused"] = host_view(Deaf(buffer), *spec) is None
+                checks["verified view taken"] = host_view(buffer, *spec) is not None
             checks[views, "new is zero"] = all(not a.any() for a in through_runtime(engine, first.caches).values())
             tokens, logits = greedy(first, list(range(10, 50)), 30)  # 40 + 30 positions: past the 64 window
             checks[views, "written"] = first.written
@@ -413,12 +424,13 @@ def test_a_new_sequence_reuses_a_finished_ones_caches_cleared_where_it_wrote(tin
             gc.collect()
             third = runner.sequence()  # second's (one spare only): cleared where it wrote
             checks[views, "cleared again"] = all(not a.any() for a in through_runtime(engine, third.caches).values())
-        print("CHECKS", json.dumps({{" ".join(map(str, key)): value for key, value in checks.items()}}))
+        print("CHECKS", json.dumps({{key if isinstance(key, str) else " ".join(map(str, key)): value
+                                   for key, value in checks.items()}}))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     checks = json.loads(out.stdout.split("CHECKS ", 1)[1])
-    expected = {}
+    expected = {"unverified view refused": True, "verified view taken": True}
     for views in (True, False):
         expected.update({f"{views} {key}": True for key in ("new is zero", "read", "fork", "fork continues", "reused",
                                                               "cleared", "same tokens", "cleared again")})

@@ -7,9 +7,12 @@ buffer in host memory, which ``LiteRtGetTensorBufferHostMemory`` (LiteRT's stabl
 ``libLiteRt.so`` beside the Python wrapper) gives the address of: a view over it lets the
 engine clear only the slots a sequence wrote and copy caches with one ``memcpy``.
 
-Every step is checked (the capsule's name, the call's status, the buffer's size against the
-tensor's bytes); anything unexpected gives None and the engine copies through ``TensorBuffer``
-as before.
+The Python wrapper carries its own copy of LiteRT (``libpywrap_litert_common.so`` exports none of
+the C API), so its buffers are read by ``libLiteRt.so`` of the same wheel, which works as long as
+the two copies agree on the buffer's layout. So every step is checked: the capsule's name, the
+calls' status, the buffer's size against the tensor's bytes (before any address is used), and a
+pattern written through ``TensorBuffer.write`` must read back through the view. Anything
+unexpected gives None, and the engine copies through ``TensorBuffer`` as before.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def _load():
 
 
 def host_view(buffer, shape, dtype) -> np.ndarray | None:
-    """A writable view ``shape``/``dtype`` of ``buffer``'s host memory (valid while ``buffer`` lives), or None."""
+    """A writable view ``shape``/``dtype`` of ``buffer``'s host memory (valid while ``buffer`` lives), or
+    None. What the buffer holds afterwards is a test pattern: clear it."""
     api = _load()
     if not api:
         return None
@@ -63,4 +67,7 @@ def host_view(buffer, shape, dtype) -> np.ndarray | None:
         return None
     if host(handle, ctypes.byref(address)) != 0 or not address.value:
         return None
-    return np.frombuffer((ctypes.c_char * nbytes).from_address(address.value), dtype).reshape(shape)
+    view = np.frombuffer((ctypes.c_char * nbytes).from_address(address.value), dtype).reshape(shape)
+    pattern = (np.arange(view.size) % 127 + 1).astype(dtype).reshape(shape)
+    buffer.write(pattern)
+    return view if np.array_equal(view, pattern) else None
