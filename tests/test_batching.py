@@ -92,6 +92,23 @@ def test_concurrent_generations_decode_together_with_unbatched_outputs(batched_f
     assert engine.rows > engine.steps > 0  # steps carried several sequences
 
 
+def test_finished_sequences_leave_their_cache_buffers_to_the_next_ones(batched_file):
+    """A server's slots finish and start together: up to the largest batch (4 here) of finished
+    sequences' buffers wait for new sequences, which get them cleared."""
+    runner = InterpreterRunner(batched_file)
+    engine = runner.engine
+    sequences = [runner.sequence() for _ in range(6)]
+    for sequence in sequences:
+        sequence.feed_last(runner.encode("ROMEO: what light through yonder window breaks"))
+    del sequences, sequence
+    gc.collect()
+    spares = list(engine._spares)
+    assert engine.max_spares == 4 and len(spares) == 4
+    again = [runner.sequence() for _ in range(6)]
+    assert sum(any(s.caches is spare for spare in spares) for s in again) == 4 and not engine._spares
+    assert all(not array.any() for s in again for array in engine.read_state(s.caches).values())
+
+
 def test_streams_and_stop_rules_work_per_request(batched_file):
     plain = InterpreterRunner(batched_file)
     batched = InterpreterRunner(batched_file, batching=True)
@@ -189,6 +206,21 @@ def test_rows_are_grouped_by_window_when_another_call_costs_less(batched_file):
     # window 32 -> 64 costs the first two rows 2 x 32 slots; 64 -> 128 costs three rows 3 x 64 slots
     assert calls(2 * 32 * slot + 1) == [[3, 5, 40], [100]]
     assert calls(3 * 64 * slot + 1) == [[3, 5, 40, 100]]
+
+
+def test_prompts_waiting_together_run_their_chunks_in_one_step():
+    from llm_tflite.runtime.batching import PROMPT_TOKENS, _Job, _prompt_chunks
+
+    def waiting(*lengths):
+        return [_Job(None, np.zeros((1, n), np.int32), np.arange(n), f"prefill_{n}") for n in lengths]
+
+    assert PROMPT_TOKENS == 128
+    queue = waiting(*[8] * 20)  # 20 short prompts arriving together: 16 now, 4 at the next step
+    assert len(_prompt_chunks(queue)) == 16 and len(_prompt_chunks(queue)) == 4 and _prompt_chunks(queue) == []
+    queue = waiting(128, 8)  # a long prompt's chunk alone, the short one next
+    assert [j.tokens.shape[1] for j in _prompt_chunks(queue)] == [128] and len(queue) == 1
+    queue = waiting(32, 128, 8)  # in order: the 8 does not overtake the 128
+    assert [j.tokens.shape[1] for j in _prompt_chunks(queue)] == [32] and len(queue) == 2
 
 
 def test_a_failing_step_fails_its_callers_and_the_scheduler_goes_on(batched_file, monkeypatch):

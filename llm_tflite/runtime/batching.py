@@ -9,8 +9,9 @@ one scheduler thread, which
 - gathers the decode steps of every running sequence and runs them as ``decode_rows`` calls:
   one, unless rows far apart in the context cost less as a call per decode window
   (``_calls``), and at most the largest batch the file has per call;
-- runs one chunk of a waiting prompt between two decode steps, so a long prompt joining
-  never stalls the streams already running;
+- runs the next chunk of waiting prompts between two decode steps, as many prompts' as fit
+  ``PROMPT_TOKENS`` (at least one), so a long prompt joining never stalls the streams already
+  running, and clients arriving together all get their first token within a step or two;
 - waits for the sequences of the last step to come back (each samples its token in its own
   thread) at most ``gather_seconds``: a sequence that finished (``Sequence.idle``) or is slow
   to come back is not waited for, and joins the next step when it is back.
@@ -33,6 +34,10 @@ from llm_tflite.runtime.prefill_decode import PrefillDecodeEngine, Sequence
 
 #: How long a step waits for the sequences of the step before it to come back with their tokens.
 GATHER_SECONDS = 0.02
+#: Prompt tokens (padded chunk lengths) run between two decode steps: 8 short prompts arriving
+#: together in one step (one each: their 8th client's first token came 8 steps late), a long one a
+#: chunk at a time.
+PROMPT_TOKENS = 128
 
 
 class _Job:
@@ -86,22 +91,32 @@ def _schedule(queue: _Queue, engine_ref, gather_seconds: float) -> None:
                     break
                 queue.cond.wait(left)
             decodes, queue.decodes = queue.decodes, []
-            prefill = queue.prefills.pop(0) if queue.prefills else None
+            prefills = _prompt_chunks(queue.prefills)
             # only a generation's sequences come straight back (a beam's forks, a logits() call do not)
             queue.expected = {id(job.sequence) for job in decodes if job.sequence.generating}
         engine = engine_ref()
         if engine is None:
-            _fail(decodes + ([prefill] if prefill else []), RuntimeFailure("the batching engine is gone"))
+            _fail(decodes + prefills, RuntimeFailure("the batching engine is gone"))
             return
-        _run_step(engine, decodes, prefill)
-        del engine, decodes, prefill  # nothing of a finished step (jobs hold their sequences) while it waits
+        _run_step(engine, decodes, prefills)
+        del engine, decodes, prefills  # nothing of a finished step (jobs hold their sequences) while it waits
 
 
-def _run_step(engine, decodes, prefill) -> None:
+def _prompt_chunks(waiting: list[_Job]) -> list[_Job]:
+    """Take from ``waiting`` the prompt chunks of one step: the first, then the next ones in order while
+    their padded lengths stay within ``PROMPT_TOKENS``."""
+    taken, tokens = [], 0
+    while waiting and (not taken or tokens + waiting[0].tokens.shape[1] <= PROMPT_TOKENS):
+        taken.append(waiting.pop(0))
+        tokens += taken[-1].tokens.shape[1]
+    return taken
+
+
+def _run_step(engine, decodes, prefills) -> None:
     try:
-        engine._step(decodes, prefill)
+        engine._step(decodes, prefills)
     except BaseException as e:  # noqa: BLE001 - no waiting thread is left hanging, and the thread goes on
-        jobs = [job for job in decodes + ([prefill] if prefill else []) if not job.done.is_set()]
+        jobs = [job for job in decodes + prefills if not job.done.is_set()]
         _fail(jobs, RuntimeFailure(f"the batching scheduler failed: {type(e).__name__}: {e}"))
 
 
@@ -173,11 +188,11 @@ class BatchingEngine(SequenceEngine):
             self._queue.cond.notify_all()
 
     # -- in the scheduler thread ---------------------------------------------------------
-    def _step(self, decodes: list[_Job], prefill: _Job | None) -> None:
+    def _step(self, decodes: list[_Job], prefills: list[_Job]) -> None:
         for group in self._calls(decodes):
             for start in range(0, len(group), self.max_rows):
                 self._decode(group[start : start + self.max_rows])
-        if prefill is not None:
+        for prefill in prefills:
             self._finish([prefill], lambda: [self.inner.call(prefill.name, dict(
                 tokens=prefill.tokens, input_pos=prefill.input_pos, last=prefill.last,
                 caches=prefill.sequence.caches)).get("logits")])

@@ -227,7 +227,10 @@ class PrefillDecodeEngine(SequenceEngine):
         self.ring_slack = min((n - w for n, w in zip(lengths, windows) if n != self.context_length), default=None)
         self.vocab_size = int(self.output_details["decode"]["logits"]["shape"][-1])
         self._lock = threading.Lock()
-        self._spare_state = None
+        #: Cache buffers of finished sequences, for new ones (``recycle``): at most as many as a batched
+        #: step runs (a server's slots come and go together), else one.
+        self._spares: list[State] = []
+        self.max_spares = max([1, *self.batch_sizes])
         try:
             with quiet_native():
                 # A signature's buffers are made at its first call: a prefill_128 a prompt never needs
@@ -241,7 +244,7 @@ class PrefillDecodeEngine(SequenceEngine):
                                                          input_pos=np.zeros(1, np.int32), caches=state))
                 # The runtime holds on to the buffers a signature last ran with: the first sequence
                 # reuses these (zeroed) instead of allocating another cache beside them.
-                self._spare_state = state
+                self._spares.append(state)
         except (RuntimeFailure, ValueError, RuntimeError) as e:
             raise ModelFileError(f"the runtime cannot run {path!r}: {e.__cause__ or e}; re-convert it") from e
 
@@ -256,7 +259,7 @@ class PrefillDecodeEngine(SequenceEngine):
                 for name, rows in self._batch_signatures().items():
                     self.call(name, dict(tokens=np.zeros((rows, 1), np.int32), input_pos=np.zeros(rows, np.int32),
                                          caches=self._row_caches([state] * rows)))
-            self._spare_state = state  # the first sequence's cache, not another one beside it
+            self._spares.append(state)  # the first sequence's cache, not another one beside it
         except (RuntimeFailure, ValueError, RuntimeError) as e:
             raise ModelFileError(f"the runtime cannot run {path!r}: {e.__cause__ or e}; re-convert it") from e
 
@@ -410,7 +413,7 @@ class PrefillDecodeEngine(SequenceEngine):
         """Zeroed cache buffers for a new sequence: a finished sequence's (``recycle``), cleared
         where it wrote, or new ones."""
         with self._lock:
-            state, self._spare_state = self._spare_state, None
+            state = self._spares.pop() if self._spares else None
             if state is None:
                 buffers = {name: self.model.create_input_buffer_by_name("decode", name) for name in self.cache_specs}
                 views = {name: host_view(buffer, *self.cache_specs[name]) for name, buffer in buffers.items()}
@@ -420,11 +423,11 @@ class PrefillDecodeEngine(SequenceEngine):
         return state
 
     def recycle(self, state: State) -> None:
-        """``state``'s sequence is gone: keep its buffers for the next ``new_state`` (one spare, as
-        the first sequence reuses the constructor's). Called by a finalizer, at any point of any
-        thread, so it takes no lock: a state lost to a race is only freed."""
-        if self._spare_state is None and isinstance(state, State):
-            self._spare_state = state
+        """``state``'s sequence is gone: keep its buffers for a next ``new_state`` (up to ``max_spares``;
+        the first sequence reuses the constructor's). Called by a finalizer, at any point of any thread,
+        so it takes no lock (a list's append and pop are atomic; a race may keep one more)."""
+        if len(self._spares) < self.max_spares and isinstance(state, State):
+            self._spares.append(state)
 
     def _clear(self, state: State) -> None:
         """Zero the slots ``state``'s calls wrote: with views, those slots alone (a new sequence after a
