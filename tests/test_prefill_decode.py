@@ -366,14 +366,14 @@ def test_a_new_sequence_reuses_a_finished_ones_caches_cleared_where_it_wrote(tin
     # process, so this runs in one of its own. Every check reads the buffers through the runtime's own
     # TensorBuffer.read, not through the views under test.
     script = textwrap.dedent(f"""
-        import gc, json
+        import gc, json, os
         import numpy as np
         from llm_tflite import InterpreterRunner
         import llm_tflite.runtime.prefill_decode as prefill_decode
         import llm_tflite.runtime.host_memory as host_memory
         from llm_tflite.runtime.host_memory import host_view
 
-        def through_runtime(engine, state):
+        def through_runtime(engine, state):  # the wrapper's TensorBuffer.read; a native Buffer's own array
             return {{name: buffer.read(int(np.prod(engine.cache_specs[name][0])), engine.cache_specs[name][1])
                      .reshape(engine.cache_specs[name][0]) for name, buffer in state.items()}}
 
@@ -387,15 +387,17 @@ def test_a_new_sequence_reuses_a_finished_ones_caches_cleared_where_it_wrote(tin
                 logits = sequence.feed_last(tokens[-1:])
             return tokens, logits
 
-        checks = {{}}
-        for views in (True, False):
+        checks, every_binding = {{}}, []
+        for binding, views in (("native", True), ("python", True), ("python", False)):
+            os.environ["LLM_TFLITE_BINDING"] = binding  # LiteRT's C API, or ai_edge_litert's wrapper
             if not views:  # a runtime that gives no host memory: every copy goes through TensorBuffer
                 prefill_decode.host_view = lambda *args: None
             runner = InterpreterRunner({str(tiny_tflite)!r})
             engine = runner.engine
             first = runner.sequence()
+            views = binding, views
             checks[views, "views"] = first.caches.views is not None
-            if views:  # a view is used only once a pattern written through the runtime reads back through it
+            if views == ("python", True):  # a wrapper's buffer is viewed once a pattern written through it reads back
                 class Deaf:  # a buffer whose writes never reach the memory the view sees
                     def __init__(self, buffer):
                         self.capsule = buffer.capsule
@@ -408,6 +410,7 @@ def test_a_new_sequence_reuses_a_finished_ones_caches_cleared_where_it_wrote(tin
                 checks["verified view taken"] = host_view(buffer, *spec) is not None
             checks[views, "new is zero"] = all(not a.any() for a in through_runtime(engine, first.caches).values())
             tokens, logits = greedy(first, list(range(10, 50)), 30)  # 40 + 30 positions: past the 64 window
+            every_binding.append((tokens, logits.tolist()))
             checks[views, "written"] = first.written
             checks[views, "read"] = same(engine.read_state(first.caches), through_runtime(engine, first.caches))
             twin = first.fork()
@@ -426,16 +429,80 @@ def test_a_new_sequence_reuses_a_finished_ones_caches_cleared_where_it_wrote(tin
             gc.collect()
             third = runner.sequence()  # second's (one spare only): cleared where it wrote
             checks[views, "cleared again"] = all(not a.any() for a in through_runtime(engine, third.caches).values())
-        print("CHECKS", json.dumps({{key if isinstance(key, str) else " ".join(map(str, key)): value
+        checks["bindings agree"] = every_binding[0] == every_binding[1] == every_binding[2]  # bit for bit
+        print("CHECKS", json.dumps({{key if isinstance(key, str) else " ".join(map(str, key[0])) + " " + key[1]: value
                                    for key, value in checks.items()}}))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     checks = json.loads(out.stdout.split("CHECKS ", 1)[1])
-    expected = {"unverified view refused": True, "verified view taken": True}
-    for views in (True, False):
-        expected.update({f"{views} {key}": True for key in ("new is zero", "read", "fork", "fork continues", "reused",
-                                                              "cleared", "same tokens", "cleared again")})
-        expected[f"{views} views"] = views
-        expected[f"{views} written"] = 70  # 40 prompt tokens and 30 decoded, each at its own slot
+    expected = {"unverified view refused": True, "verified view taken": True, "bindings agree": True}
+    for binding, views in (("native", True), ("python", True), ("python", False)):
+        expected.update({f"{binding} {views} {key}": True for key in (
+            "new is zero", "read", "fork", "fork continues", "reused", "cleared", "same tokens", "cleared again")})
+        expected[f"{binding} {views} views"] = views
+        expected[f"{binding} {views} written"] = 70  # 40 prompt tokens and 30 decoded, each at its own slot
     assert checks == expected
+
+
+def test_the_c_api_binding_runs_as_the_wrapper_does_without_holding_the_gil(tiny_tflite):
+    # ctypes into LiteRT's C API (runtime/native.py): native code, so in a process of its own
+    script = textwrap.dedent(f"""
+        import ctypes, json, os
+        import numpy as np
+        from llm_tflite.runtime.prefill_decode import compiled_model
+
+        native = compiled_model({str(tiny_tflite)!r}, None, 2, ":memory:")
+        os.environ["LLM_TFLITE_BINDING"] = "python"
+        wrapper = compiled_model({str(tiny_tflite)!r}, None, 2, ":memory:")
+        checks = {{"kinds": [type(native).__name__, type(wrapper).__name__]}}
+        def details(model, name, side):
+            found = getattr(model, f"get_{{side}}_tensor_details")(name)
+            return {{key: (list(value["shape"]), str(value["dtype"])) for key, value in found.items()}}
+        names = native.get_signature_list()
+        checks["same signatures"] = sorted(names) == sorted(wrapper.get_signature_list()) and all(
+            details(native, n, side) == details(wrapper, n, side) for n in names for side in ("input", "output"))
+        # CDLL, not PyDLL: ctypes lets go of the GIL for the call
+        run = native.lib.LiteRtRunCompiledModel
+        checks["gil released"] = not run._flags_ & ctypes._FUNCFLAG_PYTHONAPI
+        logits = []
+        for model in (native, wrapper):
+            inputs = {{k: model.create_input_buffer_by_name("decode", k) for k in details(model, "decode", "input")}}
+            outputs = {{"logits": model.create_output_buffer_by_name("decode", "logits"),
+                        **{{k: b for k, b in inputs.items() if k.startswith("kv_cache")}}}}
+            for key, buffer in inputs.items():
+                shape, dtype = details(model, "decode", "input")[key]
+                buffer.write(np.zeros(shape, dtype))
+            steps = []
+            for position, token in enumerate([5, 17, 3]):
+                inputs["tokens"].write(np.array([[token]], np.int32))
+                inputs["input_pos"].write(np.array([position], np.int32))
+                model.run_by_name("decode", inputs, outputs)
+                steps.append(outputs["logits"].read(int(np.prod(details(model, "decode", "output")["logits"][0])),
+                                                    np.float32).tolist())
+            logits.append(steps)
+        checks["same logits"] = logits[0] == logits[1]
+        errors = []
+        for call in (lambda: native.run_by_name("decode", {{}}, {{}}), lambda: native.run_by_name("nope", {{}}, {{}}),
+                     lambda: native.create_input_buffer_by_name("decode", "nope")):
+            try:
+                call()
+            except ValueError as e:
+                errors.append(str(e))
+        native.close()
+        try:
+            native.run_by_name("decode", inputs, outputs)
+        except ValueError as e:  # the wrapper's buffers on the C API's model
+            errors.append(str(e))
+        checks["errors"] = errors
+        print("CHECKS", json.dumps(checks))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    checks = json.loads(out.stdout.split("CHECKS ", 1)[1])
+    assert checks == {
+        "kinds": ["NativeModel", "CompiledModel"], "same signatures": True, "gil released": True,
+        "same logits": True,
+        "errors": ["signature 'decode' needs a buffer for 'tokens'", "no signature 'nope'",
+                   "signature 'decode' has no input 'nope'", "buffers from another binding cannot run on this model"],
+    }

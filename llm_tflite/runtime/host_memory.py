@@ -51,6 +51,9 @@ def _load():
 def host_view(buffer, shape, dtype) -> np.ndarray | None:
     """A writable view ``shape``/``dtype`` of ``buffer``'s host memory (valid while ``buffer`` lives), or
     None. What the buffer holds is undefined (a test pattern, the first time): clear it."""
+    own = getattr(buffer, "array", None)  # a buffer of LiteRT's C API (runtime/native.py) is its view
+    if own is not None:
+        return own if own.shape == tuple(shape) and own.dtype == np.dtype(dtype) else None
     api = _load()
     if not api:
         return None

@@ -54,6 +54,26 @@ def litert_environment():
         return _environment
 
 
+def compiled_model(path, data, num_threads, weight_cache_path: str):
+    """The file at ``path`` (or ``data``) compiled for the CPU: through LiteRT's C API, which runs a
+    model without holding the GIL (``runtime/native.py``), else through ``ai_edge_litert``'s Python
+    wrapper. Both raise ``ValueError`` / ``RuntimeError`` for a model the runtime cannot load."""
+    from llm_tflite.runtime.native import NativeModel, NativeUnavailable
+
+    try:
+        return NativeModel(path, data, num_threads=num_threads, weight_cache_path=weight_cache_path)
+    except NativeUnavailable:
+        pass
+    from ai_edge_litert.compiled_model import CompiledModel
+    from ai_edge_litert.cpu_options import CpuOptions
+    from ai_edge_litert.options import Options
+
+    options = Options(cpu_options=CpuOptions(num_threads=num_threads, xnnpack_weight_cache_path=weight_cache_path))
+    if data is None:
+        return CompiledModel.from_file(path, environment=litert_environment(), options=options)
+    return CompiledModel.from_buffer(data, environment=litert_environment(), options=options)
+
+
 def decode_batch_name(rows: int, window: int | None = None) -> str:
     """``decode_batch_{rows}`` (``_window_{window}``): the batched decode signature's name."""
     return f"decode_batch_{int(rows)}" + ("" if window is None else f"_window_{int(window)}")
@@ -131,27 +151,19 @@ class PrefillDecodeEngine(SequenceEngine):
         (default ``path``, which names the model in messages; another file for an expanded copy:
         ``llm_tflite.runtime.weight_cache.model_file``). ``weight_cache``: where XNNPACK keeps
         packed weights (``llm_tflite.runtime.weight_cache``)."""
-        from ai_edge_litert.compiled_model import CompiledModel
-        from ai_edge_litert.cpu_options import CpuOptions
-        from ai_edge_litert.options import Options
-
         from llm_tflite.runtime.weight_cache import WeightCache
 
         self.model_data = data  # the runtime reads the model from this buffer: keep it alive
         mapped = os.fspath(model_path or path)
         #: The model's bytes (about what one call reads of its weights).
         self.model_bytes = len(data) if data is not None else os.path.getsize(mapped)
-        environment = litert_environment()
         cache = WeightCache(weight_cache, metadata.get("sha256"))
         try:
             with quiet_native():  # accelerator registration, "Created TensorFlow Lite XNNPACK delegate for CPU."
                 # XNNPACK packs each signature's weights for its kernels into its weight cache, so the
                 # prefill and decode signatures share one packed copy (and a cache file is mapped, not rebuilt).
-                options = Options(cpu_options=CpuOptions(num_threads=num_threads, xnnpack_weight_cache_path=cache.path))
-                if data is None:  # mapped by the runtime: pages it never reads (packed weights) cost nothing
-                    self.model = CompiledModel.from_file(mapped, environment=environment, options=options)
-                else:
-                    self.model = CompiledModel.from_buffer(data, environment=environment, options=options)
+                # Mapped by the runtime when data is None: pages it never reads (packed weights) cost nothing.
+                self.model = compiled_model(mapped, data, num_threads, cache.path)
                 signatures = self.model.get_signature_list()
                 self.input_details = {name: self.model.get_input_tensor_details(name) for name in signatures}
                 self.output_details = {name: self.model.get_output_tensor_details(name) for name in signatures}
