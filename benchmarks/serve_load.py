@@ -142,6 +142,8 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=8, help="slots of both servers")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--plot", help="write the throughput plot (PNG) here")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="our runners (serve --workers), each with --parallel / workers slots and cores / workers threads")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
 
@@ -162,7 +164,8 @@ def main() -> int:
     del runner
 
     servers = {
-        "llm-tflite": ([str(ROOT / ".venv" / "bin" / "llm-tflite"), "serve", str(FILE), "--parallel", str(args.parallel),
+        "llm-tflite": ([str(ROOT / ".venv" / "bin" / "llm-tflite"), "serve", str(FILE), "--workers", str(args.workers),
+                        "--parallel", str(args.parallel // args.workers),
                         "--port", "{port}", "--queue-timeout", "600"], {}),
         "llama.cpp": ([str(bin_dir / "llama-server"), "-m", str(gguf), "-np", str(args.parallel), "-c",
                        str(1024 * args.parallel), "-t", str(args.threads), "-tb", str(args.threads), "--port", "{port}",

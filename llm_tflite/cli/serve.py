@@ -63,7 +63,7 @@ def add_commands(cli) -> None:
                    "other machines)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--workers", type=int, default=1, help="runners in this process, each with cores / workers "
-                   "threads (their model calls take turns: to serve more users, prefer --parallel)")
+                   "threads, computing at once (each --parallel slots)")
     p.add_argument("--parallel", type=int, help="requests each runner serves at once, their decode steps batched into "
                    "one call (default: the largest --batch-sizes the file was converted with, else 1)")
     p.add_argument("--queue-timeout", type=float, default=30.0,
