@@ -146,6 +146,8 @@ def main() -> int:
                         help="our runners (serve --workers), each with --parallel / workers slots and cores / workers threads")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
+    if args.workers < 1 or args.parallel % args.workers:
+        parser.error(f"--parallel {args.parallel} must split evenly over --workers {args.workers}")
 
     import llama_cpp
 

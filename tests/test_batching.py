@@ -106,7 +106,8 @@ def test_finished_sequences_leave_their_cache_buffers_to_the_next_ones(batched_f
     assert engine.max_spares == 4 and len(spares) == 4
     again = [runner.sequence() for _ in range(6)]
     assert sum(any(s.caches is spare for spare in spares) for s in again) == 4 and not engine._spares
-    assert all(not array.any() for s in again for array in engine.read_state(s.caches).values())
+    assert all(not buffer.read(int(np.prod(engine.cache_specs[name][0])), engine.cache_specs[name][1]).any()
+               for s in again for name, buffer in s.caches.items())  # the buffers themselves, not the views
 
 
 def test_streams_and_stop_rules_work_per_request(batched_file):
@@ -214,13 +215,15 @@ def test_prompts_waiting_together_run_their_chunks_in_one_step():
     def waiting(*lengths):
         return [_Job(None, np.zeros((1, n), np.int32), np.arange(n), f"prefill_{n}") for n in lengths]
 
-    assert PROMPT_TOKENS == 128
-    queue = waiting(*[8] * 20)  # 20 short prompts arriving together: 16 now, 4 at the next step
-    assert len(_prompt_chunks(queue)) == 16 and len(_prompt_chunks(queue)) == 4 and _prompt_chunks(queue) == []
+    assert PROMPT_TOKENS == 128  # a chunk costs its length + 16 (a read of the weights)
+    queue = waiting(*[8] * 12)  # 12 short prompts arriving together: 5 (5 x 24 = 120), 5, then 2
+    assert [len(_prompt_chunks(queue)) for _ in range(4)] == [5, 5, 2, 0]
     queue = waiting(128, 8)  # a long prompt's chunk alone, the short one next
     assert [j.tokens.shape[1] for j in _prompt_chunks(queue)] == [128] and len(queue) == 1
     queue = waiting(32, 128, 8)  # in order: the 8 does not overtake the 128
     assert [j.tokens.shape[1] for j in _prompt_chunks(queue)] == [32] and len(queue) == 2
+    queue = waiting(32, 32, 8, 8)  # 48 + 48 + 24 = 120
+    assert [j.tokens.shape[1] for j in _prompt_chunks(queue)] == [32, 32, 8] and len(queue) == 1
 
 
 def test_a_failing_step_fails_its_callers_and_the_scheduler_goes_on(batched_file, monkeypatch):

@@ -481,6 +481,8 @@ def test_the_c_api_binding_runs_as_the_wrapper_does_without_holding_the_gil(tiny
                 steps.append(outputs["logits"].read(int(np.prod(details(model, "decode", "output")["logits"][0])),
                                                     np.float32).tolist())
             logits.append(steps)
+            if model is native:
+                native_buffers = inputs, outputs
         checks["same logits"] = logits[0] == logits[1]
         errors = []
         for call in (lambda: native.run_by_name("decode", {{}}, {{}}), lambda: native.run_by_name("nope", {{}}, {{}}),
@@ -489,10 +491,14 @@ def test_the_c_api_binding_runs_as_the_wrapper_does_without_holding_the_gil(tiny
                 call()
             except ValueError as e:
                 errors.append(str(e))
-        native.close()
         try:
             native.run_by_name("decode", inputs, outputs)
         except ValueError as e:  # the wrapper's buffers on the C API's model
+            errors.append(str(e))
+        native.close()
+        try:
+            native.run_by_name("decode", *native_buffers)
+        except RuntimeError as e:
             errors.append(str(e))
         checks["errors"] = errors
         print("CHECKS", json.dumps(checks))
@@ -504,5 +510,6 @@ def test_the_c_api_binding_runs_as_the_wrapper_does_without_holding_the_gil(tiny
         "kinds": ["NativeModel", "CompiledModel"], "same signatures": True, "gil released": True,
         "same logits": True,
         "errors": ["signature 'decode' needs a buffer for 'tokens'", "no signature 'nope'",
-                   "signature 'decode' has no input 'nope'", "buffers from another binding cannot run on this model"],
+                   "signature 'decode' has no input 'nope'", "buffers from another binding cannot run on this model",
+                   "the model is closed"],
     }

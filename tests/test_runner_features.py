@@ -326,3 +326,17 @@ def test_generate_mode_text_its_tokenizer_cannot_round_trip(tiny_generate_file, 
     monkeypatch.setattr(runner.engine, "generate", lambda prompt: "something else entirely")
     with pytest.raises(RuntimeFailure, match="cannot be told apart from the prompt"):
         runner.generate("ROMEO:")
+
+
+def test_a_sampler_refuses_probabilities_that_are_not_finite():
+    """A temperature so small that logits / temperature overflow, or a logit that is not finite, leaves
+    no distribution to draw from: a typed error, never token 0 drawn silently."""
+    from llm_tflite.errors import RuntimeFailure
+    from llm_tflite.runtime.sampling import Sampler
+
+    for sampler, logits in ((Sampler("random", temperature=1e-310, seed=0), np.array([1.0, 2.0, 3.0])),
+                            (Sampler("random", seed=0), np.array([1.0, np.nan, 3.0])),
+                            (Sampler("top_k", top_k=2, seed=0), np.array([1.0, np.inf, 3.0]))):
+        with pytest.raises(RuntimeFailure, match="not finite"):
+            sampler(logits)
+    assert Sampler("random", temperature=0.8, seed=0)(np.array([0.0, 50.0, 0.0])) == 1

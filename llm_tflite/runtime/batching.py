@@ -10,7 +10,7 @@ one scheduler thread, which
   one, unless rows far apart in the context cost less as a call per decode window
   (``_calls``), and at most the largest batch the file has per call;
 - runs the next chunk of waiting prompts between two decode steps, as many prompts' as fit
-  ``PROMPT_TOKENS`` (at least one), so a long prompt joining never stalls the streams already
+  ``PROMPT_TOKENS`` (at least one; a chunk costs its length plus a read of the weights), so a long prompt joining never stalls the streams already
   running, and clients arriving together all get their first token within a step or two;
 - waits for the sequences of the last step to come back (each samples its token in its own
   thread) at most ``gather_seconds``: a sequence that finished (``Sequence.idle``) or is slow
@@ -30,13 +30,13 @@ import numpy as np
 
 from llm_tflite.errors import InvalidArgumentError, RuntimeFailure
 from llm_tflite.runtime.engine import SequenceEngine
-from llm_tflite.runtime.prefill_decode import PrefillDecodeEngine, Sequence
+from llm_tflite.runtime.prefill_decode import CALL_COST, PrefillDecodeEngine, Sequence
 
 #: How long a step waits for the sequences of the step before it to come back with their tokens.
 GATHER_SECONDS = 0.02
-#: Prompt tokens (padded chunk lengths) run between two decode steps: 8 short prompts arriving
-#: together in one step (one each: their 8th client's first token came 8 steps late), a long one a
-#: chunk at a time.
+#: What the prompt chunks run between two decode steps may cost, in tokens (a chunk: its padded
+#: length plus ``CALL_COST``, a read of the weights): five 8-token prompts arriving together in one
+#: step (one a step, the 8th client's first token came 8 steps late), a long one a chunk at a time.
 PROMPT_TOKENS = 128
 
 
@@ -104,11 +104,11 @@ def _schedule(queue: _Queue, engine_ref, gather_seconds: float) -> None:
 
 def _prompt_chunks(waiting: list[_Job]) -> list[_Job]:
     """Take from ``waiting`` the prompt chunks of one step: the first, then the next ones in order while
-    their padded lengths stay within ``PROMPT_TOKENS``."""
-    taken, tokens = [], 0
-    while waiting and (not taken or tokens + waiting[0].tokens.shape[1] <= PROMPT_TOKENS):
+    their cost (padded length plus ``CALL_COST``) stays within ``PROMPT_TOKENS``."""
+    taken, cost = [], 0
+    while waiting and (not taken or cost + waiting[0].tokens.shape[1] + CALL_COST <= PROMPT_TOKENS):
         taken.append(waiting.pop(0))
-        tokens += taken[-1].tokens.shape[1]
+        cost += taken[-1].tokens.shape[1] + CALL_COST
     return taken
 
 

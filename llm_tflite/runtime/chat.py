@@ -296,7 +296,10 @@ class Conversation:
             offset += nbytes
         if offset != len(body):
             raise ConversationFileError(f"{where} has {len(body) - offset} bytes more than its caches")
-        runner.engine.write_state(sequence.caches, arrays, written=len(tokens))
+        # the saved slots were written up to a padded chunk past the tokens (a ring's can_rewind_to)
+        engine = runner.engine
+        longest = max([1, *engine.prefill_lengths, *engine.score_lengths, *engine.prompt_lengths])
+        engine.write_state(sequence.caches, arrays, written=min(runner.context_length, len(tokens) + longest - 1))
         sequence.position = len(tokens)
         conversation.cache.put(sequence, tokens)
         return conversation

@@ -153,7 +153,10 @@ def library() -> _Library:
             option = _EnvOption(tag=_ENV_RUNTIME_LIBRARY_DIR)  # what the wrapper's Environment.create passes
             option.value.type, option.value.value.str_value = _ANY_STRING, path
             handle = _H()
-            lib.check("LiteRtCreateEnvironment", 1, byref(option), byref(handle))
+            try:
+                lib.check("LiteRtCreateEnvironment", 1, byref(option), byref(handle))
+            except RuntimeError as e:
+                raise NativeUnavailable(str(e)) from e
             lib.environment = handle
             from llm_tflite.console import quiet_native_exit
 
@@ -175,14 +178,23 @@ class Buffer:
         lib.check("LiteRtCreateManagedTensorBufferFromRequirements", lib.environment, byref(kind), requirements,
                   byref(handle))
         self.handle = handle
-        self._finalizer = weakref.finalize(self, lib.LiteRtDestroyTensorBuffer, handle.value)
-        address = c_void_p()
-        lib.check("LiteRtLockTensorBuffer", handle, byref(address), _LOCK_READ_WRITE)  # host memory: its address
-        lib.check("LiteRtUnlockTensorBuffer", handle)
+        try:
+            address = c_void_p()
+            lib.check("LiteRtLockTensorBuffer", handle, byref(address), _LOCK_READ_WRITE)  # host memory: its address
+            lib.check("LiteRtUnlockTensorBuffer", handle)
+            if not address.value:
+                raise RuntimeError("the runtime gave a tensor buffer without host memory")
+        except BaseException:
+            lib.LiteRtDestroyTensorBuffer(handle)
+            raise
         dtype = np.dtype(_DTYPES[element_type])
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        memory = (ctypes.c_char * nbytes).from_address(address.value)
+        # Freed once nothing holds the memory: this buffer, or any view of it (a view's base is it).
+        # Not at exit: a daemon thread may still be running a model on it.
+        weakref.finalize(memory, lib.LiteRtDestroyTensorBuffer, handle.value).atexit = False
         #: The buffer's memory (LiteRT's own allocation, which the model reads and writes in place).
-        self.array = np.frombuffer((ctypes.c_char * nbytes).from_address(address.value), dtype).reshape(shape)
+        self.array = np.frombuffer(memory, dtype).reshape(shape)
 
     def write(self, array) -> None:
         self.array.reshape(-1)[:] = np.asarray(array, self.array.dtype).reshape(-1)
@@ -223,12 +235,13 @@ class NativeModel:
             raise
         self._finalizer = weakref.finalize(self, _destroy, lib, self.handle.value, self.options.value,
                                            self.model.value)
+        self._finalizer.atexit = False  # a daemon thread may still be running it: the OS frees it all
 
     def _add_cpu_options(self, toml: str) -> None:
         text = toml.encode()
         payload = self.lib.malloc(len(text) + 1)  # LiteRT frees it with the options
         if not payload:
-            raise MemoryError("no memory for the runtime's options")
+            raise RuntimeError("no memory for the runtime's options")
         ctypes.memmove(payload, text + b"\0", len(text) + 1)
         opaque = _H()
         status = self.lib.LiteRtCreateOpaqueOptions(_CPU_OPTIONS, payload, ctypes.cast(self.lib.free, c_void_p),
@@ -246,6 +259,8 @@ class NativeModel:
         for i in range(number.value):
             key, handle, kind, ranked = c_char_p(), _H(), c_int(), _RankedType()
             lib.check(name, signature, i, byref(key))
+            if not key.value:
+                raise RuntimeError(f"a signature's tensor {i} has no name")
             lib.check(tensor, signature, i, byref(handle))
             lib.check("LiteRtGetTensorTypeId", handle, byref(kind))
             if kind.value != _RANKED:
@@ -265,6 +280,8 @@ class NativeModel:
             signature, key = _H(), c_char_p()
             lib.check("LiteRtGetModelSignature", self.model, index, byref(signature))
             lib.check("LiteRtGetSignatureKey", signature, byref(key))
+            if not key.value:
+                raise RuntimeError(f"signature {index} has no name")
             signatures[key.value.decode()] = {
                 "index": index,
                 "inputs": self._tensors(signature, "LiteRtGetNumSignatureInputs", "LiteRtGetSignatureInputName",
@@ -324,13 +341,13 @@ class NativeModel:
             raise RuntimeError(f"running {signature!r} failed: {_STATUS.get(status, 'status')} ({status})")
 
     def close(self) -> None:
-        finalizer = getattr(self, "_finalizer", None)
-        if finalizer is not None:
-            with self._lock:
+        with self._lock:  # after a running call; a waiting one then finds the model closed
+            finalizer = getattr(self, "_finalizer", None)
+            if finalizer is not None:
                 finalizer()
-        else:  # a failed constructor: what it made so far
-            _destroy(self.lib, self.handle.value, self.options.value, self.model.value)
-        self.handle = _H()
+            else:  # a failed constructor: what it made so far
+                _destroy(self.lib, self.handle.value, self.options.value, self.model.value)
+            self.handle = _H()
 
 
 def _destroy(lib: _Library, handle, options, model) -> None:
@@ -345,6 +362,6 @@ def _destroy(lib: _Library, handle, options, model) -> None:
 def _toml_string(value) -> str:
     """A path as LiteRT's options text reads it: one pair of quotes, no escapes, one line."""
     value = os.fspath(value)
-    if any(c in value for c in '\n\r"') or value != value.strip():
+    if any(c in value for c in '\n\r"\\') or value != value.strip():
         raise ValueError(f"the runtime's options cannot carry the path {value!r}; choose another cache directory")
     return f'"{value}"'

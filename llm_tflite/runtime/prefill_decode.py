@@ -357,11 +357,11 @@ class PrefillDecodeEngine(SequenceEngine):
         position_rows = np.zeros(rows, np.int32)
         position_rows[:count] = positions
         name = self.decode_batch_signature(rows, int(max(positions)))
-        result = self.call(name, dict(tokens=token_rows, input_pos=position_rows,
-                                      caches=self._row_caches(list(states) + [pad] * (rows - count))))
-        for state, position in zip([*states, pad], [*positions, 0]):
+        for state, position in zip([*states, pad], [*positions, 0]):  # before: a failing call may write some
             if isinstance(state, State):
                 state.written = max(state.written, int(position) + 1)
+        result = self.call(name, dict(tokens=token_rows, input_pos=position_rows,
+                                      caches=self._row_caches(list(states) + [pad] * (rows - count))))
         return result["logits"].reshape(rows, -1)[:count]
 
     def _signature_buffers(self, name: str) -> dict:
@@ -541,9 +541,9 @@ class PrefillDecodeEngine(SequenceEngine):
                 for key, buffer in io["inputs"].items():
                     buffer.write(inputs[key])
                 caches = inputs["caches"]
-                self.model.run_by_name(name, {**io["inputs"], **caches}, {**io["outputs"], **caches})
-                if isinstance(caches, State):
+                if isinstance(caches, State):  # before: a call that fails may have written some
                     caches.written = max(caches.written, int(np.max(inputs["input_pos"])) + 1)
+                self.model.run_by_name(name, {**io["inputs"], **caches}, {**io["outputs"], **caches})
                 return {key: buffer.read(int(np.prod(io["shapes"][key])), np.float32).reshape(io["shapes"][key])
                         for key, buffer in io["outputs"].items()}
         except (RuntimeError, ValueError) as e:

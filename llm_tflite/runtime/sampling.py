@@ -179,7 +179,7 @@ class Sampler(TokenSampler):
         if self.top_k is not None and self.top_k < logits.size:
             cutoff = np.partition(logits, -self.top_k)[-self.top_k]
             logits = np.where(logits >= cutoff, logits, -np.inf)
-        logits -= logits.max()  # a copy of the caller's already (penalized, divided)
+        logits -= logits.max()  # a copy of the caller's (the division above always makes one)
         probs = np.exp(logits, out=logits)
         probs /= probs.sum()
         if self.top_p is not None and self.top_p < 1:
@@ -199,7 +199,14 @@ class Sampler(TokenSampler):
             return int(np.argmax(self.penalized(logits, history)))
         # rng.choice(probs.size, p=probs)'s own draw without its checks of p, which cost as much again
         # (a third of a step's sampling): the same tokens for the same seed
-        cdf = np.cumsum(self.probabilities(logits, history))
+        with np.errstate(over="ignore", invalid="ignore"):  # what is not finite is refused below
+            cdf = np.cumsum(self.probabilities(logits, history))
+        if not (np.isfinite(cdf[-1]) and cdf[-1] > 0):  # choice refused them; searchsorted would give token 0
+            from llm_tflite.errors import RuntimeFailure
+
+            raise RuntimeFailure(f"the next-token probabilities are not finite (temperature {self.temperature!r}, "
+                                 "logits from the model); use a larger temperature or sampler='greedy', and if it "
+                                 "persists, check or re-convert the file")
         cdf /= cdf[-1]
         return int(cdf.searchsorted(self.rng.random(), side="right"))
 
