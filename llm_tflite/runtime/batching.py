@@ -10,8 +10,9 @@ one scheduler thread, which
   one, unless rows far apart in the context cost less as a call per decode window
   (``_calls``), and at most the largest batch the file has per call;
 - runs the next chunk of waiting prompts between two decode steps, as many prompts' as fit
-  ``PROMPT_TOKENS`` (at least one; a chunk costs its length plus a read of the weights), so a long prompt joining never stalls the streams already
-  running, and clients arriving together all get their first token within a step or two;
+  ``PROMPT_TOKENS`` (at least one; a chunk costs its length plus a read of the weights), so a
+  long prompt joining never stalls the streams already running, and clients arriving together
+  all get their first token within a step or two;
 - waits for the sequences of the last step to come back (each samples its token in its own
   thread) at most ``gather_seconds``: a sequence that finished (``Sequence.idle``) or is slow
   to come back is not waited for, and joins the next step when it is back.
