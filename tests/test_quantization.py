@@ -197,3 +197,52 @@ def test_weight_only_int8_generate_file_runs(tiny_palm_dir, tmp_path):
     quantized, full = (InterpreterRunner(paths[name]).complete("ROMEO:") for name in ("weight_only_int8", "none"))
     assert quantized.completion_tokens >= 8 and "\u2047" not in quantized.text
     assert quantized.token_ids[:8] == full.token_ids[:8], (quantized.text, full.text)
+
+
+def _zero_point_vectors(data: bytes) -> tuple[int, set]:
+    """(per-channel zero-point vectors read, the distinct places they are stored at) in a packed file."""
+    model = flatbuffer.tflite_schema().Model.GetRootAs(data, 0)
+    count, places = 0, set()
+    for s in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(s)
+        for t in range(subgraph.TensorsLength()):
+            q = subgraph.Tensors(t).Quantization()
+            if q is not None and q.ZeroPointLength() > 1:
+                count += 1
+                places.add(q._tab.Vector(q._tab.Offset(10)))  # QuantizationParameters.zero_point
+    return count, places
+
+
+def test_equal_small_vectors_are_written_once_and_run_the_same(tiny_gpt2, tmp_path, monkeypatch):
+    """Signatures repeat shapes, operator inputs and outputs, and every int8 weight has per-channel zero
+    points (zeros, 8 bytes a channel): the packer writes each equal vector once. The runtime computes
+    every signature of the smaller file bit for bit as it does the file with each vector apart."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = tmp_path / "int8.tflite"
+    Converter(quantize="dynamic_int8", prefill_lengths=(4, 16)).convert(tiny_gpt2, str(path))
+    shared = path.read_bytes()
+    monkeypatch.setattr(flatbuffer, "_SHARED_VECTOR_BYTES", -1)  # every vector apart
+    apart = flatbuffer.pack_model(flatbuffer.unpack_model(shared))
+    count, places = _zero_point_vectors(shared)
+    places_apart = _zero_point_vectors(apart)[1]
+    hidden = tiny_gpt2.backbone.hidden_dim
+    assert count > 20 and len(places) <= 4, (count, places)  # one per channel count (hidden, 4 x hidden, ...)
+    assert len(places_apart) > 10  # one per weight (signatures already shared a weight's whole parameters)
+    # at least the zero points of the weights beyond the first of each length: 8 bytes a channel
+    assert len(apart) - len(shared) >= (len(places_apart) - len(places)) * hidden * 8, (len(apart), len(shared))
+    outputs = []
+    for data in (shared, apart):
+        interpreter = Interpreter(model_content=data, num_threads=1)
+        rng, results = np.random.default_rng(0), {}
+        for name in interpreter.get_signature_list():
+            runner = interpreter.get_signature_runner(name)
+            feed = {key: (np.full(d["shape"], 3, d["dtype"]) if d["dtype"] == np.int32 else
+                          rng.standard_normal(d["shape"]).astype(d["dtype"]))
+                    for key, d in runner.get_input_details().items()}
+            results[name] = runner(**feed)
+        outputs.append(results)
+    assert outputs[0].keys() == outputs[1].keys() and len(outputs[0]) >= 4
+    for name, result in outputs[0].items():
+        for key, value in result.items():
+            np.testing.assert_array_equal(value, outputs[1][name][key], err_msg=f"{name} {key}")

@@ -200,6 +200,10 @@ def _pack_outside(model, consume: bool = False) -> bytearray:
         model.buffers.pop()
 
 
+#: Vectors up to this size are written once per content (``_pack_inline``); weights are not compared.
+_SHARED_VECTOR_BYTES = 64 << 10
+
+
 def _pack_inline(model) -> bytearray:
     """Serialize; identical quantization parameters and strings are written once and shared.
 
@@ -239,18 +243,29 @@ def _pack_inline(model) -> bytearray:
 
         def CreateNumpyVector(self, x):
             """The array's bytes straight into the builder: flatbuffers' own makes two copies of
-            them first (three for int8, which it byteswaps)."""
+            them first (three for int8, which it byteswaps). A small vector equal to one already
+            written is that one: signatures repeat shapes, operator inputs and outputs, and
+            per-channel zero points (zeros, 8 bytes a channel) for every weight. TFLite only
+            reads them."""
             if not isinstance(x, np.ndarray) or x.ndim > 1 or x.dtype.kind not in "biuf" or \
                     (x.itemsize > 1 and x.dtype.str[0] == ">"):
                 return flatbuffers.Builder.CreateNumpyVector(self, x)
+            # not bytes (a buffer's data: the runtime tells constant buffers apart by their address)
+            key = (x.dtype.str, x.tobytes()) if x.itemsize > 1 and x.nbytes <= _SHARED_VECTOR_BYTES else None
+            if key is not None and key in shared_vectors:
+                return shared_vectors[key]
             self.StartVector(x.itemsize, x.size, x.dtype.alignment)
             self.head -= x.nbytes
             np.frombuffer(self.Bytes, np.uint8, count=x.nbytes, offset=self.head)[:] = \
                 np.ascontiguousarray(x).reshape(-1).view(np.uint8)
             self.vectorNumElems = x.size
-            return self.EndVector()
+            offset = self.EndVector()
+            if key is not None:
+                shared_vectors[key] = offset
+            return offset
 
     shared_strings: dict = {}
+    shared_vectors: dict = {}
     arrays = sum(b.data.nbytes for b in model.buffers or [] if isinstance(b.data, np.ndarray))
     # sized for the weights up front: growing by doubling copies the whole file each time
     builder = SharingBuilder(min(arrays + (8 << 20), flatbuffers.Builder.MAX_BUFFER_SIZE))
