@@ -26,7 +26,11 @@ def _stage(steps, text: str) -> None:
     steps.set_postfix_str(text)
     if steps.disable:
         logger.info("convert: %s", text)
-DEFAULT_PREFILL_LENGTHS = (8, 32, 128)
+
+
+#: Chosen from measurements (docs/performance.md, "Prefill lengths"): every call reads all the weights,
+#: and a 33-64-token prompt (a chat turn) ran as two or three calls without a 64.
+DEFAULT_PREFILL_LENGTHS = (8, 32, 64, 128)
 
 
 def default_decode_windows(context_length: int) -> list[int]:
@@ -270,7 +274,7 @@ class Converter:
         quantize: a registered strategy name or a ``Quantizer``.
         context_length: KV-cache length (default: the model's, at most 1024).
         prefill_lengths: prompt lengths with a ``prefill_{L}`` signature (caches only, no logits:
-            what generation and LiteRT-LM run a prompt with).
+            what generation and LiteRT-LM run a prompt with). Default ``DEFAULT_PREFILL_LENGTHS``.
         prompt_lengths: prefill lengths with a ``prompt_{L}`` signature, which runs a prompt's last
             chunk and outputs its last token's logits: a prompt of up to ``L`` tokens in one call, not
             a prefill and a ``decode`` that each read every weight. Default ``"auto"``: the shortest
