@@ -205,7 +205,7 @@ _SHARED_VECTOR_BYTES = 64 << 10
 
 
 def _pack_inline(model) -> bytearray:
-    """Serialize; identical quantization parameters and strings are written once and shared.
+    """Serialize; identical quantization parameters, strings and small vectors are written once and shared.
 
     Memory: the model's arrays and the builder, sized for them up front (growing by doubling
     copies the file each time); the result is the builder's own bytes.
