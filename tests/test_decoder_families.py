@@ -290,3 +290,53 @@ def test_gemma3_int8_caches_in_rings_keep_each_slot_to_half_a_step(tiny, tmp_pat
         error = np.sqrt(np.mean((got - want) ** 2)) / want.std()
         assert error <= 0.03 and np.mean(got.argmax(-1) == want.argmax(-1)) >= 0.9, (at, error)  # measured 1.1-1.6 %
     assert_int8_caches_within_half_a_step(small.engine.read_state(b.caches), full.engine.read_state(a.caches), 56)
+
+
+def _constant_arithmetic(data: bytes) -> int:
+    """ADD / SUB / MUL ops whose inputs are all constants, over every signature of a packed file."""
+    from llm_tflite.litert.flatbuffer import tflite_schema
+
+    schema = tflite_schema()
+    model, count = schema.Model.GetRootAs(data, 0), 0
+    arithmetic = {schema.BuiltinOperator.ADD, schema.BuiltinOperator.SUB, schema.BuiltinOperator.MUL}
+    for s in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(s)
+        for o in range(subgraph.OperatorsLength()):
+            op = subgraph.Operators(o)
+            code = model.OperatorCodes(op.OpcodeIndex())
+            if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) in arithmetic and all(
+                    model.Buffers(subgraph.Tensors(op.Inputs(j)).Buffer()).DataLength() for j in range(op.InputsLength())):
+                count += 1
+    return count
+
+
+def test_gemma_norm_scales_are_added_once_when_binding_not_at_every_step(tiny, tmp_path, monkeypatch):
+    """Gemma's RMS norms scale by ``1 + scale``: with the weights as the graph's inputs, TensorFlow could not
+    fold that ADD, so every call ran it (109 ops a decode step for Gemma 3 270M). Binding computes it once;
+    every signature's outputs are bit for bit the same as with the ops left in."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from llm_tflite.litert import bind
+
+    lm, _ = tiny("gemma3")
+    folded, kept = tmp_path / "folded.tflite", tmp_path / "kept.tflite"
+    Converter(context_length=64, prefill_lengths=(8,)).convert(lm, str(folded), family="gemma3")
+    monkeypatch.setattr(bind, "_fold_constant_arithmetic", lambda *args: None)
+    Converter(context_length=64, prefill_lengths=(8,)).convert(lm, str(kept), family="gemma3")
+    assert _constant_arithmetic(folded.read_bytes()) == 0
+    assert _constant_arithmetic(kept.read_bytes()) >= 4 * TINY["gemma3"]["num_layers"]  # per signature, per norm
+    outputs = []
+    for path in (folded, kept):
+        interpreter = Interpreter(model_path=str(path), num_threads=1)
+        rng, results = np.random.default_rng(0), {}
+        for name in interpreter.get_signature_list():
+            runner = interpreter.get_signature_runner(name)
+            feed = {key: (np.full(d["shape"], 3, d["dtype"]) if d["dtype"] == np.int32 else
+                          rng.standard_normal(d["shape"]).astype(d["dtype"]))
+                    for key, d in runner.get_input_details().items()}
+            results[name] = runner(**feed)
+        outputs.append(results)
+    assert outputs[0].keys() == outputs[1].keys() and "decode" in outputs[0]
+    for name, result in outputs[0].items():
+        for key, value in result.items():
+            np.testing.assert_array_equal(value, outputs[1][name][key], err_msg=f"{name} {key}")

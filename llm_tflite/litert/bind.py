@@ -354,9 +354,11 @@ def bind_weights(tflite_model: bytes, weights: Sequence[Callable[[], np.ndarray]
         if progress is not None:
             progress(weight + 1)
     # 3. drop the folded ops (their outputs are read by nobody now) and the weight inputs
+    computed: dict[bytes, int] = {}  # constant results, shared between signatures
     for index, subgraph in enumerate(model.subgraphs):
         subgraph.operators = prepended.get(id(subgraph), []) + [
             after for op in subgraph.operators for after in [op, *following.get(id(op), [])]]
+        _fold_constant_arithmetic(binder, subgraph, computed)
         _fuse_bias_adds(binder, subgraph)
         _drop_dead_ops(subgraph)
         drop_unused_tensors(model, index)
@@ -378,6 +380,49 @@ def _blockwise(schema, subgraph, name: bytes, buffer: int, shape: list, block: i
     q = schema.QuantizationParametersT()
     q.detailsType, q.details, q.quantizedDimension = schema.QuantizationDetails.BlockwiseQuantization, details, 0
     return q
+
+
+def _fold_constant_arithmetic(binder, subgraph, computed: dict) -> None:
+    """``ADD`` / ``SUB`` / ``MUL`` of two float32 constants computed here, once, rather than at every
+    call: with the weights as inputs, TensorFlow's converter could not fold them (Gemma's ``1 +
+    scale`` in each of its RMS norms, 109 ops a decode step for Gemma 3 270M). The same float32
+    arithmetic as the runtime's, so the outputs are bit for bit the same. ``computed``: results by
+    content, so signatures share one buffer for each."""
+    schema, ops, model = binder.schema, binder.ops, binder.model
+    arithmetic = {ops.ADD: np.add, ops.SUB: np.subtract, ops.MUL: np.multiply}
+    outputs = set(subgraph.outputs)
+
+    def value(index):
+        tensor = subgraph.tensors[index]
+        data = model.buffers[tensor.buffer].data if tensor.buffer else None
+        if data is None or len(data) == 0 or tensor.type != schema.TensorType.FLOAT32 or _scaled(tensor):
+            return None
+        return np.frombuffer(bytes(data), np.float32).reshape([int(d) for d in tensor.shape])
+
+    kept = []
+    for op in subgraph.operators:
+        function = arithmetic.get(binder.name(op))
+        out = subgraph.tensors[op.outputs[0]] if len(op.outputs) == 1 else None
+        if (function is None or len(op.inputs) != 2 or out is None or op.outputs[0] in outputs
+                or out.type != schema.TensorType.FLOAT32 or _scaled(out)
+                or (op.builtinOptions is not None and op.builtinOptions.fusedActivationFunction)):
+            kept.append(op)
+            continue
+        a, b = value(op.inputs[0]), value(op.inputs[1])
+        result = None if a is None or b is None else function(a, b)
+        if result is None or result.dtype != np.float32 or list(result.shape) != [int(d) for d in out.shape]:
+            kept.append(op)
+            continue
+        key = result.tobytes()
+        if key not in computed:
+            computed[key] = binder.add_buffer(result)
+        out.buffer = computed[key]
+    subgraph.operators = kept
+
+
+def _scaled(tensor) -> bool:
+    q = tensor.quantization
+    return q is not None and q.scale is not None and len(q.scale) > 0
 
 
 def _fuse_bias_adds(binder, subgraph) -> None:
