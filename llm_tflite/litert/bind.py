@@ -382,6 +382,11 @@ def _blockwise(schema, subgraph, name: bytes, buffer: int, shape: list, block: i
     return q
 
 
+#: Largest result ``_fold_constant_arithmetic`` computes: vectors like a norm's scale, not a weight
+#: (whose copy would sit beside the original while the file is packed).
+_FOLDED_BYTES = 1 << 20
+
+
 def _fold_constant_arithmetic(binder, subgraph, computed: dict) -> None:
     """``ADD`` / ``SUB`` / ``MUL`` of two float32 constants computed here, once, rather than at every
     call: with the weights as inputs, TensorFlow's converter could not fold them (Gemma's ``1 +
@@ -405,6 +410,7 @@ def _fold_constant_arithmetic(binder, subgraph, computed: dict) -> None:
         out = subgraph.tensors[op.outputs[0]] if len(op.outputs) == 1 else None
         if (function is None or len(op.inputs) != 2 or out is None or op.outputs[0] in outputs
                 or out.type != schema.TensorType.FLOAT32 or _scaled(out)
+                or int(np.prod([int(d) for d in out.shape])) * 4 > _FOLDED_BYTES
                 or (op.builtinOptions is not None and op.builtinOptions.fusedActivationFunction)):
             kept.append(op)
             continue
