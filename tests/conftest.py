@@ -48,6 +48,31 @@ def assert_int8_caches_within_half_a_step(int8_state: dict, float_state: dict, s
                                    atol=1e-9)
 
 
+def assert_signatures_compute_the_same(first: bytes, second: bytes) -> list[str]:
+    """Two ``.tflite`` files have the same signatures and each gives bit-identical outputs in the TFLite
+    interpreter on the same inputs (int32 inputs 3, float inputs drawn from one seed); their names."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    outputs = []
+    for data in (first, second):
+        interpreter = Interpreter(model_content=data, num_threads=1)
+        rng, results = np.random.default_rng(0), {}
+        for name in interpreter.get_signature_list():
+            runner = interpreter.get_signature_runner(name)
+            feed = {key: (np.full(d["shape"], 3, d["dtype"]) if d["dtype"] == np.int32 else
+                          rng.standard_normal(d["shape"]).astype(d["dtype"]))
+                    for key, d in runner.get_input_details().items()}
+            results[name] = runner(**feed)
+        outputs.append(results)
+    assert outputs[0].keys() == outputs[1].keys()
+    for name, result in outputs[0].items():
+        assert result.keys() == outputs[1][name].keys(), name
+        for key, value in result.items():
+            np.testing.assert_array_equal(value, outputs[1][name][key], err_msg=f"{name} {key}")
+    return list(outputs[0])
+
+
 def assert_same_as_ai_edge_quantizer(bound_path, float_path, strategy: str) -> None:
     """``strategy``'s file, with int4 weights bound into the graph, is the file ai-edge-quantizer's
     blockwise recipe writes from the float32 file: the same constants (values, float16 scales,

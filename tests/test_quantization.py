@@ -11,7 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import SHAKESPEARE
+from conftest import SHAKESPEARE, assert_signatures_compute_the_same
 
 from llm_tflite import Converter, InterpreterRunner, read_metadata
 from llm_tflite.litert import flatbuffer
@@ -217,8 +217,6 @@ def test_equal_small_vectors_are_written_once_and_run_the_same(tiny_gpt2, tmp_pa
     """Signatures repeat shapes, operator inputs and outputs, and every int8 weight has per-channel zero
     points (zeros, 8 bytes a channel): the packer writes each equal vector once. The runtime computes
     every signature of the smaller file bit for bit as it does the file with each vector apart."""
-    from ai_edge_litert.interpreter import Interpreter
-
     path = tmp_path / "int8.tflite"
     Converter(quantize="dynamic_int8", prefill_lengths=(4, 16)).convert(tiny_gpt2, str(path))
     shared = path.read_bytes()
@@ -231,18 +229,4 @@ def test_equal_small_vectors_are_written_once_and_run_the_same(tiny_gpt2, tmp_pa
     assert len(places_apart) > 10  # one per weight (signatures already shared a weight's whole parameters)
     # at least the zero points of the weights beyond the first of each length: 8 bytes a channel
     assert len(apart) - len(shared) >= (len(places_apart) - len(places)) * hidden * 8, (len(apart), len(shared))
-    outputs = []
-    for data in (shared, apart):
-        interpreter = Interpreter(model_content=data, num_threads=1)
-        rng, results = np.random.default_rng(0), {}
-        for name in interpreter.get_signature_list():
-            runner = interpreter.get_signature_runner(name)
-            feed = {key: (np.full(d["shape"], 3, d["dtype"]) if d["dtype"] == np.int32 else
-                          rng.standard_normal(d["shape"]).astype(d["dtype"]))
-                    for key, d in runner.get_input_details().items()}
-            results[name] = runner(**feed)
-        outputs.append(results)
-    assert outputs[0].keys() == outputs[1].keys() and len(outputs[0]) >= 4
-    for name, result in outputs[0].items():
-        for key, value in result.items():
-            np.testing.assert_array_equal(value, outputs[1][name][key], err_msg=f"{name} {key}")
+    assert len(assert_signatures_compute_the_same(shared, apart)) >= 4
