@@ -61,6 +61,21 @@ def test_temperature_top_k_top_p_min_p_compose():
     assert {low(logits) for _ in range(20)} == {0}
 
 
+@pytest.mark.parametrize("settings", [{}, {"top_k": 50}, {"top_p": 0.9}, {"min_p": 0.05}, {"top_k": 40, "top_p": 0.8},
+                                      {"repetition_penalty": 1.3, "frequency_penalty": 0.2}])
+def test_a_draw_is_numpys_choice_from_the_chains_probabilities(settings):
+    """The draw skips the normalised copy and choice's checks; it must still pick what
+    ``Generator.choice(p=probabilities())`` picks for the same seed, on a GPT-2-sized vocabulary."""
+    rng = np.random.default_rng(7)
+    for trial in range(4):
+        logits = (rng.standard_normal(50257) * (1 + 2 * trial)).astype(np.float32)
+        for seed in range(25):
+            sampler, reference = Sampler("random", temperature=0.8, seed=seed, **settings), np.random.default_rng(seed)
+            for _ in range(3):
+                probs = sampler.probabilities(logits, [3, 3, 9])
+                assert sampler(logits, [3, 3, 9]) == reference.choice(probs.size, p=probs)
+
+
 def test_penalties(runner):
     logits = np.array([2.0, 1.9, -1.0])
     assert Sampler("greedy", repetition_penalty=2.0)(logits, [0]) == 1  # 2.0 / 2 < 1.9

@@ -173,34 +173,48 @@ class Sampler(TokenSampler):
         logits[tokens] = picked - counts * self.frequency_penalty - self.presence_penalty
         return logits
 
+    def _scaled(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
+        """The penalized logits divided by the temperature: a new float64 array (without penalties,
+        one pass over the model's float32 logits)."""
+        if len(history) == 0 or (self.repetition_penalty == 1.0 and not self.frequency_penalty
+                                 and not self.presence_penalty):
+            return np.divide(np.asarray(logits).reshape(-1), self.temperature, dtype=np.float64)
+        return self.penalized(logits, history) / self.temperature
+
+    def _weights(self, logits: np.ndarray, history: Sequence[int] = ()) -> np.ndarray:
+        """The distribution the draw samples from, up to a constant factor (every processor of the
+        chain applied; a new array, its largest weight 1): the draw needs no normalised copy."""
+        weights = self._scaled(logits, history)
+        if self.top_k is not None and self.top_k < weights.size:
+            cutoff = np.partition(weights, -self.top_k)[-self.top_k]
+            weights[weights < cutoff] = -np.inf
+        weights -= weights.max()
+        np.exp(weights, out=weights)
+        if self.top_p is not None and self.top_p < 1:
+            probs = weights / weights.sum()
+            order = np.argsort(-probs, kind="stable")
+            keep = order[: int(np.searchsorted(np.cumsum(probs[order]), self.top_p)) + 1]
+            kept = np.zeros_like(weights)
+            kept[keep] = weights[keep]
+            weights = kept
+        if self.min_p:
+            weights[weights < self.min_p * weights.max()] = 0.0
+        return weights
+
     def probabilities(self, logits: np.ndarray, history: Sequence[int] = ()) -> np.ndarray:
         """The distribution the draw samples from (after every processor of the chain)."""
-        logits = self.penalized(logits, history) / self.temperature
-        if self.top_k is not None and self.top_k < logits.size:
-            cutoff = np.partition(logits, -self.top_k)[-self.top_k]
-            logits = np.where(logits >= cutoff, logits, -np.inf)
-        logits -= logits.max()  # a copy of the caller's (the division above always makes one)
-        probs = np.exp(logits, out=logits)
-        probs /= probs.sum()
-        if self.top_p is not None and self.top_p < 1:
-            order = np.argsort(-probs, kind="stable")
-            cumulative = np.cumsum(probs[order])
-            keep = order[: int(np.searchsorted(cumulative, self.top_p)) + 1]
-            mask = np.zeros_like(probs)
-            mask[keep] = probs[keep]
-            probs = mask / mask.sum()
-        if self.min_p:
-            probs = np.where(probs >= self.min_p * probs.max(), probs, 0.0)
-            probs /= probs.sum()
-        return probs
+        weights = self._weights(logits, history)
+        return weights / weights.sum()
 
     def __call__(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
         if self.deterministic:
             return int(np.argmax(self.penalized(logits, history)))
-        # rng.choice(probs.size, p=probs)'s own draw without its checks of p, which cost as much again
-        # (a third of a step's sampling): the same tokens for the same seed
+        # rng.choice(probs.size, p=probs)'s own draw (the cumulative distribution searched for one
+        # random()) on the weights, in place: no checks of p, no normalised copy (a batched server
+        # samples every row between two steps, so this is on its critical path)
         with np.errstate(over="ignore", invalid="ignore"):  # what is not finite is refused below
-            cdf = np.cumsum(self.probabilities(logits, history))
+            cdf = self._weights(logits, history)
+            np.cumsum(cdf, out=cdf)
         if not (np.isfinite(cdf[-1]) and cdf[-1] > 0):  # choice refused them; searchsorted would give token 0
             from llm_tflite.errors import RuntimeFailure
 
