@@ -142,6 +142,8 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=8, help="slots of both servers")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--plot", help="write the throughput plot (PNG) here")
+    parser.add_argument("--file", type=pathlib.Path, default=FILE,
+                        help="our file (converted as above when it is the default and missing)")
     parser.add_argument("--workers", type=int, default=1,
                         help="our runners (serve --workers), each with --parallel / workers slots and cores / workers threads")
     args = parser.parse_args()
@@ -152,21 +154,22 @@ def main() -> int:
     import llama_cpp
 
     gguf, bin_dir = llama_cpp.gpt2_gguf("Q8_0"), llama_cpp.tools()
-    FILE.parent.mkdir(parents=True, exist_ok=True)
-    if not FILE.exists():
+    path = args.file
+    if path == FILE and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([str(ROOT / ".venv" / "bin" / "llm-tflite"), "convert", "gpt2_base_en", "--random-weights",
-                        "--quantize", "dynamic_int8", "--batch-sizes", "2,4,8", "-o", str(FILE)], check=True)
+                        "--quantize", "dynamic_int8", "--batch-sizes", "2,4,8", "-o", str(path)], check=True)
 
     from llm_tflite import InterpreterRunner
 
-    runner = InterpreterRunner(FILE, num_threads=args.threads)
+    runner = InterpreterRunner(path, num_threads=args.threads)
     check = [{"prompt": PROMPTS[i % len(PROMPTS)], "seed": i} for i in range(args.parallel * args.requests)]
     expected = [runner.complete(b["prompt"], args.max_tokens, "random", temperature=0.8, seed=b["seed"]).text
                 for b in check]
     del runner
 
     servers = {
-        "llm-tflite": ([str(ROOT / ".venv" / "bin" / "llm-tflite"), "serve", str(FILE), "--workers", str(args.workers),
+        "llm-tflite": ([str(ROOT / ".venv" / "bin" / "llm-tflite"), "serve", str(path), "--workers", str(args.workers),
                         "--parallel", str(args.parallel // args.workers),
                         "--port", "{port}", "--queue-timeout", "600"], {}),
         "llama.cpp": ([str(bin_dir / "llama-server"), "-m", str(gguf), "-np", str(args.parallel), "-c",

@@ -30,7 +30,11 @@ def test_convert_and_generate(tiny_gpt2_dir, tmp_path):
     assert f"wrote {out_file}" in out.stdout and "dynamic_int8" in out.stdout
     from llm_tflite.litert.metadata import read_metadata
 
-    assert read_metadata(str(out_file))["decode_batch_sizes"] == [2]
+    record = read_metadata(str(out_file))
+    assert record["decode_batch_sizes"] == [2]
+    # a file with batch sizes gets decode windows from 32 (a batched step reads every row's window)
+    assert record["decode_windows"] == [w for w in (32, 64, 128, 256, 512) if w < record["context_length"]]
+    assert record["decode_windows"][:1] == [32]
     gen = cli("generate", out_file, "ROMEO:", "--max-new-tokens", "12")
     assert gen.returncode == 0, gen.stderr
     assert gen.stdout.startswith("ROMEO:")

@@ -33,10 +33,14 @@ def _stage(steps, text: str) -> None:
 DEFAULT_PREFILL_LENGTHS = (8, 32, 64, 128)
 
 
-def default_decode_windows(context_length: int) -> list[int]:
+def default_decode_windows(context_length: int, batched: bool = False) -> list[int]:
     """Decode windows by default: powers of two from 128 below the context (128, 256, 512 for
-    1,024; none up to 128)."""
-    windows, window = [], 128
+    1,024; none up to 128), and from 32 in a file with ``decode_batch`` signatures (``batched``):
+    a batched step reads every row's window: 8 rows at position 20 took 10.6 ms at window 32
+    against 16.9 ms at 128, one row 3.8 against 4.5 ms (GPT-2 124M ``dynamic_int8``,
+    ``benchmarks/batch_step.py``). One sequence gained 2-9 % at positions 8-108 (``bench``), which
+    did not seem worth two more signatures in every file (docs/serve.md, "Throughput against llama-server")."""
+    windows, window = [], 32 if batched else 128
     while window < context_length:
         windows.append(window)
         window *= 2
@@ -293,7 +297,7 @@ class Converter:
             them (its engine takes every ``kv_cache_*`` input for a cache of the model's layout).
         decode_windows: ``decode_window_{W}`` signatures, which attend over the first ``W`` cache
             slots only, used while the position is below ``W`` (default ``"auto"``: 128, 256, ...
-            below the context; ``()`` for none); for a window of at most a quarter of the context,
+            below the context, from 32 with ``batch_sizes``; ``()`` for none); for a window of at most a quarter of the context,
             each prefill length below ``W`` gets a ``window_{W}_prefill_{L}`` too, for prompt chunks
             that end within ``W``.
         max_length: ``generate`` mode: total tokens (prompt + continuation).
@@ -559,7 +563,7 @@ class Converter:
                 del kv_cache["dtype"]
             else:  # readers before format 4 would take the scales for caches and call the file damaged
                 record["format"] = QUANTIZED_CACHE_FORMAT
-            windows = [w for w in (default_decode_windows(context_length) if self.decode_windows == "auto"
+            windows = [w for w in (default_decode_windows(context_length, bool(self.batch_sizes)) if self.decode_windows == "auto"
                                    else self.decode_windows) if w < context_length]
             record.update(
                 context_length=context_length,
