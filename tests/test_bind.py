@@ -236,11 +236,11 @@ def test_signatures_convert_unfrozen_to_the_same_bytes(request, source, monkeypa
     weights = model_variables(lm)
     fn = signature_function(family, lm, family.kv_cache_spec(lm), 32, 4, False, None, weights)
 
-    def convert(unfrozen):
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
+    def convert(unfrozen, function=fn):
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([function])
         converter._experimental_disable_fuse_mul_and_fc = True
         if unfrozen:
-            skip_freezing(converter, fn, tf)
+            skip_freezing(converter, function, tf)
         return converter.convert()
 
     frozen = convert(False)
@@ -250,13 +250,17 @@ def test_signatures_convert_unfrozen_to_the_same_bytes(request, source, monkeypa
                         lambda *a, **k: freezes.append(1) or real(*a, **k))
     assert convert(True) == frozen
     assert not freezes
+    # the converter converts a signature from its GraphDef (traced before the model is let go) to the same bytes
+    from llm_tflite.export.converter import _function_of, _graph_of
+
+    assert convert(True, _function_of(_graph_of(fn, tf), tf)) == frozen
 
 
 @pytest.mark.parametrize("strategy", ["none", "dynamic_int8"])
 def test_a_model_loaded_for_conversion_is_let_go_before_binding(tiny_gpt2_dir, tmp_path, monkeypatch, strategy):
     """The conversion loads the model, traces the graph, writes the weights beside the output and lets
-    the Keras model go; the weights are then bound from the mapped files: the conversion holds the file
-    being built and one weight, not the float32 model beside them. Same bytes as binding from memory,
+    the Keras model go; the graphs are then converted and the weights bound from the mapped files: the
+    conversion holds the file being built and one weight, not the float32 model beside them. Same bytes as binding from memory,
     and nothing is left beside the output."""
     import gc
     import os
@@ -272,17 +276,24 @@ def test_a_model_loaded_for_conversion_is_let_go_before_binding(tiny_gpt2_dir, t
         loaded.append((weakref.ref(lm), weakref.ref(lm.weights[0].value)))  # the model, a TensorFlow variable
         return fam, lm
 
-    bind = converter_module._Binding.bind
+    bind, converted, alive_at_converting = converter_module._Binding.bind, converter_module.Converter._converted, []
 
     def bind_and_check(self):
         gc.collect()
         alive_at_binding.append([ref() is not None for ref in loaded[-1]])
         return bind(self)
 
+    def convert_and_check(self, *args):  # TensorFlow's converter keeps memory: it runs once the model went
+        gc.collect()
+        alive_at_converting.append(loaded[-1][0]() is not None)
+        return converted(self, *args)
+
     monkeypatch.setattr(converter_module, "load_model", load_and_watch)
     monkeypatch.setattr(converter_module._Binding, "bind", bind_and_check)
+    monkeypatch.setattr(converter_module.Converter, "_converted", convert_and_check)
     spilled = _convert(str(tiny_gpt2_dir), tmp_path / "spilled" / "model.tflite", strategy)
     assert alive_at_binding == [[False, False]] and os.listdir(tmp_path / "spilled") == ["model.tflite"]
+    assert len(alive_at_converting) > 5 and not any(alive_at_converting)
     monkeypatch.setattr(converter_module._Binding, "spill", lambda *args: None)
     in_memory = _convert(str(tiny_gpt2_dir), tmp_path / "in_memory.tflite", strategy)
     assert alive_at_binding[1] == [False, True]  # bound from the variables themselves

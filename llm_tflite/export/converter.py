@@ -181,6 +181,23 @@ def _return_freed_memory() -> None:
         pass
 
 
+def _graph_of(fn, tf) -> tuple[bytes, list[str], list[str]]:
+    """A traced signature as ``(GraphDef bytes, input tensor names, output tensor names)``: holds nothing of
+    the model it was traced from (its weights are inputs)."""
+    inputs = [tensor.name for tensor in fn.inputs if tensor.dtype != tf.resource]
+    return fn.graph.as_graph_def().SerializeToString(), inputs, [tensor.name for tensor in fn.outputs]
+
+
+def _function_of(graph: tuple, tf):
+    """The concrete function of ``_graph_of``'s triple (TensorFlow's converter converts it to the same bytes:
+    ``tests/test_bind.py``)."""
+    data, inputs, outputs = graph
+    graph_def = tf.compat.v1.GraphDef.FromString(data)
+    wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
+    found = wrapped.graph.get_tensor_by_name
+    return wrapped.prune([found(name) for name in inputs], [found(name) for name in outputs])
+
+
 def _write_rows(path: str, variable, block_bytes: int = 64 << 20) -> None:
     """Write a Keras variable to an ``.npy`` file 64 MB of rows at a time (a 1 GB embedding is not
     copied whole out of TensorFlow beside itself), through ordinary writes: a disk that fills up
@@ -200,14 +217,17 @@ def _write_rows(path: str, variable, block_bytes: int = 64 << 20) -> None:
 
 
 class _Binding:
-    """A converted graph whose ``weight_{i}`` inputs are still to be bound (``llm_tflite.litert.bind``).
+    """Traced signatures whose graph, once converted, has ``weight_{i}`` inputs still to be bound
+    (``llm_tflite.litert.bind``).
 
     ``spill`` writes the weights to ``.npy`` files in a temporary directory and maps them, so the
     Keras model can be let go before binding reads them (on POSIX the files are unlinked as soon as
     they are mapped). A context manager: the directory, if still there, is removed on exit."""
 
-    def __init__(self, graph: bytes, weights: list, fmt: str):
-        self.graph, self.weights, self.fmt = graph, weights, fmt
+    def __init__(self, graphs: list, weights: list, fmt: str):
+        #: ``(key, GraphDef, input names, output names)`` of each signature still to convert; then the
+        #: converted, merged ``graph`` (``Converter._convert_graphs``)
+        self.graphs, self.graph, self.weights, self.fmt = graphs, None, weights, fmt
         self._directory = None
 
     def spill(self, variables: list, where: str) -> None:
@@ -450,6 +470,7 @@ class Converter:
             _return_freed_memory()
             if isinstance(tflite_model, _Binding):
                 with tflite_model:
+                    self._convert_graphs(fam, tflite_model)  # after the model went: what TensorFlow keeps adds less
                     tflite_model = tflite_model.bind()
             steps.update()
             _stage(steps, "quantizing")
@@ -608,57 +629,74 @@ class Converter:
         """The family's cache spec with this converter's cache type."""
         return dataclasses.replace(fam.kv_cache_spec(lm), dtype=self.kv_cache)
 
-    def _signatures(self, tf, fam, lm, metadata, weights=None):
-        """``(key, converted single-signature flatbuffer, input names, output names)`` per signature,
-        one at a time (merged as they come: ``SignatureMerger``)."""
+    def _traced(self, tf, fam, lm, metadata, weights=None):
+        """``(key, concrete function, input names, output names)`` per signature, traced one at a time
+        (``weights``: with the weights as inputs, ``prefill_decode.signature_function``)."""
         from llm_tflite.export.prefill_decode import (input_names, output_names, signature_function, signatures,
                                                       weight_names)
-        from llm_tflite.litert.rewrite import int8_casts_to_quantization
 
         spec = self._kv_cache_spec(fam, lm)
         extra = weight_names(weights) if weights is not None else []
         table = signatures(metadata["prefill_lengths"], metadata["decode_windows"], metadata["decode_batch_sizes"],
                            metadata["score_lengths"], metadata["prefill_windows"], metadata["prompt_lengths"])
         for key, (length, window, rows, logits, last) in table.items():
-            logger.debug("convert: signature %s", key)
+            logger.debug("convert: tracing %s", key)
             hidden = self.hidden_states and not last
             with quiet_native():  # tracing (and freezing) runs Grappler, which logs its sessions
                 fn = signature_function(fam, lm, spec, metadata["context_length"], length, hidden,
                                         window, weights, rows, logits, metadata["kv_cache"].get("lengths"), last)
-            converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
-            if weights is None:
-                self.quantizer.configure(converter, self.calibration)
-            else:
-                # With the weights as inputs, FULLY_CONNECTED(x * norm_scale, W) would become
-                # FULLY_CONNECTED(x, W * norm_scale): a MUL over the whole weight at every call, and
-                # a weight bind_weights cannot store as int8 (RMSNorm families: Gemma's head, Qwen's MLP).
-                converter._experimental_disable_fuse_mul_and_fc = True
-                skip_freezing(converter, fn, tf)
-            converted = self._run_converter(converter)
-            if spec.dtype == "int8":  # the cache casts as ops XNNPACK runs
-                converted = int8_casts_to_quantization(converted)
-            yield (key, converted, input_names(spec, rows, last) + extra, output_names(spec, hidden, rows, logits))
-            del fn, converter
+            yield key, fn, input_names(spec, rows, last) + extra, output_names(spec, hidden, rows, logits)
+            del fn
 
-    def _convert_graph_then_bind(self, tf, fam, lm, metadata, spill_to=None) -> "_Binding":
-        """The graph converted without its weights, which are then bound one at a time
-        (``llm_tflite.litert.bind``): memory and time that grow with the model, not 25x it.
+    def _converted(self, tf, fn, frozen: bool, quantized_caches: bool) -> bytes:
+        """One signature's function through TensorFlow's converter (``frozen``: weights frozen into it)."""
+        from llm_tflite.litert.rewrite import int8_casts_to_quantization
 
-        With ``spill_to`` (a directory), the weights are first written there, so the caller can let
-        the Keras model go before they are bound: the conversion then holds the file being built and
-        one weight, not the model's float32 weights beside them."""
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
+        if frozen:
+            self.quantizer.configure(converter, self.calibration)
+        else:
+            # With the weights as inputs, FULLY_CONNECTED(x * norm_scale, W) would become
+            # FULLY_CONNECTED(x, W * norm_scale): a MUL over the whole weight at every call, and
+            # a weight bind_weights cannot store as int8 (RMSNorm families: Gemma's head, Qwen's MLP).
+            converter._experimental_disable_fuse_mul_and_fc = True
+            skip_freezing(converter, fn, tf)
+        converted = self._run_converter(converter)
+        return int8_casts_to_quantization(converted) if quantized_caches else converted  # casts as ops XNNPACK runs
+
+    def _trace_then_spill(self, tf, fam, lm, metadata, spill_to=None) -> "_Binding":
+        """Every signature traced without its weights, as a ``GraphDef`` (nothing of the model), and the
+        weights to bind after TensorFlow's converter has made the graph (``_Binding``): memory and time
+        that grow with the model, not 25x it.
+
+        With ``spill_to`` (a directory), the weights are written there, so the caller can let the Keras
+        model go before the graphs are converted and the weights bound. TensorFlow's converter keeps
+        memory after every call (tensorflow/tensorflow#122598): converting Qwen 3 0.6B's 20 signatures
+        beside the loaded model added ~92 MB each, up to a 5.2 GiB peak; converted after it, they hold
+        1.0-1.3 GiB in all, and the peak (3.9 GiB) is loading (docs/performance.md)."""
         from llm_tflite.export.prefill_decode import model_variables
-        from llm_tflite.litert.rewrite import SignatureMerger
 
         weights = model_variables(lm)
-        merger = SignatureMerger()
-        for key, data, inputs, outputs in self._signatures(tf, fam, lm, metadata, weights):
-            merger.add(key, data, inputs, outputs)
-        binding = _Binding(merger.result(), [variable.numpy for variable in weights], self.quantizer.strategy.bind_format)
-        self._check_builtin(fam, binding.graph)  # before minutes of writing weights, not after
+        graphs = [(key, _graph_of(fn, tf), inputs, outputs)
+                  for key, fn, inputs, outputs in self._traced(tf, fam, lm, metadata, weights)]
+        binding = _Binding(graphs, [variable.numpy for variable in weights], self.quantizer.strategy.bind_format)
         if spill_to is not None:
             binding.spill(weights, spill_to)
         return binding
+
+    def _convert_graphs(self, fam, binding: "_Binding") -> None:
+        """``binding``'s traced signatures through TensorFlow's converter, merged as they come."""
+        from llm_tflite.litert.rewrite import SignatureMerger
+
+        tf = import_tensorflow()
+        quantized_caches = self.kv_cache == "int8"
+        merger = SignatureMerger()
+        while binding.graphs:
+            key, graph, inputs, outputs = binding.graphs.pop(0)
+            logger.debug("convert: signature %s", key)
+            merger.add(key, self._converted(tf, _function_of(graph, tf), False, quantized_caches), inputs, outputs)
+        binding.graph = merger.result()
+        self._check_builtin(fam, binding.graph)  # before minutes of binding weights, not after
 
     def _convert_frozen(self, tf, fam, lm, metadata) -> bytes:
         """One frozen function and conversion per signature, merged as they come (a SavedModel holding
@@ -666,8 +704,10 @@ class Converter:
         from llm_tflite.litert.rewrite import SignatureMerger
 
         merger = SignatureMerger()  # shared weights are held once
-        for key, data, inputs, outputs in self._signatures(tf, fam, lm, metadata):
-            merger.add(key, data, inputs, outputs)
+        quantized_caches = self.kv_cache == "int8"
+        for key, fn, inputs, outputs in self._traced(tf, fam, lm, metadata):
+            merger.add(key, self._converted(tf, fn, True, quantized_caches), inputs, outputs)
+            del fn
         return merger.result()
 
     def _convert(self, fam, lm, metadata, steps, spill_to=None) -> "bytes | _Binding":
@@ -682,7 +722,7 @@ class Converter:
                 from llm_tflite.export.prefill_decode import CapturedStateError
 
                 try:
-                    tflite_model = self._convert_graph_then_bind(tf, fam, lm, metadata, spill_to)
+                    tflite_model = self._trace_then_spill(tf, fam, lm, metadata, spill_to)
                 except CapturedStateError as e:
                     logger.debug("convert: %s; freezing the weights into the graph instead", e)
                     # frozen weights go through TensorFlow's converter: one flatbuffer, held to its limit
