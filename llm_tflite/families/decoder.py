@@ -235,6 +235,10 @@ class DecoderFamily(ModelFamily):
                            head_dim=int(head_dim),
                            sliding_windows=tuple(block.attention.sliding_window for block in self.blocks(model)))
 
+    def final_norm(self, model) -> Callable:
+        """The norm before the head (default: the backbone's ``layer_norm``)."""
+        return model.backbone.layer_norm
+
     def forward_with_cache(self, model, tokens, input_pos, caches):
         logits, new_caches, _ = self.forward_with_hidden_states(model, tokens, input_pos, caches)
         return logits, new_caches
@@ -245,7 +249,7 @@ class DecoderFamily(ModelFamily):
         backbone = model.backbone
         x, new_caches = run_blocks(self.blocks(model), self.embed(model, tokens), input_pos, caches)
         x = output_rows(x)  # a prompt's last token only, in a prompt_{L}
-        x = backbone.layer_norm(x)  # what KerasHub's call_with_cache returns as hidden_states
+        x = self.final_norm(model)(x)  # what KerasHub's call_with_cache returns as hidden_states
         return backbone.token_embedding(x, reverse=True), new_caches, x  # tied or separate head, soft-capped
 
     def generate_function(self, model, *, max_length, sampler, seed, **settings):
