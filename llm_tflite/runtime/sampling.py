@@ -158,11 +158,14 @@ class Sampler(TokenSampler):
         self.repetition_penalty = repetition_penalty
         self.frequency_penalty, self.presence_penalty = frequency_penalty, presence_penalty
 
+    def _penalizes(self, history: Sequence[int]) -> bool:
+        return len(history) > 0 and (self.repetition_penalty != 1.0 or bool(self.frequency_penalty)
+                                     or bool(self.presence_penalty))
+
     def penalized(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
         """The logits after the repetition, frequency and presence penalties."""
         logits = np.asarray(logits, np.float64).reshape(-1)
-        if len(history) == 0 or (self.repetition_penalty == 1.0 and not self.frequency_penalty
-                                 and not self.presence_penalty):
+        if not self._penalizes(history):
             return logits
         tokens, counts = np.unique(np.asarray(history, np.int64), return_counts=True)
         inside = tokens < logits.size
@@ -176,8 +179,7 @@ class Sampler(TokenSampler):
     def _scaled(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
         """The penalized logits divided by the temperature: a new float64 array (without penalties,
         one pass over the model's float32 logits)."""
-        if len(history) == 0 or (self.repetition_penalty == 1.0 and not self.frequency_penalty
-                                 and not self.presence_penalty):
+        if not self._penalizes(history):
             return np.divide(np.asarray(logits).reshape(-1), self.temperature, dtype=np.float64)
         return self.penalized(logits, history) / self.temperature
 
