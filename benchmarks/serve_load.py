@@ -1,7 +1,7 @@
 """Serving many users: ``llm-tflite serve --parallel`` against ``llama-server -np``, same run.
 
     .venv/bin/python benchmarks/serve_load.py [--clients 1,2,4,8,16] [--requests 4] [--max-tokens 64]
-        [--parallel 8] [--plot docs/serve_throughput.png]
+        [--parallel 8] [--plot docs/images/serve_throughput.png] [--file OURS.tflite]
 
 Both servers run as processes on this machine with 2 threads on loopback, one after the other at
 each load (the order alternating), serving GPT-2 124M with random weights:
@@ -155,6 +155,13 @@ def main() -> int:
 
     gguf, bin_dir = llama_cpp.gpt2_gguf("Q8_0"), llama_cpp.tools()
     path = args.file
+    if path == FILE and path.exists():  # converted by an older version: its defaults (decode windows) may differ
+        from llm_tflite.export.converter import default_decode_windows
+        from llm_tflite.litert.metadata import read_metadata
+
+        record = read_metadata(str(path))
+        if record.get("decode_windows") != default_decode_windows(record["context_length"], batched=True):
+            path.unlink()
     if path == FILE and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([str(ROOT / ".venv" / "bin" / "llm-tflite"), "convert", "gpt2_base_en", "--random-weights",

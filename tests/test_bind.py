@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -298,3 +300,28 @@ def test_a_model_loaded_for_conversion_is_let_go_before_binding(tiny_gpt2_dir, t
     in_memory = _convert(str(tiny_gpt2_dir), tmp_path / "in_memory.tflite", strategy)
     assert alive_at_binding[1] == [False, True]  # bound from the variables themselves
     assert spilled.read_bytes() == in_memory.read_bytes()
+
+
+def test_a_signature_that_fails_to_convert_is_a_conversion_error_naming_it(tiny_gpt2_dir, tmp_path, monkeypatch):
+    """The traced graphs convert after the model is let go, outside the tracing's error handling: a failure
+    there (rebuilding a graph, a non-builtin op) is still a ``ConversionError`` that names what failed,
+    raised at the first bad signature, and nothing is left beside the output."""
+    from llm_tflite.export import converter as converter_module
+
+    def broken(graph, tf):
+        raise ValueError("the graph has no tensor 'tokens:0'")
+
+    monkeypatch.setattr(converter_module, "_function_of", broken)
+    with pytest.raises(ConversionError, match=r"converting signature 'prefill_4' failed: ValueError: the graph has no"):
+        _convert(str(tiny_gpt2_dir), tmp_path / "a" / "model.tflite", "dynamic_int8")
+    assert os.listdir(tmp_path / "a") == []
+    monkeypatch.undo()
+
+    calls = []
+    converted = converter_module.Converter._converted
+    monkeypatch.setattr(converter_module.Converter, "_converted",
+                        lambda self, *args: calls.append(1) or converted(self, *args))
+    monkeypatch.setattr(converter_module, "non_builtin_ops", lambda data: {"FlexStringSplit"})
+    with pytest.raises(ConversionError, match=r"needs non-builtin ops \['FlexStringSplit'\]"):
+        _convert(str(tiny_gpt2_dir), tmp_path / "b" / "model.tflite", "dynamic_int8")
+    assert calls == [1] and os.listdir(tmp_path / "b") == []

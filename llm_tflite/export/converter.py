@@ -39,7 +39,8 @@ def default_decode_windows(context_length: int, batched: bool = False) -> list[i
     a batched step reads every row's window: 8 rows at position 20 took 10.6 ms at window 32
     against 16.9 ms at 128, one row 3.8 against 4.5 ms (GPT-2 124M ``dynamic_int8``,
     ``benchmarks/batch_step.py``). One sequence gained 2-9 % at positions 8-108 (``bench``), which
-    did not seem worth two more signatures in every file (docs/serve.md, "Throughput against llama-server")."""
+    did not seem worth seven more signatures to convert in every file (two decode windows and their
+    window prefill and prompt signatures; docs/serve.md, "Throughput against llama-server")."""
     windows, window = [], 32 if batched else 128
     while window < context_length:
         windows.append(window)
@@ -84,8 +85,13 @@ def skip_freezing(converter, fn, tf) -> None:
     graph_def = fn.graph.as_graph_def()
     if fn.captured_inputs or graph_def.library.function:
         return
-    inputs = [tensor for tensor in fn.inputs if tensor.dtype != tf.resource]
+    inputs = _graph_inputs(fn, tf)
     converter._freeze_concrete_function = lambda: (graph_def, inputs, fn.outputs, fn)
+
+
+def _graph_inputs(fn, tf) -> list:
+    """A traced function's inputs the converter takes (not the resource handles of captured variables)."""
+    return [tensor for tensor in fn.inputs if tensor.dtype != tf.resource]
 
 
 def weights_before_loading(model, family=None) -> int | None:
@@ -184,7 +190,7 @@ def _return_freed_memory() -> None:
 def _graph_of(fn, tf) -> tuple[bytes, list[str], list[str]]:
     """A traced signature as ``(GraphDef bytes, input tensor names, output tensor names)``: holds nothing of
     the model it was traced from (its weights are inputs)."""
-    inputs = [tensor.name for tensor in fn.inputs if tensor.dtype != tf.resource]
+    inputs = [tensor.name for tensor in _graph_inputs(fn, tf)]
     return fn.graph.as_graph_def().SerializeToString(), inputs, [tensor.name for tensor in fn.outputs]
 
 
@@ -648,7 +654,7 @@ class Converter:
             yield key, fn, input_names(spec, rows, last) + extra, output_names(spec, hidden, rows, logits)
             del fn
 
-    def _converted(self, tf, fn, frozen: bool, quantized_caches: bool) -> bytes:
+    def _converted(self, tf, fn, frozen: bool) -> bytes:
         """One signature's function through TensorFlow's converter (``frozen``: weights frozen into it)."""
         from llm_tflite.litert.rewrite import int8_casts_to_quantization
 
@@ -662,7 +668,7 @@ class Converter:
             converter._experimental_disable_fuse_mul_and_fc = True
             skip_freezing(converter, fn, tf)
         converted = self._run_converter(converter)
-        return int8_casts_to_quantization(converted) if quantized_caches else converted  # casts as ops XNNPACK runs
+        return int8_casts_to_quantization(converted) if self.kv_cache == "int8" else converted  # casts XNNPACK runs
 
     def _trace_then_spill(self, tf, fam, lm, metadata, spill_to=None) -> "_Binding":
         """Every signature traced without its weights, as a ``GraphDef`` (nothing of the model), and the
@@ -685,18 +691,24 @@ class Converter:
         return binding
 
     def _convert_graphs(self, fam, binding: "_Binding") -> None:
-        """``binding``'s traced signatures through TensorFlow's converter, merged as they come."""
+        """``binding``'s traced signatures through TensorFlow's converter, merged as they come; each is
+        checked for non-builtin ops as it comes (the first bad one fails, before the rest convert)."""
         from llm_tflite.litert.rewrite import SignatureMerger
 
         tf = import_tensorflow()
-        quantized_caches = self.kv_cache == "int8"
         merger = SignatureMerger()
         while binding.graphs:
             key, graph, inputs, outputs = binding.graphs.pop(0)
             logger.debug("convert: signature %s", key)
-            merger.add(key, self._converted(tf, _function_of(graph, tf), False, quantized_caches), inputs, outputs)
+            try:
+                converted = self._converted(tf, _function_of(graph, tf), False)
+            except (LLMTFLiteError, KeyboardInterrupt):
+                raise
+            except Exception as e:  # rebuilding the traced graph, or a rewrite of its flatbuffer
+                raise ConversionError(f"converting signature {key!r} failed: {type(e).__name__}: {str(e)[:500]}") from e
+            self._check_builtin(fam, converted)
+            merger.add(key, converted, inputs, outputs)
         binding.graph = merger.result()
-        self._check_builtin(fam, binding.graph)  # before minutes of binding weights, not after
 
     def _convert_frozen(self, tf, fam, lm, metadata) -> bytes:
         """One frozen function and conversion per signature, merged as they come (a SavedModel holding
@@ -704,9 +716,8 @@ class Converter:
         from llm_tflite.litert.rewrite import SignatureMerger
 
         merger = SignatureMerger()  # shared weights are held once
-        quantized_caches = self.kv_cache == "int8"
         for key, fn, inputs, outputs in self._traced(tf, fam, lm, metadata):
-            merger.add(key, self._converted(tf, fn, True, quantized_caches), inputs, outputs)
+            merger.add(key, self._converted(tf, fn, True), inputs, outputs)
             del fn
         return merger.result()
 

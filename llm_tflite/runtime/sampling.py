@@ -181,7 +181,9 @@ class Sampler(TokenSampler):
         one pass over the model's float32 logits)."""
         if not self._penalizes(history):
             return np.divide(np.asarray(logits).reshape(-1), self.temperature, dtype=np.float64)
-        return self.penalized(logits, history) / self.temperature
+        scaled = self.penalized(logits, history)  # a copy of the caller's, penalized
+        scaled /= self.temperature
+        return scaled
 
     def _weights(self, logits: np.ndarray, history: Sequence[int] = ()) -> np.ndarray:
         """The distribution the draw samples from, up to a constant factor (every processor of the
@@ -204,7 +206,8 @@ class Sampler(TokenSampler):
         return weights
 
     def probabilities(self, logits: np.ndarray, history: Sequence[int] = ()) -> np.ndarray:
-        """The distribution the draw samples from (after every processor of the chain)."""
+        """The distribution the draw samples from (after every processor of the chain). The draw itself
+        reads ``_weights``, unnormalised: a subclass changes both by overriding that."""
         weights = self._weights(logits, history)
         return weights / weights.sum()
 
