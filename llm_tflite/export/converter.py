@@ -679,7 +679,8 @@ class Converter:
         model go before the graphs are converted and the weights bound. TensorFlow's converter keeps
         memory after every call (tensorflow/tensorflow#122598): converting Qwen 3 0.6B's 20 signatures
         beside the loaded model added ~92 MB each, up to a 5.2 GiB peak; converted after it, they hold
-        1.0-1.3 GiB in all, and the peak (3.9 GiB) is loading (docs/performance.md)."""
+        1.0-1.3 GiB in all, and the peak (3.8-3.9 GiB) is loading the model and spilling its weights
+        (docs/performance.md)."""
         from llm_tflite.export.prefill_decode import model_variables
 
         weights = model_variables(lm)
