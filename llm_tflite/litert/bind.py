@@ -35,8 +35,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from llm_tflite.errors import ConversionError
-from llm_tflite.litert.flatbuffer import (builtin_code, drop_unused_buffers, drop_unused_tensors, opcode_index,
-                                         pack_into_bytearray, tflite_schema, unpack_model)
+from llm_tflite.litert.flatbuffer import (builtin_code, drop_unused_buffers, drop_unused_tensors, has_scales,
+                                         opcode_index, pack_into_bytearray, tflite_schema, unpack_model)
 
 #: Formats ``bind_weights`` writes weights in.
 FORMATS = ("float32", "float16", "int8", "int4_blockwise_32", "int4_blockwise_128")
@@ -400,7 +400,7 @@ def _fold_constant_arithmetic(binder, subgraph, computed: dict) -> None:
     def value(index):
         tensor = subgraph.tensors[index]
         data = model.buffers[tensor.buffer].data if tensor.buffer else None
-        if data is None or len(data) == 0 or tensor.type != schema.TensorType.FLOAT32 or _scaled(tensor):
+        if data is None or len(data) == 0 or tensor.type != schema.TensorType.FLOAT32 or has_scales(tensor):
             return None
         return np.frombuffer(bytes(data), np.float32).reshape([int(d) for d in tensor.shape])
 
@@ -409,7 +409,7 @@ def _fold_constant_arithmetic(binder, subgraph, computed: dict) -> None:
         function = arithmetic.get(binder.name(op))
         out = subgraph.tensors[op.outputs[0]] if len(op.outputs) == 1 else None
         if (function is None or len(op.inputs) != 2 or out is None or op.outputs[0] in outputs
-                or out.type != schema.TensorType.FLOAT32 or _scaled(out)
+                or out.type != schema.TensorType.FLOAT32 or has_scales(out)
                 or int(np.prod([int(d) for d in out.shape])) * 4 > _FOLDED_BYTES
                 or (op.builtinOptions is not None and op.builtinOptions.fusedActivationFunction)):
             kept.append(op)
@@ -424,11 +424,6 @@ def _fold_constant_arithmetic(binder, subgraph, computed: dict) -> None:
             computed[key] = binder.add_buffer(result)
         out.buffer = computed[key]
     subgraph.operators = kept
-
-
-def _scaled(tensor) -> bool:
-    q = tensor.quantization
-    return q is not None and q.scale is not None and len(q.scale) > 0
 
 
 def _fuse_bias_adds(binder, subgraph) -> None:

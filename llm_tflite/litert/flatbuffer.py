@@ -86,6 +86,12 @@ def drop_unused_buffers(model) -> None:
         entry.buffer = new[entry.buffer]
 
 
+def has_scales(tensor) -> bool:
+    """Whether an unpacked tensor carries quantization scales (a strategy's weights, or a rewritten cache)."""
+    q = tensor.quantization
+    return q is not None and q.scale is not None and len(q.scale) > 0
+
+
 def drop_unused_tensors(model, subgraph_index: int) -> None:
     """Remove tensors nothing refers to (the weight inputs, folded intermediates) and renumber:
     tools that read every tensor (ai-edge-quantizer's calibration) fail on unallocated ones."""

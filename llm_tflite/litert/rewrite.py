@@ -6,8 +6,8 @@ import hashlib
 
 import numpy as np
 
-from llm_tflite.litert.flatbuffer import (blockwise_references, builtin_code, drop_unused_buffers, opcode_index,
-                                         pack_model, tflite_schema, unpack_model)
+from llm_tflite.litert.flatbuffer import (blockwise_references, builtin_code, drop_unused_buffers, has_scales,
+                                         opcode_index, pack_model, tflite_schema, unpack_model)
 
 
 def _load(tflite_model: bytes):
@@ -321,7 +321,7 @@ def int8_casts_to_quantization(tflite_model: bytes) -> bytes:
             op.builtinOptionsType, op.builtinOptions = 0, None
             changed = True
         for tensor in subgraph.tensors:
-            if tensor.type == types.INT8 and not _scaled(tensor):
+            if tensor.type == types.INT8 and not has_scales(tensor):
                 quantization = schema.QuantizationParametersT()
                 quantization.scale, quantization.zeroPoint, quantization.quantizedDimension = [1.0], [0], 0
                 tensor.quantization = quantization
@@ -329,15 +329,9 @@ def int8_casts_to_quantization(tflite_model: bytes) -> bytes:
     return _pack(model) if changed else tflite_model
 
 
-def _scaled(tensor) -> bool:
-    """Whether a tensor carries quantization scales (a strategy's weights, or a rewritten cache)."""
-    q = tensor.quantization
-    return q is not None and q.scale is not None and len(q.scale) > 0
-
-
 def _unit_or_no_quantization(tensor) -> bool:
     """An int8 tensor without quantization scales, or with scale 1 and zero point 0."""
-    if not _scaled(tensor):
+    if not has_scales(tensor):
         return True
     q = tensor.quantization
     return list(q.scale) == [1.0] and (q.zeroPoint is None or [int(z) for z in q.zeroPoint] in ([], [0]))
