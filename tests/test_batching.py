@@ -78,6 +78,28 @@ def test_rows_decode_the_logits_of_each_sequence_alone(batched_file, count):
     assert max(s.position for s in sequences) > 64
 
 
+def test_rows_with_int8_caches_decode_the_logits_of_each_sequence_alone(tiny_gpt2_dir, tmp_path):
+    """int8 caches (values and per-slot scales, put side by side for all rows) in a ``decode_batch_2``:
+    two rows at different positions, one crossing the decode window, give their logits alone."""
+    path = tmp_path / "int8_caches_batched.tflite"
+    Converter(prefill_lengths=(4,), decode_windows=(32,), batch_sizes=(2,), kv_cache="int8").convert(
+        str(tiny_gpt2_dir), str(path))
+    runner = InterpreterRunner(path, weight_cache="memory")
+    prompts = [runner.encode(PROMPTS[0]), (runner.encode(PROMPTS[2]) * 4)[:28]]
+    expected = [alone(runner, ids, 12) for ids in prompts]
+    sequences = [runner.sequence() for _ in prompts]
+    logits = [s.feed(ids)[-1] for s, ids in zip(sequences, prompts)]
+    pad = runner.engine.new_state()
+    for step in range(12):
+        for row, (_, step_logits) in enumerate(expected):
+            np.testing.assert_array_equal(logits[row], step_logits[step])
+        logits = list(runner.engine.decode_rows([s.caches for s in sequences], [t[step] for t, _ in expected],
+                                                [s.position for s in sequences], pad))
+        for sequence in sequences:
+            sequence.position += 1
+    assert sequences[1].position > 32
+
+
 def test_concurrent_generations_decode_together_with_unbatched_outputs(batched_file):
     """Seven threads (more than the largest batch): greedy and seeded random texts equal the
     unbatched runner's, and the steps carried several rows."""
