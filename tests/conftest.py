@@ -39,7 +39,7 @@ def assert_int8_caches_within_half_a_step(int8_state: dict, float_state: dict, s
     for name, (values, scales) in _dequantized(int8_state).items():
         if not name.endswith("_0"):
             continue
-        axis = 2 if name.startswith("kv_cache_k_") else 3
+        axis = 2  # slots (llm_tflite.families.ops: keys and values [1, heads, C, head_dim])
         used = [slice(None)] * 4
         used[axis] = slice(0, slots)
         got, want, step = values[tuple(used)], float_state[name][tuple(used)], scales[tuple(used)]

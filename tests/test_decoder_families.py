@@ -246,7 +246,7 @@ def test_gemma3_local_layers_keep_only_their_window(tiny, tmp_path):
     used = []
     ring.engine.call = lambda name, inputs, call=ring.engine.call: used.append(name) or call(name, inputs)
     specs = ring.engine.cache_specs
-    assert specs["kv_cache_k_0"][0] == (1, 2, 56, 64) and specs["kv_cache_v_4"][0] == (1, 2, 64, 56)
+    assert specs["kv_cache_k_0"][0] == (1, 2, 56, 64) and specs["kv_cache_v_4"][0] == (1, 2, 56, 64)
     assert specs["kv_cache_k_5"][0] == (1, 2, 128, 64)
     # what a call attending over W slots reads (bench, batching): W of each cache, or a ring whole
     slot = 2 * 2 * 64 * 4  # a key and a value slot: 2 heads x 64 dims of float32

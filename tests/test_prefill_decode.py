@@ -11,6 +11,8 @@ import pytest
 from llm_tflite.testing import run_greedy_test, run_parity_test, run_prefill_decode_file_test
 from llm_tflite import InterpreterRunner, read_metadata
 
+DATA = __import__("pathlib").Path(__file__).resolve().parent / "data"
+
 
 def test_file_contract(tiny_tflite):
     meta = run_prefill_decode_file_test(tiny_tflite, num_layers=2)
@@ -195,8 +197,8 @@ def test_int8_caches_keep_each_slot_to_half_a_step_and_score_as_float32_caches_d
         Converter(context_length=256, prefill_lengths=(8, 32), kv_cache=kv, batch_sizes=(2,)).convert(
             "gpt2_tiny_shakespeare", str(path))
     record = run_prefill_decode_file_test(paths["int8"], num_layers=4)  # caches and their scales in every signature
-    assert record["format"] == 4 and record["kv_cache"]["dtype"] == "int8"
-    assert read_metadata(paths["float32"])["format"] == 3 and "dtype" not in read_metadata(paths["float32"])["kv_cache"]
+    assert record["format"] == 5 and record["kv_cache"]["dtype"] == "int8" and record["kv_cache_layout"] == "bnth"
+    assert read_metadata(paths["float32"])["format"] == 5 and "dtype" not in read_metadata(paths["float32"])["kv_cache"]
     # the cache reads and writes are DEQUANTIZE / QUANTIZE (scale 1), which XNNPACK runs, not CAST
     from llm_tflite.litert.flatbuffer import builtin_code, tflite_schema, unpack_model
 
@@ -207,7 +209,8 @@ def test_int8_caches_keep_each_slot_to_half_a_step_and_score_as_float32_caches_d
     full, small = InterpreterRunner(paths["float32"]), InterpreterRunner(paths["int8"])
     specs = small.engine.cache_specs
     assert specs["kv_cache_k_0"] == ((1, 4, 256, 64), np.dtype("int8"))
-    assert specs["kv_cache_v_0_scale"] == ((1, 4, 1, 256), np.dtype("float32"))
+    assert specs["kv_cache_v_0"] == ((1, 4, 256, 64), np.dtype("int8"))  # slot-major, as keys are
+    assert specs["kv_cache_v_0_scale"] == ((1, 4, 256, 1), np.dtype("float32"))
     assert small.engine.cache_bytes() / full.engine.cache_bytes() == (64 + 4) / (64 * 4)
 
     text = shakespeare_text()[-6000:]  # the end of the corpus
@@ -250,7 +253,8 @@ def test_int8_caches_are_refused_where_they_cannot_run(tmp_path):
     assert not (tmp_path / "model.litertlm").exists()
     record = read_metadata(path)
     for bad, message in (({**record, "format": 3}, "int8 from format 4"),
-                         ({**record, "kv_cache": {**record["kv_cache"], "dtype": "int4"}}, "dtype must be one of")):
+                         ({**record, "kv_cache": {**record["kv_cache"], "dtype": "int4"}}, "dtype must be one of"),
+                         ({**record, "kv_cache_layout": "bhdt"}, "'kv_cache_layout' must be one of")):
         with pytest.raises(ModelFileError, match=message):
             validate_record(bad, "this file")
     done = subprocess.run([sys.executable, "-m", "llm_tflite.cli.main", "convert", "gpt2_tiny_shakespeare",
@@ -513,3 +517,36 @@ def test_the_c_api_binding_runs_as_the_wrapper_does_without_holding_the_gil(tiny
                    "signature 'decode' has no input 'nope'", "buffers from another binding cannot run on this model",
                    "the model is closed"],
     }
+
+
+@pytest.mark.parametrize("kv", ["float32", "int8"])
+def test_files_in_the_transposed_layout_still_run(tiny_gpt2_dir, tmp_path, kv):
+    """Files written before format 5 (values ``[1, heads, head_dim, C]``: ``tests/data``, made from
+    ``tiny_gpt2_dir``'s model by ``make_transposed_files.py``) give, token for token, the logits of the
+    same model converted today (values ``[1, heads, C, head_dim]``): through a prefill chunk, windowed and
+    full decode steps, and a second sequence in the first one's cleared buffers; their caches hold the
+    same numbers, the values' axes swapped."""
+    sys.path.insert(0, str(DATA))
+    from make_transposed_files import TRANSPOSED_FILE_SETTINGS
+
+    from llm_tflite import Converter
+
+    old = DATA / f"tiny_gpt2_transposed_{kv}.tflite"
+    assert read_metadata(old)["kv_cache_layout"] == "transposed" and read_metadata(old)["format"] in (3, 4)
+    new = tmp_path / "bnth.tflite"
+    Converter(**TRANSPOSED_FILE_SETTINGS, kv_cache=kv).convert(str(tiny_gpt2_dir), str(new))
+    old_runner, new_runner = InterpreterRunner(old), InterpreterRunner(new)
+    ids = new_runner.encode("ROMEO: But soft, what light")[:9]
+    for _ in range(2):  # the second sequence reuses the first one's buffers, cleared by their written slots
+        sequences = old_runner.sequence(), new_runner.sequence()
+        logits = [s.feed(ids)[-1] for s in sequences]
+        for _ in range(30):  # past decode window 16 into the full cache
+            np.testing.assert_allclose(logits[0], logits[1], rtol=0, atol=1e-5)
+            token = int(logits[1].argmax())
+            logits = [s.feed([token])[-1] for s in sequences]
+        old_caches = old_runner.engine.read_state(sequences[0].caches)
+        new_caches = new_runner.engine.read_state(sequences[1].caches)
+        for name, array in new_caches.items():
+            expected = np.swapaxes(old_caches[name], 2, 3) if name.startswith("kv_cache_v_") else old_caches[name]
+            np.testing.assert_allclose(array, expected, rtol=0, atol=1e-5 if kv == "float32" else 1)
+        del sequences

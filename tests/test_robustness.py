@@ -124,10 +124,13 @@ def test_a_huge_tensor_shape_is_refused_before_allocation(tiny_tflite, tmp_path)
         InterpreterRunner(bad)
 
 
-def test_files_without_a_checksum_from_format_1_still_run(tiny_tflite, tmp_path):
-    """Files written before checksums existed (format 1) keep working: every other check still applies."""
+def test_files_without_a_checksum_from_format_1_still_run(tmp_path):
+    """Files written before checksums existed (format 1) keep working: every other check still applies.
+    (A format-3 file in the layout of those days, relabelled.)"""
     import json
+    import pathlib
 
+    tiny_tflite = pathlib.Path(__file__).resolve().parent / "data" / "tiny_gpt2_transposed_float32.tflite"
     data = tiny_tflite.read_bytes()
     record = read_metadata_from_bytes(data)
     good = record["sha256"]

@@ -8,7 +8,7 @@ import os
 import tempfile
 
 from llm_tflite.litert.flatbuffer import check_writable, non_builtin_ops, write_atomic
-from llm_tflite.litert.metadata import (FORMAT_VERSION, KV_CACHE_TYPES, MAX_BATCH_SIZE, QUANTIZED_CACHE_FORMAT,
+from llm_tflite.litert.metadata import (BNTH_LAYOUT_FORMAT, FORMAT_VERSION, KV_CACHE_TYPES, MAX_BATCH_SIZE,
                                         add_metadata)
 from llm_tflite.errors import ConversionError, InvalidArgumentError, LLMTFLiteError, ModelSourceError
 from llm_tflite.console import import_tensorflow, keras_backend, logger, progress, quiet_native
@@ -588,8 +588,8 @@ class Converter:
                 del kv_cache["sliding_windows"]
             if spec.dtype == "float32":  # the type every reader knows
                 del kv_cache["dtype"]
-            else:  # readers before format 4 would take the scales for caches and call the file damaged
-                record["format"] = QUANTIZED_CACHE_FORMAT
+            # readers before format 5 would expect values [1, heads, head_dim, C] and call the file damaged
+            record["format"] = BNTH_LAYOUT_FORMAT
             windows = [w for w in (default_decode_windows(context_length, bool(self.batch_sizes)) if self.decode_windows == "auto"
                                    else self.decode_windows) if w < context_length]
             record.update(
@@ -607,7 +607,7 @@ class Converter:
                 [n for n in self.prompt_lengths if n in prefill_lengths],
                 decode_batch_sizes=list(self.batch_sizes),
                 kv_cache=kv_cache,
-                kv_cache_layout="transposed",  # families.ops: LiteRT-LM's layout
+                kv_cache_layout="bnth",  # families.ops: keys and values [1, heads, C, head_dim]
                 default_sampler="greedy",
                 hidden_states=self.hidden_states,
             )

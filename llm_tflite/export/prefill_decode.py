@@ -21,10 +21,11 @@ prefill of that length).
 ``decode_window_{W}``: ``decode`` attending over the first
 ``W`` cache slots only, for positions below ``W`` (cheaper early in a long context; LiteRT-LM
 uses ``decode`` and ignores them). Caches are float32 (or int8 with ``kv_cache_k_{i}_scale`` /
-``kv_cache_v_{i}_scale`` beside them: ``KVCacheSpec.dtype``) in LiteRT-LM's layout:
-``kv_cache_k_{i}`` ``[1, kv_heads, context_length, head_dim]`` and ``kv_cache_v_{i}``
-``[1, kv_heads, head_dim, context_length]`` (metadata ``kv_cache_layout: "transposed"``; files
-written before it hold both as ``[1, context_length, kv_heads, head_dim]`` and still run).
+``kv_cache_v_{i}_scale`` beside them: ``KVCacheSpec.dtype``), ``kv_cache_k_{i}`` and
+``kv_cache_v_{i}`` each ``[1, kv_heads, context_length, head_dim]`` (metadata ``kv_cache_layout:
+"bnth"``, format 5; LiteRT-LM's engine runs them). Files written before hold values as
+``[1, kv_heads, head_dim, context_length]`` (``"transposed"``) or both as
+``[1, context_length, kv_heads, head_dim]`` (no layout recorded), and still run.
 
 ``decode_batch_{B}`` (and ``decode_batch_{B}_window_{W}``): one decode step of ``B`` sequences
 at once, each at its own position: ``tokens`` ``[B, 1]``, ``input_pos`` ``[B]``, and each row's

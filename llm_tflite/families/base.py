@@ -23,8 +23,8 @@ def without_preprocessor(causal_lm):
 
 @dataclasses.dataclass(frozen=True)
 class KVCacheSpec:
-    """Size of the per-layer caches ``kv_cache_k_{i}`` ``[1, heads, context, head_dim]`` and
-    ``kv_cache_v_{i}`` ``[1, heads, head_dim, context]`` (LiteRT-LM's layout, ``families.ops``)."""
+    """Size of the per-layer caches ``kv_cache_k_{i}`` and ``kv_cache_v_{i}``, each
+    ``[1, heads, context, head_dim]`` (``families.ops``)."""
 
     num_layers: int
     num_kv_heads: int
@@ -35,7 +35,7 @@ class KVCacheSpec:
     sliding_windows: tuple = ()
     #: The caches' type, the converter's choice (``Converter(kv_cache=...)``): ``float32``, or ``int8``
     #: values with one float32 scale per slot and head beside them, ``kv_cache_k_{i}_scale``
-    #: ``[1, heads, context, 1]`` and ``kv_cache_v_{i}_scale`` ``[1, heads, 1, context]``
+    #: and ``kv_cache_v_{i}_scale``, each ``[1, heads, context, 1]``
     #: (``families.ops.Quantized``, what a family's cache pair then holds).
     dtype: str = "float32"
 
@@ -197,8 +197,8 @@ class ModelFamily:
             model: what ``load`` returned.
             tokens: int32 ``[1, L]``.
             input_pos: int32 ``[L]``, consecutive positions of ``tokens``.
-            caches: list of ``(k, v)`` float32, one pair per layer: keys ``[1, heads, context, head_dim]``,
-                values ``[1, heads, head_dim, context]`` (``llm_tflite.families.cache_shapes``). A local
+            caches: list of ``(k, v)`` float32, one pair per layer: keys and values each
+                ``[1, heads, context, head_dim]`` (``llm_tflite.families.cache_shapes``). A local
                 layer's pair (``KVCacheSpec.sliding_windows``) may be a ``families.ops.Ring``, shorter:
                 pass ``ring=True`` to the cache updates and ``causal_attention`` for it.
 

@@ -1,9 +1,12 @@
 """TensorFlow building blocks that convert to builtin TFLite ops only.
 
-KV caches use LiteRT-LM's layout (litert-torch's ``KV_LAYOUT_TRANSPOSED``): keys
-``[1, kv_heads, context, head_dim]`` and values ``[1, kv_heads, head_dim, context]``. The
-engine reads a cache's capacity from that layout, so files in it run in LiteRT-LM's engine
-(checked with ``shared/tools/litertlm_probe.py``: same greedy text as ``InterpreterRunner``).
+KV caches are keys and values ``[1, kv_heads, context, head_dim]`` (record ``kv_cache_layout:
+"bnth"``): a head's slots are rows, so a decode window's first ``W`` slots of a head are one block.
+LiteRT-LM's engine reads a cache's capacity from axis 2, so files in it run there (same greedy text as
+``InterpreterRunner``, 2026-12-04). Until format 5 the values were ``[1, kv_heads, head_dim, context]``
+(litert-torch's ``KV_LAYOUT_TRANSPOSED``), whose window is ``heads * head_dim`` strided pieces: a
+batched step of 8 rows at window 32 took 11.3-11.6 ms against 8.1-8.2 (``benchmarks/batch_step.py``,
+docs/performance.md); the runtime still reads those files.
 """
 
 from __future__ import annotations
@@ -70,15 +73,14 @@ class Ring(tuple):
 
 class Quantized(tuple):
     """An int8 cache ``(values, scales)`` (``Converter(kv_cache="int8")``): ``values`` int8 in a float
-    cache's layout, ``scales`` float32 with the head-dimension axis of size 1 (keys ``[1, H, C, 1]``,
-    values ``[1, H, 1, C]``), so slot ``c`` of head ``h`` holds ``values * scale``. A written vector is
-    quantized to 127 steps of its largest magnitude; attention reads the int8 values as they are and
+    cache's layout, ``scales`` float32 with the head-dimension axis of size 1 (``[1, H, C, 1]``), so
+    slot ``c`` of head ``h`` holds ``values * scale``. A written vector is quantized to 127 steps of its largest magnitude; attention reads the int8 values as they are and
     applies the scales where they factor out: keys' to the scores, values' to the probabilities."""
 
 
 def cache_shapes(num_kv_heads: int, head_dim: int, context_length: int) -> tuple[list[int], list[int]]:
     """``(key cache shape, value cache shape)`` of one layer."""
-    return [1, num_kv_heads, context_length, head_dim], [1, num_kv_heads, head_dim, context_length]
+    return [1, num_kv_heads, context_length, head_dim], [1, num_kv_heads, context_length, head_dim]
 
 
 def update_key_cache(cache: tf.Tensor, key: tf.Tensor, input_pos: tf.Tensor, ring: bool = False) -> tf.Tensor:
@@ -100,15 +102,15 @@ def update_key_cache(cache: tf.Tensor, key: tf.Tensor, input_pos: tf.Tensor, rin
 
 
 def update_value_cache(cache: tf.Tensor, value: tf.Tensor, input_pos: tf.Tensor, ring: bool = False) -> tf.Tensor:
-    """Write ``value`` ``[1, L, H, D]`` into ``cache`` ``[1, H, D, C]`` at ``input_pos[0]`` (``Rows``: per row;
+    """Write ``value`` ``[1, L, H, D]`` into ``cache`` ``[1, H, C, D]`` at ``input_pos[0]`` (``Rows``: per row;
     ``ring``: at ``input_pos mod C``)."""
     _, length, heads, dim = value.shape
     if isinstance(cache, Rows):
-        updates = tf.split(tf.reshape(value, [len(cache), heads, dim, 1]), len(cache))
-        return Rows(_write(row, update, position, axis=3, ring=ring)
+        updates = tf.split(tf.reshape(value, [len(cache), heads, 1, dim]), len(cache))
+        return Rows(_write(row, update, position, axis=2, ring=ring)
                     for row, update, position in zip(cache, updates, tf.split(input_pos, len(cache))))
-    update = tf.reshape(value, [1, heads, dim, 1]) if length == 1 else tf.transpose(value, [0, 2, 3, 1])
-    return _write(cache, update, input_pos, axis=3, ring=ring)
+    update = tf.reshape(value, [1, heads, 1, dim]) if length == 1 else tf.transpose(value, [0, 2, 1, 3])
+    return _write(cache, update, input_pos, axis=2, ring=ring)
 
 
 def _write(cache, update, input_pos, axis: int, ring: bool = False):
@@ -143,7 +145,7 @@ def causal_attention(query, key_cache, value_cache, input_pos, *, scale: float |
                      soft_cap: float | None = None, sliding_window: int | None = None, ring: bool = False):
     """Scaled dot-product attention of ``query`` ``[1, L, H, D]`` over cached keys at positions <= its own.
 
-    ``key_cache`` ``[1, kv_heads, C, D]``, ``value_cache`` ``[1, kv_heads, D, C]``. Multi-query and
+    ``key_cache`` and ``value_cache`` ``[1, kv_heads, C, D]``. Multi-query and
     grouped-query attention (fewer key heads than query heads) group the query heads by the key head
     they share: the caches are read as they are, never repeated.
 
@@ -200,8 +202,8 @@ def _first_slots(key_cache, value_cache, window):
     if window is None or window >= _slots(key_cache):
         return key_cache, value_cache
     if isinstance(key_cache, Quantized):
-        return (Quantized(t[:, :, :window, :] for t in key_cache), Quantized(t[:, :, :, :window] for t in value_cache))
-    return key_cache[:, :, :window, :], value_cache[:, :, :, :window]
+        return (Quantized(t[:, :, :window, :] for t in key_cache), Quantized(t[:, :, :window, :] for t in value_cache))
+    return key_cache[:, :, :window, :], value_cache[:, :, :window, :]
 
 
 def _scores(query, key_cache):
@@ -216,12 +218,13 @@ def _scores(query, key_cache):
 
 
 def _context(probs, value_cache):
-    """``probs`` ``[1, kv_heads, Q, C]`` times the values ``[1, kv_heads, D, C]``: ``[1, kv_heads, Q, D]``. An
+    """``probs`` ``[1, kv_heads, Q, C]`` times the values ``[1, kv_heads, C, D]``: ``[1, kv_heads, Q, D]``. An
     int8 cache's per-slot scales weight the probabilities first."""
     if not isinstance(value_cache, Quantized):
-        return tf.matmul(probs, value_cache, transpose_b=True)
+        return tf.matmul(probs, value_cache)
     values, scales = value_cache
-    return tf.matmul(probs * scales, tf.cast(values, probs.dtype), transpose_b=True)
+    _, heads, slots, _ = values.shape
+    return tf.matmul(probs * tf.reshape(scales, [1, heads, 1, slots]), tf.cast(values, probs.dtype))
 
 
 def _soft_capped(scores, soft_cap):
@@ -260,7 +263,7 @@ def _attention_repeating_caches(query, key_cache, value_cache, input_pos, group,
     scores = _soft_capped(scores, soft_cap)
     visible = _visible(input_pos, key_cache.shape[2], sliding_window)  # [L, C]
     scores = tf.where(visible[None, None], scores, tf.constant(-1e9, scores.dtype))
-    return tf.einsum("bhqk,bhdk->bqhd", tf.nn.softmax(scores, axis=-1), value_cache)
+    return tf.einsum("bhqk,bhkd->bqhd", tf.nn.softmax(scores, axis=-1), value_cache)
 
 
 def _decode_attention(query, key_caches: Rows, value_caches: Rows, input_pos, scale, soft_cap, sliding_window,

@@ -8,7 +8,9 @@ Fields: ``format`` (version), ``family``, ``export_mode``, ``quantization``,
 ``context_length``, ``prefill_lengths``, ``score_lengths`` (format 3: ``prefill_{L}`` outputs no
 logits, ``score_{L}`` does; before, ``prefill_{L}`` did), ``kv_cache`` (``num_layers``, ``num_kv_heads``, ``head_dim``; with
 local layers ``sliding_windows`` and each layer's cache ``lengths``; format 4: ``dtype`` ``int8``, the
-caches int8 with ``kv_cache_{k|v}_{i}_scale`` beside them), ``tokenizer`` (its own type and data),
+caches int8 with ``kv_cache_{k|v}_{i}_scale`` beside them), ``kv_cache_layout`` (``"transposed"``:
+values ``[1, heads, head_dim, C]``; format 5 ``"bnth"``: values ``[1, heads, C, head_dim]`` as keys are;
+none: both ``[1, C, heads, head_dim]``), ``tokenizer`` (its own type and data),
 ``bos_id``, ``eos_id``, ``add_bos``, ``default_sampler``, ``model`` (sizes), ``kv_cache``,
 ``chat`` (optional: ``template``, ``bos_token``, ``eos_token``, ``stop_token_ids``),
 and (format 2) ``sha256``: the checksum of the whole file with this field's value zeroed,
@@ -35,9 +37,14 @@ METADATA_NAME = "llm_tflite"
 #: Written by this version; 1 (no checksum) and 2 (logits from ``prefill_{L}``, no ``score_{L}``) are
 #: still read.
 FORMAT_VERSION = 3
-#: Written instead for int8 caches (``kv_cache.dtype``), which a format-3 reader cannot run.
+#: int8 caches (``kv_cache.dtype``), which a format-3 reader cannot run.
 QUANTIZED_CACHE_FORMAT = 4
-READABLE_FORMATS = (1, 2, 3, 4)
+#: Written for prefill_decode files: caches in the ``"bnth"`` layout, which a format-4 reader would
+#: refuse as damaged (it expects values ``[1, heads, head_dim, C]``).
+BNTH_LAYOUT_FORMAT = 5
+READABLE_FORMATS = (1, 2, 3, 4, 5)
+#: The caches' layouts a record may name (``kv_cache_layout``; ``llm_tflite.runtime.prefill_decode.CACHE_AXES``).
+KV_CACHE_LAYOUTS = ("transposed", "bnth")
 #: The caches' types (``Converter(kv_cache=...)``, the record's ``kv_cache.dtype``).
 KV_CACHE_TYPES = ("float32", "int8")
 CHECKSUM_KEY = "sha256"
@@ -252,6 +259,8 @@ def validate_record(record, where: str = "this file") -> dict:
                                                                       or fmt >= QUANTIZED_CACHE_FORMAT), where,
                  f"'kv_cache' dtype must be one of {', '.join(KV_CACHE_TYPES)} (int8 from format "
                  f"{QUANTIZED_CACHE_FORMAT})")
+        _require(record.get("kv_cache_layout") in (None, *KV_CACHE_LAYOUTS), where,
+                 f"'kv_cache_layout' must be one of {', '.join(KV_CACHE_LAYOUTS)}")
     else:
         _require(_is_int(record.get("max_length"), 1, 1 << 20), where, "'max_length' must be a positive integer")
     return record

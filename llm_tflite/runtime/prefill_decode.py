@@ -74,6 +74,19 @@ def compiled_model(path, data, num_threads, weight_cache_path: str):
     return CompiledModel.from_buffer(data, environment=litert_environment(), options=options)
 
 
+#: The axes of a key and of a value cache in each layout a record may name (``kv_cache_layout``).
+CACHE_AXES = {
+    "bnth": (("batch", "heads", "slots", "dim"),) * 2,  # what llm_tflite.families.ops writes
+    "transposed": (("batch", "heads", "slots", "dim"), ("batch", "heads", "dim", "slots")),  # litert-torch's
+    None: (("batch", "slots", "heads", "dim"),) * 2,  # files written before the layout was recorded
+}
+
+
+def _cache_axes(layout: str | None, name: str) -> tuple[str, ...]:
+    """The axes of cache input ``name`` (``kv_cache_{k|v}_{i}[_scale][_row{b}]``; a scale's ``dim`` is 1)."""
+    return CACHE_AXES[layout][name.startswith("kv_cache_v_")]
+
+
 def decode_batch_name(rows: int, window: int | None = None) -> str:
     """``decode_batch_{rows}`` (``_window_{window}``): the batched decode signature's name."""
     return f"decode_batch_{int(rows)}" + ("" if window is None else f"_window_{int(window)}")
@@ -227,9 +240,8 @@ class PrefillDecodeEngine(SequenceEngine):
             name: (tuple(detail["shape"]), np.dtype(detail["dtype"]))
             for name, detail in self.input_details["decode"].items() if name.startswith("kv_cache_")
         }
-        transposed = metadata.get("kv_cache_layout") == "transposed"  # LiteRT-LM's (llm_tflite.families.ops)
         #: Each cache's axis over positions (slots).
-        self.position_axes = {name: ((2 if name.startswith("kv_cache_k_") else 3) if transposed else 1)
+        self.position_axes = {name: _cache_axes(metadata.get("kv_cache_layout"), name).index("slots")
                               for name in self.cache_specs}
         #: Whether some local layer keeps only its last slots, and the fewest slots a ring keeps beyond its
         #: layer's window (``Sequence.can_rewind_to``).
@@ -381,14 +393,11 @@ class PrefillDecodeEngine(SequenceEngine):
         heads, dim, context = spec["num_kv_heads"], spec["head_dim"], self.context_length
         shapes = {}  # cache name -> shape; a local layer's may be shorter (a ring: llm_tflite.families.ops.Ring)
         quantized = spec.get("dtype", "float32") == "int8"  # int8 values, a float32 scale per slot and head
+        layout = metadata.get("kv_cache_layout")
         for i, length in enumerate(spec.get("lengths", [context] * spec["num_layers"])):
-            if metadata.get("kv_cache_layout") == "transposed":  # LiteRT-LM's (llm_tflite.families.ops)
-                shapes.update({f"kv_cache_k_{i}": [1, heads, length, dim], f"kv_cache_v_{i}": [1, heads, dim, length]})
-                if quantized:
-                    shapes.update({f"kv_cache_k_{i}_scale": [1, heads, length, 1],
-                                   f"kv_cache_v_{i}_scale": [1, heads, 1, length]})
-            else:  # files written before the layout was recorded
-                shapes.update({f"kv_cache_{kind}_{i}": [1, context, heads, dim] for kind in "kv"})
+            for name in [f"kv_cache_{kind}_{i}{scale}" for scale in ("", "_scale")[:1 + quantized] for kind in "kv"]:
+                sizes = {"batch": 1, "heads": heads, "slots": length, "dim": 1 if name.endswith("_scale") else dim}
+                shapes[name] = [sizes[axis] for axis in _cache_axes(layout, name)]
         types = {name: "int8" if quantized and not name.endswith("_scale") else "float32" for name in shapes}
         caches = list(shapes)
         cache_shape = shapes["kv_cache_k_0"]
