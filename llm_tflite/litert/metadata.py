@@ -43,8 +43,13 @@ QUANTIZED_CACHE_FORMAT = 4
 #: refuse as damaged (it expects values ``[1, heads, head_dim, C]``).
 BNTH_LAYOUT_FORMAT = 5
 READABLE_FORMATS = (1, 2, 3, 4, 5)
-#: The caches' layouts a record may name (``kv_cache_layout``; ``llm_tflite.runtime.prefill_decode.CACHE_AXES``).
-KV_CACHE_LAYOUTS = ("transposed", "bnth")
+#: The axes of a key and of a value cache in each layout a record may name (``kv_cache_layout``).
+CACHE_AXES = {
+    "bnth": (("batch", "heads", "slots", "dim"),) * 2,  # what llm_tflite.families.ops writes
+    "transposed": (("batch", "heads", "slots", "dim"), ("batch", "heads", "dim", "slots")),  # litert-torch's
+    None: (("batch", "slots", "heads", "dim"),) * 2,  # files written before the layout was recorded
+}
+KV_CACHE_LAYOUTS = tuple(layout for layout in CACHE_AXES if layout)
 #: The caches' types (``Converter(kv_cache=...)``, the record's ``kv_cache.dtype``).
 KV_CACHE_TYPES = ("float32", "int8")
 CHECKSUM_KEY = "sha256"

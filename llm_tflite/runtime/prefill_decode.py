@@ -25,6 +25,7 @@ import numpy as np
 from llm_tflite.console import quiet_native, quiet_native_exit
 from llm_tflite.errors import ContextLengthError, ModelFileError, RuntimeFailure
 from llm_tflite.litert.flatbuffer import release_mapped_file
+from llm_tflite.litert.metadata import CACHE_AXES
 from llm_tflite.runtime.engine import ModelFile, SequenceEngine
 from llm_tflite.runtime.host_memory import host_view
 
@@ -72,14 +73,6 @@ def compiled_model(path, data, num_threads, weight_cache_path: str):
     if data is None:
         return CompiledModel.from_file(path, environment=litert_environment(), options=options)
     return CompiledModel.from_buffer(data, environment=litert_environment(), options=options)
-
-
-#: The axes of a key and of a value cache in each layout a record may name (``kv_cache_layout``).
-CACHE_AXES = {
-    "bnth": (("batch", "heads", "slots", "dim"),) * 2,  # what llm_tflite.families.ops writes
-    "transposed": (("batch", "heads", "slots", "dim"), ("batch", "heads", "dim", "slots")),  # litert-torch's
-    None: (("batch", "slots", "heads", "dim"),) * 2,  # files written before the layout was recorded
-}
 
 
 def _cache_axes(layout: str | None, name: str) -> tuple[str, ...]:
