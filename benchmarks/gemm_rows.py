@@ -6,7 +6,8 @@ weights: 226 MB in float32, 57 MB in dynamic-range int8) is timed for 1 to 256 r
 ``ai_edge_litert``'s interpreter (XNNPACK, 2 threads, median of ``--calls``). A weight-bound product
 costs about the same for 1 row as for a few; the time steps up where the runtime's kernel needs
 another pass over the weights. XNNPACK's float32 kernel on this machine's AVX-512 computes 7 rows a
-pass (``f32_gemm 7x16``), so 8 rows take two passes and 64 rows ten (9 x 7 + 1).
+pass (measured: the time steps up at 8, 15, 22, 29 and 64 rows, not at 7, 14, 21, 28 or 63), so 8
+rows take two passes and 64 rows ten (9 x 7 + 1).
 
     .venv/bin/python benchmarks/gemm_rows.py [--rows 1,4,7,8,...] [--calls 20]
 

@@ -79,8 +79,8 @@ def test_rows_decode_the_logits_of_each_sequence_alone(batched_file, count):
 
 
 def test_rows_with_int8_caches_decode_the_logits_of_each_sequence_alone(tiny_gpt2_dir, tmp_path):
-    """int8 caches (values and per-slot scales, put side by side for all rows) in a ``decode_batch_2``:
-    two rows at different positions, one crossing the decode window, give their logits alone."""
+    """int8 caches (values and per-slot scales, each row's own) in a ``decode_batch_2``: two rows at
+    different positions, one crossing the decode window, give their logits alone."""
     path = tmp_path / "int8_caches_batched.tflite"
     Converter(prefill_lengths=(4,), decode_windows=(32,), batch_sizes=(2,), kv_cache="int8").convert(
         str(tiny_gpt2_dir), str(path))

@@ -171,9 +171,16 @@ def test_backend_litert_lm_says_what_it_cannot_do(tiny_tflite, tiny_bundle):
         InterpreterRunner(tiny_bundle, backend="tflite")
 
 
-def test_bundling_refuses_what_litert_lm_cannot_run(tiny_generate_file, tiny_bundle, tmp_path):
+def test_bundling_refuses_what_litert_lm_cannot_run(tiny_generate_file, tiny_bundle, tiny_tflite, tmp_path):
+    from llm_tflite.litert.metadata import add_metadata, read_metadata_from_bytes
+
     with pytest.raises(ModelFileError, match="prefill_decode"):
         build_bundle(tiny_generate_file, tmp_path / "x.litertlm")
+    data = tiny_tflite.read_bytes()  # the first layout, [1, C, heads, head_dim], had no kv_cache_layout
+    record = {k: v for k, v in read_metadata_from_bytes(data).items() if k != "kv_cache_layout"}
+    (tmp_path / "unrecorded.tflite").write_bytes(add_metadata(data, record))
+    with pytest.raises(ModelFileError, match="before llm-tflite wrote LiteRT-LM's KV-cache layout"):
+        build_bundle(tmp_path / "unrecorded.tflite", tmp_path / "x.litertlm")
     with pytest.raises(ModelFileError, match="already a .litertlm bundle"):
         build_bundle(tiny_bundle, tmp_path / "x.litertlm")
     assert not (tmp_path / "x.litertlm").exists()

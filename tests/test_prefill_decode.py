@@ -525,8 +525,8 @@ def test_files_in_the_transposed_layout_still_run(tiny_gpt2_dir, tmp_path, monke
     """Files written before format 5 (values ``[1, heads, head_dim, C]``: ``tests/data``, made from
     ``tiny_gpt2_dir``'s model by ``make_transposed_files.py``) give, token for token, the logits of the
     same model converted today (values ``[1, heads, C, head_dim]``): through a prefill chunk, windowed and
-    full decode steps, and a second sequence in the first one's cleared buffers; their caches hold the
-    same numbers, the values' axes swapped."""
+    full decode steps. Their caches hold the same numbers, the values' axes swapped, also after shorter
+    sequences took the buffers of longer ones (cleared along each layout's slot axis)."""
     monkeypatch.syspath_prepend(str(DATA))
     from make_transposed_files import TRANSPOSED_FILE_SETTINGS
 
@@ -537,11 +537,13 @@ def test_files_in_the_transposed_layout_still_run(tiny_gpt2_dir, tmp_path, monke
     new = tmp_path / "bnth.tflite"
     Converter(**TRANSPOSED_FILE_SETTINGS, kv_cache=kv).convert(str(tiny_gpt2_dir), str(new))
     old_runner, new_runner = InterpreterRunner(old), InterpreterRunner(new)
-    ids = new_runner.encode("ROMEO: But soft, what light")[:9]
-    for _ in range(2):  # the second sequence reuses the first one's buffers, cleared by their written slots
+    ids = new_runner.encode("ROMEO: But soft, what light")
+    # 39 slots (past decode window 16), then 11 and 5: fewer than head_dim (16), so clearing along the
+    # wrong axis would leave some of the previous sequence's numbers behind
+    for prompt, steps in ((9, 30), (6, 5), (3, 2)):
         sequences = old_runner.sequence(), new_runner.sequence()
-        logits = [s.feed(ids)[-1] for s in sequences]
-        for _ in range(30):  # past decode window 16 into the full cache
+        logits = [s.feed(ids[:prompt])[-1] for s in sequences]
+        for _ in range(steps):
             np.testing.assert_allclose(logits[0], logits[1], rtol=0, atol=1e-5)
             token = int(logits[1].argmax())
             logits = [s.feed([token])[-1] for s in sequences]
@@ -550,4 +552,4 @@ def test_files_in_the_transposed_layout_still_run(tiny_gpt2_dir, tmp_path, monke
         for name, array in new_caches.items():
             expected = np.swapaxes(old_caches[name], 2, 3) if name.startswith("kv_cache_v_") else old_caches[name]
             np.testing.assert_allclose(array, expected, rtol=0, atol=0 if array.dtype == np.int8 else 1e-5)
-        del sequences
+        del sequences, logits

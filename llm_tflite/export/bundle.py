@@ -149,7 +149,7 @@ def build_bundle(model_path, output, *, max_num_tokens: int | None = None) -> st
     if record["export_mode"] != "prefill_decode":
         raise ModelFileError(f"{model_path!r} is a generate-mode file; LiteRT-LM runs prefill_decode files: "
                              "convert with --mode prefill_decode")
-    if record.get("kv_cache_layout") not in ("bnth", "transposed"):  # LiteRT-LM reads a cache's length from axis 2
+    if record.get("kv_cache_layout") is None:  # [1, C, heads, head_dim]: LiteRT-LM reads a cache's length from axis 2
         raise ModelFileError(f"{model_path!r} was converted before llm-tflite wrote LiteRT-LM's KV-cache "
                              "layout (its record has no kv_cache_layout); convert the model again")
     if set(record["kv_cache"].get("lengths", [record["context_length"]])) != {record["context_length"]}:

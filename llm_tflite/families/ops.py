@@ -4,9 +4,9 @@ KV caches are keys and values ``[1, kv_heads, context, head_dim]`` (record ``kv_
 "bnth"``): a head's slots are rows, so a decode window's first ``W`` slots of a head are one block.
 LiteRT-LM's engine reads a cache's capacity from axis 2, so files in it run there (same greedy text as
 ``InterpreterRunner``, 2026-12-04). Until format 5 the values were ``[1, kv_heads, head_dim, context]``
-(litert-torch's ``KV_LAYOUT_TRANSPOSED``), whose window is ``heads * head_dim`` strided pieces: a
-batched step of 8 rows at window 32 took 11.3-11.6 ms against 8.1-8.2 (``benchmarks/batch_step.py``,
-docs/performance.md); the runtime still reads those files.
+(litert-torch's ``KV_LAYOUT_TRANSPOSED``), whose window is ``heads * head_dim`` strided pieces; the
+runtime still reads those files. What it changed, measured: docs/serve.md and docs/performance.md
+("A window is one block of each head's cache").
 """
 
 from __future__ import annotations
@@ -74,8 +74,9 @@ class Ring(tuple):
 class Quantized(tuple):
     """An int8 cache ``(values, scales)`` (``Converter(kv_cache="int8")``): ``values`` int8 in a float
     cache's layout, ``scales`` float32 with the head-dimension axis of size 1 (``[1, H, C, 1]``), so
-    slot ``c`` of head ``h`` holds ``values * scale``. A written vector is quantized to 127 steps of its largest magnitude; attention reads the int8 values as they are and
-    applies the scales where they factor out: keys' to the scores, values' to the probabilities."""
+    slot ``c`` of head ``h`` holds ``values * scale``. A written vector is quantized to 127 steps of its
+    largest magnitude; attention reads the int8 values as they are and applies the scales where they
+    factor out: keys' to the scores, values' to the probabilities."""
 
 
 def cache_shapes(num_kv_heads: int, head_dim: int, context_length: int) -> tuple[list[int], list[int]]:

@@ -34,8 +34,8 @@ from llm_tflite.litert.flatbuffer import (check_flatbuffer, pack_into_bytearray,
 from llm_tflite.litert.litertlm import model_bytes
 
 METADATA_NAME = "llm_tflite"
-#: Written by this version; 1 (no checksum) and 2 (logits from ``prefill_{L}``, no ``score_{L}``) are
-#: still read.
+#: Written for generate-mode files; 1 (no checksum) and 2 (logits from ``prefill_{L}``, no ``score_{L}``)
+#: are still read.
 FORMAT_VERSION = 3
 #: int8 caches (``kv_cache.dtype``), which a format-3 reader cannot run.
 QUANTIZED_CACHE_FORMAT = 4

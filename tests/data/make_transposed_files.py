@@ -15,10 +15,12 @@ import sys
 import tempfile
 
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+#: What the files were converted with (the test converts today's files with the same).
+TRANSPOSED_FILE_SETTINGS = dict(context_length=48, prefill_lengths=(4,), decode_windows=(16,))
 
 
 def main() -> None:
+    sys.path.insert(0, str(HERE.parent))  # tests/, for conftest's corpus
     import keras
     import keras_hub
     from conftest import shakespeare_text
@@ -35,11 +37,9 @@ def main() -> None:
     preset = pathlib.Path(tempfile.mkdtemp()) / "tiny_gpt2"
     keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=preprocessor).save_to_preset(str(preset))
     for kv in ("float32", "int8"):
-        Converter(**TRANSPOSED_FILE_SETTINGS, kv_cache=kv).convert(str(preset), str(HERE / f"tiny_gpt2_transposed_{kv}.tflite"))
+        Converter(**TRANSPOSED_FILE_SETTINGS, kv_cache=kv).convert(str(preset),
+                                                                  str(HERE / f"tiny_gpt2_transposed_{kv}.tflite"))
 
-
-#: What the files were converted with (the test converts today's files with the same).
-TRANSPOSED_FILE_SETTINGS = dict(context_length=48, prefill_lengths=(4,), decode_windows=(16,))
 
 if __name__ == "__main__":
     main()
