@@ -77,6 +77,30 @@ def test_a_draw_is_numpys_choice_from_the_chains_probabilities(settings):
                 assert sampler(logits, [3, 3, 9]) == reference.choice(probs.size, p=probs)
 
 
+def test_the_draw_is_the_first_token_whose_running_sum_passes_the_uniform_number():
+    """``draw`` sums blocks of weights before running through one: the same token as one running sum
+    over all of them, on sizes around the block's, with zero weights (filtered tokens) never drawn, and
+    a uniform number a hair below 1; weights that sum to nothing usable are a RuntimeFailure."""
+    from llm_tflite.runtime.sampling import DRAW_BLOCK, draw
+
+    rng = np.random.default_rng(11)
+    for size in (1, 2, DRAW_BLOCK - 1, DRAW_BLOCK, DRAW_BLOCK + 1, 3 * DRAW_BLOCK + 7, 50257):
+        for _ in range(60):
+            weights = rng.random(size) * (rng.random(size) < rng.choice([0.01, 0.3, 1.0]))
+            weights[rng.integers(size)] = rng.random() + 0.1  # at least one token can be drawn
+            for u in (rng.random(), 0.0, 1 - 2**-53):
+                running = np.cumsum(weights)
+                expected = int(np.searchsorted(running / running[-1], u, side="right"))
+                got = draw(weights, u)
+                assert weights[got] > 0
+                if u < 1 - 2**-53:  # the last: rounding may leave the one running sum past the end
+                    assert got == expected
+    assert draw(np.array([0.0, 2.0, 0.0, 0.0]), 1 - 2**-53) == 1
+    for bad in (np.zeros(600), np.array([1.0, np.nan]), np.array([np.inf, 1.0])):
+        with pytest.raises(RuntimeFailure, match="not finite"):
+            draw(bad, 0.5)
+
+
 def test_penalties(runner):
     logits = np.array([2.0, 1.9, -1.0])
     assert Sampler("greedy", repetition_penalty=2.0)(logits, [0]) == 1  # 2.0 / 2 < 1.9

@@ -32,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from llm_tflite.errors import InvalidArgumentError
+from llm_tflite.errors import InvalidArgumentError, RuntimeFailure
 
 #: Per-token samplers (``TokenSampler``s) built in; searches are ``SEARCHES``.
 SAMPLERS = ("greedy", "random", "temperature", "top_k", "top_p")
@@ -214,20 +214,9 @@ class Sampler(TokenSampler):
     def __call__(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
         if self.deterministic:
             return int(np.argmax(self.penalized(logits, history)))
-        # rng.choice(probs.size, p=probs)'s own draw (the cumulative distribution searched for one
-        # random()) on the weights, in place: no checks of p, no normalised copy (a batched server
-        # samples every row between two steps, so this is on its critical path)
-        with np.errstate(over="ignore", invalid="ignore"):  # what is not finite is refused below
-            cdf = self._weights(logits, history)
-            np.cumsum(cdf, out=cdf)
-        if not (np.isfinite(cdf[-1]) and cdf[-1] > 0):  # choice refused them; searchsorted would give token 0
-            from llm_tflite.errors import RuntimeFailure
-
-            raise RuntimeFailure(f"the next-token probabilities are not finite (temperature {self.temperature!r}, "
-                                 "logits from the model); use a larger temperature or sampler='greedy', and if it "
-                                 "persists, check or re-convert the file")
-        cdf /= cdf[-1]
-        return int(cdf.searchsorted(self.rng.random(), side="right"))
+        with np.errstate(over="ignore", invalid="ignore"):  # what is not finite is refused in draw
+            weights = self._weights(logits, history)
+        return draw(weights, self.rng.random(), self.temperature)
 
 
 def is_deterministic(sampler) -> bool:
@@ -302,3 +291,43 @@ def make_sampler(name, **settings) -> TokenSampler:
         return found[name].item(**settings)
     except TypeError as e:
         raise InvalidArgumentError(f"sampler {name!r} does not take these settings: {e}") from e
+
+
+#: The draw sums blocks of this many weights, then runs through one block: a running sum over the
+#: whole vocabulary is one sequential pass (145 of the draw's 230 µs on GPT-2's 50,257 tokens).
+DRAW_BLOCK = 512
+
+
+def draw(weights: np.ndarray, u: float, temperature=None) -> int:
+    """The token ``rng.choice(weights.size, p=weights / weights.sum())`` draws for the uniform number ``u``
+    (``rng.random()``), without its checks or a normalised copy: the first whose running sum of
+    ``weights`` (unnormalised, none negative) exceeds ``u`` times their total. A batched server samples
+    every row between two steps, so this is on its critical path. ``RuntimeFailure`` if the total is
+    not a positive finite number.
+
+    Example:
+        >>> draw(np.array([0.0, 1.0, 0.0, 3.0]), 0.2), draw(np.array([0.0, 1.0, 0.0, 3.0]), 0.3)
+        (1, 3)
+    """
+    full = weights.size - weights.size % DRAW_BLOCK
+    sums = weights[:full].reshape(-1, DRAW_BLOCK).sum(axis=1)
+    if full < weights.size:
+        sums = np.append(sums, weights[full:].sum())
+    np.cumsum(sums, out=sums)
+    total = sums[-1]
+    if not (np.isfinite(total) and total > 0):  # choice refused them; the search would give token 0
+        raise RuntimeFailure(f"the next-token probabilities are not finite (temperature {temperature!r}, "
+                             "logits from the model); use a larger temperature or sampler='greedy', and if it "
+                             "persists, check or re-convert the file")
+    target = u * total
+    if target >= total:  # u rounded up to the total: the last token with any weight
+        return int(np.flatnonzero(weights)[-1])
+    block = int(sums.searchsorted(target, side="right"))  # its running sum rises past target: weight > 0
+    start = block * DRAW_BLOCK
+    inside = np.cumsum(weights[start : start + DRAW_BLOCK])
+    # the first token of the block whose running sum passes what is left of target (rounding may leave
+    # a hair below 0, or at the block's end: then its first, or last, token with weight)
+    i = int(inside.searchsorted(max(target - (sums[block - 1] if block else 0.0), 0.0), side="right"))
+    if i == inside.size:
+        i = int(np.flatnonzero(weights[start : start + DRAW_BLOCK])[-1])
+    return start + i
