@@ -260,3 +260,105 @@ def test_a_failing_step_fails_its_callers_and_the_scheduler_goes_on(batched_file
         runner.complete("ROMEO:", 8, "greedy")
     monkeypatch.undo()
     assert runner.complete("ROMEO:", 8, "greedy").text == InterpreterRunner(batched_file).complete("ROMEO:", 8, "greedy").text
+
+
+def test_a_generation_closed_early_leaves_its_sequence_where_the_plain_loop_would(batched_file):
+    """The scheduler runs a generation's loop ahead of its thread (at most ``AHEAD`` tokens, also when
+    the thread reads slowly); closed after its k-th token, the sequence holds what the plain loop's
+    would: the prompt and k - 1 tokens, and feeding it goes on with the same logits."""
+    from llm_tflite.runtime.batching import AHEAD
+    from llm_tflite.runtime.sampling import Sampler
+
+    plain, batched = InterpreterRunner(batched_file), InterpreterRunner(batched_file, batching=True)
+    ids = plain.encode("JULIET: O Romeo")
+    for taken in (1, 3):
+        loops = []
+        for runner in (plain, batched):
+            sequence = runner.sequence()
+            logits = sequence.feed_last(ids)
+            steps = sequence.generate(logits, Sampler("random", temperature=0.9, seed=5), list(ids), 30, set())
+            tokens = [next(steps)[0] for _ in range(taken)]
+            if runner is batched:
+                time.sleep(0.3)  # a slow reader: its generation waits for it
+                assert len(ids) + taken - 1 < sequence.position <= len(ids) + taken + AHEAD
+            steps.close()
+            assert sequence.position == len(ids) + taken - 1 and sequence.fed == len(ids) + taken - 1
+            loops.append((tokens, sequence.feed_last(tokens[-1:])))
+        assert loops[0][0] == loops[1][0]
+        np.testing.assert_array_equal(loops[0][1], loops[1][1])
+
+
+def test_a_sampler_error_reaches_its_own_generation_typed_and_the_others_go_on(batched_file):
+    """A generation's sampler runs in the scheduler thread; what it raises, its generation raises (the
+    same error the plain loop would), while the others decode on to the unbatched runner's text."""
+    class Refused(Exception):
+        pass
+
+    plain, batched = InterpreterRunner(batched_file), InterpreterRunner(batched_file, batching=True)
+    expected = plain.complete("ROMEO:", 30, "greedy").text
+    calls = []
+
+    def refuses(logits, history):
+        calls.append(len(history))
+        if len(calls) == 3:
+            raise Refused("no token fits")
+        return int(np.argmax(logits))
+
+    def work(i):
+        if i == 0:
+            with pytest.raises(Refused, match="no token fits"):
+                batched.complete("KING:", 30, refuses)
+            return "raised"
+        return batched.complete("ROMEO:", 30, "greedy").text
+
+    assert at_once(3, work) == ["raised", expected, expected]
+    assert len(calls) == 3
+
+
+def test_closing_the_engine_ends_running_generations_with_an_error(batched_file):
+    runner = InterpreterRunner(batched_file, batching=True, weight_cache="memory")
+    stream = runner.stream("ROMEO:", 60, "greedy")
+    assert next(stream)
+    runner.engine.close()
+    with pytest.raises(RuntimeFailure, match="closed"):
+        for _ in stream:
+            pass
+
+
+def test_a_closed_sequence_gives_its_caches_back_at_once_and_refuses_more(batched_file):
+    runner = InterpreterRunner(batched_file, weight_cache="memory")
+    engine = runner.engine
+    sequence = runner.sequence()
+    sequence.feed_last(runner.encode("ROMEO:"))
+    caches = sequence.caches
+    spares = len(engine._spares)
+    sequence.close()
+    sequence.close()  # twice: nothing more
+    assert len(engine._spares) == spares + 1 and engine._spares[-1] is caches
+    with pytest.raises(InvalidArgumentError, match="closed"):
+        sequence.feed_last([5])
+    with pytest.raises(InvalidArgumentError, match="closed"):
+        sequence.fork()
+    assert runner.sequence().caches is caches  # the next one takes them, cleared
+
+
+def test_a_server_reserves_its_slots_so_requests_arriving_together_allocate_no_cache(batched_file, monkeypatch):
+    """``RunnerPool`` makes every slot's caches (and the padding rows') before the first request; 4
+    generations at once, and 4 more after them, take those buffers and no new ones."""
+    from llm_tflite.runtime.prefill_decode import PrefillDecodeEngine
+    from llm_tflite.serve.pool import RunnerPool
+
+    pool = RunnerPool(lambda: InterpreterRunner(batched_file, batching=True, weight_cache="memory"), 1, 5)
+    runner = pool.runners[0]
+    assert pool.parallel == 4 and len(runner.engine.inner._spares) == 4 and runner.engine._pad is not None
+    made = []
+    create = PrefillDecodeEngine.new_state
+
+    def counting(self):
+        made.append(not self._spares)  # True: no spare left, new buffers
+        return create(self)
+
+    monkeypatch.setattr(PrefillDecodeEngine, "new_state", counting)
+    for _ in range(2):
+        assert all(at_once(4, lambda i: runner.complete(PROMPTS[i], 12, "random", seed=i).text))
+    assert made == [False] * 8 and len(runner.engine.inner._spares) == 4

@@ -3,28 +3,30 @@
 On a CPU a decode step is bound by reading the weights; a ``decode_batch_{B}`` signature
 (``Converter(batch_sizes=...)``) reads them once for ``B`` sequences. ``BatchingEngine`` wraps a
 ``PrefillDecodeEngine``: every generation keeps its own thread, sampler, seed, stop rules,
-filters and chat state, exactly as without batching; only its ``Sequence``'s calls go through
-one scheduler thread, which
+filters and chat state, exactly as without batching; its ``BatchedSequence``'s calls, and the
+loop of its generation (``Sequence.generate``), run in one scheduler thread, which
 
-- gathers the decode steps of every running sequence and runs them as ``decode_rows`` calls:
-  one, unless rows far apart in the context cost less as a call per decode window
-  (``_calls``), and at most the largest batch the file has per call;
+- picks each running generation's next token with the generation's own sampler (``choose``) from
+  the logits of the last step, hands it to the generation's thread, and decodes all of them as
+  ``decode_rows`` calls: one, unless rows far apart in the context cost less as a call per decode
+  window (``_calls``), and at most the largest batch the file has per call. Nothing waits for the
+  generations' threads: their text (detokenizing, stop strings, filters, a server's stream) is
+  made while the next step runs, at most ``AHEAD`` tokens behind;
 - runs the next chunk of waiting prompts between two decode steps, as many prompts' as fit
   ``PROMPT_TOKENS`` (at least one; a chunk costs its length plus a read of the weights), so a
   long prompt joining never stalls the streams already running, and clients arriving together
   all get their first token within a step or two;
-- waits for the sequences of the last step to come back (each samples its token in its own
-  thread) at most ``gather_seconds``: a sequence that finished (``Sequence.idle``) or is slow
-  to come back is not waited for, and joins the next step when it is back.
+- runs any other call (a search's, a ``Sequence`` fed directly) with the next step.
 
 Decoding a sequence in a batch gives the same logits as decoding it alone (each row has its
-own caches and position; checked bit for bit in ``tests/test_batching.py``).
+own caches and position; checked bit for bit in ``tests/test_batching.py``), and a generation
+draws the same tokens as the unbatched loop: the same sampler sees the same logits in order.
 """
 
 from __future__ import annotations
 
+import queue as queues
 import threading
-import time
 import weakref
 
 import numpy as np
@@ -33,8 +35,10 @@ from llm_tflite.errors import InvalidArgumentError, RuntimeFailure
 from llm_tflite.runtime.engine import SequenceEngine
 from llm_tflite.runtime.prefill_decode import CALL_COST, PrefillDecodeEngine, Sequence
 
-#: How long a step waits for the sequences of the step before it to come back with their tokens.
-GATHER_SECONDS = 0.02
+#: How many tokens a generation's loop runs ahead of its thread (which makes their text): a thread
+#: that falls this far behind pauses its generation (and one that stops early, on a stop string or a
+#: client leaving, leaves at most this many tokens decoded for nothing).
+AHEAD = 4
 #: What the prompt chunks run between two decode steps may cost, in tokens (a chunk: its padded
 #: length plus ``CALL_COST``, a read of the weights): five 8-token prompts arriving together in one
 #: step (one a step, the 8th client's first token came 8 steps late), a long one a chunk at a time.
@@ -42,26 +46,93 @@ PROMPT_TOKENS = 128
 
 
 class _Job:
-    """One call a sequence waits for: a decode token, or a prompt chunk (``name``)."""
+    """One call of a sequence: a decode token, or a prompt chunk (``name``). A thread waits for it
+    (``done``), or the scheduler's own ``generation`` takes its logits."""
 
-    __slots__ = ("sequence", "tokens", "input_pos", "name", "last", "done", "logits", "error")
+    __slots__ = ("sequence", "tokens", "input_pos", "name", "last", "done", "logits", "error", "generation", "finished")
 
-    def __init__(self, sequence, tokens, input_pos, name=None, last=None):
+    def __init__(self, sequence, tokens, input_pos, name=None, last=None, generation=None):
         self.sequence, self.tokens, self.input_pos, self.name, self.last = sequence, tokens, input_pos, name, last
-        self.done = threading.Event()
+        self.generation = generation
+        self.done = None if generation is not None else threading.Event()
         self.logits = self.error = None
+        self.finished = False
+
+    def finish(self, logits=None, error=None) -> None:
+        self.logits, self.error, self.finished = logits, error, True
+        if self.generation is not None:
+            self.generation.decoded(logits, error)
+        else:
+            self.done.set()
+
+
+class _Generation:
+    """A generation whose loop runs in the scheduler thread (``BatchedSequence.generate``): ``step``
+    picks its next token and returns the call that feeds it; its thread takes ``(token, end)`` items
+    (or an exception) from ``items`` as they come."""
+
+    __slots__ = ("sequence", "logits", "choose", "history", "count", "limit", "stops", "items", "delivered",
+                 "taken", "ended", "cancelled", "released")
+
+    def __init__(self, sequence, logits, choose, history, limit, stops):
+        self.sequence, self.logits, self.choose, self.history = sequence, logits, choose, history
+        self.count, self.limit, self.stops = 0, limit, stops
+        self.items = queues.SimpleQueue()
+        self.delivered = self.taken = 0  # items put / items its thread took
+        self.ended = False  # its last item is out
+        self.cancelled = False  # its thread stopped (closed early): the scheduler lets it go
+        self.released = threading.Event()  # the scheduler no longer touches its sequence
+
+    def runnable(self) -> bool:
+        return self.delivered - self.taken < AHEAD
+
+    def _put(self, item, end: bool = True) -> None:
+        self.ended = end
+        self.delivered += 1
+        self.items.put(item)
+
+    def step(self):
+        """The next token (``Sequence.generate``'s rule), handed to the thread; the ``_Job`` that feeds
+        it, or None when the generation ended."""
+        logits, self.logits = self.logits, None
+        try:
+            token = int(self.choose(logits, self.history))
+        except BaseException as e:  # noqa: BLE001 - the generation's thread raises it, as its own loop would
+            self._put(e)
+            return None
+        self.count += 1
+        if token in self.stops:
+            self._put((None, "stop"))
+            return None
+        self.history.append(token)
+        sequence = self.sequence
+        end = "length" if self.count == self.limit else "context" if sequence.position >= sequence.context_length \
+            else None
+        self._put((token, end), end is not None)
+        if end is not None:
+            return None
+        return _Job(sequence, np.array([[token]], np.int32), np.array([sequence.position], np.int32), generation=self)
+
+    def decoded(self, logits, error) -> None:
+        """The call that fed the last token ended: the next step's logits, or its error for the thread."""
+        if error is not None:
+            self._put(RuntimeFailure(str(error)))
+            return
+        self.sequence.position += 1
+        self.sequence.fed += 1
+        self.logits = logits.reshape(-1)  # [vocab], as Sequence.feed_last gives
 
 
 class _Queue:
-    """What the scheduler thread shares with its engine: the waiting calls. The thread holds the
-    engine only while it runs a step, so a batching runner nobody uses any more is freed (and its
-    thread ends)."""
+    """What the scheduler thread shares with its engine: the waiting calls and the running
+    generations. The thread holds the engine only while it runs a step, so a batching runner nobody
+    uses any more is freed (and its thread ends)."""
 
     def __init__(self):
         self.cond = threading.Condition()
         self.decodes: list[_Job] = []
         self.prefills: list[_Job] = []
-        self.expected: set = set()  # ids of the sequences of the last decode step, not yet back
+        self.generations: list[_Generation] = []
         self.closed = False
 
     def close(self) -> None:
@@ -69,38 +140,57 @@ class _Queue:
             self.closed = True
             self.cond.notify_all()
 
+    def take_generations(self) -> list[_Generation]:
+        """(Holding ``cond``, between two steps) the generations with a token to pick this step; the
+        ended and cancelled ones leave (released: their threads may go on with their sequences)."""
+        running, ready = [], []
+        for generation in self.generations:
+            if generation.ended or generation.cancelled:
+                generation.released.set()
+                continue
+            running.append(generation)
+            if generation.runnable():
+                ready.append(generation)
+        self.generations = running
+        return ready
+
 
 def _fail(jobs, error) -> None:
     for job in jobs:
-        job.error = error
-        job.done.set()
+        job.finish(error=error)
 
 
-def _schedule(queue: _Queue, engine_ref, gather_seconds: float) -> None:
-    """The scheduler thread: gather the decode steps, run them and one prompt chunk, repeat."""
-    while True:
-        with queue.cond:
-            while not (queue.decodes or queue.prefills or queue.closed):
-                queue.cond.wait()
-            if queue.closed:
-                _fail(queue.decodes + queue.prefills, RuntimeFailure("the batching engine is closed"))
+def _schedule(queue: _Queue, engine_ref) -> None:
+    """The scheduler thread: pick the generations' tokens, run them and the other calls in a step, and
+    one prompt chunk, repeat. However it ends, every waiting thread is let go."""
+    try:
+        while True:
+            with queue.cond:
+                while True:
+                    generations = queue.take_generations()
+                    if queue.decodes or queue.prefills or generations or queue.closed:
+                        break
+                    queue.cond.wait()
+                if queue.closed:
+                    return
+                decodes, queue.decodes = queue.decodes, []
+                prefills = _prompt_chunks(queue.prefills)
+            engine = engine_ref()
+            if engine is None:
+                _fail(decodes + prefills, RuntimeFailure("the batching engine is gone"))
                 return
-            deadline = time.monotonic() + gather_seconds
-            while queue.expected - {id(job.sequence) for job in queue.decodes} and not queue.closed:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                queue.cond.wait(left)
-            decodes, queue.decodes = queue.decodes, []
-            prefills = _prompt_chunks(queue.prefills)
-            # only a generation's sequences come straight back (a beam's forks, a logits() call do not)
-            queue.expected = {id(job.sequence) for job in decodes if job.sequence.generating}
-        engine = engine_ref()
-        if engine is None:
-            _fail(decodes + prefills, RuntimeFailure("the batching engine is gone"))
-            return
-        _run_step(engine, decodes, prefills)
-        del engine, decodes, prefills  # nothing of a finished step (jobs hold their sequences) while it waits
+            _run_step(engine, generations, decodes, prefills)
+            del engine, generations, decodes, prefills  # nothing of a finished step while it waits
+    finally:
+        with queue.cond:
+            queue.closed = True
+            error = RuntimeFailure("the batching engine is closed")
+            _fail(queue.decodes + queue.prefills, error)
+            for generation in queue.generations:
+                if not generation.ended:
+                    generation._put(error)
+                generation.released.set()
+            queue.decodes, queue.prefills, queue.generations = [], [], []
 
 
 def _prompt_chunks(waiting: list[_Job]) -> list[_Job]:
@@ -113,11 +203,19 @@ def _prompt_chunks(waiting: list[_Job]) -> list[_Job]:
     return taken
 
 
-def _run_step(engine, decodes, prefills) -> None:
+def _run_step(engine, generations, decodes, prefills) -> None:
+    for generation in generations:  # each one's next token, and the call that feeds it
+        try:
+            job = generation.step()
+        except BaseException as e:  # noqa: BLE001 - its thread raises it; the others go on
+            generation._put(RuntimeFailure(f"the batching scheduler failed: {type(e).__name__}: {e}"))
+            continue
+        if job is not None:
+            decodes.append(job)
     try:
         engine._step(decodes, prefills)
     except BaseException as e:  # noqa: BLE001 - no waiting thread is left hanging, and the thread goes on
-        jobs = [job for job in decodes + prefills if not job.done.is_set()]
+        jobs = [job for job in decodes + prefills if not job.finished]
         _fail(jobs, RuntimeFailure(f"the batching scheduler failed: {type(e).__name__}: {e}"))
 
 
@@ -134,7 +232,7 @@ class BatchingEngine(SequenceEngine):
 
     kind = "prefill_decode (batched)"
 
-    def __init__(self, engine: PrefillDecodeEngine, *, gather_seconds: float = GATHER_SECONDS):
+    def __init__(self, engine: PrefillDecodeEngine):
         if not isinstance(engine, PrefillDecodeEngine):
             raise InvalidArgumentError(f"batching runs prefill_decode files on the interpreter backend, not a "
                                        f"{engine.kind} engine")
@@ -148,7 +246,7 @@ class BatchingEngine(SequenceEngine):
         self.steps = self.rows = 0
         self._queue = _Queue()
         weakref.finalize(self, self._queue.close)
-        self._thread = threading.Thread(target=_schedule, args=(self._queue, weakref.ref(self), gather_seconds),
+        self._thread = threading.Thread(target=_schedule, args=(self._queue, weakref.ref(self)),
                                         name="llm-tflite-batching", daemon=True)
         self._thread.start()
 
@@ -169,6 +267,14 @@ class BatchingEngine(SequenceEngine):
         self._queue.close()
         self._thread.join(timeout=10)
 
+    def reserve(self, count: int) -> None:
+        """Cache buffers for ``count`` sequences and the batched calls' unused rows, made now (``serve``
+        does at start: the first requests to arrive together would otherwise each allocate and zero a
+        cache, 75 MB for GPT-2 124M, in the middle of the others' steps)."""
+        if self._pad is None:
+            self._pad = self.inner.new_state()
+        self.inner.reserve(count)
+
     # -- what a sequence calls ---------------------------------------------------------
     def run(self, job: _Job) -> np.ndarray:
         queue = self._queue
@@ -182,11 +288,30 @@ class BatchingEngine(SequenceEngine):
             raise RuntimeFailure(str(job.error)) from None
         return job.logits
 
-    def idle(self, sequence) -> None:
-        """``sequence`` will not be fed for now: the next step does not wait for it."""
+    def start(self, generation: _Generation) -> None:
+        """Run ``generation``'s loop in the scheduler from the next step on."""
+        queue = self._queue
+        with queue.cond:
+            if queue.closed:
+                raise RuntimeFailure("the batching engine is closed")
+            queue.generations.append(generation)
+            queue.cond.notify_all()
+
+    def took(self, generation: _Generation) -> None:
+        """``generation``'s thread took an item: a generation that ran ``AHEAD`` may go on."""
         with self._queue.cond:
-            self._queue.expected.discard(id(sequence))
+            generation.taken += 1
             self._queue.cond.notify_all()
+
+    def stop(self, generation: _Generation) -> None:
+        """``generation``'s thread is done with it: wait until the scheduler lets it go (at most the step
+        running now), so its sequence's caches are the thread's again."""
+        with self._queue.cond:
+            generation.cancelled = True
+            if self._queue.closed or threading.current_thread() is self._thread:  # (a stream collected there)
+                generation.released.set()
+            self._queue.cond.notify_all()
+        generation.released.wait()
 
     # -- in the scheduler thread ---------------------------------------------------------
     def _step(self, decodes: list[_Job], prefills: list[_Job]) -> None:
@@ -244,30 +369,45 @@ class BatchingEngine(SequenceEngine):
             _fail(jobs, e if isinstance(e, RuntimeFailure) else RuntimeFailure(f"a batched call failed: {e}"))
             return
         for job, logits in zip(jobs, results):
-            job.logits = logits
-            job.done.set()
+            job.finish(logits)
 
 
 class BatchedSequence(Sequence):
-    """A ``Sequence`` whose calls run on its ``BatchingEngine``'s scheduler thread."""
+    """A ``Sequence`` whose calls, and generation loop, run on its ``BatchingEngine``'s scheduler thread."""
 
     def __init__(self, batching: BatchingEngine, observer=None):
         super().__init__(batching.inner, observer)
         self.batching = batching
-        #: In a generation's loop (``start_generation`` until ``idle``): a step waits for its next token.
-        self.generating = False
 
     def fork(self) -> "BatchedSequence":
         twin = super().fork()
-        twin.batching, twin.generating = self.batching, False
+        twin.batching = self.batching
         return twin
 
-    def start_generation(self) -> None:
-        self.generating = True
-
-    def idle(self) -> None:
-        self.generating = False
-        self.batching.idle(self)
+    def generate(self, logits, choose, history: list, limit: int, stops):
+        """``Sequence.generate``, its loop in the scheduler thread: the tokens come as the steps pick them
+        (at most ``AHEAD`` ahead of this thread). Closed early, the sequence holds what the plain loop's
+        would (the tokens fed after the last one taken are forgotten)."""
+        if self.observer is not None:  # calibration sees every call: the plain loop, directly
+            yield from super().generate(logits, choose, history, limit, stops)
+            return
+        self._check_open()
+        generation = _Generation(self, logits.reshape(-1), choose, history, limit, stops)
+        start, fed, resumed = self.position, self.fed, 0
+        self.batching.start(generation)
+        try:
+            while True:
+                item = generation.items.get()
+                self.batching.took(generation)
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item[1] is not None:
+                    return
+                resumed += 1  # the plain loop would feed this token now
+        finally:
+            self.batching.stop(generation)
+            self.position, self.fed = start + resumed, fed + resumed
 
     def _run(self, name: str, tokens, input_pos, hidden: bool, last=None) -> dict:
         if hidden or self.observer is not None:  # contrastive search, calibration: directly, under the engine's lock

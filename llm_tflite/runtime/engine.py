@@ -152,33 +152,21 @@ class SequenceEngine(Engine):
         return self.sample_tokens(ids, limit, choose, request.stop_token_ids, request.sequence)
 
     def sample_tokens(self, prompt_ids, limit: int, choose, stops, sequence=None) -> Iterator[Step]:
-        """One token per step from ``choose(logits, history)``, until a stop token, ``limit`` or the context.
+        """One token per step from ``choose(logits, history)``, until a stop token, ``limit`` or the context:
+        the prompt fed, then the sequence's ``generate`` loop (a batching engine's runs in its scheduler).
 
         ``sequence``: one whose caches already hold ``prompt_ids[:sequence.position]`` (chat); only
-        the rest is fed."""
-        if sequence is None:
+        the rest is fed. A sequence made here is closed at the end (its caches go back at once)."""
+        owned = sequence is None
+        if owned:
             sequence = self.sequence()
         start = sequence.position = min(sequence.position, len(prompt_ids) - 1)
-        logits = sequence.feed_last(prompt_ids[start:])
-        history = list(prompt_ids)
-        sequence.start_generation()
         try:
-            for count in range(1, limit + 1):
-                token = int(choose(logits, history))
-                if token in stops:
-                    yield None, "stop"
-                    return
-                history.append(token)
-                if count == limit:
-                    yield token, "length"
-                    return
-                if sequence.position >= self.context_length:
-                    yield token, "context"
-                    return
-                yield token, None
-                logits = sequence.feed_last([token])
+            logits = sequence.feed_last(prompt_ids[start:])
+            yield from sequence.generate(logits, choose, list(prompt_ids), limit, stops)
         finally:
-            sequence.idle()  # a batching engine's next step does not wait for this sequence
+            if owned:
+                sequence.close()
 
     def beam_tokens(self, ids, limit: int, request: Request) -> Iterator[Step]:
         from llm_tflite.runtime.search import beam_search

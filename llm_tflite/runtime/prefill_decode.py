@@ -18,12 +18,12 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from llm_tflite.console import quiet_native, quiet_native_exit
-from llm_tflite.errors import ContextLengthError, ModelFileError, RuntimeFailure
+from llm_tflite.errors import ContextLengthError, InvalidArgumentError, ModelFileError, RuntimeFailure
 from llm_tflite.litert.flatbuffer import release_mapped_file
 from llm_tflite.litert.metadata import CACHE_AXES
 from llm_tflite.runtime.engine import ModelFile, SequenceEngine
@@ -433,8 +433,15 @@ class PrefillDecodeEngine(SequenceEngine):
                 views = {name: host_view(buffer, *self.cache_specs[name]) for name, buffer in buffers.items()}
                 state = State(buffers, None if any(view is None for view in views.values()) else views)
                 state.written = self.context_length  # new buffers hold anything (host_view's test pattern)
-            self._clear(state)
+        self._clear(state)  # no call uses these buffers: the other sequences' calls run meanwhile
         return state
+
+    def reserve(self, count: int) -> None:
+        """Have cache buffers ready for ``count`` sequences at once (at most ``max_spares``), so the
+        first ones to arrive allocate and clear none (a server's slots, made before it takes requests)."""
+        states = [self.new_state() for _ in range(min(count, self.max_spares))]  # the spares first, then new ones
+        for state in states:
+            self.recycle(state)
 
     def recycle(self, state: State) -> None:
         """``state``'s sequence is gone: keep its buffers for a next ``new_state`` (up to ``max_spares``;
@@ -570,7 +577,7 @@ class Sequence:
         self.observer = observer
         self.position = 0
         self.caches = engine.new_state()
-        weakref.finalize(self, engine.recycle, self.caches)  # a new sequence reuses these buffers
+        self._release = weakref.finalize(self, engine.recycle, self.caches)  # a new sequence reuses these buffers
         #: Tokens fed so far, over the sequence's life (a chat turn's prefill is the difference).
         self.fed = 0
 
@@ -585,11 +592,18 @@ class Sequence:
 
     def fork(self) -> "Sequence":
         """A copy that continues independently (beams, candidates): its own copy of the caches."""
+        self._check_open()
         twin = Sequence.__new__(type(self))
         twin.engine, twin.observer, twin.position, twin.fed = self.engine, self.observer, self.position, 0
         twin.caches = self.engine.copy_state(self.caches)
-        weakref.finalize(twin, self.engine.recycle, twin.caches)
+        twin._release = weakref.finalize(twin, self.engine.recycle, twin.caches)
         return twin
+
+    def close(self) -> None:
+        """Give the caches back now, for the next new sequence (else they go back when this object
+        is collected, which a batched step may delay past the next request's start: that one would
+        allocate and zero a cache of its own). Not fed after; closing twice does nothing."""
+        self._release()
 
     def feed(self, token_ids) -> np.ndarray:
         """Run ``token_ids`` after what was fed before; return their logits ``[n, vocab]`` (scoring:
@@ -604,8 +618,6 @@ class Sequence:
         the last token through prefill and the last through ``decode``, as LiteRT-LM runs a prompt."""
         token_ids = [int(t) for t in token_ids]
         if not token_ids:
-            from llm_tflite.errors import InvalidArgumentError
-
             raise InvalidArgumentError("feed_last needs at least one token")
         if self.engine.prefill_logits:  # an older file's prefill outputs logits anyway
             return self._feed(token_ids, hidden=False)[0][-1]
@@ -623,15 +635,31 @@ class Sequence:
     def feed_with_hidden(self, token_ids) -> tuple[np.ndarray, np.ndarray]:
         """Logits ``[n, vocab]`` and last hidden states ``[n, hidden]`` (files converted with ``--hidden-states``)."""
         if not self.engine.has_hidden_states:
-            from llm_tflite.errors import InvalidArgumentError
-
             raise InvalidArgumentError("this file has no hidden_states output, which contrastive search needs; "
                                        "convert the model again with --hidden-states (hidden_states=True)")
         return self._feed(token_ids, hidden=True)
 
-    def start_generation(self) -> None:
-        """Say the sequence will be fed token after token, each soon after the last (a generation's
-        loop): a batching engine (``llm_tflite.runtime.batching``) waits a moment for it before a step."""
+    def generate(self, logits, choose, history: list, limit: int, stops) -> Iterator[tuple[int | None, str | None]]:
+        """A generation's loop from ``logits`` (the next-token logits after what was fed): each step
+        ``choose(logits, history)`` picks a token, which is yielded as ``(token, end)`` and fed for
+        the next step's logits, until a token of ``stops`` (``(None, "stop")``), the ``limit``-th token
+        (``"length"``) or the end of the context (``"context"``). ``history`` (the ids so far) grows
+        with each token. A token is fed when the next one is asked for: closed after ``(token, None)``,
+        the sequence holds everything before ``token``."""
+        for count in range(1, limit + 1):
+            token = int(choose(logits, history))
+            if token in stops:
+                yield None, "stop"
+                return
+            history.append(token)
+            if count == limit:
+                yield token, "length"
+                return
+            if self.position >= self.context_length:
+                yield token, "context"
+                return
+            yield token, None
+            logits = self.feed_last([token])
 
     def can_rewind_to(self, position: int) -> bool:
         """Whether moving back to ``position`` (fed tokens after it forgotten) leaves the caches right.
@@ -644,10 +672,6 @@ class Sequence:
         back (a cached prompt's last token fed again) always is."""
         return not self.engine.has_rings or self.written - 1 - position <= self.engine.ring_slack
 
-    def idle(self) -> None:
-        """Say the sequence will not be fed for now (its generation ended): a batching engine
-        stops waiting for it. Feeding it again is fine."""
-
     def _run(self, name: str, tokens, input_pos, hidden: bool, last=None) -> dict:
         """Run signature ``name`` on one chunk: ``logits`` (and ``hidden_states``); ``last``: a
         ``prompt_{L}``'s input."""
@@ -655,6 +679,10 @@ class Sequence:
         if self.observer is not None:
             self.observer(name, {**inputs, **self.engine.read_state(self.caches)})
         return self.engine.call(name, dict(inputs, caches=self.caches))
+
+    def _check_open(self) -> None:
+        if not self._release.alive:  # its caches may be another sequence's by now
+            raise InvalidArgumentError("this sequence is closed: start a new one (runner.sequence())")
 
     def _check_room(self, count: int) -> None:
         if self.position + count > self.context_length:
@@ -665,6 +693,7 @@ class Sequence:
         (``prefill_{L}`` signatures; a chunk of one token still runs ``decode``); with ``last`` (and
         not ``score``), the last chunk runs ``prompt_{L}`` and its last token's logits ``[1, vocab]`` return."""
         token_ids = [int(t) for t in token_ids]
+        self._check_open()
         self._check_room(len(token_ids))
         engine = self.engine
         outputs, hiddens = [], []

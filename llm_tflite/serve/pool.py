@@ -34,6 +34,10 @@ class RunnerPool:
                  parallel: int | None = None):
         self.runners = [make_runner() for _ in range(workers)]
         self.parallel = parallel or getattr(getattr(self.runners[0], "engine", None), "max_rows", 1)
+        for runner in self.runners:  # every slot's caches made now, not as the first requests arrive together
+            reserve = getattr(getattr(runner, "engine", None), "reserve", None)
+            if reserve is not None:
+                reserve(self.parallel)
         self._free: queue.Queue = queue.Queue()
         for _ in range(self.parallel):  # one slot of each runner, then the next: requests spread over the runners
             for runner in self.runners:
