@@ -288,8 +288,44 @@ def _attend_one(query, key_cache, value_cache, input_pos, soft_cap, sliding_wind
     (two matrix products), the mask as an added bias; its context ``[1, kv_heads, group, D]``."""
     capacity = _slots(key_cache)
     key_cache, value_cache = _first_slots(key_cache, value_cache, _window[0])
-    scores = _scores(query, key_cache)  # [1, kv_heads, group, C]
+    scores = _one_token_scores(query, key_cache)  # [1, kv_heads, group, C]
     scores = _soft_capped(scores, soft_cap)
     visible = _visible(input_pos[:1], _slots(key_cache), sliding_window, capacity if ring else None)[0]
     scores = scores + tf.where(visible, tf.constant(0.0, scores.dtype), tf.constant(-1e9, scores.dtype))
-    return _context(tf.nn.softmax(scores, axis=-1), value_cache)
+    return _one_token_context(tf.nn.softmax(scores, axis=-1), value_cache)
+
+
+# One token's attention as products and sums, not matrix products: XNNPACK runs a BATCH_MATMUL of
+# two computed operands by packing the right one (the cache's window) on every call, in bfloat16, and
+# for one query row that packing is most of the work. Decode steps of GPT-2 124M int8 (one call's
+# signature alike, the same weights; benchmark in docs/performance.md): 1 row at position 900
+# 5.63 -> 4.86 ms, 8 rows 31.7 -> 23.6 ms; at position 20 1-2 % faster. The sums are float32, so
+# the logits also stop carrying the packing's bfloat16 rounding.
+
+
+def _one_token_scores(query, key_cache):
+    """``query`` ``[1, kv_heads, group, D]`` times the keys ``[1, kv_heads, C, D]``: ``[1, kv_heads, group, C]``,
+    as a broadcast product ``[kv_heads, group, C, D]`` summed over ``D`` (int8 keys cast, their per-slot
+    scales applied to the scores)."""
+    values, scales = key_cache if isinstance(key_cache, Quantized) else (key_cache, None)
+    _, heads, slots, dim = values.shape
+    group = query.shape[2]
+    keys = tf.reshape(values if scales is None else tf.cast(values, query.dtype), [heads, 1, slots, dim])
+    scores = tf.reshape(tf.reduce_sum(tf.reshape(query, [heads, group, 1, dim]) * keys, axis=-1),
+                        [1, heads, group, slots])
+    return scores if scales is None else scores * tf.reshape(scales, [1, heads, 1, slots])
+
+
+def _one_token_context(probs, value_cache):
+    """``probs`` ``[1, kv_heads, group, C]`` times the values ``[1, kv_heads, C, D]``: ``[1, kv_heads, group, D]``,
+    as a broadcast product ``[kv_heads, group, C, D]`` summed over ``C`` (int8 values cast, their per-slot
+    scales weighting the probabilities first)."""
+    values, scales = value_cache if isinstance(value_cache, Quantized) else (value_cache, None)
+    _, heads, slots, dim = values.shape
+    group = probs.shape[2]
+    if scales is not None:
+        probs = probs * tf.reshape(scales, [1, heads, 1, slots])
+        values = tf.cast(values, probs.dtype)
+    context = tf.reduce_sum(tf.reshape(probs, [heads, group, slots, 1]) * tf.reshape(values, [heads, 1, slots, dim]),
+                            axis=2)
+    return tf.reshape(context, [1, heads, group, dim])
