@@ -296,11 +296,11 @@ def _attend_one(query, key_cache, value_cache, input_pos, soft_cap, sliding_wind
 
 
 # One token's attention as products and sums, not matrix products: XNNPACK runs a BATCH_MATMUL of
-# two computed operands by packing the right one (the cache's window) on every call, in bfloat16, and
-# for one query row that packing is most of the work. Decode steps of GPT-2 124M int8 (one call's
-# signature alike, the same weights; benchmark in docs/performance.md): 1 row at position 900
-# 5.63 -> 4.86 ms, 8 rows 31.7 -> 23.6 ms; at position 20 1-2 % faster. The sums are float32, so
-# the logits also stop carrying the packing's bfloat16 rounding.
+# two computed operands by packing the right one (the cache's window) on every call (a bfloat16
+# kernel topped perf's profile of an 8-row step), which for one query row costs more than the
+# products. GPT-2 124M int8, one step, the same weights (docs/performance.md, "One token attends
+# with products and sums"): 1 row at position 900 5.63 -> 4.86 ms, 8 rows 31.7 -> 23.6 ms; at
+# position 20 1-3 % faster. The sums are float32.
 
 
 def _one_token_scores(query, key_cache):
