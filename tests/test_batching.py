@@ -362,3 +362,14 @@ def test_a_server_reserves_its_slots_so_requests_arriving_together_allocate_no_c
     for _ in range(2):
         assert all(at_once(4, lambda i: runner.complete(PROMPTS[i], 12, "random", seed=i).text))
     assert made == [False] * 8 and len(runner.engine.inner._spares) == 4
+
+
+def test_a_generation_with_no_room_for_tokens_yields_none_batched_or_not(batched_file):
+    from llm_tflite.runtime.sampling import Sampler
+
+    for runner in (InterpreterRunner(batched_file), InterpreterRunner(batched_file, batching=True)):
+        sequence = runner.sequence()
+        ids = runner.encode("ROMEO:")
+        logits = sequence.feed_last(ids)
+        assert list(sequence.generate(logits, Sampler("greedy"), list(ids), 0, set())) == []
+        assert sequence.position == len(ids)

@@ -308,7 +308,9 @@ class BatchingEngine(SequenceEngine):
         running now), so its sequence's caches are the thread's again."""
         with self._queue.cond:
             generation.cancelled = True
-            if self._queue.closed or threading.current_thread() is self._thread:  # (a stream collected there)
+            # a closed queue's scheduler releases it once its running step is over (``_schedule``'s finally);
+            # in the scheduler thread itself (a stream collected there) nothing would
+            if threading.current_thread() is self._thread:
                 generation.released.set()
             self._queue.cond.notify_all()
         generation.released.wait()
@@ -392,6 +394,8 @@ class BatchedSequence(Sequence):
             yield from super().generate(logits, choose, history, limit, stops)
             return
         self._check_open()
+        if limit < 1:  # as the plain loop: nothing to pick
+            return
         generation = _Generation(self, logits.reshape(-1), choose, history, limit, stops)
         start, fed, resumed = self.position, self.fed, 0
         self.batching.start(generation)
@@ -407,7 +411,8 @@ class BatchedSequence(Sequence):
                 resumed += 1  # the plain loop would feed this token now
         finally:
             self.batching.stop(generation)
-            self.position, self.fed = start + resumed, fed + resumed
+            kept = min(self.position - start, resumed)  # a token whose feed failed is not held
+            self.position, self.fed = start + kept, fed + kept
 
     def _run(self, name: str, tokens, input_pos, hidden: bool, last=None) -> dict:
         if hidden or self.observer is not None:  # contrastive search, calibration: directly, under the engine's lock
