@@ -288,11 +288,14 @@ def _attend_one(query, key_cache, value_cache, input_pos, soft_cap, sliding_wind
     (two matrix products), the mask as an added bias; its context ``[1, kv_heads, group, D]``."""
     capacity = _slots(key_cache)
     key_cache, value_cache = _first_slots(key_cache, value_cache, _window[0])
-    scores = _one_token_scores(query, key_cache)  # [1, kv_heads, group, C]
+    # products and sums for one query head per key head (measured on GPT-2); grouped heads keep the
+    # matrix products until measured (their broadcast product is `group` times the window)
+    single = query.shape[2] == 1
+    scores = (_one_token_scores if single else _scores)(query, key_cache)  # [1, kv_heads, group, C]
     scores = _soft_capped(scores, soft_cap)
     visible = _visible(input_pos[:1], _slots(key_cache), sliding_window, capacity if ring else None)[0]
     scores = scores + tf.where(visible, tf.constant(0.0, scores.dtype), tf.constant(-1e9, scores.dtype))
-    return _one_token_context(tf.nn.softmax(scores, axis=-1), value_cache)
+    return (_one_token_context if single else _context)(tf.nn.softmax(scores, axis=-1), value_cache)
 
 
 # One token's attention as products and sums, not matrix products: XNNPACK runs a BATCH_MATMUL of
