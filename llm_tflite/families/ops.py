@@ -306,13 +306,17 @@ def _attend_one(query, key_cache, value_cache, input_pos, soft_cap, sliding_wind
 # position 20 1-3 % faster. The sums are float32.
 
 
+def _values_and_scales(cache):
+    """``(values, per-slot scales or None)`` of a cache (``Quantized`` or float)."""
+    return tuple(cache) if isinstance(cache, Quantized) else (cache, None)
+
+
 def _one_token_scores(query, key_cache):
     """``query`` ``[1, kv_heads, group, D]`` times the keys ``[1, kv_heads, C, D]``: ``[1, kv_heads, group, C]``,
     as a broadcast product ``[kv_heads, group, C, D]`` summed over ``D`` (int8 keys cast, their per-slot
     scales applied to the scores)."""
-    values, scales = key_cache if isinstance(key_cache, Quantized) else (key_cache, None)
-    _, heads, slots, dim = values.shape
-    group = query.shape[2]
+    values, scales = _values_and_scales(key_cache)
+    (_, heads, slots, dim), group = values.shape, query.shape[2]
     keys = tf.reshape(values if scales is None else tf.cast(values, query.dtype), [heads, 1, slots, dim])
     scores = tf.reshape(tf.reduce_sum(tf.reshape(query, [heads, group, 1, dim]) * keys, axis=-1),
                         [1, heads, group, slots])
@@ -323,9 +327,8 @@ def _one_token_context(probs, value_cache):
     """``probs`` ``[1, kv_heads, group, C]`` times the values ``[1, kv_heads, C, D]``: ``[1, kv_heads, group, D]``,
     as a broadcast product ``[kv_heads, group, C, D]`` summed over ``C`` (int8 values cast, their per-slot
     scales weighting the probabilities first)."""
-    values, scales = value_cache if isinstance(value_cache, Quantized) else (value_cache, None)
-    _, heads, slots, dim = values.shape
-    group = probs.shape[2]
+    values, scales = _values_and_scales(value_cache)
+    (_, heads, slots, dim), group = values.shape, probs.shape[2]
     if scales is not None:
         probs = probs * tf.reshape(scales, [1, heads, 1, slots])
         values = tf.cast(values, probs.dtype)
