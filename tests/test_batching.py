@@ -288,6 +288,57 @@ def test_a_generation_closed_early_leaves_its_sequence_where_the_plain_loop_woul
         np.testing.assert_array_equal(loops[0][1], loops[1][1])
 
 
+def test_a_stream_collected_by_a_thread_holding_the_schedulers_lock_neither_hangs_nor_leaks(batched_file):
+    """A stream in a reference cycle is stopped by whichever thread's garbage collection finds it, maybe
+    one holding a lock the scheduler needs (here the queue's). It must not wait for the scheduler
+    there: the scheduler rewinds the sequence when it lets the generation go (where the plain loop
+    would leave it) and gives a closed sequence's caches back."""
+    runner = InterpreterRunner(batched_file, batching=True, weight_cache="memory")
+    engine = runner.engine
+    ids = runner.encode("JULIET: O Romeo")
+
+    def greedy(logits, history):
+        return int(np.argmax(logits))
+
+    def collected_holding_the_lock(box):
+        cycle = [box.pop()]  # the last reference to the stream
+        cycle.append(cycle)  # only the garbage collector frees it
+        del cycle
+        done = threading.Event()
+
+        def collect():
+            with engine._queue.cond:
+                gc.collect()
+            done.set()
+
+        threading.Thread(target=collect, daemon=True).start()
+        return done
+
+    sequence = runner.sequence()
+    steps = sequence.generate(sequence.feed_last(ids), greedy, list(ids), 30, set())
+    assert next(steps)[0] is not None and next(steps)[0] is not None
+    box = [steps]
+    del steps
+    assert collected_holding_the_lock(box).wait(10), "the collected stream waited for the scheduler"
+    deadline = time.time() + 10
+    while engine._queue.generations and time.time() < deadline:  # let go at the next step
+        time.sleep(0.01)
+    assert not engine._queue.generations and sequence.generation is None
+    assert sequence.position == sequence.fed == len(ids) + 1  # two tokens taken, the first fed
+
+    spares = len(engine.inner._spares)
+    steps = engine.sample_tokens(ids, 30, greedy, set())  # its own sequence, closed when it ends
+    assert next(steps)[0] is not None
+    box = [steps]
+    del steps
+    assert collected_holding_the_lock(box).wait(10), "the collected stream waited for the scheduler"
+    deadline = time.time() + 10
+    while len(engine.inner._spares) == spares and time.time() < deadline:
+        time.sleep(0.01)
+    assert len(engine.inner._spares) == spares + 1  # its caches are back, after the scheduler let go
+    assert runner.complete("ROMEO:", 4, "greedy").text == InterpreterRunner(batched_file).complete("ROMEO:", 4, "greedy").text
+
+
 def test_a_sampler_error_reaches_its_own_generation_typed_and_the_others_go_on(batched_file):
     """A generation's sampler runs in the scheduler thread; what it raises, its generation raises (the
     same error the plain loop would), while the others decode on to the unbatched runner's text."""

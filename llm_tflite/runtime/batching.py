@@ -25,6 +25,7 @@ draws the same tokens as the unbatched loop: the same sampler sees the same logi
 
 from __future__ import annotations
 
+import gc
 import queue as queues
 import threading
 import weakref
@@ -72,7 +73,7 @@ class _Generation:
     (or an exception) from ``items`` as they come."""
 
     __slots__ = ("sequence", "logits", "choose", "history", "count", "limit", "stops", "items", "delivered",
-                 "taken", "ended", "cancelled", "released")
+                 "taken", "ended", "cancelled", "released", "start", "fed", "resumed", "deferred", "close_after")
 
     def __init__(self, sequence, logits, choose, history, limit, stops):
         self.sequence, self.logits, self.choose, self.history = sequence, logits, choose, history
@@ -82,6 +83,26 @@ class _Generation:
         self.ended = False  # its last item is out
         self.cancelled = False  # its thread stopped (closed early): the scheduler lets it go
         self.released = threading.Event()  # the scheduler no longer touches its sequence
+        self.start, self.fed, self.resumed = sequence.position, sequence.fed, 0  # for ``hand_back``
+        #: its thread stopped without waiting for the release (``BatchingEngine.stop``): the scheduler
+        #: hands the sequence back (and closes it, ``close_after``) when it lets go
+        self.deferred = self.close_after = False
+
+    def hand_back(self) -> None:
+        """(The sequence no longer in a step) leave it where the plain loop's would be: the tokens
+        its thread took but the last fed (``resumed``), and only the feeds that succeeded."""
+        sequence = self.sequence
+        kept = min(sequence.position - self.start, self.resumed)
+        sequence.position, sequence.fed = self.start + kept, self.fed + kept
+        sequence.generation = None  # no cycle: a sequence dropped gives its caches back at once
+
+    def let_go(self) -> None:
+        """(The scheduler, holding the queue's lock) no step touches its sequence any more."""
+        if self.deferred:
+            self.hand_back()
+            if self.close_after:
+                self.sequence._release()
+        self.released.set()
 
     def runnable(self) -> bool:
         return self.delivered - self.taken < AHEAD
@@ -123,6 +144,18 @@ class _Generation:
         self.logits = logits.reshape(-1)  # [vocab], as Sequence.feed_last gives
 
 
+_gc_state = threading.local()
+
+
+def _collecting() -> bool:
+    """Whether this thread is running a garbage collection (and the finalizers it calls)."""
+    return getattr(_gc_state, "active", False)
+
+
+def _gc_phase(phase: str, info) -> None:
+    _gc_state.active = phase == "start"
+
+
 class _Queue:
     """What the scheduler thread shares with its engine: the waiting calls and the running
     generations. The thread holds the engine only while it runs a step, so a batching runner nobody
@@ -146,7 +179,7 @@ class _Queue:
         running, ready = [], []
         for generation in self.generations:
             if generation.ended or generation.cancelled:
-                generation.released.set()
+                generation.let_go()
                 continue
             running.append(generation)
             if generation.runnable():
@@ -189,7 +222,7 @@ def _schedule(queue: _Queue, engine_ref) -> None:
             for generation in queue.generations:
                 if not generation.ended:
                     generation._put(error)
-                generation.released.set()
+                generation.let_go()
             queue.decodes, queue.prefills, queue.generations = [], [], []
 
 
@@ -241,6 +274,8 @@ class BatchingEngine(SequenceEngine):
                                        "together; convert it again with --batch-sizes (e.g. 4,8)")
         self.inner = engine
         self.max_rows = engine.batch_sizes[-1]
+        if _gc_phase not in gc.callbacks:  # ``_collecting``, for ``stop``
+            gc.callbacks.append(_gc_phase)
         self._pad = None  # cache buffers the unused rows of a batched call write into
         #: Decode calls run and the sequences' steps they carried (``serve``'s metrics: the mean batch).
         self.steps = self.rows = 0
@@ -305,15 +340,33 @@ class BatchingEngine(SequenceEngine):
 
     def stop(self, generation: _Generation) -> None:
         """``generation``'s thread is done with it: wait until the scheduler lets it go (at most the step
-        running now), so its sequence's caches are the thread's again."""
+        running now), so its sequence's caches are the thread's again, and hand the sequence back.
+
+        A stream collected by the garbage collector stops wherever a collection runs: in the scheduler
+        thread, or in a thread holding a lock the scheduler needs (the queue's, the engine's, a
+        sampler's), where waiting would never end. Then it does not wait: the scheduler hands the
+        sequence back when it lets go (and closes it, if it was closed meanwhile; ``BatchedSequence.close``)."""
         with self._queue.cond:
             generation.cancelled = True
-            # a closed queue's scheduler releases it once its running step is over (``_schedule``'s finally);
-            # in the scheduler thread itself (a stream collected there) nothing would
-            if threading.current_thread() is self._thread:
-                generation.released.set()
+            if not generation.released.is_set() and (_collecting() or threading.current_thread() is self._thread):
+                generation.deferred = True
+                self._queue.cond.notify_all()
+                return
             self._queue.cond.notify_all()
-        generation.released.wait()
+        generation.released.wait()  # a closed queue's scheduler lets go once its running step is over
+        generation.hand_back()
+
+    def close_sequence(self, sequence: "BatchedSequence") -> bool:
+        """Whether ``sequence``'s caches wait for the scheduler to let its last generation go (a stream
+        collected mid-step, ``stop``): then it gives them back then."""
+        generation = sequence.generation
+        if generation is None or not generation.deferred:
+            return False
+        with self._queue.cond:
+            if generation.released.is_set():
+                return False
+            generation.close_after = True
+            return True
 
     # -- in the scheduler thread ---------------------------------------------------------
     def _step(self, decodes: list[_Job], prefills: list[_Job]) -> None:
@@ -380,11 +433,16 @@ class BatchedSequence(Sequence):
     def __init__(self, batching: BatchingEngine, observer=None):
         super().__init__(batching.inner, observer)
         self.batching = batching
+        self.generation = None  # the last one started on it
 
     def fork(self) -> "BatchedSequence":
         twin = super().fork()
-        twin.batching = self.batching
+        twin.batching, twin.generation = self.batching, None
         return twin
+
+    def close(self) -> None:
+        if not self.batching.close_sequence(self):
+            super().close()
 
     def generate(self, logits, choose, history: list, limit: int, stops):
         """``Sequence.generate``, its loop in the scheduler thread: the tokens come as the steps pick them
@@ -396,8 +454,7 @@ class BatchedSequence(Sequence):
         self._check_open()
         if limit < 1:  # as the plain loop: nothing to pick
             return
-        generation = _Generation(self, logits.reshape(-1), choose, history, limit, stops)
-        start, fed, resumed = self.position, self.fed, 0
+        self.generation = generation = _Generation(self, logits.reshape(-1), choose, history, limit, stops)
         self.batching.start(generation)
         try:
             while True:
@@ -408,11 +465,9 @@ class BatchedSequence(Sequence):
                 yield item
                 if item[1] is not None:
                     return
-                resumed += 1  # the plain loop would feed this token now
+                generation.resumed += 1  # the plain loop would feed this token now
         finally:
             self.batching.stop(generation)
-            kept = min(self.position - start, resumed)  # a token whose feed failed is not held
-            self.position, self.fed = start + kept, fed + kept
 
     def _run(self, name: str, tokens, input_pos, hidden: bool, last=None) -> dict:
         if hidden or self.observer is not None:  # contrastive search, calibration: directly, under the engine's lock
