@@ -143,11 +143,13 @@ def test_litert_lm_engine_decodes_our_greedy_tokens(tiny, tmp_path, name):
     from llm_tflite.export.bundle import build_bundle
 
     lm, path = tiny(name)
-    if name == "gemma3":  # ring caches: LiteRT-LM 0.18 takes the shortest cache as its token limit
-        with pytest.raises(ModelFileError, match="--no-ring-caches"):
+    if name == "gemma3":  # LiteRT-LM 0.18 takes the shortest cache as its token limit: rings stored context-shaped
+        with pytest.raises(ModelFileError, match="--format litertlm"):
             build_bundle(path, tmp_path / "ring.litertlm")
-        path = tmp_path / "naive.tflite"
-        Converter(context_length=128, prefill_lengths=(8, 32), ring_caches=False).convert(lm, str(path), family=name)
+        path = tmp_path / "rings_as_context.tflite"
+        Converter(context_length=128, prefill_lengths=(8, 32), ring_caches="litertlm").convert(lm, str(path),
+                                                                                               family=name)
+        assert read_metadata(path)["kv_cache"]["lengths"] == [56] * 5 + [128]  # the prompt and 32 tokens wrap them
     bundle = build_bundle(path, tmp_path / f"{name}.litertlm")
     runner = InterpreterRunner(bundle)
     ours = list(runner.generate_ids(runner.encode(PROMPT), 32, stop_token_ids=[]))
@@ -229,18 +231,46 @@ def test_batched_decode_rows_equal_each_sequence_alone(tiny, tmp_path):
     assert sequences[1].position > 64
 
 
-def test_gemma3_local_layers_keep_only_their_window(tiny, tmp_path):
+def test_ring_cache_options_are_checked_and_context_shaped_rings_fill_whole_rows():
+    from llm_tflite.errors import InvalidArgumentError
+    from llm_tflite.families.base import KVCacheSpec
+    from llm_tflite.litert.metadata import stored_cache_shape
+
+    with pytest.raises(InvalidArgumentError, match="ring_caches must be True, False or 'litertlm'"):
+        Converter(ring_caches="yes")
+    with pytest.raises(InvalidArgumentError, match="LiteRT-LM cannot run --kv-cache int8"):
+        Converter(ring_caches="litertlm", kv_cache="int8")
+    # a 1,000-token context, 1 head of 256: rings round up to a multiple of 1000 / gcd(1000, 256) = 125 slots
+    spec = KVCacheSpec(num_layers=3, num_kv_heads=1, head_dim=256, sliding_windows=(512, None, 900))
+    assert spec.cache_lengths(1000, 128, True, 125) == [750, 1000, 1000]
+    assert spec.cache_lengths(1000, 128, True) == [640, 1000, 1000]
+    assert stored_cache_shape([1, 1, 750, 256], 1000, True) == [1, 1, 1000, 192]
+    assert stored_cache_shape([1, 1, 750, 256], 1000, False) == [1, 1, 750, 256]
+    assert stored_cache_shape([1, 1, 1000, 256], 1000, True) == [1, 1, 1000, 256]
+    with pytest.raises(ModelFileError, match="cannot be stored"):
+        stored_cache_shape([1, 1, 640, 256], 1000, True)  # 163,840 values are not rows of 1,000
+
+
+@pytest.mark.parametrize("rings", [True, "litertlm"])
+def test_gemma3_local_layers_keep_only_their_window(tiny, tmp_path, rings):
     """Gemma 3's local layers (window 24) keep 24 + 32 slots (window plus the longest chunk) instead of
     the context of 128 (``families.ops.Ring``), and give the naive layout's logits: past several
-    wraps of the ring, through prefill, score and decode signatures, decode windows and padded chunks."""
+    wraps of the ring, through prefill, score and decode signatures, decode windows and padded chunks.
+    ``"litertlm"``: the rings stored in buffers of the context's length (what LiteRT-LM 0.18 can run)."""
     lm, _ = tiny("gemma3")
     ring_path, naive_path = tmp_path / "ring.tflite", tmp_path / "naive.tflite"
-    for path, ring in ((ring_path, True), (naive_path, False)):  # a decode window (32) shorter than a ring (56)
+    for path, ring in ((ring_path, rings), (naive_path, False)):  # a decode window (32) shorter than a ring (56)
         Converter(context_length=128, prefill_lengths=(8, 32), decode_windows=(32,), ring_caches=ring).convert(
             lm, str(path), family="gemma3")
     record = read_metadata(ring_path)
     assert record["kv_cache"]["sliding_windows"] == [24] * 5 + [None]
     assert record["kv_cache"]["lengths"] == [56] * 5 + [128]
+    assert record["kv_cache"].get("rings_as_context", False) == (rings == "litertlm")
+    assert record["format"] == (6 if rings == "litertlm" else 5)
+    stored = [1, 1, 128, 2 * 56 * 64 // 128] if rings == "litertlm" else [1, 2, 56, 64]  # 2 heads x 56 slots x 64
+    details = InterpreterRunner(ring_path).engine.input_details
+    assert all(list(details[name]["kv_cache_k_0"]["shape"]) == stored for name in ("decode", "prefill_32"))
+    assert list(details["decode"]["kv_cache_v_5"]["shape"]) == [1, 2, 128, 64]
     assert read_metadata(naive_path)["kv_cache"]["lengths"] == [128] * 6
     ring, naive = InterpreterRunner(ring_path), InterpreterRunner(naive_path)
     used = []

@@ -47,7 +47,8 @@ def cmd_convert(args) -> int:
         prefill_lengths=args.prefill_lengths or DEFAULT_PREFILL_LENGTHS,
         score_lengths="auto" if args.score_lengths is None else args.score_lengths,
         prompt_lengths="auto" if args.prompt_lengths is None else args.prompt_lengths,
-        ring_caches=not (args.no_ring_caches or bundle),  # LiteRT-LM 0.18: the shortest cache is its token limit
+        # LiteRT-LM 0.18 takes the shortest cache for its token limit: a bundle's rings are stored context-shaped
+        ring_caches=False if args.no_ring_caches else "litertlm" if bundle else True,
         decode_windows="auto" if args.decode_windows is None else args.decode_windows,
         kv_cache=args.kv_cache,
         batch_sizes=args.batch_sizes or (),
@@ -132,8 +133,8 @@ def add_commands(cli) -> None:
                    "eval, compare and scoring use (default: the longest prefill length; '' for none)")
     p.add_argument("--no-ring-caches", action="store_true",
                    help="prefill_decode: local (sliding-window) layers keep a cache of the whole context, not "
-                   "their window plus the longest prefill (always so for --format litertlm: LiteRT-LM 0.18 "
-                   "takes the shortest cache as its token limit)")
+                   "their window plus the longest prefill (with --format litertlm the rings are stored in "
+                   "context-length-shaped buffers: LiteRT-LM 0.18 takes the shortest cache as its token limit)")
     p.add_argument("--kv-cache", choices=KV_CACHE_TYPES, default="float32",
                    help="prefill_decode: the caches' type; int8 keeps one float32 scale per slot and head beside "
                    "int8 values: about a quarter of the memory (not for LiteRT-LM)")

@@ -152,13 +152,16 @@ def build_bundle(model_path, output, *, max_num_tokens: int | None = None) -> st
     if record.get("kv_cache_layout") is None:  # [1, C, heads, head_dim]: LiteRT-LM reads a cache's length from axis 2
         raise ModelFileError(f"{model_path!r} was converted before llm-tflite wrote LiteRT-LM's KV-cache "
                              "layout (its record has no kv_cache_layout); convert the model again")
-    if set(record["kv_cache"].get("lengths", [record["context_length"]])) != {record["context_length"]}:
+    if set(record["kv_cache"].get("lengths", [record["context_length"]])) != {record["context_length"]} and \
+            not record["kv_cache"].get("rings_as_context"):
         # LiteRT-LM 0.18.1 takes the shortest cache as its token limit ("Passed in max_num_tokens (256) is
         # larger than what the static model supports (56)"), even with a global layer's cache named and
         # listed first: it would stop at a local layer's window and generate wrong tokens before that.
-        raise ModelFileError(f"in {model_path!r} the local layers' caches keep only their window (ring caches), "
-                             "which LiteRT-LM 0.18 cannot run: it takes the shortest cache as its token limit; "
-                             "convert the model again with --no-ring-caches (ring_caches=False) for LiteRT-LM")
+        # Rings stored context-shaped (litert.metadata.stored_cache_shape) run to the context.
+        raise ModelFileError(f"in {model_path!r} the local layers' caches keep only their window (ring caches) in "
+                             "buffers of their own size, which LiteRT-LM 0.18 cannot run: it takes the shortest "
+                             "cache as its token limit; convert the model again with --format litertlm (rings "
+                             "stored as LiteRT-LM reads them) or --no-ring-caches")
     if record["kv_cache"].get("dtype", "float32") != "float32":
         raise ModelFileError(f"{model_path!r} keeps int8 caches with their scales beside them, which LiteRT-LM "
                              "cannot run: it takes every kv_cache_* input for a float cache of its own layout; "

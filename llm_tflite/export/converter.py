@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import math
 import os
 import tempfile
 
 from llm_tflite.litert.flatbuffer import check_writable, non_builtin_ops, write_atomic
 from llm_tflite.litert.metadata import (BNTH_LAYOUT_FORMAT, FORMAT_VERSION, KV_CACHE_TYPES, MAX_BATCH_SIZE,
-                                        add_metadata)
+                                        RINGS_AS_CONTEXT_FORMAT, add_metadata)
 from llm_tflite.errors import ConversionError, InvalidArgumentError, LLMTFLiteError, ModelSourceError
 from llm_tflite.console import import_tensorflow, keras_backend, logger, progress, quiet_native
 from llm_tflite.quantize.base import Quantizer
@@ -316,7 +317,9 @@ class Converter:
             token by token).
         ring_caches: ``prefill_decode`` mode: a local (sliding-window) layer's caches hold its window
             plus the longest prefill, not the whole context (``families.ops.Ring``; Gemma 3: 5 of 6
-            layers). Default True; False for the naive layout.
+            layers). Default True; False for the naive layout; ``"litertlm"``: rings stored in
+            context-length-shaped buffers, which LiteRT-LM 0.18 runs to the file's context
+            (``litert.metadata.stored_cache_shape``; float32 caches only).
         kv_cache: ``prefill_decode`` mode: the caches' type, ``"float32"`` (default) or ``"int8"``: int8
             values with one float32 scale per slot and head (``families.ops.Quantized``), about a
             quarter of the memory and of what a step reads late in the context. LiteRT-LM cannot run
@@ -392,9 +395,14 @@ class Converter:
             raise InvalidArgumentError(f"prompt_lengths must be 'auto' or some of the prefill lengths "
                                        f"{list(self.prefill_lengths)}, got {prompt_lengths!r}")
         self.prompt_lengths = prompt_lengths if prompt_lengths == "auto" else tuple(sorted(set(prompt_lengths)))
-        self.ring_caches = bool(ring_caches)
+        if ring_caches not in (True, False, "litertlm"):
+            raise InvalidArgumentError(f"ring_caches must be True, False or 'litertlm', not {ring_caches!r}")
+        self.ring_caches = ring_caches
         if kv_cache not in KV_CACHE_TYPES:
             raise InvalidArgumentError(f"kv_cache must be one of {', '.join(KV_CACHE_TYPES)}, not {kv_cache!r}")
+        if ring_caches == "litertlm" and kv_cache != "float32":
+            raise InvalidArgumentError("ring_caches='litertlm' stores float32 caches the way LiteRT-LM reads them; "
+                                       f"LiteRT-LM cannot run --kv-cache {kv_cache}")
         if kv_cache != "float32" and mode != "prefill_decode":
             raise InvalidArgumentError("kv_cache is a prefill_decode option (a generate graph keeps its caches inside)")
         self.kv_cache = kv_cache
@@ -580,16 +588,22 @@ class Converter:
             score_lengths = [n for n in (prefill_lengths[-1:] if self.score_lengths == "auto" else self.score_lengths)
                              if n <= context_length]
             kv_cache = dataclasses.asdict(spec)
+            # rings stored as [1, 1, context, n] (stored_cache_shape): a ring's heads * slots * dim divides the context
+            as_context = self.ring_caches == "litertlm"
+            multiple = context_length // math.gcd(context_length, spec.num_kv_heads * spec.head_dim) if as_context else 1
             if spec.sliding_windows:
                 kv_cache["sliding_windows"] = list(spec.sliding_windows)
                 kv_cache["lengths"] = spec.cache_lengths(context_length, max([1, *prefill_lengths, *score_lengths]),
-                                                         self.ring_caches)
+                                                         bool(self.ring_caches), multiple)
             else:
                 del kv_cache["sliding_windows"]
             if spec.dtype == "float32":  # the type every reader knows
                 del kv_cache["dtype"]
             # readers before format 5 would expect values [1, heads, head_dim, C] and call the file damaged
             record["format"] = BNTH_LAYOUT_FORMAT
+            if as_context and min(kv_cache.get("lengths", [context_length])) < context_length:
+                kv_cache["rings_as_context"] = True  # a format-5 reader would find the shapes wrong
+                record["format"] = RINGS_AS_CONTEXT_FORMAT
             windows = [w for w in (default_decode_windows(context_length, bool(self.batch_sizes)) if self.decode_windows == "auto"
                                    else self.decode_windows) if w < context_length]
             record.update(
@@ -650,7 +664,8 @@ class Converter:
             hidden = self.hidden_states and not last
             with quiet_native():  # tracing (and freezing) runs Grappler, which logs its sessions
                 fn = signature_function(fam, lm, spec, metadata["context_length"], length, hidden,
-                                        window, weights, rows, logits, metadata["kv_cache"].get("lengths"), last)
+                                        window, weights, rows, logits, metadata["kv_cache"].get("lengths"), last,
+                                        metadata["kv_cache"].get("rings_as_context", False))
             yield key, fn, input_names(spec, rows, last) + extra, output_names(spec, hidden, rows, logits)
             del fn
 

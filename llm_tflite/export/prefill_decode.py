@@ -44,6 +44,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 from llm_tflite.families.base import KVCacheSpec
 from llm_tflite.families.ops import Quantized, Ring, Rows, attention_window, cache_shapes, prompt_last
 from llm_tflite.litert.bind import WEIGHT_PREFIX
+from llm_tflite.litert.metadata import stored_cache_shape
 from llm_tflite.runtime.prefill_decode import (decode_batch_name, prefill_window_name,  # the runtime reads these names
                                                prompt_name, row_cache_name)
 
@@ -58,12 +59,15 @@ def cache_names(spec: KVCacheSpec) -> list[str]:
     return names
 
 
-def cache_input_spec(spec: KVCacheSpec, name: str, length: int) -> tf.TensorSpec:
-    """The input ``name`` (``kv_cache_{k|v}_{i}[_scale][_row{b}]``) of a layer whose caches hold ``length`` slots."""
+def cache_input_spec(spec: KVCacheSpec, name: str, length: int, context_length: int,
+                     rings_as_context: bool = False) -> tf.TensorSpec:
+    """The input ``name`` (``kv_cache_{k|v}_{i}[_scale][_row{b}]``) of a layer whose caches hold ``length``
+    slots, as the file stores it (``stored_cache_shape``)."""
     heads, dim = spec.num_kv_heads, (1 if "_scale" in name else spec.head_dim)  # a scale per slot and head
     key, value = cache_shapes(heads, dim, length)
     dtype = tf.int8 if spec.dtype == "int8" and "_scale" not in name else tf.float32
-    return tf.TensorSpec(key if "_k_" in name else value, dtype, name=name)
+    shape = stored_cache_shape(key if "_k_" in name else value, context_length, rings_as_context)
+    return tf.TensorSpec(shape, dtype, name=name)
 
 
 def batch_cache_names(spec: KVCacheSpec, rows: int) -> list[str]:
@@ -107,7 +111,8 @@ def weight_names(weights) -> list[str]:
 
 def signature_function(family, model, spec: KVCacheSpec, context_length: int, length: int,
                        hidden_states: bool = False, window: int | None = None, weights: list | None = None,
-                       rows: int = 0, logits: bool = True, lengths: list[int] | None = None, last: bool = False):
+                       rows: int = 0, logits: bool = True, lengths: list[int] | None = None, last: bool = False,
+                       rings_as_context: bool = False):
     """The concrete function of one signature, which processes ``length`` tokens.
 
     ``rows``: a batched decode (``length`` 1) of that many sequences, each with its own caches
@@ -119,7 +124,8 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
     ``last``: a ``prompt_{L}``: input ``last`` int32 ``[1]``, and the logits of that token alone
     (``families.ops.output_rows``; no hidden states).
     ``lengths``: each layer's cache length (``KVCacheSpec.cache_lengths``; default the context); a layer's
-    caches shorter than the context are a ``Ring``.
+    caches shorter than the context are a ``Ring``, stored context-shaped with ``rings_as_context``
+    (``litert.metadata.stored_cache_shape``: reshaped on the way in and out).
 
     ``weights`` (``model_variables(model)``): take them as inputs ``weight_{i}`` after the
     caches, read through ``keras.StatelessScope``, so the graph holds no weight at all (they are
@@ -133,11 +139,13 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
     def layer(name: str) -> int:
         return int(name.split("_")[3])  # kv_cache_k_{i}(_row{b})
 
+    stored = {name: cache_input_spec(spec, name, lengths[layer(name)], context_length, rings_as_context)
+              for name in names}
+    logical = [cache_input_spec(spec, name, lengths[layer(name)], context_length).shape for name in names]
     input_signature = [
         tf.TensorSpec([rows, 1] if rows else [1, length], tf.int32, name="tokens"),
         tf.TensorSpec([rows or length], tf.int32, name="input_pos"),
-    ] + ([tf.TensorSpec([1], tf.int32, name="last")] if last else []) + \
-        [cache_input_spec(spec, name, lengths[layer(name)]) for name in names]
+    ] + ([tf.TensorSpec([1], tf.int32, name="last")] if last else []) + list(stored.values())
     if weights is not None:
         input_signature += [tf.TensorSpec(v.shape, v.dtype, name=name) for v, name in zip(weights, weight_names(weights))]
 
@@ -152,6 +160,7 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
             return forward(tokens, input_pos, rest[: len(names)], index)
 
     def forward(tokens, input_pos, flat_caches, index):
+        flat_caches = [tf.reshape(c, shape) if c.shape != shape else c for c, shape in zip(flat_caches, logical)]
         step = per_layer * (rows or 1)
         layers = [list(flat_caches[i : i + step]) for i in range(0, len(flat_caches), step)]
         if rows:  # the B rows as B tokens of one sequence, each with its own caches and position
@@ -185,7 +194,9 @@ def signature_function(family, model, spec: KVCacheSpec, context_length: int, le
                     named = {f"kv_cache_k_{i}": row_k[0], f"kv_cache_v_{i}": row_v[0],
                              f"kv_cache_k_{i}_scale": row_k[1], f"kv_cache_v_{i}_scale": row_v[1]}
                 outputs.update({row_cache_name(name, b) if rows else name: t for name, t in named.items()})
-        return outputs
+        # each cache out as it came in
+        return {key: tf.reshape(value, stored[key].shape) if key in stored and value.shape != stored[key].shape
+                else value for key, value in outputs.items()}
 
     with attention_window(window):
         function = run.get_concrete_function()

@@ -39,11 +39,13 @@ class KVCacheSpec:
     #: (``families.ops.Quantized``, what a family's cache pair then holds).
     dtype: str = "float32"
 
-    def cache_lengths(self, context_length: int, longest_chunk: int, ring: bool = True) -> list[int]:
+    def cache_lengths(self, context_length: int, longest_chunk: int, ring: bool = True, multiple: int = 1) -> list[int]:
         """Each layer's cache length: the context, or for a local layer (with ``ring``) its window
-        plus the longest chunk a signature takes, when that is shorter (``families.ops.Ring``)."""
+        plus the longest chunk a signature takes, rounded up to a ``multiple``, when that is shorter
+        (``families.ops.Ring``)."""
         windows = self.sliding_windows or [None] * self.num_layers
-        return [min(context_length, int(w) + int(longest_chunk)) if ring and w else context_length for w in windows]
+        return [min(context_length, -(-(int(w) + int(longest_chunk)) // multiple) * multiple) if ring and w
+                else context_length for w in windows]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -42,7 +42,10 @@ QUANTIZED_CACHE_FORMAT = 4
 #: Written for prefill_decode files: caches in the ``"bnth"`` layout, which a format-4 reader would
 #: refuse as damaged (it expects values ``[1, heads, head_dim, C]``).
 BNTH_LAYOUT_FORMAT = 5
-READABLE_FORMATS = (1, 2, 3, 4, 5)
+#: Ring caches stored in context-length-shaped buffers (``kv_cache.rings_as_context``,
+#: ``stored_cache_shape``), which a format-5 reader would refuse as damaged.
+RINGS_AS_CONTEXT_FORMAT = 6
+READABLE_FORMATS = (1, 2, 3, 4, 5, 6)
 #: The axes of a key and of a value cache in each layout a record may name (``kv_cache_layout``).
 CACHE_AXES = {
     "bnth": (("batch", "heads", "slots", "dim"),) * 2,  # what llm_tflite.families.ops writes
@@ -50,6 +53,23 @@ CACHE_AXES = {
     None: (("batch", "slots", "heads", "dim"),) * 2,  # files written before the layout was recorded
 }
 KV_CACHE_LAYOUTS = tuple(layout for layout in CACHE_AXES if layout)
+
+
+def stored_cache_shape(shape, context_length: int, rings_as_context: bool) -> list[int]:
+    """How a cache of ``shape`` (``[1, heads, slots, dim]``) is stored in a file: as it is, or, for a ring
+    (fewer slots than the context) of a file with ``kv_cache.rings_as_context``, as
+    ``[1, 1, context, heads * slots * dim / context]``, the same bytes in the same order (the graph
+    reshapes them). LiteRT-LM 0.18 takes the smallest axis 2 of the caches for the file's token
+    limit, so a ring stored as it is would stop it at the local layers' window; stored so, it runs
+    the file to its context. The converter makes each ring's size a multiple of the context."""
+    shape = [int(n) for n in shape]
+    if not rings_as_context or shape[2] >= context_length:
+        return shape
+    size = int(np.prod(shape))
+    if size % context_length:
+        raise ModelFileError(f"a ring cache of shape {shape} cannot be stored in [1, 1, {context_length}, n]: "
+                             "the file is damaged or inconsistent, re-convert it")
+    return [1, 1, context_length, size // context_length]
 #: The caches' types (``Converter(kv_cache=...)``, the record's ``kv_cache.dtype``).
 KV_CACHE_TYPES = ("float32", "int8")
 CHECKSUM_KEY = "sha256"

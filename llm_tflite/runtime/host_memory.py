@@ -52,8 +52,9 @@ def host_view(buffer, shape, dtype) -> np.ndarray | None:
     """A writable view ``shape``/``dtype`` of ``buffer``'s host memory (valid while ``buffer`` lives), or
     None. What the buffer holds is undefined (a test pattern, the first time): clear it."""
     own = getattr(buffer, "array", None)  # a buffer of LiteRT's C API (runtime/native.py) is its view
-    if own is not None:
-        return own if own.shape == tuple(shape) and own.dtype == np.dtype(dtype) else None
+    if own is not None:  # the same bytes in another shape (a ring stored context-shaped) is a view too
+        same = own.size == int(np.prod(shape)) and own.dtype == np.dtype(dtype) and own.flags.c_contiguous
+        return own.reshape(shape) if same else None
     api = _load()
     if not api:
         return None

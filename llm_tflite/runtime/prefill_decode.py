@@ -25,7 +25,7 @@ import numpy as np
 from llm_tflite.console import quiet_native, quiet_native_exit
 from llm_tflite.errors import ContextLengthError, InvalidArgumentError, ModelFileError, RuntimeFailure
 from llm_tflite.litert.flatbuffer import release_mapped_file
-from llm_tflite.litert.metadata import CACHE_AXES
+from llm_tflite.litert.metadata import CACHE_AXES, stored_cache_shape
 from llm_tflite.runtime.engine import ModelFile, SequenceEngine
 from llm_tflite.runtime.host_memory import host_view
 
@@ -228,9 +228,11 @@ class PrefillDecodeEngine(SequenceEngine):
         if missing:
             raise ModelFileError(f"{path!r} lacks signatures {missing}; re-convert it")
         self.has_hidden_states = bool(metadata.get("hidden_states", False))
-        self._check_graph(metadata, path)
+        shapes = self._check_graph(metadata, path)
+        #: Each cache's shape (``[1, heads, slots, dim]`` in the "bnth" layout, however the file stores it:
+        #: ``stored_cache_shape``) and type.
         self.cache_specs = {
-            name: (tuple(detail["shape"]), np.dtype(detail["dtype"]))
+            name: (tuple(shapes[name]), np.dtype(detail["dtype"]))
             for name, detail in self.input_details["decode"].items() if name.startswith("kv_cache_")
         }
         #: Each cache's axis over positions (slots).
@@ -380,8 +382,9 @@ class PrefillDecodeEngine(SequenceEngine):
             "shapes": {key: tuple(self.output_details[name][key]["shape"]) for key in outputs},
         }
 
-    def _check_graph(self, metadata: dict, path) -> None:
-        """The signatures' tensors must be what the record says: a mismatch would generate garbage."""
+    def _check_graph(self, metadata: dict, path) -> dict[str, list[int]]:
+        """The signatures' tensors must be what the record says: a mismatch would generate garbage. Returns
+        each cache's shape (as the graph computes with it; the file may store it otherwise)."""
         spec = metadata["kv_cache"]
         heads, dim, context = spec["num_kv_heads"], spec["head_dim"], self.context_length
         shapes = {}  # cache name -> shape; a local layer's may be shorter (a ring: llm_tflite.families.ops.Ring)
@@ -391,6 +394,8 @@ class PrefillDecodeEngine(SequenceEngine):
             for name in [f"kv_cache_{kind}_{i}{scale}" for scale in ("", "_scale")[:1 + quantized] for kind in "kv"]:
                 sizes = {"batch": 1, "heads": heads, "slots": length, "dim": 1 if name.endswith("_scale") else dim}
                 shapes[name] = [sizes[axis] for axis in _cache_axes(layout, name)]
+        logical, shapes = shapes, {name: stored_cache_shape(shape, context, spec.get("rings_as_context", False))
+                                   for name, shape in shapes.items()}
         types = {name: "int8" if quantized and not name.endswith("_scale") else "float32" for name in shapes}
         caches = list(shapes)
         cache_shape = shapes["kv_cache_k_0"]
@@ -421,6 +426,7 @@ class PrefillDecodeEngine(SequenceEngine):
                         or list(outputs[row_cache_name(c, b)]["shape"]) != shapes[c] for c in caches for b in range(rows)):
                 raise ModelFileError(f"{path!r}: signature {name!r} does not match the file's record ({rows} rows, "
                                      f"cache {cache_shape}); the file is damaged or inconsistent, re-convert it")
+        return logical
 
     # -- sequence state: cache buffers ---------------------------------------------
     def new_state(self) -> State:
@@ -676,8 +682,10 @@ class Sequence:
         """Run signature ``name`` on one chunk: ``logits`` (and ``hidden_states``); ``last``: a
         ``prompt_{L}``'s input."""
         inputs = dict(tokens=tokens, input_pos=input_pos, **({} if last is None else {"last": last}))
-        if self.observer is not None:
-            self.observer(name, {**inputs, **self.engine.read_state(self.caches)})
+        if self.observer is not None:  # the caches as the signature takes them (``stored_cache_shape``)
+            details = self.engine.input_details[name]
+            self.observer(name, {**inputs, **{key: value.reshape(details[key]["shape"])
+                                              for key, value in self.engine.read_state(self.caches).items()}})
         return self.engine.call(name, dict(inputs, caches=self.caches))
 
     def _check_open(self) -> None:
