@@ -251,6 +251,17 @@ def test_ring_cache_options_are_checked_and_context_shaped_rings_fill_whole_rows
         stored_cache_shape([1, 1, 640, 256], 1000, True)  # 163,840 values are not rows of 1,000
 
 
+def test_a_bundle_keeps_a_ring_only_where_it_halves_the_cache(tiny, tmp_path):
+    """Stored context-shaped, a ring costs two copies a call (the graph's reshapes): at a 96-token context
+    a 56-slot ring would not halve the cache, so a bundle keeps the naive layout there."""
+    lm, _ = tiny("gemma3")
+    path = tmp_path / "short.tflite"
+    Converter(context_length=96, prefill_lengths=(8, 32), ring_caches="litertlm").convert(lm, str(path), family="gemma3")
+    record = read_metadata(path)
+    assert record["kv_cache"]["lengths"] == [96] * 6 and "rings_as_context" not in record["kv_cache"]
+    assert record["format"] == 5
+
+
 @pytest.mark.parametrize("rings", [True, "litertlm"])
 def test_gemma3_local_layers_keep_only_their_window(tiny, tmp_path, rings):
     """Gemma 3's local layers (window 24) keep 24 + 32 slots (window plus the longest chunk) instead of
