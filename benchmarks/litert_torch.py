@@ -15,7 +15,9 @@ LiteRT-LM's engine (``litert_lm.Benchmark``, CPU, 2 threads, prefill 64 / 128 / 
 the same prompt are compared. Prints a Markdown table. Not a CI test: run it alone on the machine.
 
 Setting up litert-torch (see issue 24): ``python3 -m venv build/litert-torch-venv``, then
-``build/litert-torch-venv/bin/pip install torch==2.14.1 litert-torch==0.10.0 transformers``.
+``build/litert-torch-venv/bin/pip install torch==2.14.1 litert-torch==0.10.0 "transformers==5.24.*"``
+(with 5.25 its Gemma 3 patch fails to import: "Function `apply_rotary_pos_emb` is not decorated
+with @use_kernel_forward_from_hub").
 Its ``export_hf`` imports ``tensorflow.lite.python.schema_py_generated`` without depending on
 TensorFlow; this script puts a module re-exporting ``ai_edge_litert.schema_py_generated`` under
 that name on its ``PYTHONPATH``.
