@@ -316,15 +316,18 @@ def test_a_stream_collected_by_a_thread_holding_the_schedulers_lock_neither_hang
 
     sequence = runner.sequence()
     steps = sequence.generate(sequence.feed_last(ids), greedy, list(ids), 30, set())
-    assert next(steps)[0] is not None and next(steps)[0] is not None
+    taken = [next(steps)[0], next(steps)[0]]
     box = [steps]
     del steps
     assert collected_holding_the_lock(box).wait(10), "the collected stream waited for the scheduler"
-    deadline = time.time() + 10
-    while engine._queue.generations and time.time() < deadline:  # let go at the next step
-        time.sleep(0.01)
+    # fed again at once, it waits for the scheduler to hand it back, rewound: the plain loop's logits
+    logits = sequence.feed_last(taken[1:])
     assert not engine._queue.generations and sequence.generation is None
-    assert sequence.position == sequence.fed == len(ids) + 1  # two tokens taken, the first fed
+    assert sequence.position == sequence.fed == len(ids) + 2  # two tokens taken and fed
+    plain = InterpreterRunner(batched_file).sequence()
+    plain.feed_last(ids)
+    plain.feed_last(taken[:1])
+    np.testing.assert_array_equal(logits, plain.feed_last(taken[1:]))
 
     spares = len(engine.inner._spares)
     steps = engine.sample_tokens(ids, 30, greedy, set())  # its own sequence, closed when it ends

@@ -278,6 +278,15 @@ def test_gemma3_local_layers_keep_only_their_window(tiny, tmp_path, rings):
     assert record["kv_cache"]["lengths"] == [56] * 5 + [128]
     assert record["kv_cache"].get("rings_as_context", False) == (rings == "litertlm")
     assert record["format"] == (6 if rings == "litertlm" else 5)
+    if rings == "litertlm":  # a record claiming it where it cannot hold is refused
+        from llm_tflite.litert.metadata import validate_record
+
+        for bad in ({"kv_cache": {**record["kv_cache"], "rings_as_context": "false"}}, {"format": 5},
+                    {"kv_cache_layout": "transposed"},
+                    {"kv_cache": {**record["kv_cache"], "lengths": [128] * 6}},
+                    {"kv_cache": {**record["kv_cache"], "dtype": "int8"}}):
+            with pytest.raises(ModelFileError, match="rings_as_context"):
+                validate_record({**record, **bad}, "f")
     stored = [1, 1, 128, 2 * 56 * 64 // 128] if rings == "litertlm" else [1, 2, 56, 64]  # 2 heads x 56 slots x 64
     details = InterpreterRunner(ring_path).engine.input_details
     assert all(list(details[name]["kv_cache_k_0"]["shape"]) == stored for name in ("decode", "prefill_32"))

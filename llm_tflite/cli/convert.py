@@ -134,7 +134,8 @@ def add_commands(cli) -> None:
     p.add_argument("--no-ring-caches", action="store_true",
                    help="prefill_decode: local (sliding-window) layers keep a cache of the whole context, not "
                    "their window plus the longest prefill (with --format litertlm the rings are stored in "
-                   "context-length-shaped buffers: LiteRT-LM 0.18 takes the shortest cache as its token limit)")
+                   "context-length-shaped buffers, LiteRT-LM 0.18 taking the shortest cache as its token limit, "
+                   "and kept only where a ring is at most half the context)")
     p.add_argument("--kv-cache", choices=KV_CACHE_TYPES, default="float32",
                    help="prefill_decode: the caches' type; int8 keeps one float32 scale per slot and head beside "
                    "int8 values: about a quarter of the memory (not for LiteRT-LM)")

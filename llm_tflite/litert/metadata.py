@@ -286,6 +286,14 @@ def validate_record(record, where: str = "this file") -> dict:
                  f"{QUANTIZED_CACHE_FORMAT})")
         _require(record.get("kv_cache_layout") in (None, *KV_CACHE_LAYOUTS), where,
                  f"'kv_cache_layout' must be one of {', '.join(KV_CACHE_LAYOUTS)}")
+        context, as_context = record["context_length"], cache.get("rings_as_context", False)
+        rings = [n * cache["num_kv_heads"] * cache["head_dim"] for n in lengths if n < context]
+        _require(as_context is False or (as_context is True and fmt >= RINGS_AS_CONTEXT_FORMAT and rings
+                                         and all(size % context == 0 for size in rings)
+                                         and record.get("kv_cache_layout") == "bnth"
+                                         and cache.get("dtype", "float32") == "float32"), where,
+                 "'kv_cache' rings_as_context must be true or false; true (from format "
+                 f"{RINGS_AS_CONTEXT_FORMAT}) for float32 'bnth' caches with rings whose size the context divides")
     else:
         _require(_is_int(record.get("max_length"), 1, 1 << 20), where, "'max_length' must be a positive integer")
     return record

@@ -94,7 +94,8 @@ class _Generation:
         sequence = self.sequence
         kept = min(sequence.position - self.start, self.resumed)
         sequence.position, sequence.fed = self.start + kept, self.fed + kept
-        sequence.generation = None  # no cycle: a sequence dropped gives its caches back at once
+        if sequence.generation is self:  # no cycle: a sequence dropped gives its caches back at once
+            sequence.generation = None
 
     def let_go(self) -> None:
         """(The scheduler, holding the queue's lock) no step touches its sequence any more."""
@@ -176,16 +177,19 @@ class _Queue:
     def take_generations(self) -> list[_Generation]:
         """(Holding ``cond``, between two steps) the generations with a token to pick this step; the
         ended and cancelled ones leave (released: their threads may go on with their sequences)."""
-        running, ready = [], []
-        for generation in self.generations:
-            if generation.ended or generation.cancelled:
-                generation.let_go()
-                continue
-            running.append(generation)
-            if generation.runnable():
-                ready.append(generation)
-        self.generations = running
-        return ready
+        while True:
+            running, ready = [], []
+            for generation in self.generations:
+                if generation.ended or generation.cancelled:
+                    generation.let_go()
+                    continue
+                running.append(generation)
+                if generation.runnable():
+                    ready.append(generation)
+            self.generations = running
+            # a stream collected meanwhile in this thread stopped one of them, and woke nobody
+            if not any(generation.cancelled for generation in running):
+                return ready
 
 
 def _fail(jobs, error) -> None:
@@ -441,8 +445,21 @@ class BatchedSequence(Sequence):
         return twin
 
     def close(self) -> None:
+        self._settle()
         if not self.batching.close_sequence(self):
             super().close()
+
+    def _check_open(self) -> None:
+        self._settle()
+        super()._check_open()
+
+    def _settle(self) -> None:
+        """A stream of this sequence collected mid-step (``BatchingEngine.stop``, deferred): wait until the
+        scheduler hands the sequence back, unless this is such a collection (or the scheduler) again."""
+        generation = self.generation
+        if generation is not None and generation.deferred and not _collecting() \
+                and threading.current_thread() is not self.batching._thread:
+            generation.released.wait()
 
     def generate(self, logits, choose, history: list, limit: int, stops):
         """``Sequence.generate``, its loop in the scheduler thread: the tokens come as the steps pick them
@@ -454,8 +471,9 @@ class BatchedSequence(Sequence):
         self._check_open()
         if limit < 1:  # as the plain loop: nothing to pick
             return
-        self.generation = generation = _Generation(self, logits.reshape(-1), choose, history, limit, stops)
+        generation = _Generation(self, logits.reshape(-1), choose, history, limit, stops)
         self.batching.start(generation)
+        self.generation = generation
         try:
             while True:
                 item = generation.items.get()
