@@ -70,6 +70,8 @@ def stored_cache_shape(shape, context_length: int, rings_as_context: bool) -> li
         raise ModelFileError(f"a ring cache of shape {shape} cannot be stored in [1, 1, {context_length}, n]: "
                              "the file is damaged or inconsistent, re-convert it")
     return [1, 1, context_length, size // context_length]
+
+
 #: The caches' types (``Converter(kv_cache=...)``, the record's ``kv_cache.dtype``).
 KV_CACHE_TYPES = ("float32", "int8")
 CHECKSUM_KEY = "sha256"
