@@ -6,7 +6,12 @@ writes: ``[1, 1, C, heads * R * D / C]``, ``litert.metadata.stored_cache_shape``
 ``--no-ring-caches`` (every layer holds the whole context). Then runs both in LiteRT-LM's engine
 (``litert_lm.Benchmark``, CPU, 2 threads, prefill 64 and 2,048 tokens, 100 decode tokens,
 ``max_num_tokens`` the context), ``--rounds`` interleaved rounds, and prints each file's KV-cache
-bytes and the median tokens/s. Not a CI test: run it alone on the machine (docs/performance.md).
+bytes and the median tokens/s, then the second file's per-round ratios to the first's (their median
+and range: LiteRT-LM's rate moves a lot from one call to the next).
+
+``--files A B`` measures two existing bundles instead (e.g. litert-torch's and ours,
+``benchmarks/litert_torch.py``'s work directory; ``--prefills 512 --rounds 8``). Not a CI test: run
+it alone on the machine (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PREFILLS = (64, 2048)
 
 
 def convert(path: str, context: int, ring: bool) -> str:
@@ -30,14 +34,19 @@ def convert(path: str, context: int, ring: bool) -> str:
     return path
 
 
-def cache_bytes(path: str) -> int:
-    """Bytes of one sequence's KV caches (the record's shapes, however the file stores them)."""
+def cache_bytes(path: str) -> str:
+    """MB of one sequence's KV caches (the record's shapes, however the file stores them); "?" for a
+    file without our record (litert-torch's)."""
     import numpy as np
 
     from llm_tflite import InterpreterRunner
+    from llm_tflite.errors import LLMTFLiteError
 
-    specs = InterpreterRunner(path, weight_cache="memory").engine.cache_specs
-    return sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in specs.values())
+    try:
+        specs = InterpreterRunner(path, weight_cache="memory").engine.cache_specs
+    except LLMTFLiteError:
+        return "?"
+    return f"{sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in specs.values()) / 1e6:.1f} MB"
 
 
 def speed(path: str, prefill: int, context: int) -> tuple[float, float]:
@@ -52,25 +61,37 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--context-length", type=int, default=4096)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--prefills", default="64,2048", help="prompt lengths (default 64,2048)")
+    parser.add_argument("--files", nargs=2, help="two existing .litertlm bundles to measure instead")
     parser.add_argument("--work", default=os.path.join(ROOT, "build", "litertlm_rings"))
     args = parser.parse_args(argv)
-    os.makedirs(args.work, exist_ok=True)
-    files = {name: convert(os.path.join(args.work, f"gemma3_270m_{name}_{args.context_length}.litertlm"),
-                           args.context_length, name == "rings") for name in ("naive", "rings")}
-    results = {(name, p): [] for name in files for p in PREFILLS}
+    prefills = [int(n) for n in args.prefills.split(",")]
+    if args.files:
+        files = {os.path.relpath(path): path for path in args.files}
+    else:
+        os.makedirs(args.work, exist_ok=True)
+        files = {name: convert(os.path.join(args.work, f"gemma3_270m_{name}_{args.context_length}.litertlm"),
+                               args.context_length, name == "rings") for name in ("naive", "rings")}
+    results = {(name, p): [] for name in files for p in prefills}
     for _ in range(args.rounds):
-        for prefill in PREFILLS:
+        for prefill in prefills:
             for name, path in files.items():  # interleaved
                 results[name, prefill].append(speed(path, prefill, args.context_length))
-    print(f"| Gemma 3 270M dynamic int8, context {args.context_length:,}, LiteRT-LM | KV caches | "
-          + " | ".join(f"prefill {p} tok/s | decode after {p} tok/s" for p in PREFILLS) + " |")
-    print("| --- | ---: |" + " ---: | ---: |" * len(PREFILLS))
+    print(f"| context {args.context_length:,}, LiteRT-LM | KV caches | "
+          + " | ".join(f"prefill {p} tok/s | decode after {p} tok/s" for p in prefills) + " |")
+    print("| --- | ---: |" + " ---: | ---: |" * len(prefills))
     for name, path in files.items():
         cells = []
-        for prefill in PREFILLS:
+        for prefill in prefills:
             runs = results[name, prefill]
             cells += [f"{statistics.median(r[0] for r in runs):,.0f}", f"{statistics.median(r[1] for r in runs):.1f}"]
-        print(f"| {name} | {cache_bytes(path) / 1e6:.1f} MB | " + " | ".join(cells) + " |")
+        print(f"| {name} | {cache_bytes(path)} | " + " | ".join(cells) + " |")
+    first, second = files
+    for prefill in prefills:
+        for what, i in (("prefill", 0), ("decode", 1)):
+            ratios = [b[i] / a[i] for a, b in zip(results[first, prefill], results[second, prefill])]
+            print(f"{second} / {first}, {what} at {prefill}: per-round ratios median {statistics.median(ratios):.2f}, "
+                  f"{min(ratios):.2f}-{max(ratios):.2f}")
     return 0
 
 

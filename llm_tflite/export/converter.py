@@ -321,7 +321,7 @@ class Converter:
             context-length-shaped buffers, which LiteRT-LM 0.18 runs to the file's context
             (``litert.metadata.stored_cache_shape``; float32 caches only), for rings of at most half
             the context (the graph's reshapes copy them: Gemma 3 270M in LiteRT-LM, 640-slot rings,
-            decodes 1.37x the naive layout at a 4,096 context and level at 1,024).
+            decodes 1.37x the naive layout at a 4,096 context and 0.92x at 1,024).
         kv_cache: ``prefill_decode`` mode: the caches' type, ``"float32"`` (default) or ``"int8"``: int8
             values with one float32 scale per slot and head (``families.ops.Quantized``), about a
             quarter of the memory and of what a step reads late in the context. LiteRT-LM cannot run
