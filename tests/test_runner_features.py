@@ -101,6 +101,47 @@ def test_the_draw_is_the_first_token_whose_running_sum_passes_the_uniform_number
             draw(bad, 0.5)
 
 
+def test_rows_chosen_together_get_the_tokens_their_own_samplers_give():
+    """A batched server picks its rows' tokens at once (``choose_rows``): each row's token and its
+    generator's draws must be those of its own sampler's call, whatever the other rows hold: GPT-2's
+    vocabulary, temperatures from 0.05 to 3, top-k of 1, 5 and 50, greedy, ties, logits up to 100 and
+    -inf; rows whose chain is not one operation over all rows (top-p, min-p, penalties, a subclass, a
+    plain function) are left to their own call (None), and a row that cannot be drawn gets its error."""
+    from llm_tflite.runtime.sampling import choose_rows
+
+    class Lowest(Sampler):
+        pass
+
+    configs = [dict(name="random", temperature=0.8), dict(name="random", temperature=1.0), dict(name="top_k"),
+               dict(name="top_k", top_k=5, temperature=1.3), dict(name="greedy"), dict(name="random", temperature=0.05),
+               dict(name="top_k", top_k=1), dict(name="random", temperature=3.0), dict(name="top_k", top_k=5)]
+    alone = [Sampler(seed=i, **c) for i, c in enumerate(configs)]
+    together = [Sampler(seed=i, **c) for i, c in enumerate(configs)]
+    rng = np.random.default_rng(3)
+    for step in range(120):
+        logits = (rng.standard_normal((len(configs), 50257)) * [1, 5, 30, 100][step % 4]).astype(np.float32)
+        if step % 5 == 0:
+            logits[:, :300] = logits[:, 300:600]  # ties
+        if step % 7 == 0:
+            logits[:, rng.integers(50257, size=40)] = -np.inf
+        expected = [sampler(row, [1, 2]) for sampler, row in zip(alone, logits)]
+        assert choose_rows(together, list(logits)) == expected, step
+    assert [s.rng.random() for s in alone] == [s.rng.random() for s in together]
+
+    others = [Sampler("top_p", seed=1), Sampler("random", min_p=0.1, seed=1), Sampler("random", repetition_penalty=1.2),
+              Sampler("random", presence_penalty=0.5), Lowest("random"), lambda logits, history: 0]
+    logits = rng.standard_normal((len(others) + 1, 50)).astype(np.float32)
+    assert choose_rows(others + [Sampler("greedy")], list(logits)) == [None] * len(others) + [int(np.argmax(logits[-1]))]
+    assert choose_rows([Sampler("random", seed=1)], [logits[0].astype(np.float64)]) == [None]  # not float32: its own call
+
+    bad = np.full(50, np.nan, np.float32)
+    failed, fine = choose_rows([Sampler("random", seed=0), Sampler("random", seed=0)], [bad, logits[0]])
+    assert isinstance(failed, RuntimeFailure) and "not finite" in str(failed)
+    assert fine == Sampler("random", seed=0)(logits[0])
+    with pytest.raises(RuntimeFailure, match="not finite"):
+        Sampler("random", seed=0)(bad)
+
+
 def test_penalties(runner):
     logits = np.array([2.0, 1.9, -1.0])
     assert Sampler("greedy", repetition_penalty=2.0)(logits, [0]) == 1  # 2.0 / 2 < 1.9

@@ -7,7 +7,7 @@ filters and chat state, exactly as without batching; its ``BatchedSequence``'s c
 loop of its generation (``Sequence.generate``), run in one scheduler thread, which
 
 - picks each running generation's next token with the generation's own sampler (``choose``) from
-  the logits of the last step, hands it to the generation's thread, and decodes all of them as
+  the logits of the last step (the built-in samplers' rows all at once: ``sampling.choose_rows``), hands it to the generation's thread, and decodes all of them as
   ``decode_rows`` calls: one, unless rows far apart in the context cost less as a call per decode
   window (``_calls``), and at most the largest batch the file has per call. Nothing waits for the
   generations' threads: their text (detokenizing, stop strings, filters, a server's stream) is
@@ -35,6 +35,7 @@ import numpy as np
 from llm_tflite.errors import InvalidArgumentError, RuntimeFailure
 from llm_tflite.runtime.engine import SequenceEngine
 from llm_tflite.runtime.prefill_decode import CALL_COST, PrefillDecodeEngine, Sequence
+from llm_tflite.runtime.sampling import choose_rows
 
 #: How many tokens a generation's loop runs ahead of its thread (which makes their text): a thread
 #: that falls this far behind pauses its generation (and one that stops early, on a stop string or a
@@ -113,12 +114,15 @@ class _Generation:
         self.delivered += 1
         self.items.put(item)
 
-    def step(self):
+    def step(self, chosen=None):
         """The next token (``Sequence.generate``'s rule), handed to the thread; the ``_Job`` that feeds
-        it, or None when the generation ended."""
+        it, or None when the generation ended. ``chosen``: the token ``choose`` gives for these logits
+        (or its error), picked with the other rows' (``sampling.choose_rows``)."""
         logits, self.logits = self.logits, None
         try:
-            token = int(self.choose(logits, self.history))
+            if isinstance(chosen, BaseException):
+                raise chosen
+            token = int(self.choose(logits, self.history) if chosen is None else chosen)
         except BaseException as e:  # noqa: BLE001 - the generation's thread raises it, as its own loop would
             self._put(e)
             return None
@@ -241,9 +245,14 @@ def _prompt_chunks(waiting: list[_Job]) -> list[_Job]:
 
 
 def _run_step(engine, generations, decodes, prefills) -> None:
-    for generation in generations:  # each one's next token, and the call that feeds it
+    try:  # the built-in samplers' tokens all at once
+        chosen = choose_rows([generation.choose for generation in generations],
+                             [generation.logits for generation in generations])
+    except Exception:  # noqa: BLE001 - each generation's own call then raises it (or not) for its thread
+        chosen = [None] * len(generations)
+    for generation, token in zip(generations, chosen):  # each one's next token, and the call that feeds it
         try:
-            job = generation.step()
+            job = generation.step(token)
         except BaseException as e:  # noqa: BLE001 - its thread raises it; the others go on
             generation._put(RuntimeFailure(f"the batching scheduler failed: {type(e).__name__}: {e}"))
             continue

@@ -309,25 +309,92 @@ def draw(weights: np.ndarray, u: float, temperature=None) -> int:
         >>> draw(np.array([0.0, 1.0, 0.0, 3.0]), 0.2), draw(np.array([0.0, 1.0, 0.0, 3.0]), 0.3)
         (1, 3)
     """
-    full = weights.size - weights.size % DRAW_BLOCK
-    sums = weights[:full].reshape(-1, DRAW_BLOCK).sum(axis=1, dtype=np.float64)
-    if full < weights.size:
-        sums = np.append(sums, weights[full:].sum(dtype=np.float64))
-    np.cumsum(sums, out=sums)
-    total = sums[-1]
-    if not (np.isfinite(total) and total > 0):  # choice refused them; the search would give token 0
-        raise RuntimeFailure(f"the next-token probabilities are not finite (temperature {temperature!r}, "
-                             "logits from the model); use a larger temperature or sampler='greedy', and if it "
-                             "persists, check or re-convert the file")
-    target = u * total
-    if target >= total:  # u rounded up to the total: the last token with any weight
-        return int(np.flatnonzero(weights)[-1])
-    block = int(sums.searchsorted(target, side="right"))  # its running sum rises past target: weight > 0
-    start = block * DRAW_BLOCK
-    inside = np.cumsum(weights[start : start + DRAW_BLOCK], dtype=np.float64)
-    # the first token of the block whose running sum passes what is left of target (rounding may leave
-    # a hair below 0, or at the block's end: then its first, or last, token with weight)
-    i = int(inside.searchsorted(max(target - (sums[block - 1] if block else 0.0), 0.0), side="right"))
-    if i == inside.size:
-        i = int(np.flatnonzero(weights[start : start + DRAW_BLOCK])[-1])
-    return start + i
+    token = _draw_rows(np.asarray(weights).reshape(1, -1), [u], [temperature])[0]
+    if isinstance(token, RuntimeFailure):
+        raise token
+    return token
+
+
+def _draw_rows(weights: np.ndarray, us, temperatures) -> list:
+    """``draw`` for each row of ``weights`` ``[rows, vocab]`` with its own ``us[i]``: the block sums of every
+    row in one pass, then each row's search; a row whose total is not a positive finite number gives its
+    ``RuntimeFailure`` instead of a token. One code path for one row and many, so a row draws the same
+    token in a batch as alone."""
+    rows, size = weights.shape
+    full = size - size % DRAW_BLOCK
+    sums = weights[:, :full].reshape(rows, -1, DRAW_BLOCK).sum(axis=2, dtype=np.float64)
+    if full < size:
+        sums = np.concatenate([sums, weights[:, full:].sum(axis=1, dtype=np.float64, keepdims=True)], axis=1)
+    np.cumsum(sums, axis=1, out=sums)
+    tokens = []
+    for row, (u, row_sums) in enumerate(zip(us, sums)):
+        total = row_sums[-1]
+        if not (np.isfinite(total) and total > 0):  # choice refused them; the search would give token 0
+            tokens.append(RuntimeFailure(
+                f"the next-token probabilities are not finite (temperature {temperatures[row]!r}, logits from the "
+                "model); use a larger temperature or sampler='greedy', and if it persists, check or re-convert the file"))
+            continue
+        row_weights = weights[row]
+        target = u * total
+        if target >= total:  # u rounded up to the total: the last token with any weight
+            tokens.append(int(np.flatnonzero(row_weights)[-1]))
+            continue
+        block = int(row_sums.searchsorted(target, side="right"))  # its running sum rises past target: weight > 0
+        start = block * DRAW_BLOCK
+        inside = np.cumsum(row_weights[start : start + DRAW_BLOCK], dtype=np.float64)
+        # the first token of the block whose running sum passes what is left of target (rounding may leave
+        # a hair below 0, or at the block's end: then its first, or last, token with weight)
+        i = int(inside.searchsorted(max(target - (row_sums[block - 1] if block else 0.0), 0.0), side="right"))
+        if i == inside.size:
+            i = int(np.flatnonzero(row_weights[start : start + DRAW_BLOCK])[-1])
+        tokens.append(start + i)
+    return tokens
+
+
+def _batchable(chooser) -> bool:
+    """Whether ``choose_rows`` computes ``chooser``'s tokens: the built-in chain (not a subclass) without
+    penalties, top-p or min-p, whose steps are each one operation over every row."""
+    return type(chooser) is Sampler and chooser.repetition_penalty == 1.0 and not chooser.frequency_penalty \
+        and not chooser.presence_penalty and (chooser.deterministic or (
+            (chooser.top_p is None or chooser.top_p >= 1) and not chooser.min_p))
+
+
+def choose_rows(choosers, logits) -> list:
+    """The next token of several generations at once (a batched server's step): ``choosers[i](logits[i],
+    history)`` for each row whose chooser ``_batchable`` takes, computed as a few operations over all of
+    them (the same token, and the same draw from its generator, as its own call; it never reads the
+    history, which no such chooser uses). ``None`` for the other rows: call their choosers. A row whose
+    draw fails gives its ``RuntimeFailure``.
+
+    One call of the chain per row is about ten array operations, each letting go of the GIL; a server's
+    other threads (its streams' text, its event loop) take it meanwhile, and 8 rows took 2.5 ms a step
+    instead of 0.4."""
+    found = [None] * len(choosers)
+    picked = [i for i, chooser in enumerate(choosers) if _batchable(chooser) and
+              isinstance(logits[i], np.ndarray) and logits[i].dtype == np.float32 and logits[i].ndim == 1]
+    if not picked or len({logits[i].size for i in picked}) > 1:
+        return found
+    greedy = [i for i in picked if choosers[i].deterministic]
+    if greedy:
+        for i, token in zip(greedy, np.argmax(np.stack([logits[i] for i in greedy]), axis=1)):
+            found[i] = int(token)
+    sampled = [i for i in picked if not choosers[i].deterministic]
+    if not sampled:
+        return found
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # what is not finite is refused in the draw
+        temperatures = np.array([[choosers[i].temperature] for i in sampled], np.float32)
+        weights = np.divide(np.stack([logits[i] for i in sampled]), temperatures, dtype=np.float32)
+        for k in {choosers[i].top_k for i in sampled} - {None}:
+            if k >= weights.shape[1]:
+                continue
+            rows = [row for row, i in enumerate(sampled) if choosers[i].top_k == k]
+            part = weights[rows]
+            cutoffs = np.partition(part, -k, axis=1)[:, -k:-k + 1 or None]
+            part[part < cutoffs] = -np.inf
+            weights[rows] = part
+        weights -= weights.max(axis=1, keepdims=True)
+        np.exp(weights, out=weights)
+    tokens = _draw_rows(weights, [choosers[i].rng.random() for i in sampled], [choosers[i].temperature for i in sampled])
+    for i, token in zip(sampled, tokens):
+        found[i] = token
+    return found
