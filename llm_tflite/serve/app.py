@@ -225,7 +225,9 @@ async def _event_stream(request, make_stream, render):
     and a request the runner refuses (4xx: bad messages, a context error, an invalid schema) answer
     with their status, as OpenAI's API does; only failures mid-stream become an error event. The
     stream runs in a ``_Pump``; a client that leaves stops the generation; the runner goes back to
-    the pool however it ends."""
+    the pool however it ends. A client that leaves is noticed by the response itself (Starlette
+    listens for the disconnect, or the next write fails), which stops the pump; asking
+    ``request.is_disconnected()`` after every token cost the event loop a cancel scope a token."""
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import StreamingResponse
 
@@ -249,8 +251,6 @@ async def _event_stream(request, make_stream, render):
                     return
                 for event in render(item, None):
                     yield _sse(event)
-                if await request.is_disconnected():
-                    return
         except LLMTFLiteError as e:
             yield _sse({"error": {"type": type(e).__name__, "message": str(e)}})
         except Exception as e:  # noqa: BLE001 - headers are sent: end the stream with an event, not a cut
