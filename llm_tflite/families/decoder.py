@@ -84,8 +84,33 @@ def llama_style_block(layer, **attention) -> Block:
 
 
 def keras_rope(layer) -> Callable:
-    """``rope(x, positions)`` of a KerasHub ``RotaryEmbedding`` layer (any of its scaling variants)."""
-    return lambda x, positions: layer(x, positions=positions)
+    """``rope(x, positions)`` of a KerasHub ``RotaryEmbedding`` layer (any of its scaling variants).
+
+    The layer's own cos and sin tables (its base, scaling and YaRN factor), applied with fewer ops than
+    its ``call``: KerasHub turns ``(-x2, x1)`` into a negation, a stack and a reshape, here it is one
+    concatenation ``(x2, x1)`` times ``sin`` with the sign folded in (the same values: a sign flip is
+    exact), 2 ops fewer per call, 4 per layer (Gemma 3 270M's decode: 1,334 ops). A subclass that
+    rotates otherwise, other axes or another dtype run the layer itself."""
+    from keras_hub.src.layers.modeling.rotary_embedding import RotaryEmbedding
+
+    kind = type(layer)
+    if not isinstance(layer, RotaryEmbedding) or kind.call is not RotaryEmbedding.call or \
+            kind._apply_rotary_pos_emb is not RotaryEmbedding._apply_rotary_pos_emb or \
+            (layer.sequence_axis, layer.feature_axis) != (1, -1):
+        return lambda x, positions: layer(x, positions=positions)
+
+    def rope(x, positions):
+        import tensorflow as tf
+
+        if x.dtype != layer.compute_dtype or x.shape.rank != 4:
+            return layer(x, positions=positions)
+        cos, sin = layer._compute_cos_sin_embedding(x, 0, positions)
+        half = x.shape[-1] // 2
+        x1, x2 = tf.split(x, 2, axis=-1)
+        signs = tf.constant([-1.0] * half + [1.0] * half, sin.dtype)
+        return x * cos + tf.concat([x2, x1], axis=-1) * (sin * signs)
+
+    return rope
 
 
 def run_blocks(blocks: list[Block], x, input_pos, caches):
