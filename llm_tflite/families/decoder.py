@@ -102,7 +102,7 @@ def keras_rope(layer) -> Callable:
     def rope(x, positions):
         import tensorflow as tf
 
-        if x.dtype != layer.compute_dtype or x.shape.rank != 4:
+        if not isinstance(x, tf.Tensor) or x.dtype != layer.compute_dtype or x.shape.rank != 4:
             return layer(x, positions=positions)
         cos, sin = layer._compute_cos_sin_embedding(x, 0, positions)
         half = x.shape[-1] // 2

@@ -225,9 +225,10 @@ async def _event_stream(request, make_stream, render):
     and a request the runner refuses (4xx: bad messages, a context error, an invalid schema) answer
     with their status, as OpenAI's API does; only failures mid-stream become an error event. The
     stream runs in a ``_Pump``; a client that leaves stops the generation; the runner goes back to
-    the pool however it ends. A client that leaves is noticed by the response itself (Starlette
-    listens for the disconnect, or the next write fails), which stops the pump; asking
-    ``request.is_disconnected()`` after every token cost the event loop a cancel scope a token."""
+    the pool however it ends. A client that leaves is noticed by the response itself, which stops
+    the pump: Starlette listens for the disconnect (uvicorn speaks ASGI 2.3), and a server on ASGI
+    2.4 or later raises on the next write. Asking ``request.is_disconnected()`` after every token
+    cost the event loop a cancel scope a token."""
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import StreamingResponse
 
