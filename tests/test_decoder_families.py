@@ -374,3 +374,28 @@ def test_gemma_norm_scales_are_added_once_when_binding_not_at_every_step(tiny, t
     assert _constant_arithmetic(folded.read_bytes()) == 0
     assert _constant_arithmetic(kept.read_bytes()) >= 4 * TINY["gemma3"]["num_layers"]  # per signature, per norm
     assert "decode" in assert_signatures_compute_the_same(folded.read_bytes(), kept.read_bytes())
+
+
+def test_rope_with_the_layers_tables_equals_the_layer_bit_for_bit():
+    """``keras_rope`` rotates with the layer's own cos/sin tables and one concatenation (fewer ops than the
+    layer's call): the same values, bit for bit, for linear, scaled, YaRN and Llama 3 layers, positions
+    of one row or a batch; anything else (numpy input) runs the layer itself."""
+    import tensorflow as tf
+    from keras_hub.src.layers.modeling.rotary_embedding import RotaryEmbedding
+    from keras_hub.src.models.llama.llama_rotary_embedding import LlamaRotaryEmbedding
+
+    from llm_tflite.families.decoder import keras_rope
+
+    rng = np.random.default_rng(0)
+    layers = [RotaryEmbedding(max_wavelength=10000), RotaryEmbedding(max_wavelength=1_000_000, scaling_factor=8.0),
+              RotaryEmbedding(rope_type="yarn", scaling_factor=4.0, truncate=True, original_max_position_embeddings=64),
+              LlamaRotaryEmbedding(max_wavelength=500000, frequency_adjustment_factor=32.0, low_freq_factor=1.0,
+                                   high_freq_factor=4.0, pretraining_sequence_length=8192)]
+    x = rng.standard_normal((1, 7, 4, 64)).astype(np.float32)
+    for layer in layers:
+        rope = keras_rope(layer)
+        for positions in (tf.constant([3, 4, 5, 6, 7, 8, 900]), tf.constant([[0, 1, 2, 3, 4, 5, 6]])):
+            expected = layer(tf.constant(x), positions=positions).numpy()
+            assert np.array_equal(rope(tf.constant(x), positions).numpy(), expected), (layer.rope_type, positions)
+        assert np.array_equal(np.asarray(rope(x, tf.constant([0, 1, 2, 3, 4, 5, 6]))),
+                              layer(x, positions=tf.constant([0, 1, 2, 3, 4, 5, 6])).numpy())
