@@ -332,7 +332,7 @@ def _one_token_context(probs, value_cache):
     as a broadcast product ``[kv_heads, group, C, D]`` summed over ``C`` (int8 values cast, their per-slot
     scales weighting the probabilities first)."""
     values, scales = _values_and_scales(value_cache)
-    if probs.shape.rank == 3:  # _one_token_scores' [1, H, C] (one query head per key head): [1, H, D]
+    if probs.shape.rank == 3 and scales is None:  # _one_token_scores' [1, H, C] (float, one query head per key head)
         return tf.reduce_sum(tf.reshape(probs, [*probs.shape, 1]) * values, axis=2)
     (_, heads, slots, dim), group = values.shape, probs.shape[2]
     if scales is not None:

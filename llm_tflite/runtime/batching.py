@@ -7,9 +7,10 @@ filters and chat state, exactly as without batching; its ``BatchedSequence``'s c
 loop of its generation (``Sequence.generate``), run in one scheduler thread, which
 
 - picks each running generation's next token with the generation's own sampler (``choose``) from
-  the logits of the last step (the built-in samplers' rows all at once: ``sampling.choose_rows``), hands it to the generation's thread, and decodes all of them as
-  ``decode_rows`` calls: one, unless rows far apart in the context cost less as a call per decode
-  window (``_calls``), and at most the largest batch the file has per call. Nothing waits for the
+  the logits of the last step (the built-in samplers' rows all at once: ``sampling.choose_rows``),
+  hands it to the generation's thread, and decodes all of them as ``decode_rows`` calls: one,
+  unless rows far apart in the context cost less as a call per decode window (``_calls``), and at
+  most the largest batch the file has per call. Nothing waits for the
   generations' threads: their text (detokenizing, stop strings, filters, a server's stream) is
   made while the next step runs, at most ``AHEAD`` tokens behind;
 - runs the next chunk of waiting prompts between two decode steps, as many prompts' as fit
