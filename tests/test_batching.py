@@ -265,7 +265,9 @@ def test_a_failing_step_fails_its_callers_and_the_scheduler_goes_on(batched_file
 def test_a_generation_closed_early_leaves_its_sequence_where_the_plain_loop_would(batched_file):
     """The scheduler runs a generation's loop ahead of its thread (at most ``AHEAD`` tokens, also when
     the thread reads slowly); closed after its k-th token, the sequence holds what the plain loop's
-    would: the prompt and k - 1 tokens, and feeding it goes on with the same logits."""
+    would: the prompt and k - 1 tokens, and feeding it goes on with the same logits. The caller's
+    history and sampler are left as the plain loop leaves them too: a sampler object used for the next
+    generation draws the same tokens batched or not."""
     from llm_tflite.runtime.batching import AHEAD
     from llm_tflite.runtime.sampling import Sampler
 
@@ -274,17 +276,21 @@ def test_a_generation_closed_early_leaves_its_sequence_where_the_plain_loop_woul
     for taken in (1, 3):
         loops = []
         for runner in (plain, batched):
-            sequence = runner.sequence()
+            sequence, sampler, history = runner.sequence(), Sampler("random", temperature=0.9, seed=5), list(ids)
             logits = sequence.feed_last(ids)
-            steps = sequence.generate(logits, Sampler("random", temperature=0.9, seed=5), list(ids), 30, set())
+            steps = sequence.generate(logits, sampler, history, 30, set())
             tokens = [next(steps)[0] for _ in range(taken)]
             if runner is batched:
                 time.sleep(0.3)  # a slow reader: its generation waits for it
                 assert len(ids) + taken - 1 < sequence.position <= len(ids) + taken + AHEAD
             steps.close()
             assert sequence.position == len(ids) + taken - 1 and sequence.fed == len(ids) + taken - 1
-            loops.append((tokens, sequence.feed_last(tokens[-1:])))
-        assert loops[0][0] == loops[1][0]
+            assert history == ids + tokens
+            logits = sequence.feed_last(tokens[-1:])
+            again = [token for token, _ in sequence.generate(logits, sampler, history, 5, set())]
+            loops.append((tokens, logits, again, history, sampler.rng.random()))
+        assert loops[0][0] == loops[1][0] and loops[0][2] == loops[1][2] and loops[0][3] == loops[1][3]
+        assert loops[0][4] == loops[1][4]
         np.testing.assert_array_equal(loops[0][1], loops[1][1])
 
 

@@ -75,7 +75,8 @@ class _Generation:
     (or an exception) from ``items`` as they come."""
 
     __slots__ = ("sequence", "logits", "choose", "history", "count", "limit", "stops", "items", "delivered",
-                 "taken", "ended", "cancelled", "released", "start", "fed", "resumed", "deferred", "close_after")
+                 "taken", "ended", "cancelled", "released", "start", "fed", "resumed", "deferred", "close_after",
+                 "history_start", "rng", "states")
 
     def __init__(self, sequence, logits, choose, history, limit, stops):
         self.sequence, self.logits, self.choose, self.history = sequence, logits, choose, history
@@ -89,13 +90,33 @@ class _Generation:
         #: its thread stopped without waiting for the release (``BatchingEngine.stop``): the scheduler
         #: hands the sequence back (and closes it, ``close_after``) when it lets go
         self.deferred = self.close_after = False
+        # what a sampler object the caller uses again must not see of the tokens drawn ahead: the history's
+        # length, and its generator's state before each draw its thread has not taken yet
+        self.history_start = len(history)
+        rng = getattr(choose, "rng", None)
+        self.rng = rng if isinstance(rng, np.random.Generator) else None
+        self.states = []  # (draw number, the generator's state before it)
+
+    def remember(self) -> None:
+        """(The scheduler, before this step's draw) keep the generator's state, for ``hand_back``."""
+        if self.rng is not None:
+            if len(self.states) > AHEAD + 1:
+                del self.states[0]
+            self.states.append((self.delivered, self.rng.bit_generator.state))
 
     def hand_back(self) -> None:
         """(The sequence no longer in a step) leave it where the plain loop's would be: the tokens
-        its thread took but the last fed (``resumed``), and only the feeds that succeeded."""
+        its thread took but the last fed (``resumed``), and only the feeds that succeeded; the caller's
+        history and its sampler's generator as after the last token taken (a sampler object used again
+        draws what it would unbatched)."""
         sequence = self.sequence
         kept = min(sequence.position - self.start, self.resumed)
         sequence.position, sequence.fed = self.start + kept, self.fed + kept
+        if self.delivered > self.taken:  # drawn ahead: the history and generator as after the last token taken
+            del self.history[self.history_start + self.taken:]
+            for number, state in self.states:
+                if number == self.taken:
+                    self.rng.bit_generator.state = state
         if sequence.generation is self:  # no cycle: a sequence dropped gives its caches back at once
             sequence.generation = None
 
@@ -246,6 +267,8 @@ def _prompt_chunks(waiting: list[_Job]) -> list[_Job]:
 
 
 def _run_step(engine, generations, decodes, prefills) -> None:
+    for generation in generations:
+        generation.remember()
     try:  # the built-in samplers' tokens all at once
         chosen = choose_rows([generation.choose for generation in generations],
                              [generation.logits for generation in generations])
