@@ -410,12 +410,17 @@ def test_generate_mode_text_its_tokenizer_cannot_round_trip(tiny_generate_file, 
 
 
 def test_a_sampler_refuses_probabilities_that_are_not_finite():
-    """A temperature so small that logits / temperature overflow, or a logit that is not finite, leaves
-    no distribution to draw from: a typed error, never token 0 drawn silently."""
+    """A logit that is not finite, or a scale that makes one, leaves no distribution to draw from: a typed
+    error, never token 0 drawn silently. A temperature so small that logits / temperature would overflow
+    (1e-80 is 0 in float32) is refused when the sampler is made, with what to use instead."""
     from llm_tflite.errors import RuntimeFailure
-    from llm_tflite.runtime.sampling import Sampler
+    from llm_tflite.runtime.sampling import MIN_TEMPERATURE, Sampler
 
-    for sampler, logits in ((Sampler("random", temperature=1e-310, seed=0), np.array([1.0, 2.0, 3.0])),
+    for tiny in (1e-310, 2.6e-80, MIN_TEMPERATURE / 2):
+        with pytest.raises(InvalidArgumentError, match="temperature must be a finite number >= 1e-06.*greedy"):
+            Sampler("random", temperature=tiny)
+    assert Sampler("random", temperature=MIN_TEMPERATURE, seed=0)(np.array([1.0, 2.0, 3.0], np.float32)) == 2
+    for sampler, logits in ((Sampler("random", seed=0), np.array([1.0, np.inf, 3.0])),
                             (Sampler("random", seed=0), np.array([1.0, np.nan, 3.0])),
                             (Sampler("top_k", top_k=2, seed=0), np.array([1.0, np.inf, 3.0])),
                             (Sampler("top_k", top_k=2, seed=0), np.array([1.0, np.nan, 0.5, 0.2]))):

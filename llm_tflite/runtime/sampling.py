@@ -43,6 +43,10 @@ GENERATE_SAMPLERS = ("greedy", "top_k", "top_p")
 
 #: Sampler settings used when none are given: the one home of these defaults (runner, CLI, export).
 TEMPERATURE, TOP_K, TOP_P = 1.0, 50, 0.9
+#: The smallest temperature: the logits are divided by it in float32, and far smaller ones overflow
+#: them (1e-80 is 0 in float32), leaving no distribution; below it sampling is the argmax anyway
+#: unless two logits are within a millionth.
+MIN_TEMPERATURE = 1e-6
 NUM_BEAMS, LENGTH_PENALTY = 5, 0.0
 CONTRASTIVE_K, PENALTY_ALPHA = 5, 0.6
 
@@ -134,8 +138,8 @@ class Sampler(TokenSampler):
         super().__init__(seed=seed)
         if not isinstance(name, str) or name not in SAMPLERS:
             raise InvalidArgumentError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS + SEARCHES)}")
-        if not _is_number(temperature) or not math.isfinite(temperature) or temperature <= 0:
-            raise InvalidArgumentError(f"temperature must be a finite number > 0, got {temperature!r} "
+        if not _is_number(temperature) or not math.isfinite(temperature) or temperature < MIN_TEMPERATURE:
+            raise InvalidArgumentError(f"temperature must be a finite number >= {MIN_TEMPERATURE:g}, got {temperature!r} "
                                        "(use sampler='greedy' for deterministic output)")
         if top_k is None and name == "top_k":
             top_k = TOP_K
