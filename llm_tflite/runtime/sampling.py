@@ -114,7 +114,7 @@ class Sampler(TokenSampler):
         name: ``greedy`` (argmax after penalties), ``random`` (sample; ``temperature`` is an alias),
             ``top_k`` (sample among the ``top_k`` most likely; default 50) or ``top_p`` (sample
             among the most likely tokens whose probability reaches ``top_p``; default 0.9).
-        temperature: divides the logits before sampling (> 0).
+        temperature: divides the logits before sampling (at least ``MIN_TEMPERATURE``, 1e-6).
         top_k, top_p, min_p: filters; any can be set with any sampling name (``None``: off,
             except the one the name implies). ``min_p`` keeps tokens at least ``min_p`` times
             as likely as the most likely one.
