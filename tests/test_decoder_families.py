@@ -380,6 +380,8 @@ def test_rope_with_the_layers_tables_equals_the_layer_bit_for_bit():
     """``keras_rope`` rotates with the layer's own cos/sin tables and one concatenation (fewer ops than the
     layer's call): the same values, bit for bit, for linear, scaled, YaRN and Llama 3 layers, positions
     of one row or a batch; anything else (numpy input) runs the layer itself."""
+    import collections
+
     import tensorflow as tf
     from keras_hub.src.layers.modeling.rotary_embedding import RotaryEmbedding
     from keras_hub.src.models.llama.llama_rotary_embedding import LlamaRotaryEmbedding
@@ -399,3 +401,10 @@ def test_rope_with_the_layers_tables_equals_the_layer_bit_for_bit():
             assert np.array_equal(rope(tf.constant(x), positions).numpy(), expected), (layer.rope_type, positions)
         assert np.array_equal(np.asarray(rope(x, tf.constant([0, 1, 2, 3, 4, 5, 6]))),
                               layer(x, positions=tf.constant([0, 1, 2, 3, 4, 5, 6])).numpy())
+    # the fewer ops: the rotation's negation and stack are gone (the tables' own ops stay)
+    spec = (tf.TensorSpec([1, 7, 4, 64]), tf.TensorSpec([7], tf.int32))
+    ours, theirs = (collections.Counter(op.type for op in tf.function(f).get_concrete_function(*spec).graph
+                                        .get_operations())
+                    for f in (keras_rope(layers[0]), lambda x, p: layers[0](x, positions=p)))
+    assert (ours["Neg"], ours["Pack"]) == (theirs["Neg"] - 1, theirs["Pack"] - 1)
+    assert sum(ours.values()) < sum(theirs.values())

@@ -26,6 +26,7 @@ draws the same tokens as the unbatched loop: the same sampler sees the same logi
 
 from __future__ import annotations
 
+import collections
 import gc
 import queue as queues
 import threading
@@ -95,13 +96,11 @@ class _Generation:
         self.history_start = len(history)
         rng = getattr(choose, "rng", None)
         self.rng = rng if isinstance(rng, np.random.Generator) else None
-        self.states = []  # (draw number, the generator's state before it)
+        self.states = collections.deque(maxlen=AHEAD + 2)  # (draw number, the generator's state before it)
 
     def remember(self) -> None:
         """(The scheduler, before this step's draw) keep the generator's state, for ``hand_back``."""
         if self.rng is not None:
-            if len(self.states) > AHEAD + 1:
-                del self.states[0]
             self.states.append((self.delivered, self.rng.bit_generator.state))
 
     def hand_back(self) -> None:
