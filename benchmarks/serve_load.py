@@ -156,11 +156,13 @@ def main() -> int:
     gguf, bin_dir = llama_cpp.gpt2_gguf("Q8_0"), llama_cpp.tools()
     path = args.file
     if path == FILE and path.exists():  # converted by an older version: its defaults (decode windows) may differ
-        from llm_tflite.export.converter import default_decode_windows
+        from llm_tflite.export.converter import default_batch_windows, default_decode_windows
         from llm_tflite.litert.metadata import read_metadata
 
         record = read_metadata(str(path))
-        if record.get("decode_windows") != default_decode_windows(record["context_length"], batched=True):
+        context = record["context_length"]
+        if record.get("decode_windows") != default_decode_windows(context, batched=True) or \
+                record.get("decode_batch_windows") != default_batch_windows(context):
             path.unlink()
     if path == FILE and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

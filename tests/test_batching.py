@@ -48,6 +48,7 @@ def alone(runner, ids, steps):
 def test_record_and_signatures(batched_file):
     runner = InterpreterRunner(batched_file)
     assert runner.metadata["decode_batch_sizes"] == [2, 4]
+    assert runner.metadata["decode_batch_windows"] == [32, 64]  # windows given: the batched signatures get those
     names = set(runner.engine.input_details)
     assert {"decode_batch_2", "decode_batch_2_window_32", "decode_batch_4_window_64"} <= names
     inputs = runner.engine.input_details["decode_batch_4"]
@@ -98,6 +99,35 @@ def test_rows_with_int8_caches_decode_the_logits_of_each_sequence_alone(tiny_gpt
         for sequence in sequences:
             sequence.position += 1
     assert sequences[1].position > 32
+
+
+def test_rows_in_batched_windows_between_the_decode_windows_decode_each_sequence_alone(tiny_gpt2_dir, tmp_path):
+    """By default a batched file's ``decode_batch`` signatures also attend over the windows halfway between
+    its decode windows (48 and 96 at context 128), while a sequence alone uses 32, 64 and the whole cache.
+    Rows crossing all of them give their logits alone, bit for bit: XNNPACK's softmax sums a row in an
+    order that depends on its length (``families.ops._softmax`` pads a row to a power of two)."""
+    path = tmp_path / "auto_windows_batched.tflite"
+    Converter(context_length=128, prefill_lengths=(4, 16), batch_sizes=(2,)).convert(str(tiny_gpt2_dir), str(path))
+    runner = InterpreterRunner(path, weight_cache="memory")
+    engine = runner.engine
+    assert runner.metadata["decode_windows"] == [32, 64]
+    assert runner.metadata["decode_batch_windows"] == [32, 48, 64, 96]
+    assert [engine.decode_batch_signature(2, p) for p in (31, 32, 47, 48, 70, 96)] == [
+        "decode_batch_2_window_32", "decode_batch_2_window_48", "decode_batch_2_window_48",
+        "decode_batch_2_window_64", "decode_batch_2_window_96", "decode_batch_2"]
+    prompts = [runner.encode(PROMPTS[0]), (runner.encode(PROMPTS[2]) * 8)[:30]]
+    expected = [alone(runner, ids, 80) for ids in prompts]
+    sequences = [runner.sequence() for _ in prompts]
+    logits = [s.feed(ids)[-1] for s, ids in zip(sequences, prompts)]
+    pad = engine.new_state()
+    for step in range(80):
+        for row, (_, step_logits) in enumerate(expected):
+            np.testing.assert_array_equal(logits[row], step_logits[step], err_msg=f"row {row}, step {step}")
+        logits = list(engine.decode_rows([s.caches for s in sequences], [t[step] for t, _ in expected],
+                                         [s.position for s in sequences], pad))
+        for sequence in sequences:
+            sequence.position += 1
+    assert sequences[1].position > 96
 
 
 def test_concurrent_generations_decode_together_with_unbatched_outputs(batched_file):
@@ -176,6 +206,28 @@ def test_a_record_with_bad_batch_sizes_is_refused(batched_file, tmp_path):
     for bad in ([1], [64], ["4"], 4):
         with pytest.raises(ModelFileError, match="decode_batch_sizes"):
             validate_record({**record, "decode_batch_sizes": bad}, "f")
+    for bad in ([0], [record["context_length"]], ["48"], 48):
+        with pytest.raises(ModelFileError, match="decode_batch_windows"):
+            validate_record({**record, "decode_batch_windows": bad}, "f")
+
+
+def test_files_without_batch_windows_batch_over_their_decode_windows_and_listed_ones_must_exist(batched_file,
+                                                                                                 tmp_path):
+    """Files written before ``decode_batch_windows``: their batched signatures have the decode windows. A
+    record listing a batched window the file lacks is refused, typed."""
+    data = batched_file.read_bytes()
+    record = read_metadata_from_bytes(data)
+    record.pop("sha256", None)
+    older = {key: value for key, value in record.items() if key != "decode_batch_windows"}
+    path = tmp_path / "older.tflite"
+    path.write_bytes(add_metadata(data, older))
+    engine = InterpreterRunner(path, weight_cache="memory").engine
+    assert engine.batch_windows == [32, 64]
+    assert [engine.decode_batch_signature(2, p) for p in (20, 40, 64)] == [
+        "decode_batch_2_window_32", "decode_batch_2_window_64", "decode_batch_2"]
+    path.write_bytes(add_metadata(data, {**record, "decode_batch_windows": [32, 48, 64]}))
+    with pytest.raises(ModelFileError, match="lacks signatures.*decode_batch_2_window_48"):
+        InterpreterRunner(path)
 
 
 def test_a_record_listing_missing_batch_signatures_is_refused(tiny_tflite, tmp_path):

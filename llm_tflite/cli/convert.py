@@ -142,7 +142,8 @@ def add_commands(cli) -> None:
     p.add_argument("--decode-windows", type=int_list,
                    help="prefill_decode: decode signatures that attend over the first W cache slots only, used while "
                    "the position is below W, and (W up to a quarter of the context) prefill ones for prompt chunks that end within W (default: 128, "
-                   "256, ... below the context, from 32 with --batch-sizes; '' for none)")
+                   "256, ... below the context, from 32 with --batch-sizes, whose batched signatures also get 48, "
+                   "96, ...; '' for none)")
     p.add_argument("--batch-sizes", type=int_list,
                    help="prefill_decode: decode signatures for B sequences at once, e.g. 4,8 (what serve --parallel "
                    "uses to serve many users; default none)")

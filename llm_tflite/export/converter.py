@@ -49,6 +49,19 @@ def default_decode_windows(context_length: int, batched: bool = False) -> list[i
     return windows
 
 
+def default_batch_windows(context_length: int) -> list[int]:
+    """Windows of the ``decode_batch_{B}`` signatures by default: the batched file's decode windows (32,
+    64, 128, ...) and halfway between each and the next (48, 96, 192, ...), below the context. A batched
+    step attends over the window of its furthest row for every row, which costs most of what a step
+    adds per row: 8 rows of GPT-2 124M ``dynamic_int8`` took 7-8 % less time a step at position 40
+    (window 48, not 64) and 70 (96, not 128), ``benchmarks/step_ab.py`` in both orders. One sequence
+    gained 2 % at position 70 (window 96), so its own windows stay powers of two (each also brings
+    window prefill and prompt signatures). 15 more signatures at 1,024 tokens with batch sizes 2, 4, 8
+    (59 in all): conversion about a minute longer."""
+    windows = default_decode_windows(context_length, batched=True)
+    return sorted({*windows, *(w + w // 2 for w in windows if w + w // 2 < context_length)})
+
+
 #: Room a file needs beyond its weights' bytes: graph, biases, a tied embedding held twice while
 #: converting (GPT-2's token embedding is about 5% of GPT-2 XL).
 SIZE_MARGIN = 1.15
@@ -330,7 +343,8 @@ class Converter:
             slots only, used while the position is below ``W`` (default ``"auto"``: 128, 256, ...
             below the context, from 32 with ``batch_sizes``; ``()`` for none); for a window of at most a quarter of the context,
             each prefill length below ``W`` gets a ``window_{W}_prefill_{L}`` too, for prompt chunks
-            that end within ``W``.
+            that end within ``W``. With ``"auto"``, the batched signatures also get the windows halfway
+            between (48, 96, ...: ``default_batch_windows``); with a list, they get its windows.
         max_length: ``generate`` mode: total tokens (prompt + continuation).
         sampler: ``generate`` mode: ``greedy``, ``top_k`` or ``top_p``.
         seed: ``generate`` mode: seed of a random sampler.
@@ -608,7 +622,8 @@ class Converter:
             if as_context and min(kv_cache.get("lengths", [context_length])) < context_length:
                 kv_cache["rings_as_context"] = True  # a format-5 reader would find the shapes wrong
                 record["format"] = RINGS_AS_CONTEXT_FORMAT
-            windows = [w for w in (default_decode_windows(context_length, bool(self.batch_sizes)) if self.decode_windows == "auto"
+            auto = self.decode_windows == "auto"
+            windows = [w for w in (default_decode_windows(context_length, bool(self.batch_sizes)) if auto
                                    else self.decode_windows) if w < context_length]
             record.update(
                 context_length=context_length,
@@ -629,6 +644,8 @@ class Converter:
                 default_sampler="greedy",
                 hidden_states=self.hidden_states,
             )
+            if self.batch_sizes:  # the decode_batch_{B} signatures' windows (readers without it: the decode windows)
+                record["decode_batch_windows"] = default_batch_windows(context_length) if auto else windows
         else:
             record.update(context_length=self.max_length, max_length=self.max_length,
                           default_sampler=self.sampler, seed=self.seed, sampler_settings=self.sampler_settings)
@@ -662,7 +679,8 @@ class Converter:
         spec = self._kv_cache_spec(fam, lm)
         extra = weight_names(weights) if weights is not None else []
         table = signatures(metadata["prefill_lengths"], metadata["decode_windows"], metadata["decode_batch_sizes"],
-                           metadata["score_lengths"], metadata["prefill_windows"], metadata["prompt_lengths"])
+                           metadata["score_lengths"], metadata["prefill_windows"], metadata["prompt_lengths"],
+                           metadata.get("decode_batch_windows"))
         for key, (length, window, rows, logits, last) in table.items():
             logger.debug("convert: tracing %s", key)
             hidden = self.hidden_states and not last

@@ -257,7 +257,7 @@ def validate_record(record, where: str = "this file") -> dict:
         scores = record.get("score_lengths", [] if fmt < 3 else None)
         _require(isinstance(scores, list) and all(_is_int(n, 1, record["context_length"]) for n in scores), where,
                  "'score_lengths' must be a list of lengths 1..context_length")
-        for key in ("decode_windows", "prefill_windows"):
+        for key in ("decode_windows", "prefill_windows", "decode_batch_windows"):
             windows = record.get(key, [])
             _require(isinstance(windows, list) and all(_is_int(w, 1, record["context_length"] - 1) for w in windows),
                      where, f"'{key}' must be a list of windows 1..context_length-1")

@@ -224,6 +224,8 @@ class PrefillDecodeEngine(SequenceEngine):
         self.prompt_lengths = sorted(int(n) for n in metadata.get("prompt_lengths", []))
         #: ``decode_batch_{B}`` signatures: ``decode_rows`` runs up to the largest at once
         self.batch_sizes = sorted(int(b) for b in metadata.get("decode_batch_sizes", []))
+        #: Their windows (files before ``decode_batch_windows``: the decode windows).
+        self.batch_windows = sorted(int(w) for w in metadata.get("decode_batch_windows", self.decode_windows))
         missing = [s for s in [*self._signature_lengths(), *self._batch_signatures()] if s not in self.input_details]
         if missing:
             raise ModelFileError(f"{path!r} lacks signatures {missing}; re-convert it")
@@ -284,7 +286,7 @@ class PrefillDecodeEngine(SequenceEngine):
 
     def _batch_signatures(self) -> dict[str, int]:
         """The batched decode signatures the record lists, and the rows each takes."""
-        return {decode_batch_name(b, w): b for b in self.batch_sizes for w in [None, *self.decode_windows]}
+        return {decode_batch_name(b, w): b for b in self.batch_sizes for w in [None, *self.batch_windows]}
 
     def _signature_lengths(self) -> dict[str, int]:
         """The signatures the record lists, and the tokens each takes."""
@@ -336,9 +338,14 @@ class PrefillDecodeEngine(SequenceEngine):
         window = self.decode_window(position)
         return "decode" if window is None else f"decode_window_{window}"
 
+    def batch_window(self, position: int) -> int | None:
+        """The smallest batched decode window above ``position`` (the cheapest batched call for rows
+        whose furthest position is ``position``), or None."""
+        return next((w for w in self.batch_windows if position < w), None)
+
     def decode_batch_signature(self, rows: int, position: int) -> str:
         """The ``decode_batch_{rows}`` signature for rows whose furthest position is ``position``."""
-        return decode_batch_name(rows, self.decode_window(position))
+        return decode_batch_name(rows, self.batch_window(position))
 
     def batch_rows(self, count: int) -> int:
         """The rows of the batched signature that decodes ``count`` sequences: the smallest size that
