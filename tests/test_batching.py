@@ -130,6 +130,49 @@ def test_rows_in_batched_windows_between_the_decode_windows_decode_each_sequence
     assert sequences[1].position > 96
 
 
+def test_a_call_reuses_its_buffers_binding_only_for_the_same_states_in_the_same_order(batched_file):
+    """``_bind`` keeps the runtime's arrays of recent calls' buffers: the same state objects in the same
+    order (and signature) get them again; other states, another order or a state made anew do not, and
+    at most ``BINDINGS`` are kept. Sequences taking turns on one engine still decode their own logits."""
+    from llm_tflite.runtime.prefill_decode import BINDINGS
+
+    runner = InterpreterRunner(batched_file, weight_cache="memory")
+    engine = runner.engine
+    a, b, c = engine.new_state(), engine.new_state(), engine.new_state()
+    others = [engine.new_state() for _ in range(BINDINGS + 1)]
+    io = engine._signature_buffers("decode_batch_2")
+    with engine._lock:
+        first = engine._bind("decode_batch_2", io, [a, b])
+        assert engine._bind("decode_batch_2", io, [a, b]) is first
+        assert engine._bind("decode_batch_2", io, [b, a]) is not first
+        assert engine._bind("decode_batch_2", io, [a, c]) is not first
+        for other in others:
+            engine._bind("decode_batch_2", io, [a, other])
+        assert len(engine._bindings) == BINDINGS
+        assert engine._bind("decode_batch_2", io, [a, b]) is not first  # dropped, made again
+    prompts = [runner.encode(p) for p in PROMPTS[:3]]
+    expected = [alone(runner, ids, 8)[1] for ids in prompts]
+    sequences = [runner.sequence() for _ in prompts]
+    logits = [s.feed(ids)[-1] for s, ids in zip(sequences, prompts)]
+    steps = [0, 0, 0]
+    pad = engine.new_state()
+    for turn in range(9):  # in turn: one alone, two in a changing order, all three
+        rows = [[turn % 3], [(turn + 1) % 3, turn % 3], [2, 0, 1]][turn % 3]
+        for row in rows:
+            np.testing.assert_array_equal(logits[row], expected[row][steps[row]])
+        tokens = [int(logits[row].argmax()) for row in rows]
+        if len(rows) == 1:
+            logits[rows[0]] = sequences[rows[0]].feed(tokens)[-1]
+        else:
+            decoded = engine.decode_rows([sequences[row].caches for row in rows], tokens,
+                                         [sequences[row].position for row in rows], pad)
+            for row, row_logits in zip(rows, decoded):
+                logits[row] = row_logits
+                sequences[row].position += 1
+        for row in rows:
+            steps[row] += 1
+
+
 def test_concurrent_generations_decode_together_with_unbatched_outputs(batched_file):
     """Seven threads (more than the largest batch): greedy and seeded random texts equal the
     unbatched runner's, and the steps carried several rows."""

@@ -322,6 +322,11 @@ class NativeModel:
     def run_by_name(self, signature: str, inputs: dict, outputs: dict) -> None:
         """Run ``signature`` on buffers by name (an input's buffer may also be an output's: updated
         in place); the GIL is released while it runs."""
+        self.run_bound(self.bind(signature, inputs, outputs))
+
+    def bind(self, signature: str, inputs: dict, outputs: dict) -> tuple:
+        """``signature``'s buffers by name as the C arrays ``run_bound`` passes: made once, run many
+        times. Holds no buffer: the caller keeps them alive while it runs the binding."""
         found = self._signatures.get(signature)
         if found is None:
             raise ValueError(f"no signature {signature!r}")
@@ -332,11 +337,15 @@ class NativeModel:
             raise ValueError(f"signature {signature!r} needs a buffer for {e.args[0]!r}") from None
         except AttributeError:
             raise ValueError("buffers from another binding cannot run on this model") from None
-        ins, outs = (_H * len(ins))(*ins), (_H * len(outs))(*outs)
+        return signature, found["index"], (_H * len(ins))(*ins), (_H * len(outs))(*outs)
+
+    def run_bound(self, bound: tuple) -> None:
+        """Run a ``bind``'s signature on its buffers; the GIL is released while it runs."""
+        signature, index, ins, outs = bound
         with self._lock:
             if not self.handle:
                 raise RuntimeError("the model is closed")
-            status = self.lib.LiteRtRunCompiledModel(self.handle, found["index"], len(ins), ins, len(outs), outs)
+            status = self.lib.LiteRtRunCompiledModel(self.handle, index, len(ins), ins, len(outs), outs)
         if status:
             raise RuntimeError(f"running {signature!r} failed: {_STATUS.get(status, 'status')} ({status})")
 
