@@ -45,6 +45,23 @@ def alone(runner, ids, steps):
     return tokens, all_logits
 
 
+def rows_against_alone(runner, prompts, steps):
+    """Decode ``prompts``' sequences together (``decode_rows``) for ``steps`` greedy steps, each row's logits
+    checked equal to its sequence's alone, bit for bit; the sequences."""
+    expected = [alone(runner, ids, steps) for ids in prompts]
+    sequences = [runner.sequence() for _ in prompts]
+    logits = [s.feed(ids)[-1] for s, ids in zip(sequences, prompts)]
+    pad = runner.engine.new_state()
+    for step in range(steps):
+        for row, (_, step_logits) in enumerate(expected):
+            np.testing.assert_array_equal(logits[row], step_logits[step], err_msg=f"row {row}, step {step}")
+        logits = list(runner.engine.decode_rows([s.caches for s in sequences], [t[step] for t, _ in expected],
+                                                [s.position for s in sequences], pad))
+        for sequence in sequences:
+            sequence.position += 1
+    return sequences
+
+
 def test_record_and_signatures(batched_file):
     runner = InterpreterRunner(batched_file)
     assert runner.metadata["decode_batch_sizes"] == [2, 4]
@@ -62,20 +79,9 @@ def test_rows_decode_the_logits_of_each_sequence_alone(batched_file, count):
     rows (1 in a batch of 2, 1 in a batch of 4): every row's logits equal its sequence's alone,
     bit for bit."""
     runner = InterpreterRunner(batched_file, weight_cache="memory")
-    engine = runner.engine
     prompts = [runner.encode(p) for p in PROMPTS[:count]]
     prompts[-1] = (prompts[-1] * 8)[:26]  # this one passes positions 32 and 64 within 48 steps
-    expected = [alone(runner, ids, 48) for ids in prompts]
-    sequences = [runner.sequence() for _ in prompts]
-    logits = [s.feed(ids)[-1] for s, ids in zip(sequences, prompts)]
-    pad = engine.new_state()
-    for step in range(48):
-        for row, (tokens, step_logits) in enumerate(expected):
-            np.testing.assert_array_equal(logits[row], step_logits[step])
-        tokens = [tokens[step] for tokens, _ in expected]
-        logits = list(engine.decode_rows([s.caches for s in sequences], tokens, [s.position for s in sequences], pad))
-        for sequence in sequences:
-            sequence.position += 1
+    sequences = rows_against_alone(runner, prompts, 48)
     assert max(s.position for s in sequences) > 64
 
 
@@ -87,17 +93,7 @@ def test_rows_with_int8_caches_decode_the_logits_of_each_sequence_alone(tiny_gpt
         str(tiny_gpt2_dir), str(path))
     runner = InterpreterRunner(path, weight_cache="memory")
     prompts = [runner.encode(PROMPTS[0]), (runner.encode(PROMPTS[2]) * 4)[:28]]
-    expected = [alone(runner, ids, 12) for ids in prompts]
-    sequences = [runner.sequence() for _ in prompts]
-    logits = [s.feed(ids)[-1] for s, ids in zip(sequences, prompts)]
-    pad = runner.engine.new_state()
-    for step in range(12):
-        for row, (_, step_logits) in enumerate(expected):
-            np.testing.assert_array_equal(logits[row], step_logits[step])
-        logits = list(runner.engine.decode_rows([s.caches for s in sequences], [t[step] for t, _ in expected],
-                                                [s.position for s in sequences], pad))
-        for sequence in sequences:
-            sequence.position += 1
+    sequences = rows_against_alone(runner, prompts, 12)
     assert sequences[1].position > 32
 
 
@@ -116,17 +112,7 @@ def test_rows_in_batched_windows_between_the_decode_windows_decode_each_sequence
         "decode_batch_2_window_32", "decode_batch_2_window_48", "decode_batch_2_window_48",
         "decode_batch_2_window_64", "decode_batch_2_window_96", "decode_batch_2"]
     prompts = [runner.encode(PROMPTS[0]), (runner.encode(PROMPTS[2]) * 8)[:30]]
-    expected = [alone(runner, ids, 80) for ids in prompts]
-    sequences = [runner.sequence() for _ in prompts]
-    logits = [s.feed(ids)[-1] for s, ids in zip(sequences, prompts)]
-    pad = engine.new_state()
-    for step in range(80):
-        for row, (_, step_logits) in enumerate(expected):
-            np.testing.assert_array_equal(logits[row], step_logits[step], err_msg=f"row {row}, step {step}")
-        logits = list(engine.decode_rows([s.caches for s in sequences], [t[step] for t, _ in expected],
-                                         [s.position for s in sequences], pad))
-        for sequence in sequences:
-            sequence.position += 1
+    sequences = rows_against_alone(runner, prompts, 80)
     assert sequences[1].position > 96
 
 
