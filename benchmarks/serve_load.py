@@ -143,7 +143,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--plot", help="write the throughput plot (PNG) here")
     parser.add_argument("--file", type=pathlib.Path, default=FILE,
-                        help="our file (converted as above when it is the default and missing)")
+                        help="our file (converted as above when it is the default and missing, or written with "
+                        "other default windows)")
     parser.add_argument("--workers", type=int, default=1,
                         help="our runners (serve --workers), each with --parallel / workers slots and cores / workers threads")
     args = parser.parse_args()
@@ -155,7 +156,7 @@ def main() -> int:
 
     gguf, bin_dir = llama_cpp.gpt2_gguf("Q8_0"), llama_cpp.tools()
     path = args.file
-    if path == FILE and path.exists():  # converted by an older version: its defaults (decode windows) may differ
+    if path == FILE and path.exists():  # converted by an older version: its default windows may differ
         from llm_tflite.export.converter import default_batch_windows, default_decode_windows
         from llm_tflite.litert.metadata import read_metadata
 

@@ -201,12 +201,12 @@ def test_offline_preset_without_random_weights_says_what_to_do(monkeypatch):
 
 
 def test_batched_decode_rows_equal_each_sequence_alone(tiny, tmp_path):
-    """Gemma 3 (RoPE at each row's own position, local windows, soft-caps) in a ``decode_batch_2``:
-    two rows at different positions, one crossing the decode window, give their logits alone."""
+    """Gemma 3 (RoPE at each row's own position, local windows, soft-caps, query heads grouped by key
+    head) in a ``decode_batch_2``: two rows at different positions, one crossing the batched windows 64
+    and 96, give their logits alone, bit for bit."""
     lm, _ = tiny("gemma3")
     path = tmp_path / "gemma3_batched.tflite"
-    Converter(context_length=128, prefill_lengths=(8, 32), decode_windows=(64,), batch_sizes=(2,)).convert(
-        lm, str(path), family="gemma3")
+    Converter(context_length=128, prefill_lengths=(8, 32), batch_sizes=(2,)).convert(lm, str(path), family="gemma3")
     runner = InterpreterRunner(path, weight_cache="memory")
     ids = [int(i) for i in np.random.default_rng(3).integers(10, 4000, 60)]
     prompts = [ids[:5], ids[:50]]

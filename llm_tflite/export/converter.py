@@ -680,7 +680,7 @@ class Converter:
         extra = weight_names(weights) if weights is not None else []
         table = signatures(metadata["prefill_lengths"], metadata["decode_windows"], metadata["decode_batch_sizes"],
                            metadata["score_lengths"], metadata["prefill_windows"], metadata["prompt_lengths"],
-                           metadata.get("decode_batch_windows"))
+                           metadata.get("decode_batch_windows", []))
         for key, (length, window, rows, logits, last) in table.items():
             logger.debug("convert: tracing %s", key)
             hidden = self.hidden_states and not last

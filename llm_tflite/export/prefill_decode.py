@@ -232,13 +232,13 @@ class Signature(NamedTuple):
 
 
 def signatures(prefill_lengths, decode_windows=(), batch_sizes=(), score_lengths=None,
-               prefill_windows=(), prompt_lengths=(), batch_windows=None) -> dict[str, Signature]:
+               prefill_windows=(), prompt_lengths=(), batch_windows=()) -> dict[str, Signature]:
     """Each signature of a file by name: ``prefill_{L}``, ``window_{W}_prefill_{L}``, ``score_{L}``,
     ``decode``, ``decode_window_{W}``, ``decode_batch_{B}`` and ``decode_batch_{B}_window_{W}``
     (and ``prompt_{L}``, ``window_{W}_prompt_{L}`` for each of ``prompt_lengths``).
 
     ``score_lengths`` None: a file written before ``score_{L}`` existed, whose ``prefill_{L}``
-    output logits. ``batch_windows`` None: the batched signatures have the decode windows."""
+    output logits. ``batch_windows``: the ``decode_batch_{B}_window_{W}`` signatures' windows."""
     table = {f"prefill_{n}": Signature(int(n), logits=score_lengths is None) for n in prefill_lengths}
     table.update({prefill_window_name(n, w): Signature(int(n), int(w), logits=False)
                   for n in prefill_lengths for w in prefill_windows if n < w})
@@ -249,6 +249,5 @@ def signatures(prefill_lengths, decode_windows=(), batch_sizes=(), score_lengths
     table.update({decode_window_name(w): Signature(1, int(w)) for w in decode_windows})
     for rows in batch_sizes:
         table[decode_batch_name(rows)] = Signature(1, None, int(rows))
-        table.update({decode_batch_name(rows, w): Signature(1, int(w), int(rows))
-                      for w in (decode_windows if batch_windows is None else batch_windows)})
+        table.update({decode_batch_name(rows, w): Signature(1, int(w), int(rows)) for w in batch_windows})
     return table

@@ -20,6 +20,9 @@ from tensorflow.compiler.tf2xla.python import xla
 _window: list = [None]
 _last: list = [None]
 
+#: What a slot a query may not see adds to its attention score (its weight after the softmax: 0).
+MASKED = -1e9
+
 
 @contextlib.contextmanager
 def attention_window(slots: int | None):
@@ -182,7 +185,7 @@ def causal_attention(query, key_cache, value_cache, input_pos, *, scale: float |
     visible = _visible(input_pos, _slots(key_cache), sliding_window, capacity if ring else None)  # [L, C]
     if group > 1:
         visible = tf.tile(visible, [group, 1])  # [group * L, C], in the query's order
-    scores = scores + tf.where(visible, tf.constant(0.0, scores.dtype), tf.constant(-1e9, scores.dtype))
+    scores = scores + tf.where(visible, tf.constant(0.0, scores.dtype), tf.constant(MASKED, scores.dtype))
     out = _context(tf.nn.softmax(scores, axis=-1), value_cache)  # [1, kv_heads, group * L, D]
     return tf.reshape(tf.transpose(tf.reshape(out, [kv_heads, group, length, head_dim]), [2, 0, 1, 3]),
                       [1, length, num_heads, head_dim])
@@ -263,14 +266,14 @@ def _attention_repeating_caches(query, key_cache, value_cache, input_pos, group,
     scores = tf.einsum("bqhd,bhkd->bhqk", query, key_cache)
     scores = _soft_capped(scores, soft_cap)
     visible = _visible(input_pos, key_cache.shape[2], sliding_window)  # [L, C]
-    scores = tf.where(visible[None, None], scores, tf.constant(-1e9, scores.dtype))
+    scores = tf.where(visible[None, None], scores, tf.constant(MASKED, scores.dtype))
     return tf.einsum("bhqk,bhkd->bqhd", tf.nn.softmax(scores, axis=-1), value_cache)
 
 
 def _decode_attention(query, key_caches: Rows, value_caches: Rows, input_pos, scale, soft_cap, sliding_window,
                       ring: bool = False):
     """``causal_attention`` of one token per row (``query`` ``[1, rows, H, D]``), in the fewest ops: a
-    decode step runs it per layer, a batched one per layer and row. The query heads are grouped
+    decode step runs it per layer, batched or not. The query heads are grouped
     by the key head they share (no repeated caches) and scaled for all rows at once; each row's
     scores come from its own caches (two matrix products, or products and sums), the rows' scores
     are masked and normalised together (``_softmax``), each row's context comes from its own values;
@@ -290,7 +293,7 @@ def _decode_attention(query, key_caches: Rows, value_caches: Rows, input_pos, sc
     scores = [(_one_token_scores if single else _scores)(q, keys) for q, (keys, _) in zip(queries, windows)]
     scores = _soft_capped(tf.concat(scores, axis=0) if rows > 1 else scores[0], soft_cap)  # [rows, H, (group,) W]
     visible = _visible(input_pos, slots, sliding_window, capacity if ring else None)  # [rows, W]
-    bias = tf.where(visible, tf.constant(0.0, scores.dtype), tf.constant(-1e9, scores.dtype))
+    bias = tf.where(visible, tf.constant(0.0, scores.dtype), tf.constant(MASKED, scores.dtype))
     bias = bias[0] if rows == 1 else tf.reshape(bias, [rows] + [1] * (scores.shape.rank - 2) + [slots])
     probs = _softmax(scores + bias)
     probs = tf.split(probs, rows) if rows > 1 else [probs]
@@ -300,7 +303,7 @@ def _decode_attention(query, key_caches: Rows, value_caches: Rows, input_pos, sc
 
 def _softmax(scores):
     """Softmax over the last axis, computed over a power-of-two length: ``scores`` of another length are
-    padded with -1e9 (weight 0) and the padding cut off after. XNNPACK's softmax sums a row in an order
+    padded with ``MASKED`` slots (weight 0) and the padding cut off after. XNNPACK's softmax sums a row in an order
     that depends on its length, so the same visible slots gave other bits over 48 slots than over 64
     (19 of 40 random rows; a sum over a middle axis, as the context's, does not depend on it). Every
     window, batched or not, and the whole cache then give a token the same bits: a sequence decodes the
@@ -309,7 +312,7 @@ def _softmax(scores):
     padded = 1 << (length - 1).bit_length()
     if padded == length:
         return tf.nn.softmax(scores, axis=-1)
-    filler = tf.fill([*scores.shape[:-1], padded - length], tf.constant(-1e9, scores.dtype))
+    filler = tf.fill([*scores.shape[:-1], padded - length], tf.constant(MASKED, scores.dtype))
     probs = tf.nn.softmax(tf.concat([scores, filler], axis=-1), axis=-1)
     return probs[..., :length]
 

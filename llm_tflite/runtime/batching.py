@@ -9,7 +9,7 @@ loop of its generation (``Sequence.generate``), run in one scheduler thread, whi
 - picks each running generation's next token with the generation's own sampler (``choose``) from
   the logits of the last step (the built-in samplers' rows all at once: ``sampling.choose_rows``),
   hands it to the generation's thread, and decodes all of them as ``decode_rows`` calls: one,
-  unless rows far apart in the context cost less as a call per decode window (``_calls``), and at
+  unless rows far apart in the context cost less as a call per batched window (``_calls``), and at
   most the largest batch the file has per call. Nothing waits for the
   generations' threads: their text (detokenizing, stop strings, filters, a server's stream) is
   made while the next step runs, at most ``AHEAD`` tokens behind;
@@ -415,7 +415,7 @@ class BatchingEngine(SequenceEngine):
                 caches=prefill.sequence.caches)).get("logits")])
 
     def _calls(self, jobs: list[_Job]) -> list[list[_Job]]:
-        """The decode calls of one step. A call attends over the decode window of its furthest row, so
+        """The decode calls of one step. A call attends over the batched window of its furthest row, so
         rows are grouped by window, and a group joins the next larger window's call only when the
         extra attention costs less than another read of the weights (bytes moved: each row reads its
         window of every cache about three times, copy and product; a call reads the model once).
