@@ -273,12 +273,12 @@ def _attention_repeating_caches(query, key_cache, value_cache, input_pos, group,
 def _decode_attention(query, key_caches: Rows, value_caches: Rows, input_pos, scale, soft_cap, sliding_window,
                       ring: bool = False):
     """``causal_attention`` of one token per row (``query`` ``[1, rows, H, D]``), in the fewest ops: a
-    decode step runs it per layer, batched or not. The query heads are grouped
-    by the key head they share (no repeated caches) and scaled for all rows at once; each row's
-    scores come from its own caches (two matrix products, or products and sums), the rows' scores
-    are masked and normalised together (``_softmax``), each row's context comes from its own values;
-    one reshape back. (Joining the rows' windows instead, for one product over all rows, made 8 rows at
-    position 300 2.4x slower: the joined products leave the core's cache, one row's stay in it.)"""
+    decode step runs it per layer, batched or not. The query heads are grouped by the key head they
+    share (no repeated caches) and scaled for all rows at once; each row's scores come from its own
+    caches (two matrix products, or products and sums), the rows' scores are masked and normalised
+    together (``_softmax``), each row's context comes from its own values; one reshape back. (Joining
+    the rows' windows instead, for one product over all rows, made 8 rows at position 300 2.4x slower:
+    the joined products leave the core's cache, one row's stay in it.)"""
     rows, (_, _, num_heads, head_dim) = len(key_caches), query.shape
     kv_heads = _part(key_caches[0]).shape[1]
     query = tf.reshape(query, [rows, kv_heads, num_heads // kv_heads, head_dim])
@@ -303,11 +303,11 @@ def _decode_attention(query, key_caches: Rows, value_caches: Rows, input_pos, sc
 
 def _softmax(scores):
     """Softmax over the last axis, computed over a power-of-two length: ``scores`` of another length are
-    padded with ``MASKED`` slots (weight 0) and the padding cut off after. XNNPACK's softmax sums a row in an order
-    that depends on its length, so the same visible slots gave other bits over 48 slots than over 64
-    (19 of 40 random rows; a sum over a middle axis, as the context's, does not depend on it). Every
-    window, batched or not, and the whole cache then give a token the same bits: a sequence decodes the
-    same alone and in any batch."""
+    padded with ``MASKED`` slots (weight 0) and the padding cut off after. XNNPACK's softmax sums a row
+    in an order that depends on its length, so the same visible slots gave other bits over 48 slots than
+    over 64 (19 of 40 random rows in a one-op graph; a sum over a middle axis, as the context's, does not
+    depend on it). Every window, batched or not, and the whole cache then give a token the same bits: a
+    sequence decodes the same alone and in any batch."""
     length = scores.shape[-1]
     padded = 1 << (length - 1).bit_length()
     if padded == length:

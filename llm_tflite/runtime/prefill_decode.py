@@ -393,27 +393,30 @@ class PrefillDecodeEngine(SequenceEngine):
                                       caches=list(states) + [pad] * (rows - count)))
         return result["logits"].reshape(rows, -1)[:count]
 
-    def _bind(self, name: str, caches) -> tuple:
-        """(Holding the lock, after ``call`` made ``name``'s own buffers) ``name``'s buffers as the runtime's C
-        arrays: its own and ``caches``' (a state, a list of states for a batched call's rows, or a dict of
-        buffers by name). For states, the
-        arrays of the last ``BINDINGS`` calls are kept and used again while the same state objects (checked
-        by identity) come back: an 8-row call passes about 390 buffers, whose dicts and arrays took 0.19 ms
-        of the 0.41 ms of Python around the call (GPT-2 124M; a step of 8 rows computes for about 7 ms)."""
+    def _named(self, name: str, caches) -> tuple[dict, dict]:
+        """``name``'s input and output buffers by name: its own (``_io``) and ``caches``' (a state, a list of
+        states or buffer dicts for a batched call's rows, or a dict of buffers by name)."""
         io = self._io[name]
-        states = caches if isinstance(caches, list) else [caches] if isinstance(caches, State) else None
-        if states is None or not all(isinstance(state, State) for state in states):
-            buffers = self._row_caches(caches) if isinstance(caches, list) else caches
-            return self.model.bind(name, {**io["inputs"], **buffers}, {**io["outputs"], **buffers})
+        buffers = self._row_caches(caches) if isinstance(caches, list) else caches
+        return {**io["inputs"], **buffers}, {**io["outputs"], **buffers}
+
+    def _bind(self, name: str, caches) -> tuple:
+        """(Holding the lock, after ``call`` made ``name``'s own buffers) ``_named``'s buffers as the
+        runtime's C arrays. For states, the arrays of the last ``BINDINGS`` calls are kept and used again
+        while the same state objects (checked by identity) come back: an 8-row call passes about 390
+        buffers, whose dicts and arrays took 0.19 ms of the 0.41 ms of Python around the call (GPT-2 124M;
+        a step of 8 rows computes for about 7 ms)."""
+        states = caches if isinstance(caches, list) else [caches]
+        if not all(isinstance(state, State) for state in states):
+            return self.model.bind(name, *self._named(name, caches))
         key = (name, *map(id, states))
         kept = self._bindings.get(key)
         if kept is not None and all(ref() is state for ref, state in zip(kept[0], states)):
             self._bindings.move_to_end(key)
             return kept[1]
-        buffers = self._row_caches(states) if isinstance(caches, list) else caches
-        bound = self.model.bind(name, {**io["inputs"], **buffers}, {**io["outputs"], **buffers})
+        bound = self.model.bind(name, *self._named(name, caches))
         self._bindings[key] = ([weakref.ref(state) for state in states], bound)
-        self._bindings.move_to_end(key)
+        self._bindings.move_to_end(key)  # a key kept for other objects stays where it was
         while len(self._bindings) > BINDINGS:
             self._bindings.popitem(last=False)
         return bound
@@ -609,8 +612,7 @@ class PrefillDecodeEngine(SequenceEngine):
                 if hasattr(self.model, "run_bound"):  # LiteRT's C API (runtime.native)
                     self.model.run_bound(self._bind(name, caches))
                 else:  # ai_edge_litert's wrapper (LLM_TFLITE_BINDING=python): by name
-                    buffers = self._row_caches(caches) if isinstance(caches, list) else caches
-                    self.model.run_by_name(name, {**io["inputs"], **buffers}, {**io["outputs"], **buffers})
+                    self.model.run_by_name(name, *self._named(name, caches))
                 return {key: buffer.read(int(np.prod(io["shapes"][key])), np.float32).reshape(io["shapes"][key])
                         for key, buffer in io["outputs"].items()}
         except (RuntimeError, ValueError) as e:
