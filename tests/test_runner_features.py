@@ -126,6 +126,11 @@ def test_rows_chosen_together_get_the_tokens_their_own_samplers_give():
             logits[:, rng.integers(50257, size=40)] = -np.inf
         expected = [sampler(row, [1, 2]) for sampler, row in zip(alone, logits)]
         assert choose_rows(together, list(logits)) == expected, step
+    for step in range(30):  # fewer rows than before (the working array kept from a larger call), then more
+        rows = sorted(rng.choice(len(configs), size=1 + step % len(configs), replace=False))
+        logits = (rng.standard_normal((len(rows), 50257)) * 5).astype(np.float32)
+        expected = [alone[i](row, [1, 2]) for i, row in zip(rows, logits)]
+        assert choose_rows([together[i] for i in rows], list(logits)) == expected, step
     assert [s.rng.random() for s in alone] == [s.rng.random() for s in together]
 
     others = [Sampler("top_p", seed=1), Sampler("random", min_p=0.1, seed=1), Sampler("random", repetition_penalty=1.2),
