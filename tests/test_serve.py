@@ -492,3 +492,43 @@ def test_a_stream_the_runner_refuses_gets_its_status_not_an_event(server):
     status, text = post(server.url + "/v1/completions", {"prompt": "hi", "max_tokens": 4, "stream": True,
                                                          "temperature": 0})
     assert status == 200 and events(text)[-1] == "[DONE]"
+
+
+def test_stream_items_reach_the_event_loop_in_order_with_one_wake_up_for_those_waiting_together():
+    """Pumps' threads hand items to the event loop through ``_Deliveries``: items that arrive while the
+    loop is busy go with one callback (one write to its self-pipe), each stream's in its order; a
+    closed loop takes nothing."""
+    import asyncio
+
+    from llm_tflite.serve.app import AppState, _Deliveries
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        state = AppState(pool=None, limits=None, model_id="m", created=0)
+        deliveries = _Deliveries.of(state)
+        assert _Deliveries.of(state) is deliveries
+        queues = [asyncio.Queue() for _ in range(4)]
+        wakeups = []
+        schedule = loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda *args: (wakeups.append(args), schedule(*args))[1]
+        try:
+            def producer(number):  # the loop is blocked in join() meanwhile: everything waits for one callback
+                for i in range(50):
+                    assert deliveries.put(queues[number], (number, i))
+
+            threads = [threading.Thread(target=producer, args=(n,)) for n in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            got = [[await asyncio.wait_for(q.get(), 10) for _ in range(50)] for q in queues]
+            assert got == [[(n, i) for i in range(50)] for n in range(4)]
+            assert len(wakeups) == 1
+            assert deliveries.put(queues[0], "next") and await asyncio.wait_for(queues[0].get(), 10) == "next"
+            assert len(wakeups) == 2
+        finally:
+            loop.call_soon_threadsafe = schedule
+        return deliveries, queues[0]
+
+    deliveries, queue = asyncio.run(scenario())
+    assert deliveries.put(queue, "late") is False  # the loop is closed: the pump stops

@@ -132,6 +132,8 @@ class AppState:
     api_keys: tuple = ()
     #: set when the server is asked to stop (SIGTERM): new requests get 503, running ones finish
     draining: bool = False
+    #: the streams' items on their way to the event loop (``_Deliveries``)
+    deliveries: object = None
 
 
 def _state(request) -> AppState:
@@ -161,6 +163,49 @@ async def _run(state: AppState, fn):
 _END = object()
 
 
+class _Deliveries:
+    """Items the pumps' threads hand to one event loop, delivered together: the first item waiting
+    schedules one callback (``call_soon_threadsafe``, a write to the loop's self-pipe that wakes it),
+    and the items that arrive before it runs go with it. A batched step gives every stream its token
+    at about the same moment; a write and a wake-up per token were most of the pumps' own CPU time
+    (2026-12-04: 26 of 46 samples of their threads in ``py-spy`` at 8 clients)."""
+
+    @staticmethod
+    def of(state: "AppState") -> "_Deliveries":
+        """(On the event loop) the app's deliveries to the running loop."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        if state.deliveries is None or state.deliveries.loop is not loop:
+            state.deliveries = _Deliveries(loop)
+        return state.deliveries
+
+    def __init__(self, loop):
+        self.loop, self.lock, self.waiting = loop, threading.Lock(), []
+
+    def put(self, queue, item) -> bool:
+        """Hand ``item`` to ``queue`` (an ``asyncio.Queue`` of this loop); False if the loop is gone."""
+        if self.loop.is_closed():
+            return False
+        with self.lock:
+            self.waiting.append((queue, item))
+            if len(self.waiting) > 1:  # a callback is on its way and takes this item too
+                return True
+        try:
+            self.loop.call_soon_threadsafe(self._deliver)
+            return True
+        except RuntimeError:  # the event loop closed meanwhile (the server stopped)
+            with self.lock:
+                self.waiting.clear()
+            return False
+
+    def _deliver(self) -> None:
+        with self.lock:
+            waiting, self.waiting = self.waiting, []
+        for queue, item in waiting:
+            queue.put_nowait(item)
+
+
 class _Pump:
     """Runs a runner's stream in a thread of its own and hands each item to the event loop as it
     comes: the generation never waits for the network (a batched step waits for no stream's
@@ -168,10 +213,10 @@ class _Pump:
     and gives its runner back when the stream ends or ``stop`` is asked for (after the current
     token), so a stream is never closed while a thread runs it."""
 
-    def __init__(self, stream, done):
+    def __init__(self, stream, done, deliveries: _Deliveries):
         import asyncio
 
-        self.loop, self.items, self.stopped = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
+        self.items, self.stopped, self.deliveries = asyncio.Queue(), threading.Event(), deliveries
         try:
             threading.Thread(target=self._run, args=(stream, done), name="llm-tflite-stream", daemon=True).start()
         except BaseException:
@@ -200,11 +245,7 @@ class _Pump:
                 done()
 
     def _put(self, item) -> bool:
-        try:
-            self.loop.call_soon_threadsafe(self.items.put_nowait, item)
-            return True
-        except RuntimeError:  # the event loop is gone (the server stopped)
-            return False
+        return self.deliveries.put(self.items, item)
 
     async def next(self):
         """The stream's next item, ``_END`` after the last; an exception it raised is raised here."""
@@ -239,7 +280,7 @@ async def _event_stream(request, make_stream, render):
     except BaseException:
         state.pool.give_back(runner)
         raise
-    pump = _Pump(stream, lambda: state.pool.give_back(runner))
+    pump = _Pump(stream, lambda: state.pool.give_back(runner), _Deliveries.of(state))
 
     async def events():
         try:
