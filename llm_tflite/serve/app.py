@@ -175,16 +175,18 @@ class _Deliveries:
         """(On the event loop) the app's deliveries to the running loop."""
         import asyncio
 
-        loop = asyncio.get_running_loop()
-        if state.deliveries is None or state.deliveries.loop is not loop:
-            state.deliveries = _Deliveries(loop)
-        return state.deliveries
+        loop, deliveries = asyncio.get_running_loop(), state.deliveries
+        if deliveries is None or deliveries.loop is not loop:  # an app served from another loop keeps its own
+            deliveries = state.deliveries = _Deliveries(loop)
+        return deliveries
 
     def __init__(self, loop):
         self.loop, self.lock, self.waiting = loop, threading.Lock(), []
 
     def put(self, queue, item) -> bool:
-        """Hand ``item`` to ``queue`` (an ``asyncio.Queue`` of this loop); False if the loop is gone."""
+        """Hand ``item`` to ``queue`` (an ``asyncio.Queue`` of this loop); False once the loop is closed
+        (an item that joined a callback the closing loop never runs is lost with it: its pump stops at
+        its next item)."""
         if self.loop.is_closed():
             return False
         with self.lock:
@@ -203,12 +205,13 @@ class _Deliveries:
         with self.lock:
             waiting, self.waiting = self.waiting, []
         for queue, item in waiting:
-            queue.put_nowait(item)
+            queue.put_nowait(item)  # unbounded queues: never QueueFull, so no item stops the others
 
 
 class _Pump:
     """Runs a runner's stream in a thread of its own and hands each item to the event loop as it
-    comes: the generation never waits for the network (a batched step waits for no stream's
+    comes (with the other streams' items that come meanwhile: ``_Deliveries``): the generation never
+    waits for the network (a batched step waits for no stream's
     client; a slow reader holds at most ``max_tokens`` items here). The thread closes the stream
     and gives its runner back when the stream ends or ``stop`` is asked for (after the current
     token), so a stream is never closed while a thread runs it."""
