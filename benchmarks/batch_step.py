@@ -1,6 +1,6 @@
 """What one batched decode step costs: ``decode_rows`` for 1, 2, 4, 8 rows, grouped calls, FC alone.
 
-    .venv/bin/python benchmarks/batch_step.py [FILE] [--fc] [--workers]
+    .venv/bin/python benchmarks/batch_step.py [FILE] [--fc] [--workers] [--lanes]
 
 FILE (default ``build/serve/gpt2_base_dynamic_int8_b8.tflite``, which ``benchmarks/serve_load.py``
 converts) must have ``decode_batch`` signatures. Prints, for rows at position 20 (decode window
@@ -11,7 +11,9 @@ row's window) and as two (``BatchingEngine._calls`` groups them so). With ``--fc
 graph, for 1, 4 and 8 rows: the part of a step that reads the weights. With ``--workers``: how far a
 Python thread gets while one long model call runs (whether the binding holds the GIL), and decode
 steps per second of one runner with 2 threads against two runners with 1 thread each driven from
-two Python threads (what ``serve --workers 2`` does in one process). Not a test: a benchmark.
+two Python threads (what ``serve --workers 2`` does in one process). With ``--lanes`` (alone): rows per
+second of 4, 5, 6 and 8 rows at positions 40 and 300 as one call on 2 threads against the rows shared
+out over two twins of one thread (``serve --lanes``). Not a test: a benchmark.
 """
 
 from __future__ import annotations
@@ -152,16 +154,66 @@ def two_workers(path) -> None:
               f"Python threads: {sum(both):.1f} steps/s together")
 
 
+def lanes(path, rounds: int = 2, seconds: float = 4.0) -> None:
+    """Rows per second of a step decoded as one call on the engine's 2 threads against the rows shared
+    out over two twins of one thread each computing at once (``BatchingEngine``'s lanes), rows all at
+    one position; the two alternate, in ``rounds`` rounds."""
+    import threading
+
+    from llm_tflite import InterpreterRunner
+
+    engine = InterpreterRunner(path, num_threads=2).engine
+    twins = [engine.twin(1), engine.twin(1)]
+    states = [engine.new_state() for _ in range(8)]
+    pads = [engine.new_state() for _ in range(3)]
+
+    def run(model, rows, position, pad, deadline, out, index):
+        count = 0
+        while time.perf_counter() < deadline:
+            model.decode_rows(rows, [5] * len(rows), [position] * len(rows), pad)
+            count += len(rows)
+        out[index] = count
+
+    for position in (40, 300):
+        for rows in (4, 5, 6, 8):
+            one, two = [], []
+            for _ in range(rounds):
+                for kind in ("one", "two"):
+                    out = [0, 0]
+                    deadline = time.perf_counter() + seconds
+                    if kind == "one":
+                        run(engine, states[:rows], position, pads[0], deadline, out, 0)
+                        one.append(out[0] / seconds)
+                        continue
+                    half = (rows + 1) // 2
+                    threads = [threading.Thread(target=run, args=(twin, part, position, pad, deadline, out, i))
+                               for i, (twin, part, pad) in enumerate(zip(twins, [states[:half], states[half:rows]],
+                                                                         pads[1:]))]
+                    for thread in threads:
+                        thread.start()
+                    for thread in threads:
+                        thread.join()
+                    two.append(sum(out) / seconds)
+            print(f"position {position}, {rows} rows: one call on 2 threads "
+                  f"{' / '.join(f'{r:.0f}' for r in one)} rows/s, two lanes of 1 thread "
+                  f"{' / '.join(f'{r:.0f}' for r in two)} rows/s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("file", nargs="?", default=str(ROOT / "build" / "serve" / "gpt2_base_dynamic_int8_b8.tflite"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fc", action="store_true", help="also time the FULLY_CONNECTED ops alone")
     parser.add_argument("--workers", action="store_true", help="also time two runners in two Python threads")
+    parser.add_argument("--lanes", action="store_true", help="only: a step's rows in one call on 2 threads against "
+                        "two lanes of 1 thread (positions 40 and 300; 4, 5, 6 and 8 rows)")
     args = parser.parse_args()
 
     from llm_tflite import InterpreterRunner
 
+    if args.lanes:
+        lanes(args.file)
+        return 0
     step_costs(InterpreterRunner(args.file, num_threads=args.threads))
     if args.fc:
         fully_connected_alone(args.threads)

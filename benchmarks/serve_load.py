@@ -1,7 +1,7 @@
 """Serving many users: ``llm-tflite serve --parallel`` against ``llama-server -np``, same run.
 
     .venv/bin/python benchmarks/serve_load.py [--clients 1,2,4,8,16] [--requests 4] [--max-tokens 64]
-        [--parallel 8] [--plot docs/images/serve_throughput.png] [--file OURS.tflite]
+        [--parallel 8] [--lanes auto] [--plot docs/images/serve_throughput.png] [--file OURS.tflite]
 
 Both servers run as processes on this machine with 2 threads on loopback, one after the other at
 each load (the order alternating), serving GPT-2 124M with random weights:
@@ -147,6 +147,7 @@ def main() -> int:
                         "other default windows)")
     parser.add_argument("--workers", type=int, default=1,
                         help="our runners (serve --workers), each with --parallel / workers slots and cores / workers threads")
+    parser.add_argument("--lanes", default="auto", help="our runners' lanes (serve --lanes; 1: none)")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     if args.workers < 1 or args.parallel % args.workers:
@@ -180,7 +181,7 @@ def main() -> int:
 
     servers = {
         "llm-tflite": ([str(ROOT / ".venv" / "bin" / "llm-tflite"), "serve", str(path), "--workers", str(args.workers),
-                        "--parallel", str(args.parallel // args.workers),
+                        "--parallel", str(args.parallel // args.workers), "--lanes", str(args.lanes),
                         "--port", "{port}", "--queue-timeout", "600"], {}),
         "llama.cpp": ([str(bin_dir / "llama-server"), "-m", str(gguf), "-np", str(args.parallel), "-c",
                        str(1024 * args.parallel), "-t", str(args.threads), "-tb", str(args.threads), "--port", "{port}",

@@ -2,6 +2,7 @@
 the same logits and tokens as decoding each sequence alone."""
 
 import gc
+import os
 import threading
 import time
 import weakref
@@ -408,7 +409,7 @@ def test_a_stream_collected_by_a_thread_holding_the_schedulers_lock_neither_hang
         done = threading.Event()
 
         def collect():
-            with engine._queue.cond:
+            with engine._lanes[0].queue.cond:
                 gc.collect()
             done.set()
 
@@ -423,7 +424,7 @@ def test_a_stream_collected_by_a_thread_holding_the_schedulers_lock_neither_hang
     assert collected_holding_the_lock(box).wait(10), "the collected stream waited for the scheduler"
     # fed again at once, it waits for the scheduler to hand it back, rewound: the plain loop's logits
     logits = sequence.feed_last(taken[1:])
-    assert not engine._queue.generations and sequence.generation is None
+    assert not engine._lanes[0].queue.generations and sequence.generation is None
     assert sequence.position == sequence.fed == len(ids) + 2  # two tokens taken and fed
     plain = InterpreterRunner(batched_file).sequence()
     plain.feed_last(ids)
@@ -505,7 +506,7 @@ def test_a_server_reserves_its_slots_so_requests_arriving_together_allocate_no_c
 
     pool = RunnerPool(lambda: InterpreterRunner(batched_file, batching=True, weight_cache="memory"), 1, 5)
     runner = pool.runners[0]
-    assert pool.parallel == 4 and len(runner.engine.inner._spares) == 4 and runner.engine._pad is not None
+    assert pool.parallel == 4 and len(runner.engine.inner._spares) == 4 and runner.engine._lanes[0].pad is not None
     made = []
     create = PrefillDecodeEngine.new_state
 
@@ -528,3 +529,135 @@ def test_a_generation_with_no_room_for_tokens_yields_none_batched_or_not(batched
         logits = sequence.feed_last(ids)
         assert list(sequence.generate(logits, Sampler("greedy"), list(ids), 0, set())) == []
         assert sequence.position == len(ids)
+
+
+def test_generations_join_the_first_lane_with_room_else_the_one_with_the_fewest(batched_file, monkeypatch):
+    from llm_tflite.runtime.native import BINDING_ENV
+
+    if os.environ.get(BINDING_ENV, "").lower() == "python":
+        pytest.skip("lanes need LiteRT's C API (LLM_TFLITE_BINDING=python is ai_edge_litert's wrapper)")
+    engine = InterpreterRunner(batched_file, num_threads=2, batching=True, lanes=2).engine
+    first, second = engine._lanes
+
+    def joins(counts):
+        for lane, count in zip(engine._lanes, counts):
+            lane.queue.generations = [object()] * count
+        return engine._lanes.index(engine._lane_for(None))
+
+    from llm_tflite.runtime.batching import LANE_SLOTS
+
+    assert LANE_SLOTS == 4  # up to 4 rows decode faster as one call on all the threads
+    assert [joins(c) for c in ([0, 0], [3, 0], [4, 0], [4, 3], [4, 4], [5, 4], [6, 7])] == [0, 0, 1, 1, 0, 1, 0]
+    for lane in engine._lanes:
+        lane.queue.generations = []
+
+
+def lanes_runner(batched_file, monkeypatch, **options):
+    """A batching runner with two lanes, the second taking generations past 2 in the first."""
+    from llm_tflite.runtime.native import BINDING_ENV
+
+    if os.environ.get(BINDING_ENV, "").lower() == "python":
+        pytest.skip("lanes need LiteRT's C API (LLM_TFLITE_BINDING=python is ai_edge_litert's wrapper)")
+    monkeypatch.setattr("llm_tflite.runtime.batching.LANE_SLOTS", 2)
+    return InterpreterRunner(batched_file, num_threads=2, batching=True, lanes=2, **options)
+
+
+def _recording(engine, ran, label):
+    """Record (label, thread) for each of ``engine``'s calls."""
+    call = engine.call
+
+    def recorded(*args, **kwargs):
+        ran.append((label, threading.current_thread()))
+        return call(*args, **kwargs)
+
+    engine.call = recorded
+
+
+def test_lanes_decode_their_generations_at_once_with_the_unbatched_outputs(batched_file, monkeypatch):
+    """Two lanes (a scheduler and a compiled model of one thread each, the sequences' caches bound by
+    either): one generation alone computes on the engine's 2 threads; seven threads' greedy and seeded
+    random texts equal the unbatched runner's, each lane's calls on its own twin in its own thread;
+    closing the engine ends both schedulers."""
+    plain = InterpreterRunner(batched_file)
+    batched = lanes_runner(batched_file, monkeypatch)
+    engine = batched.engine
+    first, second = engine._lanes
+    assert engine.lanes == 2 and first.engine is not engine.inner and second.engine is not first.engine
+    ran = []
+    for label, model in (("engine", engine.inner), ("first", first.engine), ("second", second.engine)):
+        _recording(model, ran, label)
+    assert batched.complete(PROMPTS[0], 12, "greedy").text == plain.complete(PROMPTS[0], 12, "greedy").text
+    assert {label for label, _ in ran} == {"engine"}  # alone: all the threads
+    ran.clear()
+    expected = [(plain.complete(p, 40, "greedy").text, plain.complete(p, 40, "random", temperature=0.9, seed=i).text)
+                for i, p in enumerate(PROMPTS)]
+    got = at_once(len(PROMPTS), lambda i: (batched.complete(PROMPTS[i], 40, "greedy").text,
+                                             batched.complete(PROMPTS[i], 40, "random", temperature=0.9, seed=i).text))
+    assert got == expected
+    assert {thread for label, thread in ran if label == "first"} == {first.thread}
+    assert {thread for label, thread in ran if label == "second"} == {second.thread}
+    assert first.pad is not second.pad  # lanes run at once: each its own rows for padding
+    engine.close()
+    assert not first.thread.is_alive() and not second.thread.is_alive()
+
+
+def test_a_dropped_runner_with_lanes_is_freed_and_its_schedulers_end(batched_file, monkeypatch):
+    runner = lanes_runner(batched_file, monkeypatch, weight_cache="memory")
+    assert all(at_once(5, lambda i: runner.complete(PROMPTS[i], 8, "greedy").text))
+    threads = [lane.thread for lane in runner.engine._lanes]
+    engine = weakref.ref(runner.engine)
+    del runner
+    gc.collect()
+    assert engine() is None  # no scheduler thread keeps it alive
+    for thread in threads:
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
+def test_a_failing_lane_fails_its_rows_typed_and_the_others_and_later_steps_go_on(batched_file, monkeypatch):
+    plain = InterpreterRunner(batched_file)
+    runner = lanes_runner(batched_file, monkeypatch, weight_cache="memory")
+    lane = runner.engine._lanes[1].engine
+    calls = lane.decode_rows
+
+    def broken(*args):
+        lane.decode_rows = calls  # once
+        raise ValueError("boom")
+
+    lane.decode_rows = broken
+    prompts = PROMPTS[:6]
+
+    def complete(i):
+        try:
+            return runner.complete(prompts[i], 12, "greedy").text
+        except RuntimeFailure as e:
+            return e
+
+    got = at_once(len(prompts), complete)
+    failed = [g for g in got if isinstance(g, RuntimeFailure)]
+    assert failed and all("boom" in str(e) for e in failed)
+    assert [g for g in got if not isinstance(g, RuntimeFailure)] == \
+        [plain.complete(p, 12, "greedy").text for p, g in zip(prompts, got) if not isinstance(g, RuntimeFailure)]
+    assert at_once(len(prompts), lambda i: runner.complete(prompts[i], 12, "greedy").text) == \
+        [plain.complete(p, 12, "greedy").text for p in prompts]
+
+
+def test_lane_options_are_checked(batched_file, monkeypatch):
+    with pytest.raises(InvalidArgumentError, match=r"lanes must be 'auto' or an integer from 1 to the engine's threads "
+                                                   r"\(2\), got 3"):
+        InterpreterRunner(batched_file, num_threads=2, batching=True, lanes=3)
+    for bad in (0, True, 1.5, "two"):
+        with pytest.raises(InvalidArgumentError, match="lanes must be 'auto' or a positive integer"):
+            InterpreterRunner(batched_file, num_threads=2, batching=True, lanes=bad)
+    with pytest.raises(InvalidArgumentError, match="needs batching"):
+        InterpreterRunner(batched_file, num_threads=2, lanes=2)
+    # auto: two lanes where the runner has 2 threads or more, LiteRT's C API runs the calls and batches
+    # reach past LANE_SLOTS rows (this file's reach 4)
+    assert InterpreterRunner(batched_file, num_threads=2, batching=True, lanes="auto").engine.lanes == 1
+    monkeypatch.setattr("llm_tflite.runtime.batching.LANE_SLOTS", 3)
+    assert InterpreterRunner(batched_file, num_threads=2, batching=True, lanes="auto").engine.lanes == 2
+    assert InterpreterRunner(batched_file, num_threads=1, batching=True, lanes="auto").engine.lanes == 1
+    monkeypatch.setenv("LLM_TFLITE_BINDING", "python")
+    assert InterpreterRunner(batched_file, num_threads=2, batching=True, lanes="auto").engine.lanes == 1
+    with pytest.raises(InvalidArgumentError, match="lanes need LiteRT's C API"):
+        InterpreterRunner(batched_file, num_threads=2, batching=True, lanes=2)

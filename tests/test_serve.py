@@ -183,6 +183,12 @@ def test_serve_command_refuses_bad_options_and_warns_when_not_on_loopback(tiny_t
     out = subprocess.run([sys.executable, "-m", "llm_tflite", "serve", str(tiny_tflite), "--parallel", "4"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "no decode_batch signatures" in out.stderr and "--batch-sizes" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "llm_tflite", "serve", str(tiny_tflite), "--lanes", "two"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "argument --lanes: 'auto' or a number, not 'two'" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "llm_tflite", "serve", str(tiny_tflite), "--parallel", "1",
+                          "--lanes", "2"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "needs batching" in out.stderr and "--parallel 2 or more" in out.stderr
     from llm_tflite.cli.serve import _loopback
 
     assert _loopback("127.0.0.1") and _loopback("localhost") and _loopback("::1") and not _loopback("0.0.0.0")
@@ -532,3 +538,16 @@ def test_stream_items_reach_the_event_loop_in_order_with_one_wake_up_for_those_w
 
     deliveries, queue = asyncio.run(scenario())
     assert deliveries.put(queue, "late") is False  # the loop is closed: the pump stops
+
+
+def test_a_servers_runners_take_lanes_where_their_slots_reach_a_second_lane(batched_file, monkeypatch):
+    """``--lanes auto`` (the default) asks the engine's rule, unless the slots are too few to reach a second
+    lane; a number is taken as given."""
+    from llm_tflite.serve.app import create_app
+
+    def lanes(**options):
+        return create_app(batched_file, **options).state.pool.runners[0].engine.lanes
+
+    monkeypatch.setattr("llm_tflite.runtime.batching.LANE_SLOTS", 3)  # this file's runners take 4 slots
+    monkeypatch.setattr("os.cpu_count", lambda: 2)  # a runner of 2 threads, on any machine
+    assert lanes() == 2 and lanes(parallel=4) == 2 and lanes(parallel=3) == 1 and lanes(parallel=3, lanes=2) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 
 from llm_tflite.console import logger
@@ -43,7 +44,7 @@ def cmd_serve(args) -> int:
                     max_tokens=args.max_tokens, wait_seconds=args.queue_timeout, chat_cache=args.chat_cache,
                     max_streams_per_key=args.max_streams_per_key)
     app = create_app(args.file, workers=args.workers, limits=limits, api_keys=keys, cors_origins=args.cors_origin or (),
-                     parallel=args.parallel)
+                     parallel=args.parallel, lanes=args.lanes)
     if not _loopback(args.host) and not keys:
         logger.warning("serving on %s: other machines can reach this server; it has no authentication "
                        "(--api-key / --api-key-file)", args.host)
@@ -56,6 +57,12 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _lanes(text: str):
+    if text == "auto" or text.isdigit():
+        return text if text == "auto" else int(text)
+    raise argparse.ArgumentTypeError(f"'auto' or a number, not {text!r}")
+
+
 def add_commands(cli) -> None:
     p = cli.add_parser("serve", help="serve the autocomplete app and an OpenAI-style API (completions, chat) for a file")
     p.add_argument("file", help="the .tflite file to serve")
@@ -66,6 +73,10 @@ def add_commands(cli) -> None:
                    "threads, computing at once (each --parallel slots)")
     p.add_argument("--parallel", type=int, help="requests each runner serves at once, their decode steps batched into "
                    "one call (default: the largest --batch-sizes the file was converted with, else 1)")
+    p.add_argument("--lanes", type=_lanes, default="auto", help="schedulers per runner, each decoding its own "
+                   "requests on a compiled model with its share of the runner's threads, at the same time (two: about "
+                   "555 MB more than one for GPT-2 124M; default auto: 2 when the runner has 2 threads or more and more than "
+                   "4 slots; 1: one)")
     p.add_argument("--queue-timeout", type=float, default=30.0,
                    help="seconds a request waits for a free runner before 503")
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="largest request body")

@@ -36,13 +36,19 @@ import numpy as np
 
 from llm_tflite.errors import InvalidArgumentError, RuntimeFailure
 from llm_tflite.runtime.engine import SequenceEngine
-from llm_tflite.runtime.prefill_decode import CALL_COST, PrefillDecodeEngine, Sequence
+from llm_tflite.runtime.prefill_decode import CALL_COST, PrefillDecodeEngine, Sequence, State
 from llm_tflite.runtime.sampling import choose_rows
 
 #: How many tokens a generation's loop runs ahead of its thread (which makes their text): a thread
 #: that falls this far behind pauses its generation (and one that stops early, on a stop string or a
 #: client leaving, leaves at most this many tokens decoded for nothing).
 AHEAD = 4
+#: Generations a lane takes before the next lane gets any (``BatchingEngine(lanes=...)``): up to 4 rows
+#: decode faster as one call on all the threads than shared over lanes of fewer threads; 8 rows as two
+#: lanes of 4 on a thread each. GPT-2 124M ``dynamic_int8`` on 2 cores, rows per second at positions 40
+#: / 300 (``benchmarks/batch_step.py --lanes``; ``docs/serve.md``): 4 rows 637-659 / 343-344 as one call
+#: against 542-575 / 333-360 on two lanes; 8 rows 590-774 / 312-324 against 942-951 / 432-445.
+LANE_SLOTS = 4
 #: What the prompt chunks run between two decode steps may cost, in tokens (a chunk: its padded
 #: length plus ``CALL_COST``, a read of the weights): five 8-token prompts arriving together in one
 #: step (one a step, the 8th client's first token came 8 steps late), a long one a chunk at a time.
@@ -77,7 +83,7 @@ class _Generation:
 
     __slots__ = ("sequence", "logits", "choose", "history", "count", "limit", "stops", "items", "delivered",
                  "taken", "ended", "cancelled", "released", "start", "fed", "resumed", "deferred", "close_after",
-                 "history_start", "rng", "states")
+                 "history_start", "rng", "states", "lane")
 
     def __init__(self, sequence, logits, choose, history, limit, stops):
         self.sequence, self.logits, self.choose, self.history = sequence, logits, choose, history
@@ -97,6 +103,7 @@ class _Generation:
         rng = getattr(choose, "rng", None)
         self.rng = rng if isinstance(rng, np.random.Generator) else None
         self.states = collections.deque(maxlen=AHEAD + 2)  # (draw number, the generator's state before it)
+        self.lane = None  # the lane whose scheduler runs it (``BatchingEngine.start``)
 
     def remember(self) -> None:
         """(The scheduler, before this step's draw) keep the generator's state, for ``hand_back``."""
@@ -222,9 +229,9 @@ def _fail(jobs, error) -> None:
         job.finish(error=error)
 
 
-def _schedule(queue: _Queue, engine_ref) -> None:
-    """The scheduler thread: pick the generations' tokens, run them and the other calls in a step, and
-    one prompt chunk, repeat. However it ends, every waiting thread is let go."""
+def _schedule(queue: _Queue, engine_ref, lane: int) -> None:
+    """The scheduler thread of lane ``lane``: pick its generations' tokens, run them and the other calls
+    in a step, and one prompt chunk, repeat. However it ends, every waiting thread is let go."""
     try:
         while True:
             with queue.cond:
@@ -241,7 +248,7 @@ def _schedule(queue: _Queue, engine_ref) -> None:
             if engine is None:
                 _fail(decodes + prefills, RuntimeFailure("the batching engine is gone"))
                 return
-            _run_step(engine, generations, decodes, prefills)
+            _run_step(engine, generations, decodes, prefills, lane)
             del engine, generations, decodes, prefills  # nothing of a finished step while it waits
     finally:
         with queue.cond:
@@ -255,6 +262,21 @@ def _schedule(queue: _Queue, engine_ref) -> None:
             queue.decodes, queue.prefills, queue.generations = [], [], []
 
 
+class _Lane:
+    """A scheduler thread, the queue it serves, the engine its calls run on (the engine itself, or a twin
+    with a share of its threads) and the state its batched calls' unused rows write into."""
+
+    def __init__(self, engine: PrefillDecodeEngine, queue: _Queue, thread: threading.Thread):
+        self.engine, self.queue, self.thread = engine, queue, thread
+        self.pad = None  # ``BatchingEngine._pad_of``
+        self.steps = self.rows = 0  # decode calls run and the sequences' steps they carried
+
+    def idle(self) -> bool:
+        """Nothing to run (read without the queue's lock: a hint, right by the next step)."""
+        queue = self.queue
+        return not (queue.generations or queue.decodes or queue.prefills)
+
+
 def _prompt_chunks(waiting: list[_Job]) -> list[_Job]:
     """Take from ``waiting`` the prompt chunks of one step: the first, then the next ones in order while
     their cost (padded length plus ``CALL_COST``) stays within ``PROMPT_TOKENS``."""
@@ -265,7 +287,7 @@ def _prompt_chunks(waiting: list[_Job]) -> list[_Job]:
     return taken
 
 
-def _run_step(engine, generations, decodes, prefills) -> None:
+def _run_step(engine, generations, decodes, prefills, lane: int) -> None:
     for generation in generations:
         generation.remember()
     try:  # the built-in samplers' tokens all at once
@@ -282,7 +304,7 @@ def _run_step(engine, generations, decodes, prefills) -> None:
         if job is not None:
             decodes.append(job)
     try:
-        engine._step(decodes, prefills)
+        engine._step(decodes, prefills, lane)
     except BaseException as e:  # noqa: BLE001 - no waiting thread is left hanging, and the thread goes on
         jobs = [job for job in decodes + prefills if not job.finished]
         _fail(jobs, RuntimeFailure(f"the batching scheduler failed: {type(e).__name__}: {e}"))
@@ -301,25 +323,49 @@ class BatchingEngine(SequenceEngine):
 
     kind = "prefill_decode (batched)"
 
-    def __init__(self, engine: PrefillDecodeEngine):
+    def __init__(self, engine: PrefillDecodeEngine, lanes: int | str = 1):
+        """``lanes``: schedulers, each with a compiled model of the file that has ``engine.num_threads //
+        lanes`` threads (``PrefillDecodeEngine.twin``), which decode their generations at the same time
+        and never wait for each other. A generation joins the first lane with fewer than ``LANE_SLOTS``
+        running (else the one with the fewest); a lane while the others are idle computes on
+        ``engine``, with all its threads, so one user alone, or up to ``LANE_SLOTS`` together, decode as
+        without lanes. Each lane costs the runtime's working memory for the file and a cache for its
+        calls' unused rows (two lanes hold about 555 MB more than one for GPT-2 124M at a 1,024-token
+        context). 1: one scheduler on
+        ``engine``. ``"auto"``: 2 where they pay (LiteRT's C API, at least 2 threads, batches of more than
+        ``LANE_SLOTS`` rows), else 1. Lanes
+        need LiteRT's C API (``runtime.native``): the Python wrapper holds the GIL while a model
+        computes, so there they are refused."""
         if not isinstance(engine, PrefillDecodeEngine):
             raise InvalidArgumentError(f"batching runs prefill_decode files on the interpreter backend, not a "
                                        f"{engine.kind} engine")
         if not engine.batch_sizes:
             raise InvalidArgumentError("this file has no decode_batch signatures, so its sequences cannot decode "
                                        "together; convert it again with --batch-sizes (e.g. 4,8)")
+        native = hasattr(engine.model, "run_bound")
+        if lanes == "auto":  # a file batching LANE_SLOTS rows at most serves that many requests (``serve``)
+            lanes = 2 if native and engine.num_threads >= 2 and engine.batch_sizes[-1] > LANE_SLOTS else 1
+        if not (isinstance(lanes, int) and not isinstance(lanes, bool) and 1 <= lanes <= max(1, engine.num_threads)):
+            raise InvalidArgumentError(f"lanes must be 'auto' or an integer from 1 to the engine's threads "
+                                       f"({engine.num_threads}), got {lanes!r}")
+        if lanes > 1 and not native:
+            raise InvalidArgumentError("lanes need LiteRT's C API (libLiteRt.so), which this process does not use "
+                                       "(LLM_TFLITE_BINDING=python?); use lanes=1")
         self.inner = engine
         self.max_rows = engine.batch_sizes[-1]
         if _gc_phase not in gc.callbacks:  # ``_collecting``, for ``stop``
             gc.callbacks.append(_gc_phase)
-        self._pad = None  # cache buffers the unused rows of a batched call write into
-        #: Decode calls run and the sequences' steps they carried (``serve``'s metrics: the mean batch).
-        self.steps = self.rows = 0
-        self._queue = _Queue()
-        weakref.finalize(self, self._queue.close)
-        self._thread = threading.Thread(target=_schedule, args=(self._queue, weakref.ref(self)),
-                                        name="llm-tflite-batching", daemon=True)
-        self._thread.start()
+        engines = [engine] if lanes == 1 else [engine.twin(engine.num_threads // lanes) for _ in range(lanes)]
+        self._lanes = []
+        for number, lane_engine in enumerate(engines):
+            queue = _Queue()
+            weakref.finalize(self, queue.close)
+            thread = threading.Thread(target=_schedule, args=(queue, weakref.ref(self), number),
+                                      name="llm-tflite-batching", daemon=True)
+            self._lanes.append(_Lane(lane_engine, queue, thread))
+        self._threads = frozenset(lane.thread for lane in self._lanes)
+        for lane in self._lanes:
+            lane.thread.start()
 
     def __getattr__(self, name):  # the wrapped engine's signatures, state and checks
         if name == "inner":
@@ -333,22 +379,52 @@ class BatchingEngine(SequenceEngine):
     def sequence(self, observer=None) -> "BatchedSequence":
         return BatchedSequence(self, observer)
 
+    @property
+    def lanes(self) -> int:
+        """Schedulers with a compiled model each (1: one, on the engine)."""
+        return len(self._lanes)
+
+    @property
+    def steps(self) -> int:
+        """Decode calls run (``serve``'s metrics: the mean batch)."""
+        return sum(lane.steps for lane in self._lanes)
+
+    @property
+    def rows(self) -> int:
+        """The sequences' steps those calls carried."""
+        return sum(lane.rows for lane in self._lanes)
+
     def close(self) -> None:
-        """Stop the scheduler thread (calls waiting and new ones fail with ``RuntimeFailure``)."""
-        self._queue.close()
-        self._thread.join(timeout=10)
+        """Stop the scheduler threads (calls waiting and new ones fail with ``RuntimeFailure``)."""
+        for lane in self._lanes:
+            lane.queue.close()
+        for lane in self._lanes:
+            lane.thread.join(timeout=10)
 
     def reserve(self, count: int) -> None:
         """Cache buffers for ``count`` sequences and the batched calls' unused rows, made now (``serve``
         does at start: the first requests to arrive together would otherwise each allocate and zero a
         cache, 75 MB for GPT-2 124M, in the middle of the others' steps)."""
-        if self._pad is None:
-            self._pad = self.inner.new_state()
+        for lane in self._lanes:
+            self._pad_of(lane)
         self.inner.reserve(count)
+
+    def _lane_for(self, sequence) -> _Lane:
+        """The lane a sequence's work joins: its running generation's, else the first with fewer than
+        ``LANE_SLOTS`` generations, else the one with the fewest (read without locks: a hint)."""
+        generation = getattr(sequence, "generation", None)
+        if generation is not None and generation.lane is not None and not generation.released.is_set():
+            return generation.lane
+        counts = [len(lane.queue.generations) for lane in self._lanes]
+        return next((lane for lane, n in zip(self._lanes, counts) if n < LANE_SLOTS),
+                    self._lanes[counts.index(min(counts))])
+
+    def _in_scheduler(self) -> bool:
+        return threading.current_thread() in self._threads
 
     # -- what a sequence calls ---------------------------------------------------------
     def run(self, job: _Job) -> np.ndarray:
-        queue = self._queue
+        queue = self._lane_for(job.sequence).queue
         with queue.cond:
             if queue.closed:
                 raise RuntimeFailure("the batching engine is closed")
@@ -360,35 +436,39 @@ class BatchingEngine(SequenceEngine):
         return job.logits
 
     def start(self, generation: _Generation) -> None:
-        """Run ``generation``'s loop in the scheduler from the next step on."""
-        queue = self._queue
+        """Run ``generation``'s loop in a lane's scheduler from its next step on."""
+        lane = self._lane_for(None)
+        queue = lane.queue
         with queue.cond:
             if queue.closed:
                 raise RuntimeFailure("the batching engine is closed")
+            generation.lane = lane
             queue.generations.append(generation)
             queue.cond.notify_all()
 
     def took(self, generation: _Generation) -> None:
         """``generation``'s thread took an item: a generation that ran ``AHEAD`` may go on."""
-        with self._queue.cond:
+        cond = generation.lane.queue.cond
+        with cond:
             generation.taken += 1
-            self._queue.cond.notify_all()
+            cond.notify_all()
 
     def stop(self, generation: _Generation) -> None:
-        """``generation``'s thread is done with it: wait until the scheduler lets it go (at most the step
+        """``generation``'s thread is done with it: wait until its scheduler lets it go (at most the step
         running now), so its sequence's caches are the thread's again, and hand the sequence back.
 
-        A stream collected by the garbage collector stops wherever a collection runs: in the scheduler
-        thread, or in a thread holding a lock the scheduler needs (the queue's, the engine's, a
+        A stream collected by the garbage collector stops wherever a collection runs: in a scheduler
+        thread, or in a thread holding a lock a scheduler needs (a queue's, the engine's, a
         sampler's), where waiting would never end. Then it does not wait: the scheduler hands the
         sequence back when it lets go (and closes it, if it was closed meanwhile; ``BatchedSequence.close``)."""
-        with self._queue.cond:
+        cond = generation.lane.queue.cond
+        with cond:
             generation.cancelled = True
-            if not generation.released.is_set() and (_collecting() or threading.current_thread() is self._thread):
+            if not generation.released.is_set() and (_collecting() or self._in_scheduler()):
                 generation.deferred = True
-                self._queue.cond.notify_all()
+                cond.notify_all()
                 return
-            self._queue.cond.notify_all()
+            cond.notify_all()
         generation.released.wait()  # a closed queue's scheduler lets go once its running step is over
         generation.hand_back()
 
@@ -398,19 +478,26 @@ class BatchingEngine(SequenceEngine):
         generation = sequence.generation
         if generation is None or not generation.deferred:
             return False
-        with self._queue.cond:
+        with generation.lane.queue.cond:
             if generation.released.is_set():
                 return False
             generation.close_after = True
             return True
 
-    # -- in the scheduler thread ---------------------------------------------------------
-    def _step(self, decodes: list[_Job], prefills: list[_Job]) -> None:
+    # -- in a scheduler thread ---------------------------------------------------------
+    def _step(self, decodes: list[_Job], prefills: list[_Job], number: int) -> None:
+        """Lane ``number``'s step: on its own engine, or on the engine's with all its threads while the
+        other lanes are idle."""
+        lane = self._lanes[number]
+        alone = all(other is lane or other.idle() for other in self._lanes)
+        engine = self.inner if alone else lane.engine
+        lane.rows += len(decodes)
         for group in self._calls(decodes):
             for start in range(0, len(group), self.max_rows):
-                self._decode(group[start : start + self.max_rows])
+                lane.steps += 1
+                self._decode(group[start : start + self.max_rows], engine, lane)
         for prefill in prefills:
-            self._finish([prefill], lambda: [self.inner.call(prefill.name, dict(
+            self._finish([prefill], lambda: [engine.call(prefill.name, dict(
                 tokens=prefill.tokens, input_pos=prefill.input_pos, last=prefill.last,
                 caches=prefill.sequence.caches)).get("logits")])
 
@@ -437,20 +524,24 @@ class BatchingEngine(SequenceEngine):
                 carried = []
         return calls
 
-    def _decode(self, jobs: list[_Job]) -> None:
-        self.steps += 1
-        self.rows += len(jobs)
+    def _pad_of(self, lane: _Lane) -> State:
+        """The state ``lane``'s batched calls' unused rows write into: one a lane, as lanes run at once."""
+        if lane.pad is None:
+            lane.pad = self.inner.new_state()
+        return lane.pad
+
+    def _decode(self, jobs: list[_Job], engine: PrefillDecodeEngine, lane: _Lane) -> None:
+        """One decode call of ``jobs``' rows on ``engine`` (the engine or ``lane``'s twin)."""
         if len(jobs) == 1:  # alone: the single-sequence signature
             job = jobs[0]
-            name = self.inner.decode_signature(int(job.input_pos[0]))
-            self._finish(jobs, lambda: [self.inner.call(name, dict(tokens=job.tokens, input_pos=job.input_pos,
-                                                                   caches=job.sequence.caches))["logits"]])
+            name = engine.decode_signature(int(job.input_pos[0]))
+            self._finish(jobs, lambda: [engine.call(name, dict(tokens=job.tokens, input_pos=job.input_pos,
+                                                              caches=job.sequence.caches))["logits"]])
             return
-        if self._pad is None:
-            self._pad = self.inner.new_state()
-        self._finish(jobs, lambda: self.inner.decode_rows(
+        pad = self._pad_of(lane)
+        self._finish(jobs, lambda: engine.decode_rows(
             [job.sequence.caches for job in jobs], [int(job.tokens[0, 0]) for job in jobs],
-            [int(job.input_pos[0]) for job in jobs], self._pad))
+            [int(job.input_pos[0]) for job in jobs], pad))
 
     @staticmethod
     def _finish(jobs: list[_Job], compute) -> None:
@@ -490,7 +581,7 @@ class BatchedSequence(Sequence):
         scheduler hands the sequence back, unless this is such a collection (or the scheduler) again."""
         generation = self.generation
         if generation is not None and generation.deferred and not _collecting() \
-                and threading.current_thread() is not self.batching._thread:
+                and not self.batching._in_scheduler():
             generation.released.wait()
 
     def generate(self, logits, choose, history: list, limit: int, stops):

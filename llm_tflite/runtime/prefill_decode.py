@@ -164,14 +164,17 @@ class PrefillDecodeEngine(SequenceEngine):
         return engine
 
     def __init__(self, data: bytes | None, metadata: dict, num_threads, path, weight_cache: str = "memory",
-                 model_path=None):
+                 model_path=None, first_state: "State | None" = None):
         """``data``: the model's bytes (a bundle's section), or None to map the file at ``model_path``
         (default ``path``, which names the model in messages; another file for an expanded copy:
         ``llm_tflite.runtime.weight_cache.model_file``). ``weight_cache``: where XNNPACK keeps
-        packed weights (``llm_tflite.runtime.weight_cache``)."""
+        packed weights (``llm_tflite.runtime.weight_cache``). ``first_state``: cache buffers no
+        sequence uses for the load's first call (``twin``), instead of new ones kept as a spare."""
         from llm_tflite.runtime.weight_cache import WeightCache
 
         self.model_data = data  # the runtime reads the model from this buffer: keep it alive
+        self.num_threads = num_threads
+        self._opened = (data, metadata, path, weight_cache, model_path)  # for ``twin``
         mapped = os.fspath(model_path or path)
         #: The model's bytes (about what one call reads of its weights).
         self.model_bytes = len(data) if data is not None else os.path.getsize(mapped)
@@ -191,7 +194,7 @@ class PrefillDecodeEngine(SequenceEngine):
         if data is None:
             release_mapped_file(mapped)  # what the load read of the weights' pages (see its docstring)
         try:
-            self._prepare(metadata, path)
+            self._prepare(metadata, path, first_state)
             if cache.building:
                 # XNNPACK packs a signature's weights at its first run: pack them all before the file
                 # is shared, so a later load finds every signature's weights in it.
@@ -204,6 +207,20 @@ class PrefillDecodeEngine(SequenceEngine):
         cache.commit()
         #: The packed-weights cache file this engine maps (``:memory:`` when none).
         self.weight_cache_path = cache.final or cache.path
+
+    def twin(self, num_threads: int) -> "PrefillDecodeEngine":
+        """Another compiled model of the same file with ``num_threads`` threads, which runs calls at the
+        same time as this one (``BatchingEngine``'s lanes). It maps the same file and packed-weights
+        cache (with ``weight_cache="memory"`` it packs its own copy) and takes this engine's states:
+        they are the runtime's host buffers, which any compiled model of the file can bind. Its own
+        cost is the runtime's working memory for the file's signatures (about 245 MB for GPT-2 124M
+        with 59 signatures, RssAnon)."""
+        data, metadata, path, weight_cache, model_path = self._opened
+        state = self.new_state()  # the twin's first call writes slot 0 of a spare, cleared when it is next used
+        try:
+            return type(self)(data, metadata, num_threads, path, weight_cache, model_path, first_state=state)
+        finally:
+            self.recycle(state)
 
     def check_token_ids(self, tokenizer, metadata: dict, path) -> None:
         """The tokenizer and special tokens must fit the logits the graph produces."""
@@ -220,7 +237,7 @@ class PrefillDecodeEngine(SequenceEngine):
         """A fresh ``Sequence`` on this engine."""
         return Sequence(self, observer)
 
-    def _prepare(self, metadata: dict, path) -> None:
+    def _prepare(self, metadata: dict, path, first_state: "State | None" = None) -> None:
         self.context_length = self.token_budget = int(metadata["context_length"])
         self.prefill_lengths = sorted(int(n) for n in metadata.get("prefill_lengths", []))
         #: Whether ``prefill_{L}`` outputs logits: in files written before ``score_{L}`` existed
@@ -275,12 +292,13 @@ class PrefillDecodeEngine(SequenceEngine):
                 # XNNPACK is applied at a signature's first run (and announces it on stderr): do that
                 # here, quietly, so a graph the runtime cannot run fails in the constructor. The signature
                 # a first token uses: each one's working memory is allocated when it first runs.
-                state = self.new_state()
+                state = first_state if first_state is not None else self.new_state()
                 self.call(self.decode_signature(0), dict(tokens=np.zeros((1, 1), np.int32),
                                                          input_pos=np.zeros(1, np.int32), caches=state))
                 # The runtime holds on to the buffers a signature last ran with: the first sequence
                 # reuses these (zeroed) instead of allocating another cache beside them.
-                self._spares.append(state)
+                if first_state is None:
+                    self._spares.append(state)
         except (RuntimeFailure, ValueError, RuntimeError) as e:
             raise ModelFileError(f"the runtime cannot run {path!r}: {e.__cause__ or e}; re-convert it") from e
 

@@ -568,14 +568,16 @@ ROUTES = (("/", index, ["GET"]), ("/health", health, ["GET"]), ("/v1/models", mo
 
 
 def create_app(path, *, workers: int = 1, limits: Limits | None = None, runner_factory=None, api_keys=(),
-               cors_origins=(), parallel: int | None = None):
+               cors_origins=(), parallel: int | None = None, lanes: int | str = "auto"):
     """The Starlette app serving ``path`` with ``workers`` runners, each serving ``parallel``
     requests at once (their decode steps batched: ``InterpreterRunner(batching=True)``; default: the
     largest batch the file decodes in one call, or 1 for a file without ``decode_batch`` signatures).
 
     ``api_keys``: keys one of which every request but ``/`` and ``/health`` must carry
     (``Authorization: Bearer KEY``); none: no keys asked. ``cors_origins``: origins whose pages may
-    call the API (none: only same-origin pages, the browser's default).
+    call the API (none: only same-origin pages, the browser's default). ``lanes``: schedulers each
+    runner decodes its requests with, each on a compiled model of its own (``InterpreterRunner(lanes=...)``;
+    ``"auto"``: 2 where they pay).
 
     Example:
         >>> app = create_app("build/model.tflite", workers=2)  # doctest: +SKIP
@@ -597,7 +599,11 @@ def create_app(path, *, workers: int = 1, limits: Limits | None = None, runner_f
     # the cores shared between the workers: more threads than cores would only make them wait for each other
     threads = max(1, (os.cpu_count() or 1) // workers)
     batching = "auto" if parallel is None else parallel > 1
-    make = runner_factory or (lambda: InterpreterRunner(path, num_threads=threads, batching=batching))
+    if lanes == "auto" and parallel is not None:  # slots too few to reach a second lane
+        from llm_tflite.runtime.batching import LANE_SLOTS
+
+        lanes = "auto" if parallel > LANE_SLOTS else 1
+    make = runner_factory or (lambda: InterpreterRunner(path, num_threads=threads, batching=batching, lanes=lanes))
     pool = RunnerPool(make, workers, limits.wait_seconds, limits.max_waiting, parallel)
     from llm_tflite.runtime.chat import PrefixCache
 
