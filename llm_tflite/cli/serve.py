@@ -75,8 +75,8 @@ def add_commands(cli) -> None:
                    "one call (default: the largest --batch-sizes the file was converted with, else 1)")
     p.add_argument("--lanes", type=_lanes, default="auto", help="schedulers per runner, each decoding its own "
                    "requests on a compiled model with its share of the runner's threads, at the same time (two: about "
-                   "555 MB more than one for GPT-2 124M; default auto: 2 when the runner has 2 threads or more and more than "
-                   "4 slots; 1: one)")
+                   "555 MB more than one for GPT-2 124M; default auto: 2 when the runner has 2 threads or more, runs "
+                   "on LiteRT's C API, and both --parallel, if given, and the file's largest batch are above 4; 1: one)")
     p.add_argument("--queue-timeout", type=float, default=30.0,
                    help="seconds a request waits for a free runner before 503")
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="largest request body")

@@ -4,7 +4,8 @@ On a CPU a decode step is bound by reading the weights; a ``decode_batch_{B}`` s
 (``Converter(batch_sizes=...)``) reads them once for ``B`` sequences. ``BatchingEngine`` wraps a
 ``PrefillDecodeEngine``: every generation keeps its own thread, sampler, seed, stop rules,
 filters and chat state, exactly as without batching; its ``BatchedSequence``'s calls, and the
-loop of its generation (``Sequence.generate``), run in one scheduler thread, which
+loop of its generation (``Sequence.generate``), run in a scheduler thread (one, or one per lane:
+``BatchingEngine(lanes=...)``, each lane with a compiled model of its own), which
 
 - picks each running generation's next token with the generation's own sampler (``choose``) from
   the logits of the last step (the built-in samplers' rows all at once: ``sampling.choose_rows``),
@@ -200,6 +201,7 @@ class _Queue:
         self.prefills: list[_Job] = []
         self.generations: list[_Generation] = []
         self.closed = False
+        self.busy = False  # its scheduler is running a step (``_Lane.idle``)
 
     def close(self) -> None:
         with self.cond:
@@ -244,12 +246,16 @@ def _schedule(queue: _Queue, engine_ref, lane: int) -> None:
                     return
                 decodes, queue.decodes = queue.decodes, []
                 prefills = _prompt_chunks(queue.prefills)
-            engine = engine_ref()
-            if engine is None:
-                _fail(decodes + prefills, RuntimeFailure("the batching engine is gone"))
-                return
-            _run_step(engine, generations, decodes, prefills, lane)
-            del engine, generations, decodes, prefills  # nothing of a finished step while it waits
+                queue.busy = True
+            try:
+                engine = engine_ref()
+                if engine is None:
+                    _fail(decodes + prefills, RuntimeFailure("the batching engine is gone"))
+                    return
+                _run_step(engine, generations, decodes, prefills, lane)
+                del engine, generations, decodes, prefills  # nothing of a finished step while it waits
+            finally:
+                queue.busy = False
     finally:
         with queue.cond:
             queue.closed = True
@@ -272,9 +278,9 @@ class _Lane:
         self.steps = self.rows = 0  # decode calls run and the sequences' steps they carried
 
     def idle(self) -> bool:
-        """Nothing to run (read without the queue's lock: a hint, right by the next step)."""
+        """Not in a step, nothing to run (read without the queue's lock: a hint, right by the next step)."""
         queue = self.queue
-        return not (queue.generations or queue.decodes or queue.prefills)
+        return not (queue.busy or queue.generations or queue.decodes or queue.prefills)
 
 
 def _prompt_chunks(waiting: list[_Job]) -> list[_Job]:
@@ -361,7 +367,7 @@ class BatchingEngine(SequenceEngine):
             queue = _Queue()
             weakref.finalize(self, queue.close)
             thread = threading.Thread(target=_schedule, args=(queue, weakref.ref(self), number),
-                                      name="llm-tflite-batching", daemon=True)
+                                      name="llm-tflite-batching" + (f"-{number}" if number else ""), daemon=True)
             self._lanes.append(_Lane(lane_engine, queue, thread))
         self._threads = frozenset(lane.thread for lane in self._lanes)
         for lane in self._lanes:
@@ -437,7 +443,7 @@ class BatchingEngine(SequenceEngine):
 
     def start(self, generation: _Generation) -> None:
         """Run ``generation``'s loop in a lane's scheduler from its next step on."""
-        lane = self._lane_for(None)
+        lane = self._lane_for(generation.sequence)  # an earlier generation of it not yet let go: its lane
         queue = lane.queue
         with queue.cond:
             if queue.closed:
