@@ -337,11 +337,10 @@ class BatchingEngine(SequenceEngine):
         ``engine``, with all its threads, so one user alone, or up to ``LANE_SLOTS`` together, decode as
         without lanes. Each lane costs the runtime's working memory for the file and a cache for its
         calls' unused rows (two lanes hold about 555 MB more than one for GPT-2 124M at a 1,024-token
-        context). 1: one scheduler on
-        ``engine``. ``"auto"``: 2 where they pay (LiteRT's C API, at least 2 threads, batches of more than
-        ``LANE_SLOTS`` rows), else 1. Lanes
-        need LiteRT's C API (``runtime.native``): the Python wrapper holds the GIL while a model
-        computes, so there they are refused."""
+        context). 1: one scheduler on ``engine``. ``"auto"``: 2 where they pay (LiteRT's C API, at
+        least 2 threads, batches of more than ``LANE_SLOTS`` rows), else 1. Lanes need LiteRT's C API
+        (``runtime.native``): the Python wrapper holds the GIL while a model computes, so there they
+        are refused."""
         if not isinstance(engine, PrefillDecodeEngine):
             raise InvalidArgumentError(f"batching runs prefill_decode files on the interpreter backend, not a "
                                        f"{engine.kind} engine")

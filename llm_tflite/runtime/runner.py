@@ -78,7 +78,7 @@ class InterpreterRunner:
             on a compiled model of the file with ``num_threads / lanes`` threads (``BatchingEngine``);
             a generation joins the first lane with fewer than 4 running, and a lane alone computes
             with all the threads. Served on 2 cores, 8 clients of GPT-2 124M made 1.16-1.23x the
-            tokens/s of one lane, for about 555 MB more memory. 1 (default): none; ``"auto"``
+            tokens/s of one lane, for about 555 MB more memory. 1 (default): one; ``"auto"``
             (``serve``'s default): 2 where they pay.
 
     Example:
