@@ -1,6 +1,6 @@
 """What one batched decode step costs: ``decode_rows`` for 1, 2, 4, 8 rows, grouped calls, FC alone.
 
-    .venv/bin/python benchmarks/batch_step.py [FILE] [--fc] [--workers] [--lanes]
+    .venv/bin/python benchmarks/batch_step.py [FILE] [--fc] [--workers] [--lanes | --lanes-memory N]
 
 FILE (default ``build/serve/gpt2_base_dynamic_int8_b8.tflite``, which ``benchmarks/serve_load.py``
 converts) must have ``decode_batch`` signatures. Prints, for rows at position 20 (decode window
@@ -13,7 +13,8 @@ Python thread gets while one long model call runs (whether the binding holds the
 steps per second of one runner with 2 threads against two runners with 1 thread each driven from
 two Python threads (what ``serve --workers 2`` does in one process). With ``--lanes`` (alone): rows per
 second of 4, 5, 6 and 8 rows at positions 40 and 300 as one call on 2 threads against the rows shared
-out over two twins of one thread (``serve --lanes``). Not a test: a benchmark.
+out over two twins of one thread (``serve --lanes``). With ``--lanes-memory N`` (alone): RssAnon of a
+batching runner with N lanes after 8 generations. Not a test: a benchmark.
 """
 
 from __future__ import annotations
@@ -199,6 +200,30 @@ def lanes(path, rounds: int = 2, seconds: float = 4.0) -> None:
                   f"{' / '.join(f'{r:.0f}' for r in two)} rows/s")
 
 
+def lanes_memory(path, lanes: int) -> None:
+    """Anonymous memory (RssAnon, ``/proc/self/status``) of a batching runner with ``lanes`` lanes: after it
+    is made with 8 slots reserved, and after 8 generations of 64 tokens from 8 threads at once. Run once
+    per value, each in a fresh process."""
+    import threading
+
+    from llm_tflite import InterpreterRunner
+
+    def anonymous_mb() -> int:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) // 1024 for line in status if line.startswith("RssAnon:"))
+
+    runner = InterpreterRunner(path, num_threads=2, batching=True, lanes=lanes)
+    runner.engine.reserve(8)
+    made = anonymous_mb()
+    threads = [threading.Thread(target=runner.complete, args=("ROMEO:", 64, "random"),
+                                kwargs=dict(temperature=0.8, seed=i)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print(f"{lanes} lane(s): RssAnon {made} MB after reserve(8), {anonymous_mb()} MB after 8 generations")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("file", nargs="?", default=str(ROOT / "build" / "serve" / "gpt2_base_dynamic_int8_b8.tflite"))
@@ -207,10 +232,15 @@ def main() -> int:
     parser.add_argument("--workers", action="store_true", help="also time two runners in two Python threads")
     parser.add_argument("--lanes", action="store_true", help="only: a step's rows in one call on 2 threads against "
                         "two lanes of 1 thread (positions 40 and 300; 4, 5, 6 and 8 rows)")
+    parser.add_argument("--lanes-memory", type=int, metavar="LANES", help="only: RssAnon of a batching runner with "
+                        "LANES lanes, made and after 8 generations (run once per value)")
     args = parser.parse_args()
 
     from llm_tflite import InterpreterRunner
 
+    if args.lanes_memory:
+        lanes_memory(args.file, args.lanes_memory)
+        return 0
     if args.lanes:
         lanes(args.file)
         return 0

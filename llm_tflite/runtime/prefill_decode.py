@@ -213,8 +213,8 @@ class PrefillDecodeEngine(SequenceEngine):
         same time as this one (``BatchingEngine``'s lanes). It maps the same file and packed-weights
         cache (with ``weight_cache="memory"`` it packs its own copy) and takes this engine's states:
         they are the runtime's host buffers, which any compiled model of the file can bind. Its own
-        cost is the runtime's working memory for the file's signatures (about 245 MB for GPT-2 124M
-        with 59 signatures, RssAnon)."""
+        cost is the runtime's working memory for the file's signatures (about 240 MB for GPT-2 124M
+        with 59 signatures, RssAnon: ``benchmarks/batch_step.py --lanes-memory``)."""
         data, metadata, path, weight_cache, model_path = self._opened
         state = self.new_state()  # the twin's first call writes slot 0 of a spare, cleared when it is next used
         try:
