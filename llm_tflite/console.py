@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -103,6 +104,54 @@ def quiet_native_exit() -> None:
     import atexit
 
     atexit.register(silence)
+
+
+class _Interrupts:
+    received = False
+
+
+def catch_interrupts():
+    """Make Ctrl+C stick for a command: the handler raises ``KeyboardInterrupt`` *and* remembers it.
+
+    Python drops an exception raised inside ``__del__`` (TensorFlow's resources have them) and
+    native code (TensorFlow's converter) may turn one into an ordinary error; long work calls
+    :func:`stop_if_interrupted` where it commits, so neither loses the Ctrl+C, and the dropped
+    exception's "Exception ignored" traceback is not shown. Returns what :func:`release_interrupts`
+    gives back (``None`` off the main thread, where nothing is installed).
+    """
+    def handler(signum, frame):
+        _Interrupts.received = True
+        raise KeyboardInterrupt
+
+    def unraisable(info, hook=sys.unraisablehook):
+        if not (info.exc_type is KeyboardInterrupt and _Interrupts.received):
+            hook(info)
+
+    _Interrupts.received = False
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = (signal.signal(signal.SIGINT, handler), sys.unraisablehook)
+    sys.unraisablehook = unraisable
+    return previous
+
+
+def release_interrupts(previous) -> None:
+    """Give back what :func:`catch_interrupts` replaced (in-process callers: tests, notebooks)."""
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous[0])
+        sys.unraisablehook = previous[1]
+    _Interrupts.received = False
+
+
+def interrupted() -> bool:
+    """Whether Ctrl+C came since :func:`catch_interrupts`, even if its ``KeyboardInterrupt`` was lost."""
+    return _Interrupts.received
+
+
+def stop_if_interrupted() -> None:
+    """Raise ``KeyboardInterrupt`` if a Ctrl+C came whose exception something swallowed."""
+    if _Interrupts.received:
+        raise KeyboardInterrupt
 
 
 #: What to install for conversion, training and generate-mode files (the runtime alone needs none of it).

@@ -11,10 +11,9 @@ import argparse
 import importlib
 import logging
 import os
-import signal
 import sys
-import threading
 
+from llm_tflite.console import catch_interrupts, interrupted, release_interrupts
 from llm_tflite.errors import LLMTFLiteError
 
 GROUPS = ("convert", "run", "serve", "training", "evaluation", "plugins")
@@ -91,32 +90,12 @@ def configure_logging(verbosity: int) -> None:
     logger.setLevel({-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[verbosity])
 
 
-class _Interrupts:
-    """Remembers Ctrl+C: native code (TensorFlow's converter) may turn the KeyboardInterrupt raised
-    inside it into an ordinary error, which must still end as "interrupted" (exit 130)."""
-
-    received = False
-
-    @classmethod
-    def install(cls):
-        """Install the handler; returns the previous one (``None`` off the main thread)."""
-        def handler(signum, frame):
-            cls.received = True
-            raise KeyboardInterrupt
-
-        cls.received = False
-        if threading.current_thread() is not threading.main_thread():
-            return None
-        return signal.signal(signal.SIGINT, handler)
-
-
 def main(argv=None) -> int:
-    previous = _Interrupts.install()
+    previous = catch_interrupts()
     try:
         return _main(argv)
     finally:
-        if previous is not None:  # in-process callers (tests, notebooks) get their handler back
-            signal.signal(signal.SIGINT, previous)
+        release_interrupts(previous)
 
 
 def _main(argv) -> int:
@@ -131,7 +110,7 @@ def _main(argv) -> int:
     try:
         return args.func(args)
     except (LLMTFLiteError, ValueError, FileNotFoundError) as e:
-        if _Interrupts.received:
+        if interrupted():  # native code made an ordinary error of the KeyboardInterrupt
             print("interrupted", file=sys.stderr)
             return 130
         print(f"error: {e}", file=sys.stderr)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 
+from llm_tflite.console import stop_if_interrupted
 from llm_tflite.errors import (InvalidArgumentError, ModelFileError, RuntimeFailure, UnknownFamilyError,
                                UnsupportedRuntimeError)
 from llm_tflite.export import bundle_worker
@@ -192,5 +193,6 @@ def build_bundle(model_path, output, *, max_num_tokens: int | None = None) -> st
         _run_builder({"model": os.path.abspath(model_path), "tokenizer": tokenizer_path, "tokenizer_kind": kind,
                       "llm_metadata": metadata_path, "output": partial})
         tflite_section(read_model_file(partial), "the bundle just written")  # it reads back
+        stop_if_interrupted()
         os.replace(partial, output)
     return output

@@ -12,7 +12,7 @@ from llm_tflite.litert.flatbuffer import check_writable, non_builtin_ops, write_
 from llm_tflite.litert.metadata import (BNTH_LAYOUT_FORMAT, FORMAT_VERSION, KV_CACHE_TYPES, MAX_BATCH_SIZE,
                                         RINGS_AS_CONTEXT_FORMAT, add_metadata)
 from llm_tflite.errors import ConversionError, InvalidArgumentError, LLMTFLiteError, ModelSourceError
-from llm_tflite.console import import_tensorflow, keras_backend, logger, progress, quiet_native
+from llm_tflite.console import import_tensorflow, keras_backend, logger, progress, quiet_native, stop_if_interrupted
 from llm_tflite.quantize.base import Quantizer
 from llm_tflite.runtime import sampling
 from llm_tflite.runtime.sampling import GENERATE_SAMPLERS
@@ -23,7 +23,9 @@ EXPORT_MODES = ("prefill_decode", "generate")
 
 
 def _stage(steps, text: str) -> None:
-    """Show a conversion stage: on the progress bar, or as a log line where there is no bar."""
+    """Show a conversion stage: on the progress bar, or as a log line where there is no bar (and stop
+    there if a Ctrl+C came whose ``KeyboardInterrupt`` was lost, e.g. raised inside TensorFlow's ``__del__``)."""
+    stop_if_interrupted()
     steps.set_postfix_str(text)
     if steps.disable:
         logger.info("convert: %s", text)
@@ -695,6 +697,7 @@ class Converter:
         """One signature's function through TensorFlow's converter (``frozen``: weights frozen into it)."""
         from llm_tflite.litert.rewrite import int8_casts_to_quantization
 
+        stop_if_interrupted()  # a conversion of many signatures stops at the next one
         converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
         if frozen:
             self.quantizer.configure(converter, self.calibration)

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from llm_tflite.console import stop_if_interrupted
 from llm_tflite.errors import ModelFileError
 
 TFLITE_IDENTIFIER = b"TFL3"
@@ -413,7 +414,8 @@ def check_writable(path, *, directory: bool = False) -> None:
 
 
 def write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, so a failure leaves no partial file."""
+    """Write ``data`` to ``path`` through a temporary file, so a failure (or a Ctrl+C whose
+    ``KeyboardInterrupt`` was lost on the way) leaves no partial file."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -421,6 +423,7 @@ def write_atomic(path: str, data: bytes) -> None:
     try:
         with open(tmp, "wb") as f:
             f.write(data)
+        stop_if_interrupted()
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
