@@ -1,7 +1,8 @@
 """Serving many users: ``llm-tflite serve --parallel`` against ``llama-server -np``, same run.
 
     .venv/bin/python benchmarks/serve_load.py [--clients 1,2,4,8,16] [--requests 4] [--max-tokens 64]
-        [--parallel 8] [--lanes auto] [--plot docs/images/serve_throughput.png] [--file OURS.tflite]
+        [--parallel 8] [--lanes auto] [--rounds 1] [--plot docs/images/serve_throughput.png] [--file OURS.tflite]
+        [--in-process]
 
 Both servers run as processes on this machine with 2 threads on loopback, one after the other at
 each load (the order alternating), serving GPT-2 124M with random weights:
@@ -14,7 +15,11 @@ At each load, every client sends ``--requests`` streamed ``/v1/completions`` req
 another (a short prompt, ``--max-tokens`` new tokens, temperature 0.8, its own seed; llama-server
 with ``ignore_eos``). Reported per server: aggregate decode tokens/s (tokens / wall time of the
 load), time to first token (p50), request latency (p50/p95/p99). Our texts at the ``--parallel``
-load are checked against the unbatched runner's for their seeds. Bounded: a fixed number of
+load are checked against the unbatched runner's for their seeds. ``--rounds R`` measures every load R
+times, the loads interleaved (1, 8, 1, 8, ...), and reports medians: a ratio is taken within its round
+(8 clients against the same round's one client), so a slow spell of the machine moves both.
+``--in-process`` runs the loads as threads on one batching runner instead (no HTTP, no llama.cpp) and
+reports how much of each lane's time LiteRT's call takes. Bounded: a fixed number of
 requests, each with a 600 s timeout, to 127.0.0.1 only. Not a test: a benchmark.
 """
 
@@ -134,6 +139,75 @@ def load(port: int, clients: int, requests: int, max_tokens: int, extra: dict) -
             "early": sum(r["finish"] != "length" for _, r in results)}, sorted(results, key=lambda x: x[0])
 
 
+def _median_row(rounds: list[dict], ones) -> dict:
+    """One load's row from its rounds: each figure's median, and the ranges of tokens/s and of the ratios
+    (each ratio taken within its round, against the other server or this round's one client)."""
+    import statistics
+
+    def median(name, key):
+        return statistics.median(r[name][key] for r in rounds)
+
+    def spread(values, digits):
+        return f" ({min(values):.{digits}f}-{max(values):.{digits}f})" if len(values) > 1 else ""
+
+    row = {"clients": rounds[0]["clients"],
+           **{name: {key: median(name, key) for key in rounds[0][name]} for name in ("llm-tflite", "llama.cpp")}}
+    ratios = [r["llm-tflite"]["tokens_per_s"] / r["llama.cpp"]["tokens_per_s"] for r in rounds]
+    vs_one = [r["llm-tflite"]["tokens_per_s"] / one["llm-tflite"]["tokens_per_s"] for r, one in zip(rounds, ones)] \
+        if ones else None
+    row.update(ratio=statistics.median(ratios), vs_one=vs_one and statistics.median(vs_one),
+               spread={"ours": spread([r["llm-tflite"]["tokens_per_s"] for r in rounds], 1),
+                       "theirs": spread([r["llama.cpp"]["tokens_per_s"] for r in rounds], 1),
+                       "ratio": spread(ratios, 2), "vs_one": spread(vs_one, 2) if vs_one else ""})
+    return row
+
+
+def in_process(path, levels: list[int], args) -> int:
+    """The same loads without HTTP: client threads calling ``complete`` on one batching runner (``--lanes``),
+    and the share of each lane's steps spent in LiteRT's call (the rest: the steps' Python, sampling)."""
+    import collections
+    import threading
+
+    from llm_tflite import InterpreterRunner
+    from llm_tflite.runtime import batching, native
+
+    spent = collections.defaultdict(float)
+
+    def timed(kind, function):
+        def wrapper(*a, **k):
+            started = time.perf_counter()
+            try:
+                return function(*a, **k)
+            finally:
+                spent[kind, threading.current_thread().name] += time.perf_counter() - started
+        return wrapper
+
+    native.NativeModel.run_bound = timed("call", native.NativeModel.run_bound)
+    batching.BatchingEngine._step = timed("step", batching.BatchingEngine._step)
+    lanes = args.lanes if args.lanes == "auto" else int(args.lanes)
+    runner = InterpreterRunner(path, num_threads=args.threads, batching=True, lanes=lanes)
+    runner.complete(PROMPTS[0], 8, "greedy")  # warm-up
+    print("| round | clients | tok/s | each lane: LiteRT's call / its steps / the load |\n| ---: | ---: | ---: | --- |")
+    for number in range(args.rounds):
+        for clients in levels:
+            def client(c):
+                for k in range(args.requests):
+                    i = c + clients * k
+                    runner.complete(PROMPTS[i % len(PROMPTS)], args.max_tokens, "random", temperature=0.8, seed=i)
+            spent.clear()
+            started = time.perf_counter()
+            threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            wall = time.perf_counter() - started
+            shares = ", ".join(f"{spent['call', name]:.2f} / {spent['step', name]:.2f} / {wall:.2f} s"
+                               for name in sorted({name for _, name in spent}))
+            print(f"| {number + 1} | {clients} | {clients * args.requests * args.max_tokens / wall:.1f} | {shares} |")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", default="1,2,4,8,16", help="concurrent clients at each load")
@@ -148,14 +222,15 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1,
                         help="our runners (serve --workers), each with --parallel / workers slots and cores / workers threads")
     parser.add_argument("--lanes", default="auto", help="our runners' lanes (serve --lanes; 1: none)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every load this many times, interleaved; the table shows medians (and ranges)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="no servers: the loads as threads on one batching runner, and where its lanes' time goes")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     if args.workers < 1 or args.parallel % args.workers:
         parser.error(f"--parallel {args.parallel} must split evenly over --workers {args.workers}")
 
-    import llama_cpp
-
-    gguf, bin_dir = llama_cpp.gpt2_gguf("Q8_0"), llama_cpp.tools()
     path = args.file
     if path == FILE and path.exists():  # converted by an older version: its default windows may differ
         from llm_tflite.export.converter import default_batch_windows, default_decode_windows
@@ -173,6 +248,11 @@ def main() -> int:
 
     from llm_tflite import InterpreterRunner
 
+    if args.in_process:
+        return in_process(path, levels, args)
+    import llama_cpp
+
+    gguf, bin_dir = llama_cpp.gpt2_gguf("Q8_0"), llama_cpp.tools()
     runner = InterpreterRunner(path, num_threads=args.threads)
     check = [{"prompt": PROMPTS[i % len(PROMPTS)], "seed": i} for i in range(args.parallel * args.requests)]
     expected = [runner.complete(b["prompt"], args.max_tokens, "random", temperature=0.8, seed=b["seed"]).text
@@ -187,44 +267,55 @@ def main() -> int:
                        str(1024 * args.parallel), "-t", str(args.threads), "-tb", str(args.threads), "--port", "{port}",
                        "--host", "127.0.0.1"], {"ignore_eos": True}),
     }
-    rows, mismatches = [], 0
-    for number, clients in enumerate(levels):
-        row = {"clients": clients}
-        for name in (list(servers) if number % 2 == 0 else list(servers)[::-1]):
-            command, extra = servers[name]
-            server = Process(name, command)
-            try:
-                load(server.port, 1, 1, 8, extra)  # warm-up: weights paged in, first signatures run
-                before = batch_counts(server.port) if name == "llm-tflite" else None
-                row[name], results = load(server.port, clients, args.requests, args.max_tokens, extra)
-                if before is not None:
-                    calls, carried = (after - start for after, start in zip(batch_counts(server.port), before))
-                    row[name]["batch"] = carried / max(calls, 1)
-            finally:
-                server.stop()
-            if name == "llm-tflite" and clients == args.parallel:
-                mismatches = sum(r["text"] != expected[i] for i, r in results)
-                row["same"] = f"{len(results) - mismatches}/{len(results)}"
-            print(f"{clients} clients, {name}: {row[name]}", file=sys.stderr)
-        rows.append(row)
-
-    one = rows[0]["llm-tflite"]["tokens_per_s"] if levels[0] == 1 else None
+    runs, mismatches, number = [], 0, 0  # runs[round][level]: a row of both servers' figures at that load
+    for _ in range(args.rounds):
+        rows = []
+        for clients in levels:
+            row = {"clients": clients}
+            for name in (list(servers) if number % 2 == 0 else list(servers)[::-1]):
+                command, extra = servers[name]
+                server = Process(name, command)
+                try:
+                    load(server.port, 1, 1, 8, extra)  # warm-up: weights paged in, first signatures run
+                    before = batch_counts(server.port) if name == "llm-tflite" else None
+                    row[name], results = load(server.port, clients, args.requests, args.max_tokens, extra)
+                    if before is not None:
+                        calls, carried = (after - start for after, start in zip(batch_counts(server.port), before))
+                        row[name]["batch"] = carried / max(calls, 1)
+                finally:
+                    server.stop()
+                if name == "llm-tflite" and clients == args.parallel:
+                    wrong = sum(r["text"] != expected[i] for i, r in results)
+                    mismatches += wrong
+                    row["same"] = row.get("same", 0) + len(results) - wrong
+                    row["checked"] = len(results)
+                print(f"{clients} clients, {name}: {row[name]}", file=sys.stderr)
+            number += 1
+            rows.append(row)
+        runs.append(rows)
+    rows = [_median_row([run[level] for run in runs], levels[0] == 1 and [run[0] for run in runs])
+            for level in range(len(levels))]
+    same = sum(run[level].get("same", 0) for run in runs for level in range(len(levels)))
+    checked = sum(run[level].get("checked", 0) for run in runs for level in range(len(levels)))
     print(f"\nGPT-2 124M, random weights, {args.max_tokens} new tokens per request, {args.requests} requests per client, "
-          f"{args.threads} threads, --parallel / -np {args.parallel}\n")
+          f"{args.threads} threads, --parallel / -np {args.parallel}"
+          + (f"; medians of {args.rounds} interleaved rounds (ranges in brackets)" if args.rounds > 1 else "") + "\n")
     print("| clients | llm-tflite tok/s | llama.cpp tok/s | ratio | vs 1 client | our mean batch | TTFT p50 (ours / "
           "llama.cpp) | latency p50 / p95 / p99 (ours) | latency p50 / p95 / p99 (llama.cpp) |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
         ours, theirs = row["llm-tflite"], row["llama.cpp"]
-        print(f"| {row['clients']} | {ours['tokens_per_s']:.1f} | {theirs['tokens_per_s']:.1f} | "
-              f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x | "
-              f"{'' if one is None else format(ours['tokens_per_s'] / one, '.2f') + 'x'} | {ours.get('batch', 0):.1f} | "
+        print(f"| {row['clients']} | {ours['tokens_per_s']:.1f}{row['spread']['ours']} | "
+              f"{theirs['tokens_per_s']:.1f}{row['spread']['theirs']} | {row['ratio']:.2f}x{row['spread']['ratio']} | "
+              f"{'' if row['vs_one'] is None else format(row['vs_one'], '.2f') + 'x' + row['spread']['vs_one']} | "
+              f"{ours.get('batch', 0):.1f} | "
               f"{ours['ttft'] * 1000:.0f} / {theirs['ttft'] * 1000:.0f} ms | "
               f"{ours['p50']:.2f} / {ours['p95']:.2f} / {ours['p99']:.2f} s | "
               f"{theirs['p50']:.2f} / {theirs['p95']:.2f} / {theirs['p99']:.2f} s |")
     print(f"\nour texts at {args.parallel} clients equal to the unbatched runner's: "
-          f"{next((r['same'] for r in rows if 'same' in r), 'not checked')}; early stops: "
-          f"{sum(r['llm-tflite']['early'] for r in rows)} ours, {sum(r['llama.cpp']['early'] for r in rows)} llama.cpp")
+          f"{f'{same}/{checked}' if checked else 'not checked'}; early stops: "
+          f"{sum(r['llm-tflite']['early'] for run in runs for r in run)} ours, "
+          f"{sum(r['llama.cpp']['early'] for run in runs for r in run)} llama.cpp")
     if args.plot:
         import matplotlib
 
