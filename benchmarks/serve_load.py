@@ -148,7 +148,8 @@ def _median_row(rounds: list[dict], ones) -> dict:
         return statistics.median(r[name][key] for r in rounds)
 
     def spread(values, digits):
-        return f" ({min(values):.{digits}f}-{max(values):.{digits}f})" if len(values) > 1 else ""
+        low, high = f"{min(values):.{digits}f}", f"{max(values):.{digits}f}"
+        return f" ({low}-{high})" if low != high else ""
 
     row = {"clients": rounds[0]["clients"],
            **{name: {key: median(name, key) for key in rounds[0][name]} for name in ("llm-tflite", "llama.cpp")}}
@@ -164,7 +165,8 @@ def _median_row(rounds: list[dict], ones) -> dict:
 
 def in_process(path, levels: list[int], args) -> int:
     """The same loads without HTTP: client threads calling ``complete`` on one batching runner (``--lanes``),
-    and the share of each lane's steps spent in LiteRT's call (the rest: the steps' Python, sampling)."""
+    and each lane's time in LiteRT's call and in its steps (a step's Python beside the call; the requests'
+    sampling runs between steps) against the load's wall time."""
     import collections
     import threading
 
@@ -190,10 +192,13 @@ def in_process(path, levels: list[int], args) -> int:
     print("| round | clients | tok/s | each lane: LiteRT's call / its steps / the load |\n| ---: | ---: | ---: | --- |")
     for number in range(args.rounds):
         for clients in levels:
+            made = [0] * clients
+
             def client(c):
                 for k in range(args.requests):
                     i = c + clients * k
-                    runner.complete(PROMPTS[i % len(PROMPTS)], args.max_tokens, "random", temperature=0.8, seed=i)
+                    made[c] += runner.complete(PROMPTS[i % len(PROMPTS)], args.max_tokens, "random", temperature=0.8,
+                                               seed=i).completion_tokens
             spent.clear()
             started = time.perf_counter()
             threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
@@ -204,7 +209,7 @@ def in_process(path, levels: list[int], args) -> int:
             wall = time.perf_counter() - started
             shares = ", ".join(f"{spent['call', name]:.2f} / {spent['step', name]:.2f} / {wall:.2f} s"
                                for name in sorted({name for _, name in spent}))
-            print(f"| {number + 1} | {clients} | {clients * args.requests * args.max_tokens / wall:.1f} | {shares} |")
+            print(f"| {number + 1} | {clients} | {sum(made) / wall:.1f} | {shares} |")
     return 0
 
 
@@ -228,6 +233,10 @@ def main() -> int:
                         help="no servers: the loads as threads on one batching runner, and where its lanes' time goes")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, not {args.rounds}")
+    if args.in_process and args.plot:
+        parser.error("--plot draws the servers' loads; --in-process runs none")
     if args.workers < 1 or args.parallel % args.workers:
         parser.error(f"--parallel {args.parallel} must split evenly over --workers {args.workers}")
 
@@ -267,12 +276,12 @@ def main() -> int:
                        str(1024 * args.parallel), "-t", str(args.threads), "-tb", str(args.threads), "--port", "{port}",
                        "--host", "127.0.0.1"], {"ignore_eos": True}),
     }
-    runs, mismatches, number = [], 0, 0  # runs[round][level]: a row of both servers' figures at that load
-    for _ in range(args.rounds):
+    runs, mismatches = [], 0  # runs[round][level]: a row of both servers' figures at that load
+    for number in range(args.rounds):
         rows = []
-        for clients in levels:
+        for level, clients in enumerate(levels):  # which server goes first alternates by load and by round
             row = {"clients": clients}
-            for name in (list(servers) if number % 2 == 0 else list(servers)[::-1]):
+            for name in (list(servers) if (number + level) % 2 == 0 else list(servers)[::-1]):
                 command, extra = servers[name]
                 server = Process(name, command)
                 try:
@@ -290,7 +299,6 @@ def main() -> int:
                     row["same"] = row.get("same", 0) + len(results) - wrong
                     row["checked"] = len(results)
                 print(f"{clients} clients, {name}: {row[name]}", file=sys.stderr)
-            number += 1
             rows.append(row)
         runs.append(rows)
     rows = [_median_row([run[level] for run in runs], levels[0] == 1 and [run[0] for run in runs])

@@ -127,20 +127,20 @@ def catch_interrupts():
         if not (info.exc_type is KeyboardInterrupt and _Interrupts.received):
             hook(info)
 
-    _Interrupts.received = False
     if threading.current_thread() is not threading.main_thread():
-        return None
-    previous = (signal.signal(signal.SIGINT, handler), sys.unraisablehook)
+        return None  # nothing installed, and the main thread's record left as it is
+    previous = (signal.signal(signal.SIGINT, handler), sys.unraisablehook, _Interrupts.received)
     sys.unraisablehook = unraisable
+    _Interrupts.received = False
     return previous
 
 
 def release_interrupts(previous) -> None:
-    """Give back what :func:`catch_interrupts` replaced (in-process callers: tests, notebooks)."""
+    """Give back what :func:`catch_interrupts` replaced (in-process callers: tests, notebooks, a command
+    run inside another), the record of an earlier Ctrl+C included."""
     if previous is not None:
         signal.signal(signal.SIGINT, previous[0])
-        sys.unraisablehook = previous[1]
-    _Interrupts.received = False
+        sys.unraisablehook, _Interrupts.received = previous[1], previous[2]
 
 
 def interrupted() -> bool:

@@ -589,12 +589,14 @@ def test_lanes_decode_their_generations_at_once_with_the_unbatched_outputs(batch
     ran.clear()
     expected = [(plain.complete(p, 40, "greedy").text, plain.complete(p, 40, "random", temperature=0.9, seed=i).text)
                 for i, p in enumerate(PROMPTS)]
+    first.idle = second.idle = lambda: False  # neither ever counts as alone: each lane's steps on its own twin
     got = at_once(len(PROMPTS), lambda i: (batched.complete(PROMPTS[i], 40, "greedy").text,
                                              batched.complete(PROMPTS[i], 40, "random", temperature=0.9, seed=i).text))
+    del first.idle, second.idle
     assert got == expected
     assert {thread for label, thread in ran if label == "first"} == {first.thread}
     assert {thread for label, thread in ran if label == "second"} == {second.thread}
-    assert first.pad is not second.pad  # lanes run at once: each its own rows for padding
+    assert engine._pad_of(first) is not engine._pad_of(second)  # lanes run at once: each its own rows for padding
     engine.close()
     assert not first.thread.is_alive() and not second.thread.is_alive()
 
@@ -618,13 +620,13 @@ def test_a_failing_lane_fails_its_rows_typed_and_the_others_and_later_steps_go_o
     batching = runner.engine
     first, second = batching._lanes
     # Every generation joins the second lane, which never counts as alone (so its calls always run on its
-    # twin), and the twin's first call, a prompt's or a step's, fails: no timing decides where work runs.
+    # twin), and the twin's first decode step, one row's or several, fails: no timing decides where work runs.
     batching._lane_for = lambda sequence: second
     first.idle = lambda: False
     twin, broke = second.engine, []
     for method in ("call", "decode_rows"):
-        def broken(*args, _real=getattr(twin, method), **kwargs):
-            if not broke:
+        def broken(*args, _real=getattr(twin, method), _rows=method == "decode_rows", **kwargs):
+            if not broke and (_rows or args[0].startswith("decode")):
                 broke.append(True)
                 raise ValueError("boom")
             return _real(*args, **kwargs)

@@ -303,6 +303,34 @@ def test_an_interrupted_conversion_exits_non_zero_and_leaves_no_file(tiny_gpt2_d
     assert not output.exists() and not list(tmp_path.glob(".*partial"))
 
 
+def test_a_recorded_ctrl_c_survives_commands_run_inside_the_command_and_off_its_thread():
+    """``main()`` called from a worker thread, or inside a running command, neither clears nor keeps the
+    outer command's record of a Ctrl+C; releasing the outer one gives the state before it back."""
+    import subprocess
+    import sys
+
+    script = """
+import os, signal, threading, time
+from llm_tflite import console
+outer = console.catch_interrupts()
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+except KeyboardInterrupt:
+    pass
+worker = threading.Thread(target=lambda: console.release_interrupts(console.catch_interrupts()))
+worker.start(); worker.join()
+inner = console.catch_interrupts()
+print(console.interrupted())
+console.release_interrupts(inner)
+print(console.interrupted())
+console.release_interrupts(outer)
+print(console.interrupted(), signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split("\n")[:3] == ["False", "True", "False True"], out.stderr
+
+
 def test_a_ctrl_c_python_drops_inside_a_destructor_still_stops_before_the_file_is_written(tmp_path):
     """A Ctrl+C whose handler runs inside ``__del__`` (TensorFlow's resources have them) raises a
     ``KeyboardInterrupt`` Python drops with "Exception ignored"; the CLI's handler remembers it and

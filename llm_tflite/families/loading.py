@@ -138,6 +138,7 @@ def save_preset(causal_lm, directory) -> None:
       sum to ``compute_dtype``), though the frozen kernel and the adapters are float32.
     - The preset says float32 where a mixed policy was, as its weights are, so that KerasHub loads it.
     """
+    from llm_tflite.console import stop_if_interrupted
     from llm_tflite.errors import OutputPathError
     from llm_tflite.litert.flatbuffer import write_atomic
 
@@ -146,6 +147,7 @@ def save_preset(causal_lm, directory) -> None:
     try:
         for layer in lora:
             layer.dtype_policy = "float32"
+        stop_if_interrupted()  # before the preset's files, not between them
         causal_lm.save_to_preset(os.fspath(directory))
         if _saved_policy(directory).startswith("mixed_"):
             path = os.path.join(directory, "config.json")

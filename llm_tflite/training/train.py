@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from llm_tflite.console import import_keras, logger
+from llm_tflite.console import import_keras, logger, stop_if_interrupted
 from llm_tflite.errors import DataError
 from llm_tflite.families.base import without_preprocessor
 from llm_tflite.training.data import split_heldout
@@ -103,6 +103,7 @@ def StepLogger(every: int, total: int, max_seconds: float | None = None, tokens_
             self.bar = progress(total=total, desc="train", unit="step")
 
         def on_train_batch_end(self, batch, logs=None):
+            stop_if_interrupted()  # a Ctrl+C lost inside TensorFlow stops training at the next step
             self.steps_done = batch + 1
             self.bar.update()
             now = time.time()
