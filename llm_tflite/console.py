@@ -6,6 +6,9 @@ LiteRT write from native code. Without ``-v`` that native chatter (CUDA registra
 "computation placer", converter statistics, "Created TensorFlow Lite XNNPACK delegate")
 is silenced where it is produced: TensorFlow's import, TFLite conversion and interpreter
 creation (and, for LiteRT's exit-time destructors, after Python exits: ``quiet_native_exit``).
+
+Ctrl+C at the console is also handled here: a command's handler remembers it (``catch_interrupts``), so
+one whose ``KeyboardInterrupt`` Python dropped still stops long work where it commits.
 """
 
 from __future__ import annotations
