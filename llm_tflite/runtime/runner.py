@@ -77,9 +77,8 @@ class InterpreterRunner:
         lanes: with batching, schedulers that decode their own generations at the same time, each
             on a compiled model of the file with ``num_threads / lanes`` threads (``BatchingEngine``);
             a generation joins the first lane with fewer than 4 running, and a lane alone computes
-            with all the threads. Served on 2 cores, 8 clients of GPT-2 124M made 1.16-1.23x the
-            tokens/s of one lane, for about 555 MB more memory. 1 (default): one; ``"auto"``
-            (``serve``'s default): 2 where they pay.
+            with all the threads (what they gain and cost: docs/serve.md, "Two lanes"). 1 (default):
+            one; ``"auto"`` (``serve``'s default): 2 where they pay.
 
     Example:
         >>> runner = InterpreterRunner("model.tflite")  # doctest: +SKIP
