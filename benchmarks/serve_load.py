@@ -276,7 +276,7 @@ def main() -> int:
                        str(1024 * args.parallel), "-t", str(args.threads), "-tb", str(args.threads), "--port", "{port}",
                        "--host", "127.0.0.1"], {"ignore_eos": True}),
     }
-    runs, mismatches = [], 0  # runs[round][level]: a row of both servers' figures at that load
+    runs = []  # runs[round][level]: a row of both servers' figures at that load
     for number in range(args.rounds):
         rows = []
         for level, clients in enumerate(levels):  # which server goes first alternates by load and by round
@@ -294,9 +294,7 @@ def main() -> int:
                 finally:
                     server.stop()
                 if name == "llm-tflite" and clients == args.parallel:
-                    wrong = sum(r["text"] != expected[i] for i, r in results)
-                    mismatches += wrong
-                    row["same"] = row.get("same", 0) + len(results) - wrong
+                    row["same"] = sum(r["text"] == expected[i] for i, r in results)
                     row["checked"] = len(results)
                 print(f"{clients} clients, {name}: {row[name]}", file=sys.stderr)
             rows.append(row)
@@ -342,7 +340,7 @@ def main() -> int:
         axis.legend()
         figure.tight_layout()
         figure.savefig(args.plot, dpi=120)
-    return 1 if mismatches else 0
+    return 1 if same != checked else 0
 
 
 if __name__ == "__main__":
